@@ -1,0 +1,10 @@
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --bin warmer
+
+FROM debian:bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/*
+COPY --from=build /src/target/release/warmer /usr/local/bin/warmer
+ENTRYPOINT ["warmer"]
+CMD ["checkout"]

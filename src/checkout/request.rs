@@ -1,0 +1,227 @@
+//! A checkout request as the travis worker sends it (SPEC §3.1), validated field by field.
+//!
+//! Pure: bytes and AMQP properties in, a [`CheckoutRequest`] or a message saying what was wrong
+//! out. Nothing from outside can make this panic.
+
+use lapin::BasicProperties;
+use lapin::types::AMQPValue;
+use serde_json::Value;
+
+use crate::pool::{PoolName, resource_name};
+
+/// Bodies larger than this are refused before parsing (a real request is ~300 bytes).
+pub const MAX_BODY: usize = 16 * 1024;
+/// Header carrying an absolute deadline, in milliseconds since the Unix epoch.
+pub const DEADLINE_HEADER: &str = "x-warmer-deadline";
+/// A request without any deadline must be answered within this (milliseconds).
+pub const DEFAULT_BUDGET_MS: u64 = 30_000;
+
+const FIELDS: [&str; 5] = ["site", "zone", "image_name", "machine_type", "public_ip"];
+
+/// A valid checkout request.
+#[derive(Debug, PartialEq)]
+pub struct CheckoutRequest {
+    pub pool: PoolName,
+    pub site: Option<String>,
+    pub zone: Option<String>,
+}
+
+/// Parses and validates a request body; the error says which field is wrong and why.
+pub fn parse(body: &[u8]) -> Result<CheckoutRequest, String> {
+    if body.len() > MAX_BODY {
+        return Err(format!(
+            "request body is {} bytes; at most {MAX_BODY} are accepted",
+            body.len()
+        ));
+    }
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| format!("request body is not valid JSON: {e}"))?;
+    let Value::Object(fields) = value else {
+        return Err(format!(
+            "request body must be a JSON object, got {}",
+            kind(&value)
+        ));
+    };
+    if let Some(unknown) = fields.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(format!(
+            "unknown field `{}`; expected only {}",
+            unknown.escape_debug(),
+            FIELDS.join(", ")
+        ));
+    }
+    let image_value = string(&fields, "image_name")?.ok_or("image_name is required")?;
+    let machine_value = string(&fields, "machine_type")?.ok_or("machine_type is required")?;
+    let image = resource_name(image_value, "images").map_err(|e| format!("image_name {e}"))?;
+    let machine_type =
+        resource_name(machine_value, "machineTypes").map_err(|e| format!("machine_type {e}"))?;
+    let public_ip = match fields.get("public_ip") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) if s == "true" => true,
+        Some(Value::String(s)) if s == "false" || s.is_empty() => false,
+        Some(other) => {
+            return Err(format!(
+                "public_ip must be true, false, \"true\" or \"false\", got {}",
+                kind(other)
+            ));
+        }
+    };
+    let zone = string(&fields, "zone")?
+        .map(|z| resource_name(z, "zones").map_err(|e| format!("zone {e}")))
+        .transpose()?
+        .map(String::from);
+    let site = string(&fields, "site")?;
+    if let Some(site) = site
+        && (site.len() > 64 || !site.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+    {
+        return Err(format!(
+            "site must be a short name such as `org` or `com`, got `{}`",
+            site.chars().take(64).collect::<String>().escape_debug()
+        ));
+    }
+    Ok(CheckoutRequest {
+        pool: PoolName {
+            image: image.into(),
+            machine_type: machine_type.into(),
+            public_ip,
+        },
+        site: site.map(String::from),
+        zone,
+    })
+}
+
+fn string<'a>(
+    fields: &'a serde_json::Map<String, Value>,
+    name: &str,
+) -> Result<Option<&'a str>, String> {
+    match fields.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(format!("{name} must be a string, got {}", kind(other))),
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The request's identity: the same for every delivery of one request, different between
+/// requests. The message id if the requester set one, else its reply address and correlation id.
+pub fn identity(properties: &BasicProperties) -> Option<String> {
+    if let Some(id) = properties.message_id() {
+        return Some(format!("m:{id}"));
+    }
+    let reply_to = properties.reply_to().as_ref()?;
+    let correlation = properties
+        .correlation_id()
+        .as_ref()
+        .map_or("", |c| c.as_str());
+    Some(format!("r:{reply_to}|{correlation}"))
+}
+
+/// When the requester stops waiting (ms since epoch): the `x-warmer-deadline` header, else
+/// `timestamp` + `expiration`, else `received` + `expiration`, else `received` + 30 s.
+pub fn deadline(properties: &BasicProperties, received_ms: u64) -> u64 {
+    let header = properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(DEADLINE_HEADER))
+        .and_then(|v| match v {
+            AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
+            AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
+            AMQPValue::LongUInt(n) => Some(u64::from(*n)),
+            AMQPValue::Timestamp(n) => Some(*n),
+            AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok()?.parse().ok(),
+            AMQPValue::ShortString(s) => s.as_str().parse().ok(),
+            _ => None,
+        });
+    if let Some(deadline) = header {
+        return deadline;
+    }
+    let expiration = properties
+        .expiration()
+        .as_ref()
+        .and_then(|e| e.as_str().parse::<u64>().ok());
+    match (expiration, properties.timestamp()) {
+        (Some(ttl), Some(sent_secs)) => sent_secs.saturating_mul(1000).saturating_add(ttl),
+        (Some(ttl), None) => received_ms.saturating_add(ttl),
+        (None, _) => received_ms.saturating_add(DEFAULT_BUDGET_MS),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_travis_request_parses_with_urls_or_short_names() {
+        let travis = br#"{"site":"org","zone":"us-central1-c",
+          "image_name":"https://www.googleapis.com/compute/v1/projects/p/global/images/travis-ci-garnet-trusty-1503417006",
+          "machine_type":"https://www.googleapis.com/compute/v1/projects/p/zones/us-central1-c/machineTypes/n1-standard-2",
+          "public_ip":false}"#;
+        let short = br#"{"image_name":"travis-ci-garnet-trusty-1503417006","machine_type":"n1-standard-2","public_ip":"false"}"#;
+        let a = parse(travis).unwrap();
+        let b = parse(short).unwrap();
+        assert_eq!(a.pool, b.pool);
+        assert_eq!(
+            a.pool.to_string(),
+            "travis-ci-garnet-trusty-1503417006:n1-standard-2"
+        );
+        let public = parse(br#"{"image_name":"i","machine_type":"m","public_ip":"true"}"#).unwrap();
+        assert_eq!(public.pool.to_string(), "i:m:public");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases: [(&[u8], &str); 8] = [
+            (b"{", "not valid JSON"),
+            (b"[]", "JSON object"),
+            (br#"{"machine_type":"m"}"#, "image_name is required"),
+            (
+                br#"{"image_name":7,"machine_type":"m"}"#,
+                "image_name must be a string",
+            ),
+            (
+                br#"{"image_name":"i","machine_type":"m","public_ip":"yes"}"#,
+                "public_ip",
+            ),
+            (
+                br#"{"image_name":"i","machine_type":"m","extra":1}"#,
+                "unknown field `extra`",
+            ),
+            (
+                br#"{"image_name":"i/../j","machine_type":"m"}"#,
+                "image_name",
+            ),
+            (
+                br#"{"image_name":"i","machine_type":"m","site":"a b"}"#,
+                "site",
+            ),
+        ];
+        for (body, expected) in cases {
+            let err = parse(body).unwrap_err();
+            assert!(err.contains(expected), "{err:?} lacks {expected:?}");
+        }
+    }
+
+    #[test]
+    fn deadlines_come_from_header_timestamp_or_expiration() {
+        let props = BasicProperties::default();
+        assert_eq!(deadline(&props, 1_000), 1_000 + DEFAULT_BUDGET_MS);
+        let props = BasicProperties::default().with_expiration("5000".into());
+        assert_eq!(deadline(&props, 1_000), 6_000);
+        let props = props.with_timestamp(10);
+        assert_eq!(deadline(&props, 99_000), 15_000);
+        let mut headers = lapin::types::FieldTable::default();
+        headers.insert(DEADLINE_HEADER.into(), AMQPValue::LongLongInt(42));
+        let props = props.with_headers(headers);
+        assert_eq!(deadline(&props, 99_000), 42);
+    }
+}

@@ -1,0 +1,80 @@
+//! The command line (SPEC §5): one subcommand per process type and the operator commands.
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::pool::PoolName;
+
+/// Pools of pre-warmed cloud VMs, handed out over AMQP.
+///
+/// Configuration comes from the environment (see example.env); `RUST_LOG` sets the log level.
+#[derive(Debug, Parser)]
+#[command(name = "warmer", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the checkout consumer: answers checkout requests on the `<prefix>.checkout` queue with
+    /// the oldest warmed VM of the requested pool.
+    Checkout,
+    /// Manage pools and their target sizes.
+    #[command(subcommand)]
+    Pool(PoolCommand),
+    /// Publish a fill command for one pool, or for all pools, to the refill queue.
+    Fill {
+        /// The pool to fill, `<image>:<machine_type>[:public]`; all pools when omitted.
+        pool: Option<PoolName>,
+        /// Operator token (required when WARMER_AUTH_TOKENS is set); defaults to the first of
+        /// WARMER_AUTH_TOKENS.
+        #[arg(long, env = "WARMER_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Send one checkout request, as a CI worker would, and print the reply. Exits 1 on an
+    /// error reply.
+    Request {
+        /// Image name or Compute Engine image URL.
+        #[arg(long)]
+        image: String,
+        /// Machine type name or Compute Engine machine type URL.
+        #[arg(long)]
+        machine_type: String,
+        /// Ask for a VM with an external IP (the `:public` pool).
+        #[arg(long)]
+        public_ip: bool,
+        /// The site (`org`, `com`) the travis worker would send.
+        #[arg(long)]
+        site: Option<String>,
+        /// How long to wait for the reply (also the request's expiration), e.g. `30s`.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Print every pool's target, ready count and oldest VM age.
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PoolCommand {
+    /// List pools and their targets.
+    List,
+    /// Create a pool or change its target size.
+    Set {
+        /// `<image>:<machine_type>` or `<image>:<machine_type>:public`.
+        pool: PoolName,
+        /// Number of warmed VMs to keep ready.
+        target: u32,
+    },
+    /// Delete a pool; its warmed VMs are recorded in `<namespace>:orphaned` for deletion.
+    Delete {
+        /// `<image>:<machine_type>` or `<image>:<machine_type>:public`.
+        pool: PoolName,
+    },
+}
+
+fn parse_duration(value: &str) -> Result<Duration, String> {
+    crate::config::parse_duration(value)
+        .ok_or_else(|| format!("`{value}` is not a duration such as `30s`, `5m` or `90`"))
+}

@@ -1,0 +1,505 @@
+//! Configuration, read once from the environment (SPEC §6) and validated before anything starts.
+//!
+//! Every variable is read here and nowhere else. An invalid value is an error that names the
+//! variable and what was expected; secrets (passwords in URLs, the SSH passphrase) are wrapped so
+//! that `Debug` and `Display` never print them.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use serde::Deserialize;
+
+/// A value that must never be printed: `Debug` and `Display` show `[redacted]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// A server URL that may carry a password; printed with the password replaced by `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServerUrl(Secret);
+
+impl ServerUrl {
+    pub fn expose(&self) -> &str {
+        self.0.expose()
+    }
+
+    /// The URL with any password masked, safe for logs.
+    pub fn redacted(&self) -> String {
+        let url = self.0.expose();
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return "[unparseable url]".into();
+        };
+        let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+        let authority = match authority.rsplit_once('@') {
+            Some((userinfo, host)) => match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***@{host}"),
+                None => format!("{userinfo}@{host}"),
+            },
+            None => authority.to_string(),
+        };
+        let path = path.split('#').next().unwrap_or_default();
+        if rest.contains('/') {
+            format!("{scheme}://{authority}/{path}")
+        } else {
+            format!("{scheme}://{authority}")
+        }
+    }
+}
+
+impl fmt::Debug for ServerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+impl fmt::Display for ServerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// Which cloud boots the VMs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Provider {
+    Gce,
+    Local,
+}
+
+/// Settings for the Compute Engine provider; present only when `WARMER_PROVIDER=gce` and valid.
+#[derive(Clone, Debug)]
+pub struct GoogleConfig {
+    pub project: String,
+    pub region: String,
+    pub zones: Vec<String>,
+    pub keyfile_json: Option<Secret>,
+    pub compute_url: String,
+    pub image_project: String,
+    pub network: String,
+    pub subnetwork: Option<String>,
+    pub ssh_key_passphrase: Secret,
+}
+
+/// Everything warmer reads from its environment.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub amqp_url: ServerUrl,
+    pub redis_url: ServerUrl,
+    pub amqp_prefix: String,
+    pub redis_namespace: String,
+    pub provider: Provider,
+    /// `None` for the local provider, or when a process that boots nothing runs without it.
+    pub google: Option<GoogleConfig>,
+    pub ssh_key_passphrase: Option<Secret>,
+    pub vm_creation_timeout: Duration,
+    pub boot_concurrency: usize,
+    pub orphan_threshold: u64,
+    pub reconcile_interval: Duration,
+    pub max_vm_age: Duration,
+    pub max_handout_age: Duration,
+    pub auth_tokens: Vec<Secret>,
+    pub port: Option<u16>,
+    pub hirefire_token: Option<Secret>,
+    pub heroku_api_token: Option<Secret>,
+    pub heroku_app_name: Option<String>,
+}
+
+/// The raw variables, as strings; `envy` reads them, [`Config::from_vars`] validates them.
+#[derive(Deserialize, Default)]
+struct Raw {
+    warmer_amqp_url: Option<String>,
+    cloudamqp_url: Option<String>,
+    warmer_redis_url: Option<String>,
+    redis_url: Option<String>,
+    warmer_amqp_prefix: Option<String>,
+    warmer_redis_namespace: Option<String>,
+    warmer_provider: Option<String>,
+    warmer_google_cloud_project: Option<String>,
+    warmer_google_cloud_region: Option<String>,
+    warmer_google_cloud_zones: Option<String>,
+    warmer_google_cloud_keyfile_json: Option<String>,
+    warmer_google_compute_url: Option<String>,
+    warmer_image_project: Option<String>,
+    warmer_network: Option<String>,
+    warmer_subnetwork: Option<String>,
+    warmer_ssh_key_passphrase: Option<String>,
+    warmer_vm_creation_timeout: Option<String>,
+    warmer_boot_concurrency: Option<String>,
+    warmer_orphan_threshold: Option<String>,
+    warmer_reconcile_interval: Option<String>,
+    warmer_max_vm_age: Option<String>,
+    warmer_max_handout_age: Option<String>,
+    warmer_auth_tokens: Option<String>,
+    port: Option<String>,
+    hirefire_token: Option<String>,
+    heroku_api_token: Option<String>,
+    heroku_app_name: Option<String>,
+}
+
+impl fmt::Debug for Raw {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Raw { .. }")
+    }
+}
+
+impl Config {
+    /// Reads and validates the process environment.
+    pub fn from_env() -> anyhow::Result<Self> {
+        let vars: HashMap<String, String> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
+        Self::from_vars(vars)
+    }
+
+    /// Validates a set of variables (the environment, or a test's map).
+    pub fn from_vars(vars: HashMap<String, String>) -> anyhow::Result<Self> {
+        let raw: Raw = envy::from_iter(vars.into_iter().filter(|(_, v)| !v.trim().is_empty()))
+            .context("reading the environment")?;
+
+        let amqp_url = raw
+            .warmer_amqp_url
+            .map(|v| ("WARMER_AMQP_URL", v))
+            .or(raw.cloudamqp_url.map(|v| ("CLOUDAMQP_URL", v)))
+            .unwrap_or(("WARMER_AMQP_URL", "amqp://127.0.0.1:5672/%2f".into()));
+        let amqp_url = server_url(amqp_url.0, amqp_url.1, &["amqp", "amqps"])?;
+        let redis_url = raw
+            .warmer_redis_url
+            .map(|v| ("WARMER_REDIS_URL", v))
+            .or(raw.redis_url.map(|v| ("REDIS_URL", v)))
+            .unwrap_or(("WARMER_REDIS_URL", "redis://127.0.0.1:6379/0".into()));
+        let redis_url = server_url(redis_url.0, redis_url.1, &["redis", "rediss"])?;
+
+        let amqp_prefix = prefix("WARMER_AMQP_PREFIX", raw.warmer_amqp_prefix)?;
+        let redis_namespace = prefix("WARMER_REDIS_NAMESPACE", raw.warmer_redis_namespace)?;
+
+        let provider = match raw.warmer_provider.as_deref().map(str::trim) {
+            None | Some("gce") => Provider::Gce,
+            Some("local") => Provider::Local,
+            Some(other) => bail!("WARMER_PROVIDER must be `gce` or `local`, got `{other}`"),
+        };
+        let ssh_key_passphrase = raw.warmer_ssh_key_passphrase.map(Secret::new);
+
+        let google = match raw.warmer_google_cloud_project {
+            Some(project) => {
+                let project = project.trim().to_string();
+                let Some(region) = raw.warmer_google_cloud_region.map(|r| r.trim().to_string())
+                else {
+                    bail!(
+                        "WARMER_GOOGLE_CLOUD_REGION must be set when WARMER_GOOGLE_CLOUD_PROJECT is (e.g. us-central1)"
+                    );
+                };
+                let zones = raw
+                    .warmer_google_cloud_zones
+                    .map(|z| list(&z))
+                    .unwrap_or_default();
+                for zone in &zones {
+                    if !crate::pool::is_gce_name(zone) {
+                        bail!(
+                            "WARMER_GOOGLE_CLOUD_ZONES: `{zone}` is not a zone name (e.g. us-central1-c)"
+                        );
+                    }
+                }
+                let compute_url = raw
+                    .warmer_google_compute_url
+                    .unwrap_or_else(|| "https://compute.googleapis.com/compute/v1".into());
+                if !(compute_url.starts_with("https://") || compute_url.starts_with("http://")) {
+                    bail!("WARMER_GOOGLE_COMPUTE_URL must be an http(s) URL, got `{compute_url}`");
+                }
+                if let Some(json) = &raw.warmer_google_cloud_keyfile_json {
+                    let parsed: serde_json::Value = serde_json::from_str(json).map_err(|e| {
+                        anyhow::anyhow!(
+                            "WARMER_GOOGLE_CLOUD_KEYFILE_JSON is not valid JSON (line {}, column {}); paste the service account's key file",
+                            e.line(),
+                            e.column()
+                        )
+                    })?;
+                    if parsed.get("private_key").is_none() || parsed.get("client_email").is_none() {
+                        bail!(
+                            "WARMER_GOOGLE_CLOUD_KEYFILE_JSON must be a service account key with `private_key` and `client_email`"
+                        );
+                    }
+                }
+                Some(GoogleConfig {
+                    image_project: raw.warmer_image_project.unwrap_or_else(|| project.clone()),
+                    project,
+                    region,
+                    zones,
+                    keyfile_json: raw.warmer_google_cloud_keyfile_json.map(Secret::new),
+                    compute_url: compute_url.trim_end_matches('/').to_string(),
+                    network: raw.warmer_network.unwrap_or_else(|| "default".into()),
+                    subnetwork: raw.warmer_subnetwork,
+                    ssh_key_passphrase: ssh_key_passphrase.clone().unwrap_or(Secret::new("")),
+                })
+            }
+            None => None,
+        };
+
+        Ok(Config {
+            amqp_url,
+            redis_url,
+            amqp_prefix,
+            redis_namespace,
+            provider,
+            google,
+            ssh_key_passphrase,
+            vm_creation_timeout: duration(
+                "WARMER_VM_CREATION_TIMEOUT",
+                raw.warmer_vm_creation_timeout,
+                90,
+            )?,
+            boot_concurrency: number("WARMER_BOOT_CONCURRENCY", raw.warmer_boot_concurrency, 8)?,
+            orphan_threshold: number("WARMER_ORPHAN_THRESHOLD", raw.warmer_orphan_threshold, 20)?,
+            reconcile_interval: duration(
+                "WARMER_RECONCILE_INTERVAL",
+                raw.warmer_reconcile_interval,
+                30,
+            )?,
+            max_vm_age: duration("WARMER_MAX_VM_AGE", raw.warmer_max_vm_age, 7 * 86_400)?,
+            max_handout_age: duration(
+                "WARMER_MAX_HANDOUT_AGE",
+                raw.warmer_max_handout_age,
+                6 * 3_600,
+            )?,
+            auth_tokens: raw
+                .warmer_auth_tokens
+                .map(|t| list(&t).into_iter().map(Secret::new).collect())
+                .unwrap_or_default(),
+            port: raw
+                .port
+                .map(|p| {
+                    p.trim()
+                        .parse()
+                        .map_err(|_| anyhow::anyhow!("PORT must be a TCP port number, got `{p}`"))
+                })
+                .transpose()?,
+            hirefire_token: raw.hirefire_token.map(Secret::new),
+            heroku_api_token: raw.heroku_api_token.map(Secret::new),
+            heroku_app_name: raw.heroku_app_name,
+        })
+    }
+
+    /// Checks what the `gce` provider needs; called by the processes that boot VMs.
+    pub fn require_google(&self) -> anyhow::Result<&GoogleConfig> {
+        let Some(google) = &self.google else {
+            bail!(
+                "WARMER_GOOGLE_CLOUD_PROJECT and WARMER_GOOGLE_CLOUD_REGION must be set for WARMER_PROVIDER=gce"
+            );
+        };
+        if google.ssh_key_passphrase.expose().is_empty() {
+            bail!("WARMER_SSH_KEY_PASSPHRASE must be set for WARMER_PROVIDER=gce");
+        }
+        Ok(google)
+    }
+}
+
+fn server_url(var: &str, value: String, schemes: &[&str]) -> anyhow::Result<ServerUrl> {
+    let value = value.trim().to_string();
+    let scheme = value.split_once("://").map(|(s, _)| s);
+    match scheme {
+        Some(s) if schemes.contains(&s) => Ok(ServerUrl(Secret::new(value))),
+        _ => bail!(
+            "{var} must be a URL starting with {}",
+            schemes
+                .iter()
+                .map(|s| format!("{s}://"))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        ),
+    }
+}
+
+fn prefix(var: &str, value: Option<String>) -> anyhow::Result<String> {
+    let value = value.unwrap_or_else(|| "warmer".into());
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        bail!(
+            "{var} must be 1–64 characters of letters, digits, `-`, `_` or `.`, got `{}`",
+            value.escape_debug()
+        );
+    }
+    Ok(value)
+}
+
+fn number<T: std::str::FromStr + PartialOrd + Default>(
+    var: &str,
+    value: Option<String>,
+    default: T,
+) -> anyhow::Result<T> {
+    match value {
+        None => Ok(default),
+        Some(v) => match v.trim().parse::<T>() {
+            Ok(n) if n > T::default() => Ok(n),
+            _ => bail!("{var} must be a positive whole number, got `{v}`"),
+        },
+    }
+}
+
+fn duration(var: &str, value: Option<String>, default_secs: u64) -> anyhow::Result<Duration> {
+    match value {
+        None => Ok(Duration::from_secs(default_secs)),
+        Some(v) => parse_duration(&v).ok_or_else(|| {
+            anyhow::anyhow!(
+                "{var} must be a duration such as `90s`, `5m`, `6h` or `7d` (a bare number is seconds), got `{v}`"
+            )
+        }),
+    }
+}
+
+/// Parses `90s`, `5m`, `6h`, `7d` or a bare number of seconds; zero is refused.
+pub fn parse_duration(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (digits, unit) = value.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => return (n > 0).then(|| Duration::from_millis(n)),
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3_600)?,
+        "d" => n.checked_mul(86_400)?,
+        _ => return None,
+    };
+    (secs > 0).then(|| Duration::from_secs(secs))
+}
+
+fn list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_set() {
+        let config = Config::from_vars(vars(&[])).unwrap();
+        assert_eq!(config.amqp_url.expose(), "amqp://127.0.0.1:5672/%2f");
+        assert_eq!(config.redis_url.expose(), "redis://127.0.0.1:6379/0");
+        assert_eq!(config.amqp_prefix, "warmer");
+        assert_eq!(config.redis_namespace, "warmer");
+        assert_eq!(config.provider, Provider::Gce);
+        assert_eq!(config.boot_concurrency, 8);
+        assert_eq!(config.max_vm_age, Duration::from_secs(7 * 86_400));
+        assert_eq!(config.max_handout_age, Duration::from_secs(6 * 3_600));
+    }
+
+    #[test]
+    fn heroku_variables_are_fallbacks_and_warmer_variables_win() {
+        let config = Config::from_vars(vars(&[
+            ("CLOUDAMQP_URL", "amqps://u:p@cloudamqp/vhost"),
+            ("REDIS_URL", "rediss://:pw@heroku:6380#insecure"),
+        ]))
+        .unwrap();
+        assert_eq!(config.amqp_url.expose(), "amqps://u:p@cloudamqp/vhost");
+        assert_eq!(
+            config.redis_url.expose(),
+            "rediss://:pw@heroku:6380#insecure"
+        );
+        let config = Config::from_vars(vars(&[
+            ("CLOUDAMQP_URL", "amqps://u:p@cloudamqp/vhost"),
+            ("WARMER_AMQP_URL", "amqp://mine/"),
+        ]))
+        .unwrap();
+        assert_eq!(config.amqp_url.expose(), "amqp://mine/");
+    }
+
+    #[test]
+    fn an_invalid_value_names_its_variable() {
+        let cases = [
+            ("WARMER_BOOT_CONCURRENCY", "lots"),
+            ("WARMER_BOOT_CONCURRENCY", "0"),
+            ("WARMER_MAX_VM_AGE", "7 weeks"),
+            ("WARMER_PROVIDER", "aws"),
+            ("WARMER_AMQP_URL", "http://rabbit"),
+            ("WARMER_REDIS_URL", "127.0.0.1:6379"),
+            ("WARMER_AMQP_PREFIX", "has space"),
+            ("PORT", "http"),
+        ];
+        for (var, value) in cases {
+            let err = Config::from_vars(vars(&[(var, value)])).unwrap_err();
+            assert!(
+                err.to_string().contains(var),
+                "error for {var}={value} does not name it: {err}"
+            );
+        }
+        let err = Config::from_vars(vars(&[("WARMER_GOOGLE_CLOUD_PROJECT", "p")])).unwrap_err();
+        assert!(err.to_string().contains("WARMER_GOOGLE_CLOUD_REGION"));
+    }
+
+    #[test]
+    fn durations_take_units_and_bare_seconds() {
+        assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("6h"), Some(Duration::from_secs(21_600)));
+        assert_eq!(parse_duration("7d"), Some(Duration::from_secs(604_800)));
+        assert_eq!(parse_duration("0"), None);
+        assert_eq!(parse_duration("5 m"), None);
+        assert_eq!(parse_duration("-5"), None);
+        assert_eq!(parse_duration("99999999999999999999d"), None);
+    }
+
+    #[test]
+    fn secrets_never_reach_debug_output() {
+        let config = Config::from_vars(vars(&[
+            ("WARMER_AMQP_URL", "amqps://user:hunter2@host/vh"),
+            ("WARMER_REDIS_URL", "rediss://:swordfish@host:6380#insecure"),
+            ("WARMER_SSH_KEY_PASSPHRASE", "correct-horse"),
+            ("WARMER_AUTH_TOKENS", "tok-a,tok-b"),
+            ("HEROKU_API_TOKEN", "heroku-secret"),
+        ]))
+        .unwrap();
+        let printed = format!("{config:?} {} {}", config.amqp_url, config.redis_url);
+        for secret in [
+            "hunter2",
+            "swordfish",
+            "correct-horse",
+            "tok-a",
+            "heroku-secret",
+        ] {
+            assert!(!printed.contains(secret), "{secret} leaked: {printed}");
+        }
+        assert!(printed.contains("amqps://user:***@host/vh"));
+    }
+}

@@ -1,0 +1,34 @@
+//! What every process needs, built once from the configuration and passed explicitly.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::names::Names;
+use crate::store::Store;
+
+/// Configuration, names and the Redis store; cheap to clone.
+#[derive(Clone)]
+pub struct Context {
+    pub config: Arc<Config>,
+    pub names: Names,
+    pub store: Store,
+}
+
+impl Context {
+    /// Connects to Redis and derives every name from the configuration.
+    pub async fn new(config: Config) -> anyhow::Result<Self> {
+        let names = Names::new(&config.amqp_prefix, &config.redis_namespace);
+        let store = Store::connect(&config.redis_url, names.clone()).await?;
+        Ok(Self {
+            config: Arc::new(config),
+            names,
+            store,
+        })
+    }
+
+    /// Connects to RabbitMQ, naming the connection after this deployment and process.
+    pub async fn amqp(&self, process: &str) -> anyhow::Result<lapin::Connection> {
+        let name = format!("{}.{process}", self.names.prefix());
+        crate::amqp::connect(&self.config.amqp_url, &name).await
+    }
+}

@@ -1,0 +1,15 @@
+//! warmer keeps pools of pre-warmed cloud VMs and hands them out over AMQP.
+//!
+//! `main.rs` parses the command line and calls into this library; tests call the same functions.
+
+pub mod amqp;
+pub mod checkout;
+pub mod cli;
+pub mod config;
+pub mod context;
+pub mod names;
+pub mod operator;
+pub mod pool;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;

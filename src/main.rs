@@ -1,0 +1,67 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use warmer::cli::{Cli, Command, PoolCommand};
+use warmer::config::Config;
+use warmer::context::Context;
+use warmer::{checkout, operator, shutdown};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    // Two TLS stacks (lapin, redis) share rustls: pick its crypto provider before either runs.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    warmer::telemetry::init();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = Config::from_env()?;
+    let token = config.auth_tokens.first().map(|t| t.expose().to_string());
+    let ctx = Context::new(config).await?;
+    let output = match cli.command {
+        Command::Checkout => {
+            checkout::run(ctx, shutdown::on_signals()?).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Pool(PoolCommand::List) => operator::pool_list(&ctx).await?,
+        Command::Pool(PoolCommand::Set { pool, target }) => {
+            operator::pool_set(&ctx, &pool, target).await?
+        }
+        Command::Pool(PoolCommand::Delete { pool }) => operator::pool_delete(&ctx, &pool).await?,
+        Command::Fill { pool, token: given } => {
+            operator::fill(&ctx, pool.as_ref(), given.or(token).as_deref()).await?
+        }
+        Command::Request {
+            image,
+            machine_type,
+            public_ip,
+            site,
+            timeout,
+        } => {
+            let request = operator::Request {
+                image,
+                machine_type,
+                public_ip,
+                site,
+                timeout,
+            };
+            let (reply, is_error) = operator::request(&ctx, &request).await?;
+            println!("{reply}");
+            return Ok(if is_error {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            });
+        }
+        Command::Status => operator::status(&ctx).await?,
+    };
+    print!("{output}");
+    Ok(ExitCode::SUCCESS)
+}

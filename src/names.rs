@@ -1,0 +1,91 @@
+//! The one place that builds every AMQP name and Redis key (SPEC §2, §3).
+//!
+//! Everything is derived from `WARMER_AMQP_PREFIX` and `WARMER_REDIS_NAMESPACE`, so a test (or a
+//! second deployment on the same servers) isolates itself by choosing other values. Keys that
+//! warmer adds to the legacy layout start with `_` after the namespace: a pool name is
+//! `<image>:<machine_type>[:public]` made of GCE names, which never start with `_`, so these keys
+//! cannot collide with a pool's list.
+
+use crate::pool::PoolName;
+
+/// Queue, exchange and key names of one deployment.
+#[derive(Clone, Debug)]
+pub struct Names {
+    prefix: String,
+    namespace: String,
+}
+
+impl Names {
+    pub fn new(amqp_prefix: &str, redis_namespace: &str) -> Self {
+        Self {
+            prefix: amqp_prefix.to_string(),
+            namespace: redis_namespace.to_string(),
+        }
+    }
+
+    /// The AMQP prefix (also used to name connections).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The Redis namespace.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    // --- AMQP -------------------------------------------------------------------------------
+
+    /// Durable quorum queue of checkout requests.
+    pub fn checkout_queue(&self) -> String {
+        format!("{}.checkout", self.prefix)
+    }
+
+    /// Durable topic exchange of everything that happened.
+    pub fn events_exchange(&self) -> String {
+        format!("{}.events", self.prefix)
+    }
+
+    /// Durable quorum queue of refill work (events and fill commands).
+    pub fn refill_queue(&self) -> String {
+        format!("{}.refill", self.prefix)
+    }
+
+    /// Durable queue where requests and commands that cannot be processed are kept.
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dead", self.prefix)
+    }
+
+    // --- Redis (legacy travis-ci/warmer keys) -----------------------------------------------
+
+    /// Hash: pool name → target size.
+    pub fn pool_configs(&self) -> String {
+        format!("{}:poolconfigs", self.namespace)
+    }
+
+    /// List: warmed VMs of a pool, oldest at the head.
+    pub fn pool(&self, pool: &PoolName) -> String {
+        format!("{}:{}", self.namespace, pool)
+    }
+
+    /// The prefix of every pool list; a pool's key is this followed by its name.
+    pub fn pool_key_prefix(&self) -> String {
+        format!("{}:", self.namespace)
+    }
+
+    /// List: `{"name","zone"}` of VMs to delete.
+    pub fn orphaned(&self) -> String {
+        format!("{}:orphaned", self.namespace)
+    }
+
+    // --- Redis (warmer's own keys) ----------------------------------------------------------
+
+    /// Hash: request identity → lease (the VM popped for it, pending or handed out).
+    pub fn leases(&self) -> String {
+        format!("{}:_leases", self.namespace)
+    }
+
+    /// Sorted set: request identity → when its lease must be looked at again (ms since epoch).
+    pub fn lease_deadlines(&self) -> String {
+        format!("{}:_lease_deadlines", self.namespace)
+    }
+}

@@ -1,0 +1,224 @@
+//! Operator commands (SPEC §5): pool targets, fill commands, one-off checkout requests, status.
+//!
+//! Each command does its work and returns what to print; `main` prints it. Errors say what was
+//! wrong and what to try.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use futures_lite::StreamExt;
+use lapin::BasicProperties;
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::FieldTable;
+use serde_json::json;
+
+use crate::amqp::{self, DIRECT_REPLY_TO, Published, Publisher};
+use crate::context::Context;
+use crate::pool::PoolName;
+use crate::store::now_ms;
+
+/// `warmer pool list`: every pool and its target, one per line.
+pub async fn pool_list(ctx: &Context) -> anyhow::Result<String> {
+    let targets = ctx.store.targets().await.context("reading pool targets")?;
+    Ok(targets
+        .into_iter()
+        .map(|(pool, target)| format!("{pool}\t{target}\n"))
+        .collect())
+}
+
+/// `warmer pool set <pool> <target>`.
+pub async fn pool_set(ctx: &Context, pool: &PoolName, target: u32) -> anyhow::Result<String> {
+    ctx.store
+        .set_target(pool, target)
+        .await
+        .with_context(|| format!("setting the target of {pool}"))?;
+    Ok(format!("{pool}: target {target}\n"))
+}
+
+/// `warmer pool delete <pool>`: the pool's warmed VMs are recorded for deletion.
+pub async fn pool_delete(ctx: &Context, pool: &PoolName) -> anyhow::Result<String> {
+    match ctx
+        .store
+        .delete_pool(pool)
+        .await
+        .with_context(|| format!("deleting {pool}"))?
+    {
+        None => bail!("no pool {pool} (see `warmer pool list`)"),
+        Some(vms) => Ok(format!(
+            "{pool}: deleted; {vms} warmed VM(s) recorded in {} for deletion\n",
+            ctx.names.orphaned()
+        )),
+    }
+}
+
+/// `warmer fill [<pool>]`: publishes a fill command for the refill consumer.
+pub async fn fill(
+    ctx: &Context,
+    pool: Option<&PoolName>,
+    token: Option<&str>,
+) -> anyhow::Result<String> {
+    let mut command = json!({"command": "fill"});
+    if let Some(pool) = pool {
+        command["pool"] = json!(pool.to_string());
+    }
+    if let Some(token) = token {
+        command["token"] = json!(token);
+    }
+    let connection = ctx.amqp("fill").await?;
+    let publisher = Publisher::open(&connection).await?;
+    let published = publisher
+        .publish(
+            "",
+            &ctx.names.refill_queue(),
+            &serde_json::to_vec(&command)?,
+            amqp::json_properties(),
+            true,
+        )
+        .await?;
+    let _ = connection.close(200, "bye".into()).await;
+    if published != Published::Routed {
+        bail!(
+            "queue {} does not exist: start `warmer refill` (or `warmer checkout`) once to declare it",
+            ctx.names.refill_queue()
+        );
+    }
+    Ok(match pool {
+        Some(pool) => format!("fill command published for {pool}\n"),
+        None => "fill command published for all pools\n".into(),
+    })
+}
+
+/// What `warmer request` sends.
+pub struct Request {
+    pub image: String,
+    pub machine_type: String,
+    pub public_ip: bool,
+    pub site: Option<String>,
+    pub timeout: Duration,
+}
+
+/// `warmer request`: one checkout over direct reply-to. Returns the reply body and whether it
+/// is an error reply.
+pub async fn request(ctx: &Context, request: &Request) -> anyhow::Result<(String, bool)> {
+    let mut body = json!({
+        "image_name": request.image,
+        "machine_type": request.machine_type,
+        "public_ip": request.public_ip,
+    });
+    if let Some(site) = &request.site {
+        body["site"] = json!(site);
+    }
+    let connection = ctx.amqp("request").await?;
+    let channel = connection.create_channel().await?;
+    // The reply consumer must exist before the request is published.
+    let mut replies = channel
+        .basic_consume(
+            DIRECT_REPLY_TO.into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .context("consuming direct replies")?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let correlation_id = uuid::Uuid::new_v4().to_string();
+    let properties = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_reply_to(DIRECT_REPLY_TO.into())
+        .with_correlation_id(correlation_id.as_str().into())
+        .with_message_id(correlation_id.as_str().into())
+        .with_timestamp(now_ms() / 1000)
+        .with_expiration(request.timeout.as_millis().to_string().as_str().into());
+    let confirmation = channel
+        .basic_publish(
+            "".into(),
+            ctx.names.checkout_queue().as_str().into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            &serde_json::to_vec(&body)?,
+            properties,
+        )
+        .await?
+        .await?;
+    if confirmation.take_message().is_some() {
+        bail!(
+            "queue {} does not exist: is `warmer checkout` running with WARMER_AMQP_PREFIX={}?",
+            ctx.names.checkout_queue(),
+            ctx.names.prefix()
+        );
+    }
+    let wait = async {
+        while let Some(delivery) = replies.next().await {
+            let delivery = delivery?;
+            let matches = delivery
+                .properties
+                .correlation_id()
+                .as_ref()
+                .is_some_and(|c| c.as_str() == correlation_id);
+            if matches {
+                return Ok(delivery.data);
+            }
+        }
+        bail!("the connection closed before a reply came")
+    };
+    let data = tokio::time::timeout(request.timeout, wait)
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "no reply within {:?}: is `warmer checkout` running?",
+                request.timeout
+            )
+        })??;
+    let _ = connection.close(200, "bye".into()).await;
+    let text = String::from_utf8_lossy(&data).into_owned();
+    let is_error = serde_json::from_slice::<serde_json::Value>(&data)
+        .map(|v| v.get("error").is_some())
+        .unwrap_or(true);
+    Ok((text, is_error))
+}
+
+/// `warmer status`: a table of pools.
+pub async fn status(ctx: &Context) -> anyhow::Result<String> {
+    let pools = ctx.store.status().await?;
+    let now = now_ms() / 1000;
+    let mut out = format!(
+        "{:<60} {:>6} {:>6} {:>10}\n",
+        "POOL", "TARGET", "READY", "OLDEST"
+    );
+    for pool in &pools {
+        let oldest = match &pool.oldest {
+            None => "-".to_string(),
+            Some(entry) => entry
+                .booted_at
+                .map_or("unknown".into(), |t| age(now.saturating_sub(t))),
+        };
+        let _ = writeln!(
+            out,
+            "{:<60} {:>6} {:>6} {:>10}",
+            pool.pool, pool.target, pool.ready, oldest
+        );
+    }
+    if pools.is_empty() {
+        out.push_str(
+            "(no pools: add one with `warmer pool set <image>:<machine_type> <target>`)\n",
+        );
+    }
+    Ok(out)
+}
+
+fn age(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7_200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3_600),
+        s => format!("{}d", s / 86_400),
+    }
+}

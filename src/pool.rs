@@ -1,0 +1,243 @@
+//! Pool names and the VM entries kept in a pool (SPEC §1, §2).
+//!
+//! Everything here is pure: parsing what a worker or an operator sent into a [`PoolName`], and
+//! reading a pool entry (ours or one that travis-ci/warmer wrote) into what a reply carries.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The longest name Compute Engine accepts.
+const MAX_GCE_NAME: usize = 63;
+
+/// True for a valid Compute Engine resource name: `[a-z]([-a-z0-9]{0,61}[a-z0-9])?`.
+pub fn is_gce_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= MAX_GCE_NAME
+        && bytes[0].is_ascii_lowercase()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes[bytes.len() - 1] != b'-'
+}
+
+/// A pool: `<image>:<machine_type>` or `<image>:<machine_type>:public`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PoolName {
+    pub image: String,
+    pub machine_type: String,
+    pub public_ip: bool,
+}
+
+impl fmt::Display for PoolName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.image, self.machine_type)?;
+        if self.public_ip {
+            f.write_str(":public")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for PoolName {
+    type Err = String;
+
+    /// Parses an operator's pool name, e.g. `travis-ci-garnet-trusty-1503417006:n1-standard-2:public`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let (image, machine_type, public_ip) = match parts.as_slice() {
+            [image, machine_type] => (*image, *machine_type, false),
+            [image, machine_type, "public"] => (*image, *machine_type, true),
+            _ => {
+                return Err(format!(
+                    "pool `{}` is not `<image>:<machine_type>` or `<image>:<machine_type>:public`",
+                    s.escape_debug()
+                ));
+            }
+        };
+        for (what, name) in [("image", image), ("machine type", machine_type)] {
+            if !is_gce_name(name) {
+                return Err(format!(
+                    "pool `{}`: {what} `{}` is not a valid Compute Engine name",
+                    s.escape_debug(),
+                    name.escape_debug()
+                ));
+            }
+        }
+        Ok(PoolName {
+            image: image.into(),
+            machine_type: machine_type.into(),
+            public_ip,
+        })
+    }
+}
+
+/// Reads a resource given as a bare name or as a (full or partial) Compute Engine URL whose
+/// collection segment is `collection`, e.g.
+/// `https://www.googleapis.com/compute/v1/projects/p/global/images/NAME` for `images`.
+/// Returns the name, or why the value is not acceptable.
+pub fn resource_name<'a>(value: &'a str, collection: &str) -> Result<&'a str, String> {
+    if value.is_empty() {
+        return Err("is empty".into());
+    }
+    if value.len() > 1024 {
+        return Err(format!(
+            "is {} bytes long; at most 1024 are accepted",
+            value.len()
+        ));
+    }
+    if !value.contains('/') {
+        return if is_gce_name(value) {
+            Ok(value)
+        } else {
+            Err(format!(
+                "`{}` is not a valid Compute Engine name (lowercase letters, digits and `-`, at most 63)",
+                value.escape_debug()
+            ))
+        };
+    }
+    let path = value
+        .strip_prefix("https://")
+        .and_then(|rest| rest.split_once('/'))
+        .map_or(value, |(_host, path)| path);
+    let segments: Vec<&str> = path.split('/').collect();
+    let ok_segment = |s: &&str| {
+        !s.is_empty()
+            && *s != "."
+            && *s != ".."
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+    };
+    let name = segments.last().copied().unwrap_or_default();
+    let well_formed = segments.iter().all(ok_segment)
+        && segments.len() >= 4
+        && segments.contains(&"projects")
+        && segments[segments.len() - 2] == collection
+        && is_gce_name(name);
+    if well_formed {
+        Ok(name)
+    } else {
+        Err(format!(
+            "`{}` is neither a name nor a Compute Engine URL ending in `/{collection}/<name>`",
+            value.escape_debug()
+        ))
+    }
+}
+
+/// The short zone of a zone that may be a full URL (`…/zones/us-central1-c` → `us-central1-c`).
+pub fn short_zone(zone: &str) -> &str {
+    zone.rsplit('/').next().unwrap_or(zone)
+}
+
+/// A warmed VM as stored in a pool list. Legacy entries (travis-ci/warmer) have exactly the
+/// first five fields, with `zone` as a full URL; unknown fields are kept as they are.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct PoolEntry {
+    pub name: String,
+    pub zone: String,
+    pub ip: Option<String>,
+    #[serde(default)]
+    pub public_ip: Option<String>,
+    pub ssh_private_key: String,
+    /// When the VM was ready, in seconds since the epoch (absent in legacy entries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub booted_at: Option<u64>,
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl fmt::Display for PoolEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.name, short_zone(&self.zone))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gce_names_follow_the_documented_pattern() {
+        for ok in [
+            "a",
+            "n1-standard-2",
+            "travis-ci-garnet-trusty-1503417006",
+            "e2-medium",
+        ] {
+            assert!(is_gce_name(ok), "{ok}");
+        }
+        let too_long = "a".repeat(64);
+        for bad in [
+            "",
+            "A",
+            "1abc",
+            "abc-",
+            "a_b",
+            "a.b",
+            "a/b",
+            "..",
+            "a\0b",
+            too_long.as_str(),
+        ] {
+            assert!(!is_gce_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn urls_and_short_names_name_the_same_resource() {
+        let url = "https://www.googleapis.com/compute/v1/projects/p/global/images/travis-ci-garnet-trusty-1503417006";
+        assert_eq!(
+            resource_name(url, "images"),
+            Ok("travis-ci-garnet-trusty-1503417006")
+        );
+        assert_eq!(
+            resource_name(
+                "projects/p/zones/us-central1-c/machineTypes/n1-standard-2",
+                "machineTypes"
+            ),
+            Ok("n1-standard-2")
+        );
+        assert_eq!(
+            resource_name("n1-standard-2", "machineTypes"),
+            Ok("n1-standard-2")
+        );
+        for bad in [
+            "a/b",
+            "../images/x",
+            "projects/p/global/images/../x",
+            "projects/p/global/snapshots/x",
+            "https://www.googleapis.com/compute/v1/projects/p/global/images/X",
+            "projects/p/global/images/",
+            "im\0age",
+        ] {
+            assert!(resource_name(bad, "images").is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn pool_names_round_trip_and_reject_garbage() {
+        let pool: PoolName = "img:n1-standard-2:public".parse().unwrap();
+        assert!(pool.public_ip);
+        assert_eq!(pool.to_string(), "img:n1-standard-2:public");
+        for bad in [
+            "img",
+            "img:",
+            "img:n1:private",
+            "Img:n1",
+            "img:n1:public:x",
+            "_leases:x",
+        ] {
+            assert!(bad.parse::<PoolName>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn legacy_entries_read_with_full_url_zones() {
+        let legacy = r#"{"name":"travis-job-1","zone":"https://www.googleapis.com/compute/v1/projects/p/zones/us-central1-c","ip":"10.0.0.2","public_ip":null,"ssh_private_key":"KEY"}"#;
+        let entry: PoolEntry = serde_json::from_str(legacy).unwrap();
+        assert_eq!(short_zone(&entry.zone), "us-central1-c");
+        assert_eq!(entry.public_ip, None);
+        assert_eq!(entry.booted_at, None);
+    }
+}

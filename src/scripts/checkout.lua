@@ -1,0 +1,49 @@
+-- checkout.lua: take the oldest warmed VM of a pool for one request, at most once.
+--
+-- KEYS[1] poolconfigs hash   KEYS[2] the pool's list   KEYS[3] leases hash
+-- KEYS[4] lease deadlines zset   KEYS[5] orphaned list
+-- ARGV[1] request identity   ARGV[2] pool name   ARGV[3] now (ms)
+-- ARGV[4] the request's deadline (ms)   ARGV[5] when an unsettled lease is given up (ms)
+--
+-- Invariant: a VM leaves the pool only into a lease keyed by the request's identity, in the same
+-- step. A request that comes again (redelivery, retry after an I/O error) finds its lease and
+-- gets the same VM: no request ever takes two, no VM ever goes to two requests.
+--
+-- Returns {"popped", entry} | {"lease", entry} | {"orphaned", entry} | {"expired"}
+--       | {"no_pool"} | {"empty"}
+local identity, pool = ARGV[1], ARGV[2]
+local now, deadline = tonumber(ARGV[3]), tonumber(ARGV[4])
+
+local existing = redis.call('HGET', KEYS[3], identity)
+if existing then
+  local lease = cjson.decode(existing)
+  if lease.state == 'pending' and now > deadline then
+    -- The requester's deadline passed while its reply may or may not have gone out: the VM's
+    -- fate is unknown, so it is never reused.
+    local ok, vm = pcall(cjson.decode, lease.entry)
+    if ok and type(vm) == 'table' then
+      redis.call('RPUSH', KEYS[5], cjson.encode({name = vm.name, zone = vm.zone}))
+    else
+      redis.call('RPUSH', KEYS[5], lease.entry)
+    end
+    redis.call('HDEL', KEYS[3], identity)
+    redis.call('ZREM', KEYS[4], identity)
+    return {'orphaned', lease.entry}
+  end
+  return {'lease', lease.entry}
+end
+
+if now > deadline then
+  return {'expired'}
+end
+if redis.call('HEXISTS', KEYS[1], pool) == 0 then
+  return {'no_pool'}
+end
+local entry = redis.call('LPOP', KEYS[2])
+if not entry then
+  return {'empty'}
+end
+redis.call('HSET', KEYS[3], identity,
+  cjson.encode({state = 'pending', pool = pool, entry = entry, at = now}))
+redis.call('ZADD', KEYS[4], ARGV[5], identity)
+return {'popped', entry}

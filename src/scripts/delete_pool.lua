@@ -1,0 +1,21 @@
+-- delete_pool.lua: a deleted pool's warmed VMs are recorded for deletion, never leaked.
+--
+-- KEYS[1] poolconfigs hash   KEYS[2] the pool's list   KEYS[3] orphaned list
+-- ARGV[1] pool name
+--
+-- Returns the number of VMs moved to orphaned, or -1 when the pool did not exist.
+local existed = redis.call('HDEL', KEYS[1], ARGV[1])
+local entries = redis.call('LRANGE', KEYS[2], 0, -1)
+for _, entry in ipairs(entries) do
+  local ok, vm = pcall(cjson.decode, entry)
+  if ok and type(vm) == 'table' then
+    redis.call('RPUSH', KEYS[3], cjson.encode({name = vm.name, zone = vm.zone}))
+  else
+    redis.call('RPUSH', KEYS[3], entry)
+  end
+end
+redis.call('DEL', KEYS[2])
+if existed == 0 and #entries == 0 then
+  return -1
+end
+return #entries

@@ -1,0 +1,31 @@
+-- give_back.lua: a pending lease whose reply provably reached nobody returns its VM to the
+-- *head* of its pool (it is still the oldest), or to orphaned if the pool was deleted meanwhile.
+--
+-- KEYS[1] poolconfigs hash   KEYS[2] the pool's list   KEYS[3] leases hash
+-- KEYS[4] lease deadlines zset   KEYS[5] orphaned list
+-- ARGV[1] request identity   ARGV[2] pool name   ARGV[3] "head", or "orphan" for a VM that
+-- must not be reused (its entry is unreadable)
+--
+-- Only a pending lease is given back: a handed-out VM is never returned to a pool.
+-- Returns {"head", entry}, {"orphaned", entry} or {"none"}.
+local raw = redis.call('HGET', KEYS[3], ARGV[1])
+if not raw then
+  return {'none'}
+end
+local lease = cjson.decode(raw)
+if lease.state ~= 'pending' then
+  return {'none'}
+end
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+if ARGV[3] == 'head' and redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1 then
+  redis.call('LPUSH', KEYS[2], lease.entry)
+  return {'head', lease.entry}
+end
+local ok, vm = pcall(cjson.decode, lease.entry)
+if ok and type(vm) == 'table' then
+  redis.call('RPUSH', KEYS[5], cjson.encode({name = vm.name, zone = vm.zone}))
+else
+  redis.call('RPUSH', KEYS[5], lease.entry)
+end
+return {'orphaned', lease.entry}

@@ -1,0 +1,27 @@
+-- sweep_leases.lua: leases whose time is up become orphans to delete.
+--
+-- KEYS[1] leases hash   KEYS[2] lease deadlines zset   KEYS[3] orphaned list
+-- ARGV[1] now (ms)   ARGV[2] at most this many leases per call
+--
+-- A lease still pending at its deadline belongs to a request that was never answered for sure
+-- (its consumer crashed and the request was dead-lettered): the VM's fate is unknown, so it is
+-- deleted, never reused. A handed-out lease past WARMER_MAX_HANDOUT_AGE belongs to a worker that
+-- never deleted its VM. Returns {pending orphaned, handed expired}.
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local pending, handed = 0, 0
+for _, identity in ipairs(due) do
+  local raw = redis.call('HGET', KEYS[1], identity)
+  if raw then
+    local lease = cjson.decode(raw)
+    local ok, vm = pcall(cjson.decode, lease.entry)
+    if ok and type(vm) == 'table' then
+      redis.call('RPUSH', KEYS[3], cjson.encode({name = vm.name, zone = vm.zone}))
+    else
+      redis.call('RPUSH', KEYS[3], lease.entry)
+    end
+    if lease.state == 'pending' then pending = pending + 1 else handed = handed + 1 end
+    redis.call('HDEL', KEYS[1], identity)
+  end
+  redis.call('ZREM', KEYS[2], identity)
+end
+return {pending, handed}

@@ -1,0 +1,284 @@
+//! Redis: pools, targets, leases and orphans (SPEC §2), the one client every process uses.
+//!
+//! Each step that must be atomic is a Lua script in `src/scripts/`, whose header states its keys,
+//! arguments and invariant. `ConnectionManager` reconnects in the background; a command that hit
+//! a dropped connection returns its error and the caller decides whether to retry (every script
+//! here is idempotent per request identity, so retrying is safe).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use redis::AsyncCommands;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::config::ServerUrl;
+use crate::names::Names;
+use crate::pool::{PoolEntry, PoolName};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What [`Store::checkout`] found for a request.
+#[derive(Debug, PartialEq)]
+pub enum Checkout {
+    /// A VM was taken from the pool for this request (raw pool entry).
+    Popped(String),
+    /// This request already holds a lease (a redelivery): the same VM again.
+    Leased(String),
+    /// This request's lease was pending past its deadline: the VM was recorded for deletion.
+    Orphaned(String),
+    /// The request's deadline has passed; nothing was taken.
+    Expired,
+    NoPool,
+    Empty,
+}
+
+/// Where a given-back VM went.
+#[derive(Debug, PartialEq)]
+pub enum GiveBack {
+    Head,
+    Orphaned,
+    NothingPending,
+}
+
+/// One pool's state for `warmer status`.
+#[derive(Debug)]
+pub struct PoolStatus {
+    pub pool: String,
+    pub target: String,
+    pub ready: u64,
+    pub oldest: Option<PoolEntry>,
+}
+
+/// Redis with warmer's layout.
+#[derive(Clone)]
+pub struct Store {
+    conn: ConnectionManager,
+    names: Names,
+    scripts: &'static Scripts,
+}
+
+struct Scripts {
+    checkout: redis::Script,
+    settle: redis::Script,
+    give_back: redis::Script,
+    sweep_leases: redis::Script,
+    delete_pool: redis::Script,
+}
+
+fn scripts() -> &'static Scripts {
+    static SCRIPTS: std::sync::OnceLock<Scripts> = std::sync::OnceLock::new();
+    SCRIPTS.get_or_init(|| Scripts {
+        checkout: redis::Script::new(include_str!("scripts/checkout.lua")),
+        settle: redis::Script::new(include_str!("scripts/settle.lua")),
+        give_back: redis::Script::new(include_str!("scripts/give_back.lua")),
+        sweep_leases: redis::Script::new(include_str!("scripts/sweep_leases.lua")),
+        delete_pool: redis::Script::new(include_str!("scripts/delete_pool.lua")),
+    })
+}
+
+impl Store {
+    /// Connects (waiting at most 10 s for the first connection).
+    pub async fn connect(url: &ServerUrl, names: Names) -> anyhow::Result<Self> {
+        let client = redis::Client::open(url.expose())
+            .with_context(|| format!("WARMER_REDIS_URL {url} is not a valid Redis URL"))?;
+        let config = ConnectionManagerConfig::new()
+            // The default 500 ms response timeout fails slow scripts on a busy server.
+            .set_response_timeout(Some(Duration::from_secs(5)))
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2));
+        let conn = tokio::time::timeout(
+            Duration::from_secs(10),
+            ConnectionManager::new_with_config(client, config),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("connecting to Redis at {url} timed out"))?
+        .with_context(|| format!("connecting to Redis at {url}"))?;
+        Ok(Self {
+            conn,
+            names,
+            scripts: scripts(),
+        })
+    }
+
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// A connection for commands the store does not wrap (tests, status).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// Takes the oldest VM of `pool` for the request `identity` (see `checkout.lua`).
+    pub async fn checkout(
+        &self,
+        identity: &str,
+        pool: &PoolName,
+        now: u64,
+        deadline: u64,
+        give_up_at: u64,
+    ) -> redis::RedisResult<Checkout> {
+        let n = &self.names;
+        let reply: Vec<String> = self
+            .scripts
+            .checkout
+            .key(n.pool_configs())
+            .key(n.pool(pool))
+            .key(n.leases())
+            .key(n.lease_deadlines())
+            .key(n.orphaned())
+            .arg(identity)
+            .arg(pool.to_string())
+            .arg(now)
+            .arg(deadline)
+            .arg(give_up_at)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        let mut reply = reply.into_iter();
+        let outcome = reply.next().unwrap_or_default();
+        let entry = reply.next();
+        Ok(match (outcome.as_str(), entry) {
+            ("popped", Some(e)) => Checkout::Popped(e),
+            ("lease", Some(e)) => Checkout::Leased(e),
+            ("orphaned", Some(e)) => Checkout::Orphaned(e),
+            ("expired", _) => Checkout::Expired,
+            ("no_pool", _) => Checkout::NoPool,
+            ("empty", _) => Checkout::Empty,
+            (other, _) => {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "unexpected reply from checkout.lua",
+                    other.to_string(),
+                )));
+            }
+        })
+    }
+
+    /// Marks a lease handed out; returns false when the lease was already swept.
+    pub async fn settle(&self, identity: &str, keep_until: u64) -> redis::RedisResult<bool> {
+        let settled: i64 = self
+            .scripts
+            .settle
+            .key(self.names.leases())
+            .key(self.names.lease_deadlines())
+            .arg(identity)
+            .arg(now_ms())
+            .arg(keep_until)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(settled != 0)
+    }
+
+    /// Returns a pending lease's VM to the head of its pool, or with `to_head == false` records
+    /// it as an orphan (see `give_back.lua`). Also returns the VM's name.
+    pub async fn give_back(
+        &self,
+        identity: &str,
+        pool: &PoolName,
+        to_head: bool,
+    ) -> redis::RedisResult<(GiveBack, String)> {
+        let n = &self.names;
+        let (outcome, entry): (String, Option<String>) = self
+            .scripts
+            .give_back
+            .key(n.pool_configs())
+            .key(n.pool(pool))
+            .key(n.leases())
+            .key(n.lease_deadlines())
+            .key(n.orphaned())
+            .arg(identity)
+            .arg(pool.to_string())
+            .arg(if to_head { "head" } else { "orphan" })
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        let outcome = match outcome.as_str() {
+            "head" => GiveBack::Head,
+            "orphaned" => GiveBack::Orphaned,
+            _ => GiveBack::NothingPending,
+        };
+        let name = entry
+            .map(|e| serde_json::from_str::<PoolEntry>(&e).map_or(e, |vm| vm.name))
+            .unwrap_or_default();
+        Ok((outcome, name))
+    }
+
+    /// Turns leases whose time is up into orphans; returns (pending, handed) counts.
+    pub async fn sweep_leases(&self, now: u64) -> redis::RedisResult<(u64, u64)> {
+        let (mut pending, mut handed) = (0, 0);
+        loop {
+            let (p, h): (u64, u64) = self
+                .scripts
+                .sweep_leases
+                .key(self.names.leases())
+                .key(self.names.lease_deadlines())
+                .key(self.names.orphaned())
+                .arg(now)
+                .arg(100)
+                .invoke_async(&mut self.conn.clone())
+                .await?;
+            pending += p;
+            handed += h;
+            if p + h < 100 {
+                return Ok((pending, handed));
+            }
+        }
+    }
+
+    /// Pool name → target, as stored (legacy values are decimal strings).
+    pub async fn targets(&self) -> redis::RedisResult<BTreeMap<String, String>> {
+        self.conn.clone().hgetall(self.names.pool_configs()).await
+    }
+
+    /// Sets a pool's target (creating the pool).
+    pub async fn set_target(&self, pool: &PoolName, target: u32) -> redis::RedisResult<()> {
+        self.conn
+            .clone()
+            .hset(self.names.pool_configs(), pool.to_string(), target)
+            .await
+    }
+
+    /// Deletes a pool; its warmed VMs are recorded as orphans. `None` if it did not exist.
+    pub async fn delete_pool(&self, pool: &PoolName) -> redis::RedisResult<Option<u64>> {
+        let moved: i64 = self
+            .scripts
+            .delete_pool
+            .key(self.names.pool_configs())
+            .key(self.names.pool(pool))
+            .key(self.names.orphaned())
+            .arg(pool.to_string())
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(u64::try_from(moved).ok())
+    }
+
+    /// Target, ready count and oldest entry of every configured pool.
+    pub async fn status(&self) -> anyhow::Result<Vec<PoolStatus>> {
+        let targets = self.targets().await.context("reading pool targets")?;
+        let mut pipe = redis::pipe();
+        for pool in targets.keys() {
+            let key = format!("{}{}", self.names.pool_key_prefix(), pool);
+            pipe.llen(&key).lindex(&key, 0);
+        }
+        let rows: Vec<(u64, Option<String>)> = pipe
+            .query_async(&mut self.conn.clone())
+            .await
+            .context("reading pools")?;
+        Ok(targets
+            .into_iter()
+            .zip(rows)
+            .map(|((pool, target), (ready, oldest))| PoolStatus {
+                pool,
+                target,
+                ready,
+                oldest: oldest.and_then(|e| serde_json::from_str(&e).ok()),
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,543 @@
+//! Checkout: SPEC §3.1–§3.3 and §4 guarantees 1, 2, 3 and 5.
+
+use std::collections::HashSet;
+
+use lapin::BasicProperties;
+use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use serde_json::{Value, json};
+use warmer::pool::PoolName;
+use warmer::store::{self, now_ms};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn a_checkout_returns_the_oldest_warmed_vm_first() {
+    let app = spawn_app().await;
+    app.seed(POOL, 3, &[vm("vm-old"), vm("vm-mid"), vm("vm-new")])
+        .await;
+
+    let mut requester = app.requester().await;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(requester.send(TRAVIS_REQUEST.as_bytes()).await["name"].clone());
+    }
+
+    assert_eq!(got, [json!("vm-old"), json!("vm-mid"), json!("vm-new")]);
+    assert!(app.pool_vms(POOL).await.is_empty());
+}
+
+#[tokio::test]
+async fn every_request_shape_of_the_travis_worker_reaches_its_pool() {
+    let app = spawn_app().await;
+    app.seed(POOL, 4, &[vm("a"), vm("b"), vm("c")]).await;
+    app.seed(&format!("{POOL}:public"), 1, &[vm("public-1")])
+        .await;
+
+    let shapes = [
+        TRAVIS_REQUEST.to_string(),
+        json!({"image_name": "travis-ci-garnet-trusty-1503417006", "machine_type": "n1-standard-2", "public_ip": "false"}).to_string(),
+        json!({"image_name": "projects/p/global/images/travis-ci-garnet-trusty-1503417006",
+               "machine_type": "zones/us-central1-c/machineTypes/n1-standard-2".replace("zones", "projects/p/zones")}).to_string(),
+        json!({"image_name": "travis-ci-garnet-trusty-1503417006", "machine_type": "n1-standard-2", "public_ip": "true", "site": "com"}).to_string(),
+    ];
+    let mut requester = app.requester().await;
+    let mut got = Vec::new();
+    for shape in &shapes {
+        got.push(requester.send(shape.as_bytes()).await["name"].clone());
+    }
+
+    assert_eq!(got, [json!("a"), json!("b"), json!("c"), json!("public-1")]);
+}
+
+#[tokio::test]
+async fn a_redis_written_by_travis_ci_warmer_is_served_with_short_zones() {
+    let app = spawn_app().await;
+    // Exactly what the Ruby service writes: a decimal target, entries with full-URL zones.
+    let _: () = redis::cmd("HSET")
+        .arg(app.names.pool_configs())
+        .arg(POOL)
+        .arg("2")
+        .query_async(&mut app.redis.clone())
+        .await
+        .unwrap();
+    let legacy = r#"{"name":"travis-job-legacy","zone":"https://www.googleapis.com/compute/v1/projects/travis-ci-prod/zones/us-central1-c","ip":"10.10.42.86","public_ip":"34.1.2.3","ssh_private_key":"-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-256-CBC,00\n\nabc\n-----END RSA PRIVATE KEY-----\n"}"#;
+    let _: () = redis::cmd("RPUSH")
+        .arg(format!("{}:{POOL}", app.names.namespace()))
+        .arg(legacy)
+        .query_async(&mut app.redis.clone())
+        .await
+        .unwrap();
+
+    let reply = app.checkout().await;
+
+    let legacy: Value = serde_json::from_str(legacy).unwrap();
+    assert_eq!(reply["name"], "travis-job-legacy");
+    assert_eq!(reply["zone"], "us-central1-c");
+    assert_eq!(reply["ip"], "10.10.42.86");
+    assert_eq!(reply["public_ip"], "34.1.2.3");
+    assert_eq!(reply["ssh_private_key"], legacy["ssh_private_key"]);
+    let fields: HashSet<&str> = reply
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        fields,
+        HashSet::from(["name", "zone", "ip", "public_ip", "ssh_private_key"])
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_pool_is_answered_no_pool() {
+    let app = spawn_app().await;
+    let reply = app.checkout().await;
+    assert_eq!(reply["code"], "no_pool");
+    assert_eq!(reply["error"], format!("no config found for pool {POOL}"));
+}
+
+#[tokio::test]
+async fn an_empty_pool_is_answered_pool_empty_and_announced() {
+    let app = spawn_app().await;
+    app.seed(POOL, 2, &[]).await;
+    let mut empty = app.listen("pool.empty").await;
+
+    let reply = app.checkout().await;
+
+    assert_eq!(reply["code"], "pool_empty");
+    assert_eq!(
+        reply["error"],
+        format!("no instance available in pool {POOL}")
+    );
+    assert_eq!(empty.next().await, json!({"pool": POOL}));
+}
+
+#[tokio::test]
+async fn each_checkout_publishes_a_pool_dropped_event() {
+    let app = spawn_app().await;
+    app.seed(POOL, 1, &[vm("vm-1")]).await;
+    let mut dropped = app.listen("pool.dropped").await;
+
+    app.checkout().await;
+
+    assert_eq!(
+        dropped.next().await,
+        json!({"pool": POOL, "instance": "vm-1", "zone": "us-central1-c"})
+    );
+}
+
+#[tokio::test]
+async fn bad_input_gets_bad_request_and_pops_nothing() {
+    let app = spawn_app().await;
+    app.seed(POOL, 1, &[vm("untouchable")]).await;
+    let long = "a".repeat(100 * 1024);
+    let corpus: Vec<(String, &str)> = vec![
+        ("{".into(), "not valid JSON"),
+        ("".into(), "not valid JSON"),
+        ("\u{0}\u{1}binary".into(), "not valid JSON"),
+        ("[1,2]".into(), "JSON object"),
+        ("null".into(), "JSON object"),
+        (
+            json!({"machine_type": "n1-standard-2"}).to_string(),
+            "image_name is required",
+        ),
+        (
+            json!({"image_name": "i"}).to_string(),
+            "machine_type is required",
+        ),
+        (
+            json!({"image_name": 5, "machine_type": "m"}).to_string(),
+            "image_name must be a string",
+        ),
+        (
+            json!({"image_name": "i", "machine_type": ["m"]}).to_string(),
+            "machine_type must be a string",
+        ),
+        (
+            json!({"image_name": "i", "machine_type": "m", "public_ip": 1}).to_string(),
+            "public_ip",
+        ),
+        (
+            json!({"image_name": "i", "machine_type": "m", "public_ip": "maybe"}).to_string(),
+            "public_ip",
+        ),
+        (
+            json!({"image_name": long, "machine_type": "m"}).to_string(),
+            "bytes",
+        ),
+        (
+            json!({"image_name": "img/evil", "machine_type": "m"}).to_string(),
+            "image_name",
+        ),
+        (
+            json!({"image_name": "../../etc/passwd", "machine_type": "m"}).to_string(),
+            "image_name",
+        ),
+        (
+            json!({"image_name": "projects/p/global/images/..", "machine_type": "m"}).to_string(),
+            "image_name",
+        ),
+        (
+            json!({"image_name": "im\u{0}g", "machine_type": "m"}).to_string(),
+            "image_name",
+        ),
+        (
+            json!({"image_name": "i", "machine_type": "n1:standard"}).to_string(),
+            "machine_type",
+        ),
+        (
+            json!({"image_name": "Travis", "machine_type": "m"}).to_string(),
+            "image_name",
+        ),
+        (
+            json!({"image_name": "i", "machine_type": "m", "zone": "../x"}).to_string(),
+            "zone",
+        ),
+        (
+            json!({"image_name": "i", "machine_type": "m", "site": 1}).to_string(),
+            "site",
+        ),
+        (
+            json!({"image_name": "i", "machine_type": "m", "priority": "high"}).to_string(),
+            "unknown field `priority`",
+        ),
+    ];
+
+    let mut requester = app.requester().await;
+    for (body, expected) in &corpus {
+        let reply = requester.send(body.as_bytes()).await;
+        assert_eq!(reply["code"], "bad_request", "{body:.80}");
+        let error = reply["error"].as_str().unwrap();
+        assert!(
+            error.contains(expected),
+            "{error:?} should mention {expected:?}"
+        );
+    }
+
+    assert_eq!(app.pool_vms(POOL).await, ["untouchable"]);
+    assert!(app.leases().await.is_empty());
+    // The consumer is still serving.
+    assert_eq!(
+        requester.send(TRAVIS_REQUEST.as_bytes()).await["name"],
+        "untouchable"
+    );
+}
+
+#[tokio::test]
+async fn a_request_without_reply_to_is_dead_lettered_and_pops_nothing() {
+    let app = spawn_app().await;
+    app.seed(POOL, 1, &[vm("kept")]).await;
+    let mut dead = app.dead_letters().await;
+    let requester = app.requester().await;
+
+    requester
+        .publish(
+            TRAVIS_REQUEST.as_bytes(),
+            BasicProperties::default().with_correlation_id("no-reply".into()),
+        )
+        .await;
+
+    let letter = within("a dead letter", futures_lite::StreamExt::next(&mut dead))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(letter.data, TRAVIS_REQUEST.as_bytes());
+    assert_eq!(
+        letter
+            .properties
+            .correlation_id()
+            .as_ref()
+            .unwrap()
+            .as_str(),
+        "no-reply"
+    );
+    assert_eq!(app.pool_vms(POOL).await, ["kept"]);
+}
+
+#[tokio::test]
+async fn many_requesters_on_several_consumers_never_share_a_vm() {
+    const VMS: usize = 300;
+    const REQUESTERS: usize = 32;
+    const EACH: usize = 12; // 384 requests for 300 VMs: the pool runs dry on purpose
+    let mut app = spawn_app().await;
+    app.start_consumer().await;
+    app.start_consumer().await;
+    let vms: Vec<Value> = (0..VMS).map(|i| vm(&format!("vm-{i:04}"))).collect();
+    app.seed(POOL, VMS as u32, &vms).await;
+
+    let mut tasks = Vec::new();
+    for _ in 0..REQUESTERS {
+        let mut requester = app.requester().await;
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for _ in 0..EACH {
+                got.push(requester.send(TRAVIS_REQUEST.as_bytes()).await);
+            }
+            got
+        }));
+    }
+    let mut names = Vec::new();
+    let mut empty = 0;
+    for task in tasks {
+        for reply in task.await.unwrap() {
+            match reply["name"].as_str() {
+                Some(name) => names.push(name.to_string()),
+                None => {
+                    assert_eq!(reply["code"], "pool_empty");
+                    empty += 1;
+                }
+            }
+        }
+    }
+
+    let distinct: HashSet<&String> = names.iter().collect();
+    assert_eq!(distinct.len(), names.len(), "a VM was handed out twice");
+    assert_eq!(names.len(), VMS, "every VM handed out once");
+    assert_eq!(empty, REQUESTERS * EACH - VMS);
+    assert!(app.pool_vms(POOL).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_redelivered_request_gets_the_same_vm_again() {
+    let app = spawn_app().await;
+    app.seed(POOL, 2, &[vm("first"), vm("second")]).await;
+    let mut requester = app.requester().await;
+    let properties = Requester::properties().with_message_id("request-1".into());
+
+    let once = requester
+        .send_with(TRAVIS_REQUEST.as_bytes(), properties.clone())
+        .await;
+    let again = requester
+        .send_with(
+            TRAVIS_REQUEST.as_bytes(),
+            properties.with_correlation_id("retry".into()),
+        )
+        .await;
+
+    assert_eq!(once["name"], "first");
+    assert_eq!(again["name"], "first");
+    assert_eq!(app.pool_vms(POOL).await, ["second"]);
+}
+
+#[tokio::test]
+async fn a_consumer_that_died_between_pop_and_reply_leaves_the_vm_to_the_redelivery() {
+    let app = spawn_app().await;
+    app.seed(POOL, 2, &[vm("popped"), vm("other")]).await;
+    let pool: PoolName = POOL.parse().unwrap();
+    // The dead consumer's step: the pop happened, the reply never went out.
+    let now = now_ms();
+    let popped = app
+        .ctx
+        .store
+        .checkout("m:crashed-request", &pool, now, now + 30_000, now + 60_000)
+        .await
+        .unwrap();
+    assert!(matches!(popped, store::Checkout::Popped(_)));
+    assert_eq!(app.pool_vms(POOL).await, ["other"]);
+
+    // The broker redelivers the request to a live consumer.
+    let mut requester = app.requester().await;
+    let reply = requester
+        .send_with(
+            TRAVIS_REQUEST.as_bytes(),
+            Requester::properties().with_message_id("crashed-request".into()),
+        )
+        .await;
+
+    assert_eq!(reply["name"], "popped");
+    assert_eq!(
+        app.pool_vms(POOL).await,
+        ["other"],
+        "no second VM was taken"
+    );
+    let leases = app.leases().await;
+    assert_eq!(
+        leases["m:crashed-request"],
+        ("popped".into(), "handed".into())
+    );
+}
+
+#[tokio::test]
+async fn a_lease_never_answered_becomes_an_orphan_not_a_pool_entry() {
+    let app = spawn_app().await;
+    app.seed(POOL, 2, &[vm("unknown-fate"), vm("other")]).await;
+    let pool: PoolName = POOL.parse().unwrap();
+    let now = now_ms();
+    app.ctx
+        .store
+        .checkout("m:dead-lettered", &pool, now, now + 1, now + 2)
+        .await
+        .unwrap();
+
+    let swept = app.ctx.store.sweep_leases(now + 3).await.unwrap();
+
+    assert_eq!(swept, (1, 0));
+    assert_eq!(app.orphaned().await, ["unknown-fate"]);
+    assert_eq!(app.pool_vms(POOL).await, ["other"]);
+    assert!(app.leases().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_redelivery_after_the_deadline_orphans_the_vm_of_its_lease() {
+    let app = spawn_app().await;
+    app.seed(POOL, 2, &[vm("unknown-fate"), vm("other")]).await;
+    let pool: PoolName = POOL.parse().unwrap();
+    let now = now_ms();
+    app.ctx
+        .store
+        .checkout("m:late", &pool, now, now + 60_000, now + 120_000)
+        .await
+        .unwrap();
+
+    // Redelivered after its deadline (timestamp + expiration in the past): nothing is replied.
+    let requester = app.requester().await;
+    let mut orphaned = app.listen("instance.orphaned").await;
+    requester
+        .publish(
+            TRAVIS_REQUEST.as_bytes(),
+            Requester::properties()
+                .with_message_id("late".into())
+                .with_timestamp(now / 1000 - 120)
+                .with_headers(deadline_header(now - 1_000)),
+        )
+        .await;
+
+    assert_eq!(orphaned.next().await["instance"], "unknown-fate");
+    assert_eq!(app.orphaned().await, ["unknown-fate"]);
+    assert_eq!(app.pool_vms(POOL).await, ["other"]);
+}
+
+fn deadline_header(deadline_ms: u64) -> FieldTable {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "x-warmer-deadline".into(),
+        lapin::types::AMQPValue::LongLongInt(deadline_ms as i64),
+    );
+    headers
+}
+
+#[tokio::test]
+async fn a_request_past_its_deadline_pops_nothing() {
+    let mut app = spawn_app_without_consumer().await;
+    app.seed(POOL, 1, &[vm("kept")]).await;
+    let mut requester = app.requester().await;
+    let properties = Requester::properties()
+        .with_timestamp(now_ms() / 1000 - 60)
+        .with_expiration("60000".into())
+        .with_message_id("expired".into());
+    requester
+        .publish(TRAVIS_REQUEST.as_bytes(), properties)
+        .await;
+    // A second, valid request behind it proves the first was handled.
+    let marker = Requester::properties();
+    let correlation = marker.correlation_id().clone().unwrap();
+    requester
+        .publish(
+            json!({"image_name": "i", "machine_type": "m"})
+                .to_string()
+                .as_bytes(),
+            marker,
+        )
+        .await;
+
+    app.start_consumer().await;
+
+    assert_eq!(
+        requester.reply_to(correlation.as_str()).await["code"],
+        "no_pool"
+    );
+    assert_eq!(app.pool_vms(POOL).await, ["kept"]);
+    assert!(app.leases().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_reply_queue_that_is_gone_sends_the_vm_back_to_the_head() {
+    let app = spawn_app().await;
+    app.seed(POOL, 2, &[vm("oldest"), vm("younger")]).await;
+    let channel = app.amqp.create_channel().await.unwrap();
+    // An ordinary reply queue that existed when the request was sent, and is gone now.
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_delete(queue.name().clone(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    let mut requester = app.requester().await;
+    let mut returned = app.listen("instance.returned").await;
+
+    requester
+        .publish(
+            TRAVIS_REQUEST.as_bytes(),
+            Requester::properties().with_reply_to(queue.name().clone()),
+        )
+        .await;
+    let event = returned.next().await;
+
+    assert_eq!(event["instance"], "oldest");
+    assert_eq!(event["reason"], "requester_gone");
+    assert_eq!(app.pool_vms(POOL).await, ["oldest", "younger"]);
+    let next = requester.send(TRAVIS_REQUEST.as_bytes()).await;
+
+    assert_eq!(next["name"], "oldest", "the VM went back to the head");
+    assert_eq!(app.pool_vms(POOL).await, ["younger"]);
+}
+
+#[tokio::test]
+async fn a_direct_reply_to_requester_that_left_gets_nothing_and_its_vm_stays_first() {
+    let mut app = spawn_app_without_consumer().await;
+    app.seed(POOL, 2, &[vm("oldest"), vm("younger")]).await;
+    {
+        // A worker asks, then gives up and disconnects before anyone answers.
+        let quitter = app.requester().await;
+        quitter
+            .publish(
+                TRAVIS_REQUEST.as_bytes(),
+                Requester::properties().with_timestamp(now_ms() / 1000 - 30),
+            )
+            .await;
+        quitter.channel.close(200, "gave up".into()).await.unwrap();
+    }
+    let mut returned = app.listen("instance.returned").await;
+
+    app.start_consumer().await;
+
+    assert_eq!(returned.next().await["instance"], "oldest");
+    assert_eq!(app.pool_vms(POOL).await, ["oldest", "younger"]);
+    assert!(app.leases().await.is_empty(), "nothing was handed out");
+    assert_eq!(app.checkout().await["name"], "oldest");
+    assert!(app.orphaned().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_redis_fault_is_answered_internal_and_dead_lettered() {
+    let app = spawn_app().await;
+    app.seed(POOL, 1, &[]).await;
+    // Something else wrote the pool's key with the wrong type: the pop fails in Redis.
+    let _: () = redis::cmd("SET")
+        .arg(app.names.pool(&POOL.parse().unwrap()))
+        .arg("not a list")
+        .query_async(&mut app.redis.clone())
+        .await
+        .unwrap();
+    let mut dead = app.dead_letters().await;
+
+    let reply = app.checkout().await;
+
+    assert_eq!(reply["code"], "internal");
+    assert!(reply["error"].as_str().unwrap().contains("Redis"));
+    let letter = within("a dead letter", futures_lite::StreamExt::next(&mut dead))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(letter.data, TRAVIS_REQUEST.as_bytes());
+}

@@ -1,0 +1,150 @@
+//! SPEC §4 guarantees 2, 3 and 6 under faults: a consumer killed mid-flight, RabbitMQ and
+//! Redis going away and coming back.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::helpers::*;
+use crate::lifecycle::{signal, spawn_binary};
+
+#[tokio::test]
+async fn a_consumer_killed_mid_flight_hands_no_vm_twice_and_leaks_none() {
+    const VMS: usize = 150;
+    const REQUESTERS: usize = 16;
+    const EACH: usize = 6; // 96 requests
+    let app = spawn_app_without_consumer().await;
+    let vms: Vec<Value> = (0..VMS).map(|i| vm(&format!("vm-{i:04}"))).collect();
+    app.seed(POOL, VMS as u32, &vms).await;
+    let mut doomed = spawn_binary(&app);
+    app.wait_for_consumers(1).await;
+
+    let mut tasks = Vec::new();
+    for r in 0..REQUESTERS {
+        let mut requester = app.requester().await;
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for i in 0..EACH {
+                let id = format!("req-{r}-{i}");
+                let reply = requester
+                    .send_with(
+                        TRAVIS_REQUEST.as_bytes(),
+                        Requester::properties()
+                            .with_message_id(id.as_str().into())
+                            .with_correlation_id(id.as_str().into()),
+                    )
+                    .await;
+                got.push((id, reply));
+            }
+            got
+        }));
+    }
+    // Kill it while it serves, then let a fresh process take the redeliveries.
+    within("the first checkouts", async {
+        while app.leases().await.len() < 10 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    signal(&doomed, "KILL");
+    doomed.wait().await.unwrap();
+    let _survivor = spawn_binary(&app);
+
+    let mut by_request: HashMap<String, String> = HashMap::new();
+    for task in tasks {
+        for (id, reply) in task.await.unwrap() {
+            by_request.insert(id, reply["name"].as_str().expect("a VM").to_string());
+        }
+    }
+
+    // At most once: distinct requests got distinct VMs.
+    let handed: HashSet<&String> = by_request.values().collect();
+    assert_eq!(handed.len(), by_request.len(), "a VM went to two requests");
+    // No leak: every VM is in exactly one place.
+    let pool: HashSet<String> = app.pool_vms(POOL).await.into_iter().collect();
+    let leases = app.leases().await;
+    let orphaned: HashSet<String> = app.orphaned().await.into_iter().collect();
+    for (id, vm) in &by_request {
+        assert!(
+            !pool.contains(vm),
+            "{vm} is handed out and still in the pool"
+        );
+        assert_eq!(
+            leases[&format!("m:{id}")],
+            (vm.clone(), "handed".to_string())
+        );
+    }
+    let leased: HashSet<&String> = leases.values().map(|(vm, _)| vm).collect();
+    for i in 0..VMS {
+        let name = format!("vm-{i:04}");
+        let places = [
+            pool.contains(&name),
+            leased.contains(&name),
+            orphaned.contains(&name),
+        ];
+        assert_eq!(
+            places.iter().filter(|p| **p).count(),
+            1,
+            "{name} is in {places:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rabbitmq_going_away_and_coming_back_is_survived() {
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let mut app = spawn_app_with(&format!("amqp://127.0.0.1:{}/%2f", proxy.port), REDIS_URL).await;
+    app.start_consumer().await;
+    app.seed(POOL, 2, &[vm("before"), vm("after")]).await;
+    assert_eq!(app.checkout().await["name"], "before");
+
+    proxy.cut();
+    within("the consumer to be gone", async {
+        while app.queue_counts(&app.names.checkout_queue()).await.1 != 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // A request sent while warmer is disconnected waits in the queue.
+    let mut requester = app.requester().await;
+    let properties = Requester::properties();
+    let correlation = properties.correlation_id().clone().unwrap();
+    requester
+        .publish(TRAVIS_REQUEST.as_bytes(), properties)
+        .await;
+    proxy.restore();
+
+    assert_eq!(
+        requester.reply_to(correlation.as_str()).await["name"],
+        "after"
+    );
+    app.stop_consumers().await;
+}
+
+#[tokio::test]
+async fn redis_going_away_and_coming_back_is_survived() {
+    let proxy = Proxy::start("127.0.0.1:6379").await;
+    let mut app = spawn_app_with(AMQP_URL, &format!("redis://127.0.0.1:{}/0", proxy.port)).await;
+    app.start_consumer().await;
+    app.seed(POOL, 2, &[vm("before"), vm("after")]).await;
+    assert_eq!(app.checkout().await["name"], "before");
+
+    proxy.cut();
+    let mut requester = app.requester().await;
+    let properties = Requester::properties();
+    let correlation = properties.correlation_id().clone().unwrap();
+    requester
+        .publish(TRAVIS_REQUEST.as_bytes(), properties)
+        .await;
+    // The consumer retries within the request's budget; Redis comes back meanwhile.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.restore();
+
+    assert_eq!(
+        requester.reply_to(correlation.as_str()).await["name"],
+        "after"
+    );
+    assert_eq!(app.checkout().await["code"], "pool_empty");
+    app.stop_consumers().await;
+}

@@ -1,0 +1,80 @@
+//! SPEC §4 guarantee 6: SIGTERM stops consuming, finishes in-flight work and exits 0.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+use crate::helpers::*;
+
+/// Starts `warmer checkout` as its own process with the app's environment.
+pub fn spawn_binary(app: &TestApp) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_warmer"))
+        .arg("checkout")
+        .env_clear()
+        .envs(&app.env)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("warmer binary")
+}
+
+pub fn signal(child: &Child, signal: &str) {
+    let pid = child.id().expect("running").to_string();
+    let status = std::process::Command::new("kill")
+        .args([format!("-{signal}"), pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn sigterm_stops_consuming_and_exits_zero() {
+    let app = spawn_app_without_consumer().await;
+    app.seed(POOL, 1, &[vm("vm-1")]).await;
+    let mut child = spawn_binary(&app);
+    app.wait_for_consumers(1).await;
+    // It serves before the signal...
+    assert_eq!(app.checkout().await["name"], "vm-1");
+
+    signal(&child, "TERM");
+    let status = tokio::time::timeout(Duration::from_secs(25), child.wait())
+        .await
+        .expect("exited within 25 s")
+        .unwrap();
+
+    assert!(status.success(), "exit status {status:?}");
+    // ...and consumes nothing after it: a new request waits in the queue.
+    let requester = app.requester().await;
+    requester
+        .publish(TRAVIS_REQUEST.as_bytes(), Requester::properties())
+        .await;
+    within("the request to be queued", async {
+        while app.queue_counts(&app.names.checkout_queue()).await != (1, 0) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_stopped_consumer_leaves_unanswered_requests_for_the_next_one() {
+    let mut app = spawn_app().await;
+    app.seed(POOL, 1, &[vm("vm-1")]).await;
+    app.stop_consumers().await;
+    let mut requester = app.requester().await;
+    let properties = Requester::properties();
+    let correlation = properties.correlation_id().clone().unwrap();
+    requester
+        .publish(TRAVIS_REQUEST.as_bytes(), properties)
+        .await;
+
+    app.start_consumer().await;
+
+    assert_eq!(
+        requester.reply_to(correlation.as_str()).await["name"],
+        "vm-1"
+    );
+}

@@ -1,0 +1,10 @@
+//! warmer's integration tests, against the real Redis and RabbitMQ on this machine.
+//!
+//! One binary (builds are slow); each module is one capability. Every test gets its own AMQP
+//! prefix and Redis namespace from [`helpers::spawn_app`] and removes them when it ends.
+
+mod checkout;
+mod faults;
+mod helpers;
+mod lifecycle;
+mod operator;
