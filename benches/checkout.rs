@@ -1,1 +1,358 @@
-fn main() {}
+//! Checkout latency and throughput against a bare baseline, on the real Redis and RabbitMQ.
+//!
+//!     cargo bench --bench checkout            # BENCH_ROUNDS=3 BENCH_REQUESTS=2000 by default
+//!
+//! Scenarios, measured in the same run and interleaved round by round (this machine is noisy,
+//! so the ratios are what count):
+//! - `baseline`: a minimal consumer on an identically declared queue that does one Redis round
+//!   trip (LPOP) and one reply per request, then acks;
+//! - `warmer`: `warmer::checkout::run`, requests carrying a fresh `timestamp`;
+//! - `warmer, no timestamp`: the same, but requests carry no `timestamp`, so each one pays the
+//!   direct reply-to presence check.
+//!
+//! Each requester uses direct reply-to and sends its requests one after another; latency is
+//! from publish to reply. The table is printed as Markdown for the README.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_lite::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ExchangeDeleteOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use redis::AsyncCommands;
+use warmer::amqp::DIRECT_REPLY_TO;
+use warmer::config::Config;
+use warmer::context::Context;
+use warmer::names::Names;
+use warmer::pool::PoolName;
+use warmer::shutdown;
+use warmer::store::now_ms;
+
+const AMQP_URL: &str = "amqp://127.0.0.1:5672/%2f";
+const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+const POOL: &str = "bench-image:n1-standard-2";
+const REQUEST: &[u8] = br#"{"site":"org","zone":"us-central1-c","image_name":"https://www.googleapis.com/compute/v1/projects/p/global/images/bench-image","machine_type":"https://www.googleapis.com/compute/v1/projects/p/zones/us-central1-c/machineTypes/n1-standard-2","public_ip":false}"#;
+const VM: &str = r#"{"name":"travis-job-00000000-0000-0000-0000-000000000000","zone":"us-central1-c","ip":"10.10.42.86","public_ip":null,"ssh_private_key":"-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-256-CBC,0123456789ABCDEF0123456789ABCDEF\n\nMIIEpAIBAAKCAQEA...about 1.7 kB of base64 in a real key...\n-----END RSA PRIVATE KEY-----\n","booted_at":1700000000}"#;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Scenario {
+    Baseline,
+    Warmer,
+    WarmerNoTimestamp,
+}
+
+impl Scenario {
+    fn label(self) -> &'static str {
+        match self {
+            Scenario::Baseline => "baseline (1 Redis round trip + 1 reply)",
+            Scenario::Warmer => "warmer checkout",
+            Scenario::WarmerNoTimestamp => "warmer checkout, no `timestamp`",
+        }
+    }
+}
+
+struct Sample {
+    latencies: Vec<Duration>,
+    elapsed: Duration,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let rounds: usize = env_or("BENCH_ROUNDS", 3);
+    let total: usize = env_or("BENCH_REQUESTS", 2000);
+    let amqp = Connection::connect(AMQP_URL, ConnectionProperties::default()).await?;
+
+    let mut table = Vec::new();
+    for concurrency in [1usize, 32] {
+        let requests = if concurrency == 1 { total / 4 } else { total };
+        let mut results: Vec<(Scenario, Vec<Sample>)> = [
+            Scenario::Baseline,
+            Scenario::Warmer,
+            Scenario::WarmerNoTimestamp,
+        ]
+        .into_iter()
+        .map(|s| (s, Vec::new()))
+        .collect();
+        for _ in 0..rounds {
+            for (scenario, samples) in &mut results {
+                samples.push(run(&amqp, *scenario, concurrency, requests).await?);
+            }
+        }
+        let baseline = summarize(&results[0].1);
+        for (scenario, samples) in &results {
+            let s = summarize(samples);
+            table.push(format!(
+                "| {} | {concurrency} | {:.2} | {:.2} | {:.0} | {:.2}× | {:.2}× |",
+                scenario.label(),
+                s.p50_ms,
+                s.p99_ms,
+                s.throughput,
+                s.p50_ms / baseline.p50_ms,
+                s.throughput / baseline.throughput,
+            ));
+        }
+    }
+    println!(
+        "\n{rounds} rounds of {total} requests at concurrency 32 ({} at 1); medians of the rounds.\n",
+        total / 4
+    );
+    println!(
+        "| scenario | concurrent requesters | p50 ms | p99 ms | checkouts/s | p50 vs baseline | throughput vs baseline |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for row in table {
+        println!("{row}");
+    }
+    Ok(())
+}
+
+fn env_or(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Summary {
+    p50_ms: f64,
+    p99_ms: f64,
+    throughput: f64,
+}
+
+fn summarize(samples: &[Sample]) -> Summary {
+    let median = |mut values: Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let percentile = |s: &Sample, p: f64| {
+        let mut l = s.latencies.clone();
+        l.sort();
+        let i = ((l.len() as f64 * p) as usize).min(l.len() - 1);
+        l[i].as_secs_f64() * 1000.0
+    };
+    Summary {
+        p50_ms: median(samples.iter().map(|s| percentile(s, 0.50)).collect()),
+        p99_ms: median(samples.iter().map(|s| percentile(s, 0.99)).collect()),
+        throughput: median(
+            samples
+                .iter()
+                .map(|s| s.latencies.len() as f64 / s.elapsed.as_secs_f64())
+                .collect(),
+        ),
+    }
+}
+
+/// One measurement: a fresh deployment, a full pool, `requests` checkouts by `concurrency`
+/// requesters.
+async fn run(
+    amqp: &Connection,
+    scenario: Scenario,
+    concurrency: usize,
+    requests: usize,
+) -> anyhow::Result<Sample> {
+    let prefix = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let vars = [
+        ("WARMER_AMQP_PREFIX", prefix.as_str()),
+        ("WARMER_REDIS_NAMESPACE", prefix.as_str()),
+        ("WARMER_PROVIDER", "local"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let ctx = Context::new(Config::from_vars(vars)?).await?;
+    let names = ctx.names.clone();
+    let channel = amqp.create_channel().await?;
+    warmer::amqp::declare_topology(&channel, &names).await?;
+    let pool: PoolName = POOL.parse().map_err(anyhow::Error::msg)?;
+    ctx.store.set_target(&pool, requests as u32).await?;
+    let mut redis = ctx.store.connection();
+    let warmup = 20 * concurrency;
+    let entries = vec![VM.to_string(); requests + warmup];
+    let _: () = redis.rpush(names.pool(&pool), entries).await?;
+
+    let (trigger, stop) = shutdown::channel();
+    let consumer = match scenario {
+        Scenario::Baseline => tokio::spawn(baseline(names.clone(), pool.clone(), stop)),
+        _ => tokio::spawn(warmer::checkout::run(ctx.clone(), stop)),
+    };
+    wait_for_consumer(amqp, &names).await?;
+
+    let with_timestamp = scenario != Scenario::WarmerNoTimestamp;
+    let amqp = Arc::new(Connection::connect(AMQP_URL, ConnectionProperties::default()).await?);
+    // Warm-up, then the measured run.
+    load(&amqp, &names, concurrency, warmup, with_timestamp).await?;
+    let started = Instant::now();
+    let latencies = load(&amqp, &names, concurrency, requests, with_timestamp).await?;
+    let elapsed = started.elapsed();
+
+    trigger.fire();
+    consumer.await??;
+    let _ = amqp.close(200, "bye".into()).await;
+    for queue in [
+        names.checkout_queue(),
+        names.refill_queue(),
+        names.dead_letter_queue(),
+    ] {
+        channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await?;
+    }
+    channel
+        .exchange_delete(
+            names.events_exchange().as_str().into(),
+            ExchangeDeleteOptions::default(),
+        )
+        .await?;
+    let keys: Vec<String> = redis.keys(format!("{prefix}:*")).await?;
+    if !keys.is_empty() {
+        let _: () = redis.del(keys).await?;
+    }
+    Ok(Sample { latencies, elapsed })
+}
+
+async fn wait_for_consumer(amqp: &Connection, names: &Names) -> anyhow::Result<()> {
+    let channel = amqp.create_channel().await?;
+    for _ in 0..500 {
+        let queue = channel
+            .queue_declare(
+                names.checkout_queue().as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        if queue.consumer_count() > 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    anyhow::bail!("the consumer did not start")
+}
+
+/// `concurrency` requesters sending `total` requests between them; returns every latency.
+async fn load(
+    amqp: &Arc<Connection>,
+    names: &Names,
+    concurrency: usize,
+    total: usize,
+    with_timestamp: bool,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let channel = amqp.create_channel().await?;
+        let queue = names.checkout_queue();
+        let count = total / concurrency;
+        tasks.push(tokio::spawn(async move {
+            let mut replies = channel
+                .basic_consume(
+                    DIRECT_REPLY_TO.into(),
+                    "".into(),
+                    BasicConsumeOptions {
+                        no_ack: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            let mut latencies = Vec::with_capacity(count);
+            for i in 0..count {
+                let correlation = format!("{i}");
+                let mut properties = BasicProperties::default()
+                    .with_reply_to(DIRECT_REPLY_TO.into())
+                    .with_correlation_id(correlation.as_str().into())
+                    .with_message_id(uuid::Uuid::new_v4().to_string().as_str().into());
+                if with_timestamp {
+                    properties = properties.with_timestamp(now_ms() / 1000);
+                }
+                let sent = Instant::now();
+                channel
+                    .basic_publish(
+                        "".into(),
+                        queue.as_str().into(),
+                        BasicPublishOptions::default(),
+                        REQUEST,
+                        properties,
+                    )
+                    .await?;
+                let reply = tokio::time::timeout(Duration::from_secs(30), replies.next())
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("reply stream ended"))??;
+                anyhow::ensure!(
+                    reply.data.starts_with(br#"{"name""#),
+                    "unexpected reply {}",
+                    String::from_utf8_lossy(&reply.data)
+                );
+                latencies.push(sent.elapsed());
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut all = Vec::with_capacity(total);
+    for task in tasks {
+        all.extend(task.await??);
+    }
+    Ok(all)
+}
+
+/// The baseline: one Redis round trip and one reply per request, nothing else.
+async fn baseline(names: Names, pool: PoolName, stop: shutdown::Shutdown) -> anyhow::Result<()> {
+    let amqp = Connection::connect(AMQP_URL, ConnectionProperties::default()).await?;
+    let channel = amqp.create_channel().await?;
+    let publisher = amqp.create_channel().await?;
+    channel
+        .basic_qos(warmer::checkout::PREFETCH, BasicQosOptions::default())
+        .await?;
+    let redis = redis::aio::ConnectionManager::new(redis::Client::open(REDIS_URL)?).await?;
+    let key = names.pool(&pool);
+    let mut consumer = channel
+        .basic_consume(
+            names.checkout_queue().as_str().into(),
+            "baseline".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    loop {
+        let delivery = tokio::select! {
+            _ = stop.wait() => break,
+            next = consumer.next() => match next {
+                Some(delivery) => delivery?,
+                None => break,
+            },
+        };
+        let (mut redis, publisher, key) = (redis.clone(), publisher.clone(), key.clone());
+        tokio::spawn(async move {
+            let entry: Option<String> = redis.lpop(&key, None).await?;
+            let properties = BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_correlation_id(
+                    delivery
+                        .properties
+                        .correlation_id()
+                        .clone()
+                        .unwrap_or_default(),
+                );
+            let reply_to = delivery.properties.reply_to().clone().unwrap_or_default();
+            publisher
+                .basic_publish(
+                    "".into(),
+                    reply_to,
+                    BasicPublishOptions::default(),
+                    entry.unwrap_or_default().as_bytes(),
+                    properties,
+                )
+                .await?;
+            delivery.ack(Default::default()).await?;
+            anyhow::Ok(())
+        });
+    }
+    let _ = amqp.close(200, "bye".into()).await;
+    Ok(())
+}

@@ -15,14 +15,14 @@
 pub mod reply;
 pub mod request;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use backon::{ExponentialBuilder, Retryable};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection};
+use lapin::{BasicProperties, Channel, Connection};
 use serde_json::json;
 
 use crate::amqp::{self, DIRECT_REPLY_TO, Disposition, Incoming, Published, Publisher};
@@ -79,6 +79,8 @@ pub struct Checkout {
     ctx: Context,
     publisher: Publisher,
     connection: Arc<Connection>,
+    /// Channels for direct reply-to presence checks, reused while they stay open.
+    probes: Mutex<Vec<Channel>>,
 }
 
 /// Consumes checkout requests until `shutdown`, reconnecting to RabbitMQ when needed.
@@ -93,6 +95,7 @@ pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
             publisher: Publisher::open(&connection).await?,
             ctx: ctx.clone(),
             connection: connection.clone(),
+            probes: Mutex::default(),
         });
         let result = amqp::consume(
             &channel,
@@ -305,9 +308,15 @@ impl Checkout {
         if fresh && !message.redelivered {
             return false;
         }
-        // A failed passive declare closes its channel: use a disposable one.
-        let Ok(channel) = self.connection.create_channel().await else {
-            return false;
+        // A failed passive declare closes its channel: probe on channels kept only while they
+        // succeed, so the common case costs one round trip.
+        let idle = self.probes.lock().ok().and_then(|mut idle| idle.pop());
+        let channel = match idle {
+            Some(channel) if channel.status().connected() => channel,
+            _ => match self.connection.create_channel().await {
+                Ok(channel) => channel,
+                Err(_) => return false,
+            },
         };
         let probe = channel
             .queue_declare(
@@ -321,7 +330,9 @@ impl Checkout {
             .await;
         match probe {
             Ok(_) => {
-                tokio::spawn(async move { channel.close(200, "probe done".into()).await });
+                if let Ok(mut idle) = self.probes.lock() {
+                    idle.push(channel);
+                }
                 false
             }
             Err(error) => {
