@@ -21,6 +21,12 @@ pub enum Command {
     /// Run the checkout consumer: answers checkout requests on the `<prefix>.checkout` queue with
     /// the oldest warmed VM of the requested pool.
     Checkout,
+    /// Run the refill consumer: boots VMs (WARMER_PROVIDER) until every pool is at its target,
+    /// on pool-drop events and fill commands from the `<prefix>.refill` queue.
+    Refill,
+    /// Run the whole system in one process with the local (simulated) cloud, for trying warmer:
+    /// creates an example pool if there is none.
+    Dev,
     /// Manage pools and their target sizes.
     #[command(subcommand)]
     Pool(PoolCommand),

@@ -100,7 +100,6 @@ pub struct GoogleConfig {
     pub image_project: String,
     pub network: String,
     pub subnetwork: Option<String>,
-    pub ssh_key_passphrase: Secret,
 }
 
 /// Everything warmer reads from its environment.
@@ -115,6 +114,8 @@ pub struct Config {
     pub google: Option<GoogleConfig>,
     pub ssh_key_passphrase: Option<Secret>,
     pub vm_creation_timeout: Duration,
+    /// How long a boot takes with the local provider (`WARMER_LOCAL_BOOT_DELAY`).
+    pub local_boot_delay: Duration,
     pub boot_concurrency: usize,
     pub orphan_threshold: u64,
     pub reconcile_interval: Duration,
@@ -147,6 +148,7 @@ struct Raw {
     warmer_subnetwork: Option<String>,
     warmer_ssh_key_passphrase: Option<String>,
     warmer_vm_creation_timeout: Option<String>,
+    warmer_local_boot_delay: Option<String>,
     warmer_boot_concurrency: Option<String>,
     warmer_orphan_threshold: Option<String>,
     warmer_reconcile_interval: Option<String>,
@@ -251,7 +253,6 @@ impl Config {
                     compute_url: compute_url.trim_end_matches('/').to_string(),
                     network: raw.warmer_network.unwrap_or_else(|| "default".into()),
                     subnetwork: raw.warmer_subnetwork,
-                    ssh_key_passphrase: ssh_key_passphrase.clone().unwrap_or(Secret::new("")),
                 })
             }
             None => None,
@@ -270,6 +271,7 @@ impl Config {
                 raw.warmer_vm_creation_timeout,
                 90,
             )?,
+            local_boot_delay: duration("WARMER_LOCAL_BOOT_DELAY", raw.warmer_local_boot_delay, 3)?,
             boot_concurrency: number("WARMER_BOOT_CONCURRENCY", raw.warmer_boot_concurrency, 8)?,
             orphan_threshold: number("WARMER_ORPHAN_THRESHOLD", raw.warmer_orphan_threshold, 20)?,
             reconcile_interval: duration(
@@ -308,7 +310,7 @@ impl Config {
                 "WARMER_GOOGLE_CLOUD_PROJECT and WARMER_GOOGLE_CLOUD_REGION must be set for WARMER_PROVIDER=gce"
             );
         };
-        if google.ssh_key_passphrase.expose().is_empty() {
+        if self.ssh_key_passphrase.is_none() {
             bail!("WARMER_SSH_KEY_PASSPHRASE must be set for WARMER_PROVIDER=gce");
         }
         Ok(google)

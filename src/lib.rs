@@ -5,11 +5,15 @@
 pub mod amqp;
 pub mod checkout;
 pub mod cli;
+pub mod cloud;
 pub mod config;
 pub mod context;
+pub mod dev;
 pub mod names;
 pub mod operator;
 pub mod pool;
+pub mod refill;
 pub mod shutdown;
+pub mod sshkey;
 pub mod store;
 pub mod telemetry;

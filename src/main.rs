@@ -2,9 +2,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use warmer::cli::{Cli, Command, PoolCommand};
+use warmer::cloud::Cloud;
 use warmer::config::Config;
 use warmer::context::Context;
-use warmer::{checkout, operator, shutdown};
+use warmer::{checkout, dev, operator, refill, shutdown};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -28,6 +29,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let output = match cli.command {
         Command::Checkout => {
             checkout::run(ctx, shutdown::on_signals()?).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Refill => {
+            let cloud = Cloud::from_config(&ctx.config).await?;
+            refill::run(ctx, cloud, shutdown::on_signals()?).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Dev => {
+            dev::run(ctx, shutdown::on_signals()?).await?;
             return Ok(ExitCode::SUCCESS);
         }
         Command::Pool(PoolCommand::List) => operator::pool_list(&ctx).await?,

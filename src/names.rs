@@ -88,4 +88,14 @@ impl Names {
     pub fn lease_deadlines(&self) -> String {
         format!("{}:_lease_deadlines", self.namespace)
     }
+
+    /// Sorted set: names of the pool's VMs being booted → when the reservation expires (ms).
+    pub fn booting(&self, pool: &PoolName) -> String {
+        format!("{}:_booting:{}", self.namespace, pool)
+    }
+
+    /// String: present while the safety brake holds every boot.
+    pub fn brake(&self) -> String {
+        format!("{}:_brake", self.namespace)
+    }
 }

@@ -202,8 +202,8 @@ pub async fn status(ctx: &Context) -> anyhow::Result<String> {
         };
         let _ = writeln!(
             out,
-            "{:<60} {:>6} {:>6} {:>10}",
-            pool.pool, pool.target, pool.ready, oldest
+            "{:<60} {:>6} {:>6} {:>7} {:>10}",
+            pool.pool, pool.target, pool.ready, pool.booting, oldest
         );
     }
     if pools.is_empty() {

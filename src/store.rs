@@ -52,7 +52,29 @@ pub struct PoolStatus {
     pub pool: String,
     pub target: String,
     pub ready: u64,
+    pub booting: u64,
     pub oldest: Option<PoolEntry>,
+}
+
+/// What [`Store::reserve_boots`] found and took.
+#[derive(Debug, PartialEq)]
+pub struct Reservation {
+    /// `None` when the pool does not exist.
+    pub target: Option<u64>,
+    pub ready: u64,
+    pub booting: u64,
+    pub braked: bool,
+    /// Names whose boot slots were reserved.
+    pub names: Vec<String>,
+}
+
+/// A VM recorded in `orphaned`, as stored (`raw`) and as read.
+#[derive(Debug, Clone)]
+pub struct Orphan {
+    pub raw: String,
+    pub name: Option<String>,
+    pub zone: Option<String>,
+    pub reason: String,
 }
 
 /// Redis with warmer's layout.
@@ -69,6 +91,10 @@ struct Scripts {
     give_back: redis::Script,
     sweep_leases: redis::Script,
     delete_pool: redis::Script,
+    reserve_boots: redis::Script,
+    finish_boot: redis::Script,
+    abandon_boot: redis::Script,
+    trim_pool: redis::Script,
 }
 
 fn scripts() -> &'static Scripts {
@@ -79,6 +105,10 @@ fn scripts() -> &'static Scripts {
         give_back: redis::Script::new(include_str!("scripts/give_back.lua")),
         sweep_leases: redis::Script::new(include_str!("scripts/sweep_leases.lua")),
         delete_pool: redis::Script::new(include_str!("scripts/delete_pool.lua")),
+        reserve_boots: redis::Script::new(include_str!("scripts/reserve_boots.lua")),
+        finish_boot: redis::Script::new(include_str!("scripts/finish_boot.lua")),
+        abandon_boot: redis::Script::new(include_str!("scripts/abandon_boot.lua")),
+        trim_pool: redis::Script::new(include_str!("scripts/trim_pool.lua")),
     })
 }
 
@@ -265,20 +295,150 @@ impl Store {
         for pool in targets.keys() {
             let key = format!("{}{}", self.names.pool_key_prefix(), pool);
             pipe.llen(&key).lindex(&key, 0);
+            pipe.zcard(format!("{}:_booting:{pool}", self.names.namespace()));
         }
-        let rows: Vec<(u64, Option<String>)> = pipe
+        let rows: Vec<(u64, Option<String>, u64)> = pipe
             .query_async(&mut self.conn.clone())
             .await
             .context("reading pools")?;
         Ok(targets
             .into_iter()
             .zip(rows)
-            .map(|((pool, target), (ready, oldest))| PoolStatus {
+            .map(|((pool, target), (ready, oldest, booting))| PoolStatus {
                 pool,
                 target,
                 ready,
+                booting,
                 oldest: oldest.and_then(|e| serde_json::from_str(&e).ok()),
             })
             .collect())
+    }
+
+    /// Reserves up to `names.len()` boot slots for `pool` (see `reserve_boots.lua`).
+    pub async fn reserve_boots(
+        &self,
+        pool: &PoolName,
+        names: &[String],
+        expires_at: u64,
+    ) -> redis::RedisResult<Reservation> {
+        let n = &self.names;
+        let mut invocation = self.scripts.reserve_boots.prepare_invoke();
+        invocation
+            .key(n.pool_configs())
+            .key(n.pool(pool))
+            .key(n.booting(pool))
+            .key(n.orphaned())
+            .key(n.brake())
+            .arg(pool.to_string())
+            .arg(now_ms())
+            .arg(expires_at);
+        for name in names {
+            invocation.arg(name);
+        }
+        let reply: Vec<redis::Value> = invocation.invoke_async(&mut self.conn.clone()).await?;
+        let number = |i: usize| -> i64 {
+            reply
+                .get(i)
+                .and_then(|v| redis::from_redis_value_ref::<i64>(v).ok())
+                .unwrap_or(0)
+        };
+        Ok(Reservation {
+            target: u64::try_from(number(0)).ok(),
+            ready: number(1).max(0) as u64,
+            booting: number(2).max(0) as u64,
+            braked: number(3) == 1,
+            names: reply
+                .iter()
+                .skip(4)
+                .filter_map(|v| redis::from_redis_value_ref::<String>(v).ok())
+                .collect(),
+        })
+    }
+
+    /// Pushes a booted VM into its pool and frees its slot; returns "ready" or why it was
+    /// recorded as an orphan instead (see `finish_boot.lua`).
+    pub async fn finish_boot(&self, pool: &PoolName, entry: &PoolEntry) -> anyhow::Result<String> {
+        let n = &self.names;
+        Ok(self
+            .scripts
+            .finish_boot
+            .key(n.pool_configs())
+            .key(n.pool(pool))
+            .key(n.booting(pool))
+            .key(n.orphaned())
+            .arg(pool.to_string())
+            .arg(&entry.name)
+            .arg(serde_json::to_string(entry)?)
+            .arg(&entry.zone)
+            .invoke_async(&mut self.conn.clone())
+            .await?)
+    }
+
+    /// Frees a failed boot's slot; with a `reason`, its VM may exist and is recorded as an
+    /// orphan.
+    pub async fn abandon_boot(
+        &self,
+        pool: &PoolName,
+        name: &str,
+        zone: Option<&str>,
+        reason: Option<&str>,
+    ) -> redis::RedisResult<()> {
+        let _: i64 = self
+            .scripts
+            .abandon_boot
+            .key(self.names.booting(pool))
+            .key(self.names.orphaned())
+            .arg(name)
+            .arg(zone.unwrap_or(""))
+            .arg(reason.unwrap_or(""))
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// Moves a pool's surplus warmed VMs to orphaned; returns how many.
+    pub async fn trim_pool(&self, pool: &PoolName) -> redis::RedisResult<u64> {
+        let n = &self.names;
+        self.scripts
+            .trim_pool
+            .key(n.pool_configs())
+            .key(n.pool(pool))
+            .key(n.booting(pool))
+            .key(n.orphaned())
+            .arg(pool.to_string())
+            .invoke_async(&mut self.conn.clone())
+            .await
+    }
+
+    /// The first `limit` entries of `orphaned`.
+    pub async fn orphans(&self, limit: isize) -> redis::RedisResult<Vec<Orphan>> {
+        let raw: Vec<String> = self
+            .conn
+            .clone()
+            .lrange(self.names.orphaned(), 0, limit - 1)
+            .await?;
+        Ok(raw
+            .into_iter()
+            .map(|raw| {
+                let value: serde_json::Value = serde_json::from_str(&raw).unwrap_or_default();
+                let text = |field: &str| value[field].as_str().map(String::from);
+                Orphan {
+                    name: text("name"),
+                    zone: text("zone"),
+                    reason: text("reason").unwrap_or_else(|| "orphaned".into()),
+                    raw,
+                }
+            })
+            .collect())
+    }
+
+    /// Removes one orphan record once its VM is deleted.
+    pub async fn forget_orphan(&self, orphan: &Orphan) -> redis::RedisResult<()> {
+        let _: i64 = self
+            .conn
+            .clone()
+            .lrem(self.names.orphaned(), 1, &orphan.raw)
+            .await?;
+        Ok(())
     }
 }

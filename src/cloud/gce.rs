@@ -1,0 +1,590 @@
+//! Compute Engine v1 over REST (SPEC §7): `instances.insert` with a `requestId`, waiting on the
+//! zone operation until `DONE`, IPs from `instances.get`, deletion, and listing by label.
+//!
+//! Errors are classified into [`GceError`]: rate limits, 5xx and transport errors are retried
+//! with backoff (the same `requestId`, so a retried insert cannot create two VMs; a
+//! `rateLimitExceeded` waits for the next minute, when the quota refills); a stockout tries the
+//! next zone of the region; a quota error stops and is reported; a boot that times out or fails
+//! after its insert was accepted is reported as [`BootError::Halfway`] so the caller records the
+//! VM as an orphan. Tokens come from gcp_auth and never appear in logs or errors.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use backon::{ExponentialBuilder, Retryable};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::sync::OnceCell;
+
+use super::{BootError, Booted, CloudVm, VmSpec, label_value};
+use crate::config::GoogleConfig;
+use crate::pool::short_zone;
+
+const SCOPE: &str = "https://www.googleapis.com/auth/compute";
+/// The user the travis worker logs in as.
+const SSH_USER: &str = "travis";
+
+/// A Compute Engine API error, classified by what the caller should do.
+#[derive(Debug, thiserror::Error)]
+pub enum GceError {
+    #[error("not found")]
+    NotFound,
+    #[error("rate limited: {message}")]
+    RateLimited {
+        message: String,
+        /// Rate limits of the `rateLimitExceeded` kind refill at the next minute.
+        per_minute: bool,
+        retry_after: Option<Duration>,
+    },
+    #[error("quota exceeded: {0}")]
+    Quota(String),
+    #[error("Compute Engine unavailable (HTTP {status}): {message}")]
+    Unavailable { status: u16, message: String },
+    #[error("Compute Engine refused the request (HTTP {status}): {message}")]
+    Refused { status: u16, message: String },
+    #[error("cannot reach Compute Engine: {0}")]
+    Transport(String),
+    #[error("cannot get an access token: {0}")]
+    Auth(String),
+}
+
+impl GceError {
+    /// Worth retrying with the same request.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            GceError::RateLimited { .. } | GceError::Unavailable { .. } | GceError::Transport(_)
+        )
+    }
+
+    /// Reads an error response (`{"error":{"code","message","errors":[{"reason"}]}}`).
+    pub fn from_response(status: StatusCode, body: &[u8], retry_after: Option<Duration>) -> Self {
+        let parsed: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let message = parsed["error"]["message"]
+            .as_str()
+            .map(String::from)
+            .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
+        let reasons: Vec<&str> = parsed["error"]["errors"]
+            .as_array()
+            .map(|errors| errors.iter().filter_map(|e| e["reason"].as_str()).collect())
+            .unwrap_or_default();
+        let has = |reason: &str| reasons.contains(&reason);
+        let status_code = status.as_u16();
+        if status == StatusCode::NOT_FOUND {
+            GceError::NotFound
+        } else if has("rateLimitExceeded") || has("userRateLimitExceeded") {
+            GceError::RateLimited {
+                message,
+                per_minute: true,
+                retry_after,
+            }
+        } else if status == StatusCode::TOO_MANY_REQUESTS {
+            GceError::RateLimited {
+                message,
+                per_minute: false,
+                retry_after,
+            }
+        } else if has("quotaExceeded") || has("QUOTA_EXCEEDED") {
+            GceError::Quota(message)
+        } else if status.is_server_error() {
+            GceError::Unavailable {
+                status: status_code,
+                message,
+            }
+        } else {
+            GceError::Refused {
+                status: status_code,
+                message,
+            }
+        }
+    }
+}
+
+/// The Compute Engine client of one project and region.
+#[derive(Clone)]
+pub struct Gce {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    auth: Arc<dyn gcp_auth::TokenProvider>,
+    base: String,
+    project: String,
+    region: String,
+    configured_zones: Vec<String>,
+    zones: OnceCell<Vec<String>>,
+    image_project: String,
+    network: String,
+    subnetwork: Option<String>,
+    creation_timeout: Duration,
+    next_zone: AtomicUsize,
+}
+
+/// How one zone's attempt ended, when it did not produce a VM.
+enum Attempt {
+    Stockout(String),
+    Failed(BootError),
+}
+
+impl Gce {
+    /// A client with credentials from `WARMER_GOOGLE_CLOUD_KEYFILE_JSON` (its `token_uri` is
+    /// used) or, without it, application default credentials.
+    pub async fn new(config: &GoogleConfig, creation_timeout: Duration) -> anyhow::Result<Self> {
+        let auth: Arc<dyn gcp_auth::TokenProvider> = match &config.keyfile_json {
+            Some(json) => Arc::new(
+                gcp_auth::CustomServiceAccount::from_json(json.expose()).map_err(|e| {
+                    anyhow::anyhow!(
+                        "WARMER_GOOGLE_CLOUD_KEYFILE_JSON is not a usable service account key: {e}"
+                    )
+                })?,
+            ),
+            None => gcp_auth::provider().await.context(
+                "no WARMER_GOOGLE_CLOUD_KEYFILE_JSON and no application default credentials",
+            )?,
+        };
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(150))
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("warmer/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                auth,
+                base: config.compute_url.clone(),
+                project: config.project.clone(),
+                region: config.region.clone(),
+                configured_zones: config.zones.clone(),
+                zones: OnceCell::new(),
+                image_project: config.image_project.clone(),
+                network: config.network.clone(),
+                subnetwork: config.subnetwork.clone(),
+                creation_timeout,
+                next_zone: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    pub fn boot_budget(&self) -> Duration {
+        self.inner.creation_timeout + Duration::from_secs(60)
+    }
+
+    /// One API call, without retries.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, GceError> {
+        let token = self
+            .inner
+            .auth
+            .token(&[SCOPE])
+            .await
+            .map_err(|e| GceError::Auth(e.to_string()))?;
+        let url = format!("{}/{}", self.inner.base, path);
+        let mut request = self
+            .inner
+            .http
+            .request(method, url)
+            .bearer_auth(token.as_str());
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| GceError::Transport(e.without_url().to_string()))?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_secs);
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| GceError::Transport(e.without_url().to_string()))?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|e| GceError::Unavailable {
+                status: status.as_u16(),
+                message: format!("unreadable response: {e}"),
+            });
+        }
+        Err(GceError::from_response(status, &bytes, retry_after))
+    }
+
+    /// One API call, retrying transient errors (at most ~2 minutes).
+    async fn call_retrying(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, GceError> {
+        (|| self.call(method.clone(), path, body))
+            .retry(
+                ExponentialBuilder::default()
+                    .with_jitter()
+                    .with_min_delay(Duration::from_millis(200))
+                    .with_max_delay(Duration::from_secs(20))
+                    .with_total_delay(Some(Duration::from_secs(120)))
+                    .without_max_times(),
+            )
+            .when(GceError::is_transient)
+            .adjust(|error, delay| match error {
+                GceError::RateLimited {
+                    retry_after: Some(after),
+                    ..
+                } => Some(*after),
+                GceError::RateLimited {
+                    per_minute: true, ..
+                } => Some(until_next_minute()),
+                _ => delay,
+            })
+            .notify(|error, delay| {
+                tracing::warn!(%error, ?delay, path, "Compute Engine call failed; retrying")
+            })
+            .await
+    }
+
+    /// The zones to boot in: `WARMER_GOOGLE_CLOUD_ZONES`, else the region's (asked once).
+    async fn zones(&self) -> Result<&[String], GceError> {
+        if !self.inner.configured_zones.is_empty() {
+            return Ok(&self.inner.configured_zones);
+        }
+        self.inner
+            .zones
+            .get_or_try_init(|| async {
+                let path = format!(
+                    "projects/{}/regions/{}",
+                    self.inner.project, self.inner.region
+                );
+                let region = self.call_retrying(Method::GET, &path, None).await?;
+                let zones: Vec<String> = region["zones"]
+                    .as_array()
+                    .map(|z| {
+                        z.iter()
+                            .filter_map(Value::as_str)
+                            .map(|z| short_zone(z).to_string())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if zones.is_empty() {
+                    return Err(GceError::Refused {
+                        status: 200,
+                        message: format!("region {} lists no zones", self.inner.region),
+                    });
+                }
+                Ok(zones)
+            })
+            .await
+            .map(Vec::as_slice)
+    }
+
+    /// Boots a VM, trying the region's other zones on a stockout.
+    pub async fn boot(&self, spec: &VmSpec) -> Result<Booted, BootError> {
+        let zones = self
+            .zones()
+            .await
+            .map_err(|e| BootError::NotCreated(format!("cannot list the region's zones: {e}")))?;
+        let first = self.inner.next_zone.fetch_add(1, Ordering::Relaxed);
+        let deadline = Instant::now() + self.inner.creation_timeout;
+        let mut stockouts = Vec::new();
+        for i in 0..zones.len() {
+            let zone = &zones[(first + i) % zones.len()];
+            match self.boot_in_zone(spec, zone, deadline).await {
+                Ok(booted) => return Ok(booted),
+                Err(Attempt::Stockout(message)) => {
+                    tracing::warn!(zone, vm = %spec.name, %message, "zone out of capacity; trying another");
+                    stockouts.push(zone.as_str());
+                }
+                Err(Attempt::Failed(error)) => return Err(error),
+            }
+        }
+        Err(BootError::NotCreated(format!(
+            "every zone is out of capacity ({})",
+            stockouts.join(", ")
+        )))
+    }
+
+    async fn boot_in_zone(
+        &self,
+        spec: &VmSpec,
+        zone: &str,
+        deadline: Instant,
+    ) -> Result<Booted, Attempt> {
+        let halfway = |reason: String| {
+            Attempt::Failed(BootError::Halfway {
+                zone: zone.to_string(),
+                reason,
+            })
+        };
+        let zone_path = format!("projects/{}/zones/{zone}", self.inner.project);
+        let request_id = uuid::Uuid::new_v4();
+        let insert_path = format!("{zone_path}/instances?requestId={request_id}");
+        let body = self.instance_body(spec, zone);
+        let insert = self.call_retrying(Method::POST, &insert_path, Some(&body));
+        let operation = match tokio::time::timeout_at(deadline.into(), insert).await {
+            Err(_) => {
+                return Err(halfway(
+                    "insert not answered within WARMER_VM_CREATION_TIMEOUT".into(),
+                ));
+            }
+            Ok(Ok(operation)) => operation,
+            Ok(Err(GceError::Quota(message))) => {
+                return Err(Attempt::Failed(BootError::Quota(message)));
+            }
+            Ok(Err(
+                error @ (GceError::Refused { .. } | GceError::Auth(_) | GceError::NotFound),
+            )) => {
+                return Err(Attempt::Failed(BootError::NotCreated(error.to_string())));
+            }
+            // Retries ran out: the insert may have been accepted on a lost response.
+            Ok(Err(error)) => return Err(halfway(error.to_string())),
+        };
+        let operation = match tokio::time::timeout_at(
+            deadline.into(),
+            self.wait_for_operation(&zone_path, operation),
+        )
+        .await
+        {
+            Err(_) => {
+                return Err(halfway(
+                    "operation not DONE within WARMER_VM_CREATION_TIMEOUT".into(),
+                ));
+            }
+            Ok(Err(error)) => return Err(halfway(format!("waiting on the operation: {error}"))),
+            Ok(Ok(operation)) => operation,
+        };
+        if let Some(errors) = operation["error"]["errors"].as_array() {
+            let codes: Vec<&str> = errors.iter().filter_map(|e| e["code"].as_str()).collect();
+            let messages: Vec<&str> = errors
+                .iter()
+                .filter_map(|e| e["message"].as_str())
+                .collect();
+            let text = format!("{} ({})", codes.join(", "), messages.join("; "));
+            if codes
+                .iter()
+                .any(|c| c.starts_with("ZONE_RESOURCE_POOL_EXHAUSTED"))
+            {
+                return Err(Attempt::Stockout(text));
+            }
+            if codes.iter().any(|c| c.contains("QUOTA")) {
+                return Err(Attempt::Failed(BootError::Quota(text)));
+            }
+            return Err(halfway(text));
+        }
+        let instance = self
+            .call_retrying(
+                Method::GET,
+                &format!("{zone_path}/instances/{}", spec.name),
+                None,
+            )
+            .await
+            .map_err(|e| halfway(format!("reading the new instance: {e}")))?;
+        let interface = &instance["networkInterfaces"][0];
+        let Some(ip) = interface["networkIP"].as_str() else {
+            return Err(halfway("the instance has no internal IP".into()));
+        };
+        let public_ip = interface["accessConfigs"][0]["natIP"]
+            .as_str()
+            .map(String::from);
+        if spec.pool.public_ip && public_ip.is_none() {
+            return Err(halfway("the instance has no external IP".into()));
+        }
+        Ok(Booted {
+            zone: zone.to_string(),
+            ip: ip.to_string(),
+            public_ip,
+        })
+    }
+
+    /// Waits until a zone operation is `DONE` (`operations.wait` may return early).
+    async fn wait_for_operation(
+        &self,
+        zone_path: &str,
+        mut operation: Value,
+    ) -> Result<Value, GceError> {
+        loop {
+            if operation["status"] == "DONE" {
+                return Ok(operation);
+            }
+            let name = operation["name"].as_str().unwrap_or_default().to_string();
+            if name.is_empty() {
+                return Err(GceError::Refused {
+                    status: 200,
+                    message: "an operation without a name".into(),
+                });
+            }
+            let asked = Instant::now();
+            operation = self
+                .call_retrying(
+                    Method::POST,
+                    &format!("{zone_path}/operations/{name}/wait"),
+                    None,
+                )
+                .await?;
+            if operation["status"] != "DONE" && asked.elapsed() < Duration::from_millis(200) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+
+    /// The `instances.insert` body for `spec` in `zone`.
+    pub fn instance_body(&self, spec: &VmSpec, zone: &str) -> Value {
+        let inner = &self.inner;
+        let mut interface = json!({
+            "network": if inner.network.contains('/') { inner.network.clone() } else {
+                format!("projects/{}/global/networks/{}", inner.project, inner.network)
+            },
+        });
+        if let Some(subnetwork) = &inner.subnetwork {
+            interface["subnetwork"] = json!(if subnetwork.contains('/') {
+                subnetwork.clone()
+            } else {
+                format!(
+                    "projects/{}/regions/{}/subnetworks/{subnetwork}",
+                    inner.project, inner.region
+                )
+            });
+        }
+        if spec.pool.public_ip {
+            interface["accessConfigs"] =
+                json!([{"type": "ONE_TO_ONE_NAT", "name": "External NAT"}]);
+        }
+        json!({
+            "name": spec.name,
+            "machineType": format!("zones/{zone}/machineTypes/{}", spec.pool.machine_type),
+            "labels": {
+                "warmth": "warmed",
+                "warmer": label_value(&spec.namespace),
+                "pool-image": label_value(&spec.pool.image),
+                "pool-machine-type": label_value(&spec.pool.machine_type),
+                "pool-public": if spec.pool.public_ip { "true" } else { "false" },
+            },
+            "disks": [{
+                "boot": true,
+                "autoDelete": true,
+                "initializeParams": {
+                    "sourceImage": format!("projects/{}/global/images/{}", inner.image_project, spec.pool.image),
+                },
+            }],
+            "networkInterfaces": [interface],
+            "metadata": {
+                "items": [
+                    {"key": "block-project-ssh-keys", "value": "true"},
+                    {"key": "ssh-keys", "value": format!("{SSH_USER}:{} {SSH_USER}", spec.ssh_public_key)},
+                ],
+            },
+        })
+    }
+
+    /// Deletes a VM (404 counts as deleted); with no zone, every zone of the region is tried.
+    pub async fn delete(&self, name: &str, zone: Option<&str>) -> anyhow::Result<()> {
+        let zones: Vec<String> = match zone {
+            Some(zone) => vec![short_zone(zone).to_string()],
+            None => self.zones().await?.to_vec(),
+        };
+        for zone in zones {
+            let path = format!(
+                "projects/{}/zones/{zone}/instances/{name}?requestId={}",
+                self.inner.project,
+                uuid::Uuid::new_v4()
+            );
+            match self.call_retrying(Method::DELETE, &path, None).await {
+                Ok(_) | Err(GceError::NotFound) => {}
+                Err(error) => return Err(anyhow::anyhow!("deleting {name} in {zone}: {error}")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Every VM labelled with this deployment's namespace (paginated `aggregatedList`).
+    pub async fn list(&self, namespace: &str) -> anyhow::Result<Vec<CloudVm>> {
+        let mut vms = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let mut path = format!(
+                "projects/{}/aggregated/instances?filter=labels.warmer%3D{}&maxResults=500",
+                self.inner.project,
+                label_value(namespace)
+            );
+            if !page_token.is_empty() {
+                path.push_str(&format!("&pageToken={page_token}"));
+            }
+            let page = self.call_retrying(Method::GET, &path, None).await?;
+            if let Some(scopes) = page["items"].as_object() {
+                for scope in scopes.values() {
+                    for vm in scope["instances"].as_array().into_iter().flatten() {
+                        vms.push(CloudVm {
+                            name: vm["name"].as_str().unwrap_or_default().to_string(),
+                            zone: short_zone(vm["zone"].as_str().unwrap_or_default()).to_string(),
+                            status: vm["status"].as_str().unwrap_or_default().to_string(),
+                        });
+                    }
+                }
+            }
+            match page["nextPageToken"].as_str() {
+                Some(token) if !token.is_empty() => page_token = token.to_string(),
+                _ => return Ok(vms),
+            }
+        }
+    }
+}
+
+fn until_next_minute() -> Duration {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Duration::from_millis(60_000 - (now.as_millis() % 60_000) as u64 + 250)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_classified_by_what_to_do() {
+        let body = |reason: &str| {
+            json!({"error": {"code": 403, "message": "m", "errors": [{"reason": reason}]}})
+                .to_string()
+        };
+        let classify = |status: u16, body: &str| {
+            GceError::from_response(StatusCode::from_u16(status).unwrap(), body.as_bytes(), None)
+        };
+        assert!(matches!(
+            classify(403, &body("rateLimitExceeded")),
+            GceError::RateLimited {
+                per_minute: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(429, "{}"),
+            GceError::RateLimited {
+                per_minute: false,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(403, &body("quotaExceeded")),
+            GceError::Quota(_)
+        ));
+        assert!(matches!(
+            classify(503, "oops"),
+            GceError::Unavailable { .. }
+        ));
+        assert!(matches!(classify(404, "{}"), GceError::NotFound));
+        assert!(matches!(
+            classify(400, &body("invalid")),
+            GceError::Refused { .. }
+        ));
+        assert!(classify(503, "").is_transient());
+        assert!(!classify(403, &body("quotaExceeded")).is_transient());
+    }
+}

@@ -1,0 +1,125 @@
+//! Where VMs come from: Compute Engine ([`gce`]) or a simulated cloud on this machine
+//! ([`local`]). [`Cloud`] is the one type the refill consumer boots and deletes through.
+
+pub mod gce;
+pub mod local;
+
+use std::time::Duration;
+
+use crate::pool::PoolName;
+
+/// What a boot needs to know.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    pub name: String,
+    pub pool: PoolName,
+    /// `ssh-rsa AAAA…` for the VM's `ssh-keys` metadata.
+    pub ssh_public_key: String,
+    /// Redis namespace of this deployment, as a label, so deployments sharing a project are
+    /// told apart.
+    pub namespace: String,
+}
+
+/// A VM that is up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Booted {
+    pub zone: String,
+    pub ip: String,
+    pub public_ip: Option<String>,
+}
+
+/// Why a boot failed, and what that means for the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    /// Nothing was created (e.g. every zone was out of capacity, or the request was refused).
+    #[error("no VM was created: {0}")]
+    NotCreated(String),
+    /// Quota is exhausted: retrying does not help until an operator acts.
+    #[error("quota exceeded: {0}")]
+    Quota(String),
+    /// The VM may exist (timeout, failure halfway): it must be deleted, never used.
+    #[error("boot failed halfway in zone {zone}: {reason}")]
+    Halfway { zone: String, reason: String },
+}
+
+/// A VM as the cloud lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CloudVm {
+    pub name: String,
+    pub zone: String,
+    pub status: String,
+}
+
+/// The configured cloud.
+#[derive(Clone)]
+pub enum Cloud {
+    Gce(gce::Gce),
+    Local(local::Local),
+}
+
+impl Cloud {
+    /// Boots `spec` and waits until it has an internal IP.
+    pub async fn boot(&self, spec: &VmSpec) -> Result<Booted, BootError> {
+        match self {
+            Cloud::Gce(gce) => gce.boot(spec).await,
+            Cloud::Local(local) => local.boot(spec).await,
+        }
+    }
+
+    /// Deletes a VM; one that does not exist counts as deleted. `zone` may be unknown.
+    pub async fn delete(&self, name: &str, zone: Option<&str>) -> anyhow::Result<()> {
+        match self {
+            Cloud::Gce(gce) => gce.delete(name, zone).await,
+            Cloud::Local(local) => {
+                local.delete(name);
+                Ok(())
+            }
+        }
+    }
+
+    /// Every VM of this deployment that the cloud knows.
+    pub async fn list(&self, namespace: &str) -> anyhow::Result<Vec<CloudVm>> {
+        match self {
+            Cloud::Gce(gce) => gce.list(namespace).await,
+            Cloud::Local(local) => Ok(local.list()),
+        }
+    }
+
+    /// How long a reservation must outlive a boot attempt.
+    pub fn boot_budget(&self) -> Duration {
+        match self {
+            Cloud::Gce(gce) => gce.boot_budget(),
+            Cloud::Local(local) => local.boot_budget(),
+        }
+    }
+}
+
+/// A label value: lowercase letters, digits, `-` and `_`, at most 63 characters.
+pub fn label_value(value: &str) -> String {
+    value
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | '0'..='9' | '-' | '_' => c,
+            'A'..='Z' => c.to_ascii_lowercase(),
+            _ => '_',
+        })
+        .take(63)
+        .collect()
+}
+
+impl Cloud {
+    /// The cloud `WARMER_PROVIDER` names, checked and ready.
+    pub async fn from_config(config: &crate::config::Config) -> anyhow::Result<Self> {
+        match config.provider {
+            crate::config::Provider::Gce => {
+                let google = config.require_google()?;
+                Ok(Cloud::Gce(
+                    gce::Gce::new(google, config.vm_creation_timeout).await?,
+                ))
+            }
+            crate::config::Provider::Local => {
+                Ok(Cloud::Local(local::Local::new(config.local_boot_delay)))
+            }
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! `warmer dev`: the whole system in one process with the local provider, for trying warmer on
+//! one machine. Creates a small example pool when none exists.
+
+use crate::cloud::{Cloud, local::Local};
+use crate::context::Context;
+use crate::pool::PoolName;
+use crate::shutdown::Shutdown;
+
+/// The pool `warmer dev` creates when there is none.
+pub const EXAMPLE_POOL: &str = "warmer-example-image:n1-standard-1";
+const EXAMPLE_TARGET: u32 = 3;
+
+/// Runs checkout and refill with the local provider until `shutdown`.
+pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
+    let targets = ctx.store.targets().await?;
+    if targets.is_empty() {
+        let pool: PoolName = EXAMPLE_POOL.parse().map_err(anyhow::Error::msg)?;
+        ctx.store.set_target(&pool, EXAMPLE_TARGET).await?;
+        tracing::info!(
+            pool = EXAMPLE_POOL,
+            target = EXAMPLE_TARGET,
+            "no pools yet: created an example pool"
+        );
+    }
+    tracing::info!(
+        "try: warmer request --image warmer-example-image --machine-type n1-standard-1   (and `warmer status`)"
+    );
+    let connection = ctx.amqp("dev").await?;
+    crate::amqp::declare_topology(&connection.create_channel().await?, &ctx.names).await?;
+    let _ = connection.close(200, "declared".into()).await;
+    let cloud = Cloud::Local(Local::new(ctx.config.local_boot_delay));
+    let checkout = tokio::spawn(crate::checkout::run(ctx.clone(), shutdown.clone()));
+    let refill = tokio::spawn(crate::refill::run(ctx.clone(), cloud, shutdown.clone()));
+    // Fill every pool at start: the local cloud starts empty.
+    crate::operator::fill(
+        &ctx,
+        None,
+        ctx.config.auth_tokens.first().map(|t| t.expose()),
+    )
+    .await?;
+    let (checkout, refill) = tokio::join!(checkout, refill);
+    checkout??;
+    refill??;
+    Ok(())
+}

@@ -1,0 +1,167 @@
+//! `warmer refill`: keeps every pool at its target (SPEC §3.3, §4 guarantee 4, §7).
+//!
+//! Messages on the refill queue are hints: whatever they say, [`Refill::refill_pool`] looks at
+//! the pool's level in Redis, trims a surplus, and reserves boot slots atomically
+//! (`reserve_boots.lua`) so that `ready + booting <= target` however many refill processes run.
+//! Boots run in parallel, up to `WARMER_BOOT_CONCURRENCY` per process, each finishing with
+//! `finish_boot.lua`; a finished boot looks at its pool again, so a pool fills up without
+//! further messages. VMs recorded in `orphaned` are deleted as they appear.
+//!
+//! On SIGTERM it stops consuming and waits up to 25 s for boots in flight; a boot cut short
+//! keeps its reservation until it expires, when its VM is recorded as an orphan and deleted.
+
+mod boot;
+pub mod command;
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use crate::amqp::{self, Disposition, Incoming, Publisher};
+use crate::cloud::Cloud;
+use crate::config::Secret;
+use crate::context::Context;
+use crate::shutdown::Shutdown;
+use command::Work;
+
+/// Refill messages handled at once per process.
+const PREFETCH: u16 = 16;
+
+/// What happened to one message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The pools were looked at; `boots` boots started.
+    Refilled { pools: usize, boots: usize },
+    /// Not a valid event or command: dead-lettered.
+    Rejected(String),
+    /// Redis failed: requeued for another try.
+    Failed,
+}
+
+impl Outcome {
+    pub fn disposition(&self) -> Disposition {
+        match self {
+            Outcome::Refilled { .. } => Disposition::Ack,
+            Outcome::Rejected(_) => Disposition::DeadLetter,
+            Outcome::Failed => Disposition::Requeue,
+        }
+    }
+}
+
+/// The refill consumer's state, shared by its message handlers and boot tasks.
+pub struct Refill {
+    ctx: Context,
+    cloud: Cloud,
+    permits: Arc<Semaphore>,
+    passphrase: Secret,
+    /// The current broker session's publisher, for events (`None` while disconnected).
+    publisher: RwLock<Option<Publisher>>,
+    shutdown: Shutdown,
+}
+
+impl Refill {
+    pub fn new(ctx: Context, cloud: Cloud, shutdown: Shutdown) -> Arc<Self> {
+        let passphrase = ctx.config.ssh_key_passphrase.clone().unwrap_or_else(|| {
+            tracing::warn!("WARMER_SSH_KEY_PASSPHRASE is not set: keys are encrypted with `warmer` (fine for the local provider only)");
+            Secret::new("warmer")
+        });
+        Arc::new(Self {
+            permits: Arc::new(Semaphore::new(ctx.config.boot_concurrency)),
+            ctx,
+            cloud,
+            passphrase,
+            publisher: RwLock::new(None),
+            shutdown,
+        })
+    }
+
+    /// Handles one refill message.
+    pub async fn handle(self: &Arc<Self>, message: Incoming) -> Outcome {
+        let work = match command::parse(&message.data, &self.ctx.config.auth_tokens) {
+            Ok(work) => work,
+            Err(why) => {
+                tracing::warn!(%why, "refill message rejected: dead-lettered");
+                return Outcome::Rejected(why);
+            }
+        };
+        let pools = match work {
+            Work::Pool(pool) => vec![pool],
+            Work::AllPools => match self.ctx.store.targets().await {
+                Ok(targets) => targets.keys().filter_map(|p| p.parse().ok()).collect(),
+                Err(error) => {
+                    tracing::warn!(%error, "reading pool targets failed; requeued");
+                    return Outcome::Failed;
+                }
+            },
+        };
+        let mut boots = 0;
+        for pool in &pools {
+            match self.refill_pool(pool).await {
+                Ok(started) => boots += started,
+                Err(error) => {
+                    tracing::warn!(error = %format!("{error:#}"), %pool, "refill failed; requeued");
+                    return Outcome::Failed;
+                }
+            }
+        }
+        self.delete_orphans().await;
+        Outcome::Refilled {
+            pools: pools.len(),
+            boots,
+        }
+    }
+
+    /// Waits until every boot in flight has finished, at most `limit`.
+    pub async fn wait_for_boots(&self, limit: Duration) -> bool {
+        let all = self.ctx.config.boot_concurrency as u32;
+        tokio::time::timeout(limit, self.permits.acquire_many(all))
+            .await
+            .is_ok()
+    }
+
+    async fn event(&self, routing_key: &str, body: serde_json::Value) {
+        let publisher = self.publisher.read().ok().and_then(|p| p.clone());
+        let Some(publisher) = publisher else {
+            tracing::warn!(routing_key, "no broker connection: event not published");
+            return;
+        };
+        if let Err(error) = publisher.event(&self.ctx.names, routing_key, &body).await {
+            tracing::warn!(error = %format!("{error:#}"), routing_key, "event not published");
+        }
+    }
+}
+
+/// Consumes the refill queue until `shutdown`, then waits for boots in flight.
+pub async fn run(ctx: Context, cloud: Cloud, shutdown: Shutdown) -> anyhow::Result<()> {
+    let refill = Refill::new(ctx.clone(), cloud, shutdown.clone());
+    amqp::supervise("refill", &shutdown, || async {
+        let connection = ctx.amqp("refill").await?;
+        let channel = connection.create_channel().await?;
+        amqp::declare_topology(&channel, &ctx.names).await?;
+        let publisher = Publisher::open(&connection).await?;
+        if let Ok(mut current) = refill.publisher.write() {
+            *current = Some(publisher);
+        }
+        let result = amqp::consume(
+            &channel,
+            &ctx.names.refill_queue(),
+            PREFETCH,
+            &shutdown,
+            |message| {
+                let refill = refill.clone();
+                async move { refill.handle(message).await.disposition() }
+            },
+        )
+        .await;
+        if shutdown.is_triggered() && !refill.wait_for_boots(amqp::DRAIN).await {
+            tracing::warn!("boots still in flight at shutdown: their reservations expire and their VMs are deleted");
+        }
+        if let Ok(mut publisher) = refill.publisher.write() {
+            *publisher = None;
+        }
+        let _ = connection.close(200, "bye".into()).await;
+        result
+    })
+    .await
+}

@@ -1,0 +1,13 @@
+-- abandon_boot.lua: a boot that failed gives its slot back; if its VM may exist it is
+-- recorded in orphaned, in the same step.
+--
+-- KEYS[1] the pool's booting zset   KEYS[2] orphaned list
+-- ARGV[1] VM name   ARGV[2] zone ('' if unknown)   ARGV[3] reason, or '' if no VM was created
+-- Returns 1 if the reservation was still held.
+local held = redis.call('ZREM', KEYS[1], ARGV[1])
+if ARGV[3] ~= '' then
+  local zone = cjson.null
+  if ARGV[2] ~= '' then zone = ARGV[2] end
+  redis.call('RPUSH', KEYS[2], cjson.encode({name = ARGV[1], zone = zone, reason = ARGV[3]}))
+end
+return held

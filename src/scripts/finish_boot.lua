@@ -1,0 +1,27 @@
+-- finish_boot.lua: a booted VM joins its pool (at the tail: it is the youngest) and releases
+-- its boot slot, in one step.
+--
+-- KEYS[1] poolconfigs hash   KEYS[2] the pool's list   KEYS[3] the pool's booting zset
+-- KEYS[4] orphaned list
+-- ARGV[1] pool name   ARGV[2] VM name   ARGV[3] pool entry (JSON)   ARGV[4] zone
+--
+-- Invariant: the VM is pushed only if it still held its reservation and the pool still wants
+-- it (the target may have been lowered, or the pool deleted, while it booted); otherwise it is
+-- recorded in orphaned, to be deleted. Either way it is never unaccounted for.
+-- Returns "ready", "expired", "no_pool" or "surplus".
+local function orphan(reason)
+  redis.call('RPUSH', KEYS[4], cjson.encode({name = ARGV[2], zone = ARGV[4], reason = reason}))
+  return reason
+end
+if redis.call('ZREM', KEYS[3], ARGV[2]) == 0 then
+  return orphan('expired')
+end
+local target = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
+if not target then
+  return orphan('no_pool')
+end
+if redis.call('LLEN', KEYS[2]) + redis.call('ZCARD', KEYS[3]) >= target then
+  return orphan('surplus')
+end
+redis.call('RPUSH', KEYS[2], ARGV[3])
+return 'ready'

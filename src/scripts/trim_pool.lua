@@ -1,0 +1,28 @@
+-- trim_pool.lua: a pool above its target (the target was lowered) gives up its surplus warmed
+-- VMs, oldest first, into orphaned, to be deleted.
+--
+-- KEYS[1] poolconfigs hash   KEYS[2] the pool's list   KEYS[3] the pool's booting zset
+-- KEYS[4] orphaned list
+-- ARGV[1] pool name
+--
+-- Invariant: afterwards ready + booting <= target, or ready == 0 (boots in flight cannot be
+-- cancelled; finish_boot.lua orphans them on arrival). Returns the number of VMs trimmed.
+local target = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
+if not target then
+  return 0
+end
+local ready = redis.call('LLEN', KEYS[2])
+local surplus = math.min(ready + redis.call('ZCARD', KEYS[3]) - target, ready)
+local trimmed = 0
+while trimmed < surplus do
+  local entry = redis.call('LPOP', KEYS[2])
+  if not entry then break end
+  local ok, vm = pcall(cjson.decode, entry)
+  if ok and type(vm) == 'table' then
+    redis.call('RPUSH', KEYS[4], cjson.encode({name = vm.name, zone = vm.zone, reason = 'surplus'}))
+  else
+    redis.call('RPUSH', KEYS[4], entry)
+  end
+  trimmed = trimmed + 1
+end
+return trimmed
