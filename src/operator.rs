@@ -190,8 +190,8 @@ pub async fn status(ctx: &Context) -> anyhow::Result<String> {
     let pools = ctx.store.status().await?;
     let now = now_ms() / 1000;
     let mut out = format!(
-        "{:<60} {:>6} {:>6} {:>10}\n",
-        "POOL", "TARGET", "READY", "OLDEST"
+        "{:<60} {:>6} {:>6} {:>7} {:>10}\n",
+        "POOL", "TARGET", "READY", "BOOTING", "OLDEST"
     );
     for pool in &pools {
         let oldest = match &pool.oldest {
