@@ -69,6 +69,38 @@ pub async fn spawn_app_without_consumer() -> TestApp {
 
 /// A fresh deployment that reaches the servers through the given URLs (e.g. a [`Proxy`]).
 pub async fn spawn_app_with(amqp_url: &str, redis_url: &str) -> TestApp {
+    spawn_app_configured(amqp_url, redis_url, &[]).await
+}
+
+/// A fresh deployment whose refill boots on the Compute Engine stand-in.
+pub async fn spawn_gce_app(
+    compute: &crate::compute::ComputeStandIn,
+    extra: &[(&str, &str)],
+) -> TestApp {
+    let keyfile = compute.keyfile_json();
+    let url = compute.compute_url();
+    let mut env = vec![
+        ("WARMER_PROVIDER", "gce"),
+        ("WARMER_GOOGLE_CLOUD_PROJECT", crate::compute::PROJECT),
+        ("WARMER_GOOGLE_CLOUD_REGION", crate::compute::REGION),
+        ("WARMER_GOOGLE_COMPUTE_URL", url.as_str()),
+        ("WARMER_GOOGLE_CLOUD_KEYFILE_JSON", keyfile.as_str()),
+        ("WARMER_IMAGE_PROJECT", "travis-ci-images"),
+        ("WARMER_SSH_KEY_PASSPHRASE", PASSPHRASE),
+    ];
+    env.extend_from_slice(extra);
+    spawn_app_configured(AMQP_URL, REDIS_URL, &env).await
+}
+
+/// The SSH key passphrase of [`spawn_gce_app`] deployments.
+pub const PASSPHRASE: &str = "test passphrase";
+
+/// A fresh deployment with extra environment variables.
+pub async fn spawn_app_configured(
+    amqp_url: &str,
+    redis_url: &str,
+    extra: &[(&str, &str)],
+) -> TestApp {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(warmer::telemetry::filter("warn"))
@@ -84,6 +116,7 @@ pub async fn spawn_app_with(amqp_url: &str, redis_url: &str) -> TestApp {
         ("WARMER_PROVIDER", "local"),
     ]
     .into_iter()
+    .chain(extra.iter().copied())
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     let config = Config::from_vars(env.clone()).expect("test configuration");
@@ -131,16 +164,38 @@ impl TestApp {
         if self.shutdown.is_triggered() {
             (self.trigger, self.shutdown) = shutdown::channel();
         }
+        let running = self.queue_counts(&self.names.checkout_queue()).await.1;
         let run = warmer::checkout::run(self.ctx.clone(), self.shutdown.clone());
         self.consumers.push(tokio::spawn(run));
-        self.wait_for_consumers(self.consumers.len() as u32).await;
+        self.wait_for_consumers(running + 1).await;
+    }
+
+    /// Starts one more refill consumer in this process, booting on the configured cloud.
+    pub async fn start_refill(&mut self) {
+        if self.shutdown.is_triggered() {
+            (self.trigger, self.shutdown) = shutdown::channel();
+        }
+        let running = self.queue_counts(&self.names.refill_queue()).await.1;
+        let cloud = warmer::cloud::Cloud::from_config(&self.ctx.config)
+            .await
+            .expect("cloud");
+        let run = warmer::refill::run(self.ctx.clone(), cloud, self.shutdown.clone());
+        self.consumers.push(tokio::spawn(run));
+        self.wait_for_queue_consumers(&self.names.refill_queue(), running + 1)
+            .await;
     }
 
     /// Waits until `n` consumers are attached to the checkout queue.
     pub async fn wait_for_consumers(&self, n: u32) {
-        within("checkout consumers", async {
+        self.wait_for_queue_consumers(&self.names.checkout_queue(), n)
+            .await
+    }
+
+    /// Waits until `n` consumers are attached to `queue`.
+    pub async fn wait_for_queue_consumers(&self, queue: &str, n: u32) {
+        within("consumers", async {
             loop {
-                if self.queue_counts(&self.names.checkout_queue()).await.1 >= n {
+                if self.queue_counts(queue).await.1 >= n {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;

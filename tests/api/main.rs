@@ -4,7 +4,9 @@
 //! prefix and Redis namespace from [`helpers::spawn_app`] and removes them when it ends.
 
 mod checkout;
+mod compute;
 mod faults;
 mod helpers;
 mod lifecycle;
 mod operator;
+mod refill;

@@ -1,0 +1,490 @@
+//! A stateful stand-in for the Compute Engine v1 REST API and Google's OAuth token endpoint,
+//! served over HTTP on loopback, written from the API reference: `instances.insert` (with
+//! `requestId` idempotency), zone operations and `operations.wait`, `instances.get`,
+//! `instances.delete`, `regions.get`, `aggregated/instances` with pagination, and the
+//! JWT-bearer token grant. It records what it was sent and can inject faults.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+pub const PROJECT: &str = "warmer-test";
+pub const REGION: &str = "us-central1";
+pub const TOKEN: &str = "standin-access-token";
+
+/// An accepted `instances.insert`.
+#[derive(Clone, Debug)]
+pub struct Insert {
+    pub request_id: String,
+    pub zone: String,
+    pub body: Value,
+}
+
+#[derive(Default)]
+pub struct State {
+    pub instances: HashMap<String, Value>,
+    operations: HashMap<String, Operation>,
+    by_request_id: HashMap<String, String>,
+    /// Every insert that created an operation (one per distinct requestId).
+    pub inserts: Vec<Insert>,
+    /// The requestId of every insert call, retries included.
+    pub insert_calls: Vec<String>,
+    pub in_flight: usize,
+    pub peak_in_flight: usize,
+    pub deleted: Vec<String>,
+    /// Statuses to answer the next insert calls with, before any succeeds.
+    pub insert_faults: VecDeque<u16>,
+    pub stockout_zones: HashSet<String>,
+    pub quota_exhausted: bool,
+    /// Operations never reach DONE.
+    pub never_finish: bool,
+    pub boot_delay: Duration,
+    pub token_grants: usize,
+    next_ip: u32,
+}
+
+struct Operation {
+    zone: String,
+    target: String,
+    done_at: Option<Instant>,
+    error: Option<Value>,
+    finished: bool,
+}
+
+/// The running stand-in.
+pub struct ComputeStandIn {
+    pub port: u16,
+    pub state: Arc<Mutex<State>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ComputeStandIn {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl ComputeStandIn {
+    pub async fn start(boot_delay: Duration) -> ComputeStandIn {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(Mutex::new(State {
+            boot_delay,
+            ..State::default()
+        }));
+        let server = tokio::spawn({
+            let state = state.clone();
+            async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let state = state.clone();
+                    tokio::spawn(async move {
+                        let service = hyper::service::service_fn(move |request| {
+                            let state = state.clone();
+                            async move { Ok::<_, Infallible>(handle(state, request).await) }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            }
+        });
+        ComputeStandIn {
+            port,
+            state,
+            server,
+        }
+    }
+
+    /// `WARMER_GOOGLE_COMPUTE_URL`.
+    pub fn compute_url(&self) -> String {
+        format!("http://127.0.0.1:{}/compute/v1", self.port)
+    }
+
+    /// A service-account key whose `token_uri` is this stand-in.
+    pub fn keyfile_json(&self) -> String {
+        let key = openssl::rsa::Rsa::generate(2048).unwrap();
+        let pkey = openssl::pkey::PKey::from_rsa(key).unwrap();
+        let pem = String::from_utf8(pkey.private_key_to_pem_pkcs8().unwrap()).unwrap();
+        json!({
+            "type": "service_account",
+            "project_id": PROJECT,
+            "private_key_id": "standin-key",
+            "private_key": pem,
+            "client_email": format!("warmer@{PROJECT}.iam.gserviceaccount.com"),
+            "client_id": "1",
+            "token_uri": format!("http://127.0.0.1:{}/token", self.port),
+        })
+        .to_string()
+    }
+
+    pub fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        f(&mut self.state.lock().unwrap())
+    }
+
+    /// Names of instances that exist now.
+    pub fn instances(&self) -> HashSet<String> {
+        self.with(|s| s.instances.keys().cloned().collect())
+    }
+}
+
+fn error(status: u16, reason: &str, message: &str) -> Response<Full<Bytes>> {
+    respond(
+        status,
+        json!({"error": {"code": status, "message": message, "errors": [{"reason": reason, "message": message}]}}),
+    )
+}
+
+fn respond(status: u16, body: Value) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(StatusCode::from_u16(status).unwrap())
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+fn zone_url(zone: &str) -> String {
+    format!("https://www.googleapis.com/compute/v1/projects/{PROJECT}/zones/{zone}")
+}
+
+fn operation_json(name: &str, op: &Operation) -> Value {
+    let mut body = json!({
+        "kind": "compute#operation",
+        "name": name,
+        "zone": zone_url(&op.zone),
+        "operationType": "insert",
+        "targetLink": format!("{}/instances/{}", zone_url(&op.zone), op.target),
+        "status": if op.finished { "DONE" } else { "RUNNING" },
+    });
+    if op.finished
+        && let Some(error) = &op.error
+    {
+        body["error"] = error.clone();
+    }
+    body
+}
+
+async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let query: HashMap<String, String> = request
+        .uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let authorized = request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        == Some(&format!("Bearer {TOKEN}"));
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+
+    if path == "/token" && method == Method::POST {
+        let form = String::from_utf8_lossy(&body);
+        if !form.contains("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer")
+            || !form.contains("assertion=")
+        {
+            return respond(400, json!({"error": "invalid_grant"}));
+        }
+        state.lock().unwrap().token_grants += 1;
+        return respond(
+            200,
+            json!({"access_token": TOKEN, "expires_in": 3600, "token_type": "Bearer"}),
+        );
+    }
+    if !authorized {
+        return error(401, "authError", "Invalid Credentials");
+    }
+    let Some(rest) = path.strip_prefix(&format!("/compute/v1/projects/{PROJECT}/")) else {
+        return error(404, "notFound", "unknown project");
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    match (method, segments.as_slice()) {
+        (Method::GET, ["regions", region]) => {
+            let zones: Vec<String> = ["a", "b", "c"]
+                .iter()
+                .map(|z| zone_url(&format!("{region}-{z}")))
+                .collect();
+            respond(200, json!({"name": region, "zones": zones}))
+        }
+        (Method::POST, ["zones", zone, "instances"]) => {
+            insert(&state, zone, query.get("requestId").cloned(), &body)
+        }
+        (Method::POST, ["zones", _zone, "operations", name, "wait"]) => wait(&state, name).await,
+        (Method::GET, ["zones", zone, "instances", name]) => {
+            let state = state.lock().unwrap();
+            match state.instances.get(*name) {
+                Some(instance) if instance["zone"] == zone_url(zone) => {
+                    respond(200, instance.clone())
+                }
+                _ => error(
+                    404,
+                    "notFound",
+                    &format!("The resource '{name}' was not found"),
+                ),
+            }
+        }
+        (Method::DELETE, ["zones", zone, "instances", name]) => {
+            let mut state = state.lock().unwrap();
+            match state.instances.get(*name) {
+                Some(instance) if instance["zone"] == zone_url(zone) => {
+                    state.instances.remove(*name);
+                    state.deleted.push(name.to_string());
+                    respond(
+                        200,
+                        json!({"kind": "compute#operation", "name": format!("op-delete-{name}"), "status": "RUNNING"}),
+                    )
+                }
+                _ => error(
+                    404,
+                    "notFound",
+                    &format!("The resource '{name}' was not found"),
+                ),
+            }
+        }
+        (Method::GET, ["aggregated", "instances"]) => aggregated(&state, &query),
+        _ => error(404, "notFound", "no such method in the stand-in"),
+    }
+}
+
+/// Checks an insert body against what the API requires and what SPEC §7 promises.
+fn check_insert_body(zone: &str, body: &Value) -> Result<(), String> {
+    let name = body["name"].as_str().ok_or("name is required")?;
+    if !warmer::pool::is_gce_name(name) {
+        return Err(format!("Invalid value for field 'resource.name': '{name}'"));
+    }
+    let machine_type = body["machineType"]
+        .as_str()
+        .ok_or("machineType is required")?;
+    if !machine_type.starts_with(&format!("zones/{zone}/machineTypes/")) {
+        return Err(format!(
+            "Invalid value for field 'resource.machineType': '{machine_type}'"
+        ));
+    }
+    let disk = &body["disks"][0];
+    if disk["boot"] != true
+        || !disk["initializeParams"]["sourceImage"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("projects/"))
+    {
+        return Err("a boot disk with initializeParams.sourceImage is required".into());
+    }
+    if body["networkInterfaces"][0]["network"].as_str().is_none() {
+        return Err("networkInterfaces[0].network is required".into());
+    }
+    if body["labels"]["warmth"] != "warmed" {
+        return Err("warmer's VMs carry the label warmth=warmed".into());
+    }
+    for (key, value) in body["labels"].as_object().ok_or("labels")? {
+        let ok = |s: &str| {
+            s.len() <= 63
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        };
+        if !ok(key) || !value.as_str().is_some_and(ok) {
+            return Err(format!("Invalid label {key}={value}"));
+        }
+    }
+    let items = body["metadata"]["items"]
+        .as_array()
+        .ok_or("metadata.items is required")?;
+    let item = |key: &str| {
+        items
+            .iter()
+            .find(|i| i["key"] == key)
+            .and_then(|i| i["value"].as_str())
+    };
+    if item("block-project-ssh-keys") != Some("true") {
+        return Err("block-project-ssh-keys must be true".into());
+    }
+    if !item("ssh-keys").is_some_and(|k| k.starts_with("travis:ssh-rsa ")) {
+        return Err("ssh-keys must hold the VM's key".into());
+    }
+    Ok(())
+}
+
+fn insert(
+    state: &Arc<Mutex<State>>,
+    zone: &str,
+    request_id: Option<String>,
+    body: &[u8],
+) -> Response<Full<Bytes>> {
+    let mut state = state.lock().unwrap();
+    let request_id = request_id.unwrap_or_default();
+    state.insert_calls.push(request_id.clone());
+    if let Some(status) = state.insert_faults.pop_front() {
+        let response = match status {
+            429 => error(429, "rateLimitExceeded", "Rate Limit Exceeded"),
+            _ => error(status, "backendError", "Internal error. Please try again."),
+        };
+        let mut response = response;
+        response
+            .headers_mut()
+            .insert("retry-after", "1".parse().unwrap());
+        return response;
+    }
+    if let Some(op) = state.by_request_id.get(&request_id) {
+        let op = op.clone();
+        return respond(200, operation_json(&op, &state.operations[&op]));
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(body) else {
+        return error(
+            400,
+            "parseError",
+            "This API does not support parsing form-encoded input.",
+        );
+    };
+    if let Err(message) = check_insert_body(zone, &body) {
+        return error(400, "invalid", &message);
+    }
+    let name = body["name"].as_str().unwrap_or_default().to_string();
+    if state.instances.contains_key(&name) {
+        return error(
+            409,
+            "alreadyExists",
+            &format!("The resource '{name}' already exists"),
+        );
+    }
+    let op_name = format!("operation-{}", uuid::Uuid::new_v4().simple());
+    state.inserts.push(Insert {
+        request_id: request_id.clone(),
+        zone: zone.to_string(),
+        body: body.clone(),
+    });
+    if !request_id.is_empty() {
+        state.by_request_id.insert(request_id, op_name.clone());
+    }
+    let mut op = Operation {
+        zone: zone.to_string(),
+        target: name.clone(),
+        done_at: None,
+        error: None,
+        finished: false,
+    };
+    if state.stockout_zones.contains(zone) {
+        op.error = Some(
+            json!({"errors": [{"code": "ZONE_RESOURCE_POOL_EXHAUSTED", "message": format!("The zone '{}' does not have enough resources available to fulfill the request.", zone_url(zone))}]}),
+        );
+        op.finished = true;
+    } else if state.quota_exhausted {
+        op.error = Some(
+            json!({"errors": [{"code": "QUOTA_EXCEEDED", "message": "Quota 'CPUS' exceeded.  Limit: 24.0 in region us-central1."}]}),
+        );
+        op.finished = true;
+    } else {
+        state.next_ip += 1;
+        let ip = state.next_ip;
+        let mut interface = json!({"network": body["networkInterfaces"][0]["network"], "networkIP": format!("10.128.{}.{}", ip / 250, ip % 250 + 2)});
+        if body["networkInterfaces"][0]["accessConfigs"][0]["type"] == "ONE_TO_ONE_NAT" {
+            interface["accessConfigs"] = json!([{"type": "ONE_TO_ONE_NAT", "natIP": format!("34.1.{}.{}", ip / 250, ip % 250 + 2)}]);
+        }
+        let instance = json!({
+            "kind": "compute#instance",
+            "name": name,
+            "zone": zone_url(zone),
+            "status": "PROVISIONING",
+            "labels": body["labels"],
+            "labelFingerprint": "42WmSpB8rSM=",
+            "metadata": body["metadata"],
+            "networkInterfaces": [interface],
+        });
+        state.instances.insert(name.clone(), instance);
+        op.done_at = (!state.never_finish).then(|| Instant::now() + state.boot_delay);
+        state.in_flight += 1;
+        state.peak_in_flight = state.peak_in_flight.max(state.in_flight);
+    }
+    let response = operation_json(&op_name, &op);
+    state.operations.insert(op_name, op);
+    respond(200, response)
+}
+
+/// `operations.wait`: returns when DONE or after at most a second (the real one: two minutes).
+async fn wait(state: &Arc<Mutex<State>>, name: &str) -> Response<Full<Bytes>> {
+    let until = {
+        let state = state.lock().unwrap();
+        let Some(op) = state.operations.get(name) else {
+            return error(404, "notFound", "operation not found");
+        };
+        let latest = Instant::now() + Duration::from_secs(1);
+        op.done_at.map_or(latest, |d| d.min(latest))
+    };
+    tokio::time::sleep_until(until.into()).await;
+    let mut state = state.lock().unwrap();
+    let state = &mut *state;
+    let op = state.operations.get_mut(name).unwrap();
+    if !op.finished && op.done_at.is_some_and(|d| d <= Instant::now()) {
+        op.finished = true;
+        state.in_flight -= 1;
+        if let Some(instance) = state.instances.get_mut(&op.target) {
+            instance["status"] = json!("RUNNING");
+        }
+    }
+    respond(200, operation_json(name, op))
+}
+
+fn aggregated(state: &Arc<Mutex<State>>, query: &HashMap<String, String>) -> Response<Full<Bytes>> {
+    let state = state.lock().unwrap();
+    let filter = query
+        .get("filter")
+        .cloned()
+        .unwrap_or_default()
+        .replace("%3D", "=");
+    let (label, value) = filter
+        .strip_prefix("labels.")
+        .and_then(|f| f.split_once('='))
+        .unwrap_or(("", ""));
+    let mut names: Vec<&String> = state
+        .instances
+        .iter()
+        .filter(|(_, i)| label.is_empty() || i["labels"][label] == value)
+        .map(|(n, _)| n)
+        .collect();
+    names.sort();
+    let page_size: usize = query
+        .get("maxResults")
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(500);
+    let start: usize = query
+        .get("pageToken")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    let page = names.iter().skip(start).take(page_size);
+    let mut items: HashMap<String, Vec<Value>> = HashMap::new();
+    for name in page {
+        let instance = &state.instances[*name];
+        let zone = instance["zone"]
+            .as_str()
+            .unwrap_or_default()
+            .rsplit('/')
+            .next()
+            .unwrap_or_default();
+        items
+            .entry(format!("zones/{zone}"))
+            .or_default()
+            .push(instance.clone());
+    }
+    let mut body = json!({
+        "kind": "compute#instanceAggregatedList",
+        "items": items.into_iter().map(|(k, v)| (k, json!({"instances": v}))).collect::<serde_json::Map<_, _>>(),
+    });
+    if start + page_size < names.len() {
+        body["nextPageToken"] = json!((start + page_size).to_string());
+    }
+    respond(200, body)
+}

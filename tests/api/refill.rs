@@ -1,0 +1,393 @@
+//! Refill on the Compute Engine stand-in: SPEC §3.3, §4 guarantee 4, §7.
+
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use serde_json::{Value, json};
+use warmer::operator;
+use warmer::pool::PoolName;
+
+use crate::compute::ComputeStandIn;
+use crate::helpers::*;
+
+const BOOT: Duration = Duration::from_millis(300);
+
+impl TestApp {
+    async fn fill(&self, pool: &str) {
+        operator::fill(&self.ctx, Some(&pool.parse().unwrap()), None)
+            .await
+            .unwrap();
+    }
+
+    async fn booting(&self, pool: &str) -> u64 {
+        let pool: PoolName = pool.parse().unwrap();
+        self.redis
+            .clone()
+            .zcard(self.names.booting(&pool))
+            .await
+            .unwrap()
+    }
+
+    /// Waits until `pool` holds `ready` VMs with nothing booting and the refill queue is drained.
+    async fn wait_until_settled(&self, pool: &str, ready: usize) {
+        within("the pool to settle", async {
+            loop {
+                if self.pool_vms(pool).await.len() == ready
+                    && self.booting(pool).await == 0
+                    && self.queue_counts(&self.names.refill_queue()).await.0 == 0
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+    }
+
+    async fn entries(&self, pool: &str) -> Vec<Value> {
+        let pool: PoolName = pool.parse().unwrap();
+        let raw: Vec<String> = self
+            .redis
+            .clone()
+            .lrange(self.names.pool(&pool), 0, -1)
+            .await
+            .unwrap();
+        raw.iter()
+            .map(|e| serde_json::from_str(e).unwrap())
+            .collect()
+    }
+}
+
+impl Listener {
+    async fn take(&mut self, n: usize) -> Vec<Value> {
+        let mut events = Vec::new();
+        for _ in 0..n {
+            events.push(self.next().await);
+        }
+        events
+    }
+}
+
+#[tokio::test]
+async fn a_fill_command_boots_the_pool_to_its_target_as_spec_section_7_describes() {
+    let compute = ComputeStandIn::start(BOOT).await;
+    let mut app = spawn_gce_app(&compute, &[("WARMER_GOOGLE_CLOUD_ZONES", "us-central1-b")]).await;
+    let public = format!("{POOL}:public");
+    app.seed(POOL, 2, &[]).await;
+    app.seed(&public, 1, &[]).await;
+    let mut booted = app.listen("instance.booted").await;
+    app.start_refill().await;
+
+    operator::fill(&app.ctx, None, None).await.unwrap();
+    let events = booted.take(3).await;
+
+    app.wait_until_settled(POOL, 2).await;
+    app.wait_until_settled(&public, 1).await;
+    assert!(
+        events
+            .iter()
+            .all(|e| e["zone"] == "us-central1-b" && e["boot_ms"].is_u64())
+    );
+    let inserts = compute.with(|s| s.inserts.clone());
+    assert_eq!(inserts.len(), 3);
+    for insert in &inserts {
+        let body = &insert.body;
+        let public_ip = body["labels"]["pool-public"] == "true";
+        assert!(body["name"].as_str().unwrap().starts_with("travis-job-"));
+        assert_eq!(
+            body["machineType"],
+            "zones/us-central1-b/machineTypes/n1-standard-2"
+        );
+        assert_eq!(
+            body["disks"][0]["initializeParams"]["sourceImage"],
+            "projects/travis-ci-images/global/images/travis-ci-garnet-trusty-1503417006"
+        );
+        assert_eq!(
+            body["networkInterfaces"][0]["network"],
+            "projects/warmer-test/global/networks/default"
+        );
+        assert_eq!(body["labels"]["warmth"], "warmed");
+        assert_eq!(
+            body["labels"]["pool-image"],
+            "travis-ci-garnet-trusty-1503417006"
+        );
+        assert_eq!(
+            body["networkInterfaces"][0]["accessConfigs"].is_array(),
+            public_ip,
+            "NAT only for :public pools"
+        );
+        assert!(
+            uuid::Uuid::parse_str(&insert.request_id).is_ok(),
+            "insert carries a requestId"
+        );
+    }
+    let entry = &app.entries(&public).await[0];
+    assert!(entry["ip"].as_str().unwrap().starts_with("10.128."));
+    assert!(entry["public_ip"].as_str().unwrap().starts_with("34.1."));
+    assert!(entry["booted_at"].is_u64());
+    assert_eq!(compute.with(|s| s.token_grants), 1, "the token is cached");
+}
+
+#[tokio::test]
+async fn a_checkout_leads_to_a_replacement() {
+    let compute = ComputeStandIn::start(BOOT).await;
+    let mut app = spawn_gce_app(&compute, &[]).await;
+    app.seed(POOL, 2, &[]).await;
+    app.start_refill().await;
+    app.start_consumer().await;
+    app.fill(POOL).await;
+    app.wait_until_settled(POOL, 2).await;
+    let mut booted = app.listen("instance.booted").await;
+
+    let vm = app.checkout().await;
+
+    let replacement = booted.next().await;
+    assert_ne!(replacement["instance"], vm["name"]);
+    app.wait_until_settled(POOL, 2).await;
+    assert_eq!(compute.with(|s| s.inserts.len()), 3);
+}
+
+#[tokio::test]
+async fn three_refill_consumers_and_a_hundred_events_never_overshoot() {
+    let compute = ComputeStandIn::start(BOOT).await;
+    let mut app = spawn_gce_app(&compute, &[("WARMER_BOOT_CONCURRENCY", "4")]).await;
+    app.seed(POOL, 10, &[]).await;
+    for _ in 0..3 {
+        app.start_refill().await;
+    }
+    let publisher = warmer::amqp::Publisher::open(&app.amqp).await.unwrap();
+
+    let mut sends = tokio::task::JoinSet::new();
+    for i in 0..100 {
+        let (publisher, names) = (publisher.clone(), app.names.clone());
+        sends.spawn(async move {
+            let event = json!({"pool": POOL, "instance": format!("gone-{i}"), "zone": "z"});
+            publisher.event(&names, "pool.dropped", &event).await
+        });
+    }
+    while let Some(sent) = sends.join_next().await {
+        sent.unwrap().unwrap();
+    }
+
+    app.wait_until_settled(POOL, 10).await;
+    assert_eq!(
+        compute.with(|s| s.inserts.len()),
+        10,
+        "exactly the target was booted"
+    );
+    assert_eq!(compute.instances().len(), 10);
+}
+
+#[tokio::test]
+async fn boots_run_in_parallel_up_to_the_boot_concurrency() {
+    let compute = ComputeStandIn::start(Duration::from_secs(1)).await;
+    let mut app = spawn_gce_app(&compute, &[("WARMER_BOOT_CONCURRENCY", "6")]).await;
+    app.seed(POOL, 9, &[]).await;
+    app.start_refill().await;
+
+    app.fill(POOL).await;
+
+    app.wait_until_settled(POOL, 9).await;
+    assert_eq!(
+        compute.with(|s| s.peak_in_flight),
+        6,
+        "6 boots at once, never more"
+    );
+}
+
+#[tokio::test]
+async fn rate_limits_and_server_errors_are_retried_with_the_same_request_id() {
+    let compute = ComputeStandIn::start(BOOT).await;
+    compute.with(|s| s.insert_faults.extend([429, 503]));
+    let mut app = spawn_gce_app(&compute, &[]).await;
+    app.seed(POOL, 1, &[]).await;
+    app.start_refill().await;
+
+    app.fill(POOL).await;
+
+    app.wait_until_settled(POOL, 1).await;
+    let calls = compute.with(|s| s.insert_calls.clone());
+    assert_eq!(calls.len(), 3);
+    assert!(calls.iter().all(|id| *id == calls[0]), "{calls:?}");
+    assert_eq!(compute.instances().len(), 1);
+}
+
+#[tokio::test]
+async fn a_stockout_in_one_zone_falls_back_to_another() {
+    let compute = ComputeStandIn::start(BOOT).await;
+    compute.with(|s| s.stockout_zones.insert("us-central1-a".into()));
+    let mut app = spawn_gce_app(
+        &compute,
+        &[("WARMER_GOOGLE_CLOUD_ZONES", "us-central1-a,us-central1-b")],
+    )
+    .await;
+    app.seed(POOL, 3, &[]).await;
+    app.start_refill().await;
+
+    app.fill(POOL).await;
+
+    app.wait_until_settled(POOL, 3).await;
+    let zones: Vec<Value> = app
+        .entries(POOL)
+        .await
+        .iter()
+        .map(|e| e["zone"].clone())
+        .collect();
+    assert_eq!(zones, vec![json!("us-central1-b"); 3]);
+    assert!(
+        compute.with(|s| s.inserts.iter().any(|i| i.zone == "us-central1-a")),
+        "zone a was tried"
+    );
+}
+
+#[tokio::test]
+async fn an_operation_that_never_finishes_ends_as_a_deleted_orphan() {
+    let compute = ComputeStandIn::start(BOOT).await;
+    compute.with(|s| s.never_finish = true);
+    let mut app = spawn_gce_app(&compute, &[("WARMER_VM_CREATION_TIMEOUT", "2")]).await;
+    app.seed(POOL, 1, &[]).await;
+    let mut orphaned = app.listen("instance.orphaned").await;
+    let mut deleted = app.listen("instance.deleted").await;
+    app.start_refill().await;
+
+    app.fill(POOL).await;
+
+    let orphan = orphaned.next().await;
+    assert_eq!(orphan["reason"], "boot_failed");
+    assert_eq!(deleted.next().await["instance"], orphan["instance"]);
+    assert_eq!(
+        compute.with(|s| s.deleted.clone()),
+        [orphan["instance"].as_str().unwrap()]
+    );
+    assert!(compute.instances().is_empty());
+    assert_eq!(app.booting(POOL).await, 0);
+    assert!(
+        app.orphaned().await.is_empty(),
+        "deleted orphans are forgotten"
+    );
+}
+
+#[tokio::test]
+async fn a_quota_error_stops_the_boots_and_is_reported() {
+    let compute = ComputeStandIn::start(BOOT).await;
+    compute.with(|s| s.quota_exhausted = true);
+    let mut app = spawn_gce_app(&compute, &[("WARMER_BOOT_CONCURRENCY", "2")]).await;
+    app.seed(POOL, 5, &[]).await;
+    let mut failed = app.listen("boot.failed").await;
+    app.start_refill().await;
+
+    app.fill(POOL).await;
+
+    for event in failed.take(2).await {
+        assert_eq!(event["kind"], "quota");
+        assert!(event["error"].as_str().unwrap().contains("QUOTA_EXCEEDED"));
+    }
+    app.wait_until_settled(POOL, 0).await;
+    assert_eq!(
+        compute.with(|s| s.insert_calls.len()),
+        2,
+        "no retry after a quota error"
+    );
+}
+
+#[tokio::test]
+async fn lowering_a_target_deletes_the_surplus() {
+    let compute = ComputeStandIn::start(BOOT).await;
+    let mut app = spawn_gce_app(&compute, &[]).await;
+    app.seed(POOL, 3, &[]).await;
+    app.start_refill().await;
+    app.fill(POOL).await;
+    app.wait_until_settled(POOL, 3).await;
+    let youngest = app.pool_vms(POOL).await[2].clone();
+    let mut deleted = app.listen("instance.deleted").await;
+
+    operator::pool_set(&app.ctx, &POOL.parse().unwrap(), 1)
+        .await
+        .unwrap();
+    app.fill(POOL).await;
+
+    let events = deleted.take(2).await;
+    assert!(events.iter().all(|e| e["reason"] == "surplus"));
+    assert_eq!(app.pool_vms(POOL).await, std::slice::from_ref(&youngest));
+    assert_eq!(
+        compute.instances().into_iter().collect::<Vec<_>>(),
+        [youngest]
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_pool_deletes_its_vms() {
+    let compute = ComputeStandIn::start(BOOT).await;
+    let mut app = spawn_gce_app(&compute, &[]).await;
+    app.seed(POOL, 2, &[]).await;
+    app.start_refill().await;
+    app.fill(POOL).await;
+    app.wait_until_settled(POOL, 2).await;
+    let mut deleted = app.listen("instance.deleted").await;
+
+    operator::pool_delete(&app.ctx, &POOL.parse().unwrap())
+        .await
+        .unwrap();
+    operator::fill(&app.ctx, None, None).await.unwrap();
+
+    deleted.take(2).await;
+    assert!(compute.instances().is_empty());
+    assert!(app.orphaned().await.is_empty());
+}
+
+#[tokio::test]
+async fn the_worker_can_decrypt_the_key_and_it_matches_the_vms_metadata() {
+    let compute = ComputeStandIn::start(BOOT).await;
+    let mut app = spawn_gce_app(&compute, &[]).await;
+    app.seed(POOL, 1, &[]).await;
+    app.start_refill().await;
+    app.start_consumer().await;
+    app.fill(POOL).await;
+    app.wait_until_settled(POOL, 1).await;
+
+    let reply = app.checkout().await;
+
+    let pem = reply["ssh_private_key"].as_str().unwrap();
+    assert!(pem.starts_with(
+        "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-256-CBC,"
+    ));
+    let dir = std::env::temp_dir().join(format!("warmer-key-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("id_rsa");
+    std::fs::write(&key, pem).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let derived = std::process::Command::new("ssh-keygen")
+        .args(["-y", "-P", PASSPHRASE, "-f"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    let wrong = std::process::Command::new("ssh-keygen")
+        .args(["-y", "-P", "not the passphrase", "-f"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        derived.status.success(),
+        "{}",
+        String::from_utf8_lossy(&derived.stderr)
+    );
+    assert!(!wrong.status.success());
+    let public = String::from_utf8(derived.stdout).unwrap();
+    let metadata = compute.with(|s| {
+        s.instances[reply["name"].as_str().unwrap()]["metadata"]["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["key"] == "ssh-keys")
+            .unwrap()["value"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    });
+    let metadata_key = metadata.strip_prefix("travis:").unwrap();
+    assert_eq!(
+        metadata_key.split_whitespace().take(2).collect::<Vec<_>>(),
+        public.split_whitespace().take(2).collect::<Vec<_>>()
+    );
+}
