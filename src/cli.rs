@@ -24,6 +24,10 @@ pub enum Command {
     /// Run the refill consumer: boots VMs (WARMER_PROVIDER) until every pool is at its target,
     /// on pool-drop events and fill commands from the `<prefix>.refill` queue.
     Refill,
+    /// Run the reconciler: every WARMER_RECONCILE_INTERVAL, compares Redis with the cloud and
+    /// deletes orphans and unaccounted VMs, evicts dead, stale and surplus VMs, and sets the
+    /// safety brake. At most one is active; others stand by.
+    Reconcile,
     /// Run the whole system in one process with the local (simulated) cloud, for trying warmer:
     /// creates an example pool if there is none.
     Dev,

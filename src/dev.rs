@@ -1,4 +1,4 @@
-//! `warmer dev`: the whole system in one process with the local provider, for trying warmer on
+//! `warmer dev`: checkout, refill and reconcile in one process with the local provider, for trying warmer on
 //! one machine. Creates a small example pool when none exists.
 
 use crate::cloud::{Cloud, local::Local};
@@ -10,7 +10,7 @@ use crate::shutdown::Shutdown;
 pub const EXAMPLE_POOL: &str = "warmer-example-image:n1-standard-1";
 const EXAMPLE_TARGET: u32 = 3;
 
-/// Runs checkout and refill with the local provider until `shutdown`.
+/// Runs checkout, refill and reconcile with the local provider until `shutdown`.
 pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
     let targets = ctx.store.targets().await?;
     if targets.is_empty() {
@@ -30,7 +30,13 @@ pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
     let _ = connection.close(200, "declared".into()).await;
     let cloud = Cloud::Local(Local::new(ctx.config.local_boot_delay));
     let checkout = tokio::spawn(crate::checkout::run(ctx.clone(), shutdown.clone()));
-    let refill = tokio::spawn(crate::refill::run(ctx.clone(), cloud, shutdown.clone()));
+    let refill = tokio::spawn(crate::refill::run(
+        ctx.clone(),
+        cloud.clone(),
+        shutdown.clone(),
+    ));
+    let reconcile =
+        tokio::spawn(crate::reconcile::Reconciler::new(ctx.clone(), cloud).run(shutdown.clone()));
     // Fill every pool at start: the local cloud starts empty.
     crate::operator::fill(
         &ctx,
@@ -38,8 +44,9 @@ pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
         ctx.config.auth_tokens.first().map(|t| t.expose()),
     )
     .await?;
-    let (checkout, refill) = tokio::join!(checkout, refill);
+    let (checkout, refill, reconcile) = tokio::join!(checkout, refill, reconcile);
     checkout??;
     refill??;
+    reconcile??;
     Ok(())
 }

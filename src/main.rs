@@ -5,7 +5,7 @@ use warmer::cli::{Cli, Command, PoolCommand};
 use warmer::cloud::Cloud;
 use warmer::config::Config;
 use warmer::context::Context;
-use warmer::{checkout, dev, operator, refill, shutdown};
+use warmer::{checkout, dev, operator, reconcile, refill, shutdown};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -34,6 +34,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Refill => {
             let cloud = Cloud::from_config(&ctx.config).await?;
             refill::run(ctx, cloud, shutdown::on_signals()?).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Reconcile => {
+            let cloud = Cloud::from_config(&ctx.config).await?;
+            reconcile::Reconciler::new(ctx, cloud)
+                .run(shutdown::on_signals()?)
+                .await?;
             return Ok(ExitCode::SUCCESS);
         }
         Command::Dev => {

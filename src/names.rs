@@ -98,4 +98,14 @@ impl Names {
     pub fn brake(&self) -> String {
         format!("{}:_brake", self.namespace)
     }
+
+    /// String: the owner id of the active reconciler (expires unless renewed).
+    pub fn reconciler_lock(&self) -> String {
+        format!("{}:_reconciler", self.namespace)
+    }
+
+    /// Set: cloud VMs found unaccounted by the last reconcile pass (deleted if still so).
+    pub fn suspects(&self) -> String {
+        format!("{}:_suspects", self.namespace)
+    }
 }

@@ -187,11 +187,11 @@ pub async fn request(ctx: &Context, request: &Request) -> anyhow::Result<(String
 
 /// `warmer status`: a table of pools.
 pub async fn status(ctx: &Context) -> anyhow::Result<String> {
-    let pools = ctx.store.status().await?;
+    let (pools, brake) = ctx.store.status().await?;
     let now = now_ms() / 1000;
     let mut out = format!(
-        "{:<60} {:>6} {:>6} {:>7} {:>10}\n",
-        "POOL", "TARGET", "READY", "BOOTING", "OLDEST"
+        "{:<60} {:>6} {:>6} {:>7} {:>10} {:>10}\n",
+        "POOL", "TARGET", "READY", "BOOTING", "HANDED OUT", "OLDEST"
     );
     for pool in &pools {
         let oldest = match &pool.oldest {
@@ -202,9 +202,12 @@ pub async fn status(ctx: &Context) -> anyhow::Result<String> {
         };
         let _ = writeln!(
             out,
-            "{:<60} {:>6} {:>6} {:>7} {:>10}",
-            pool.pool, pool.target, pool.ready, pool.booting, oldest
+            "{:<60} {:>6} {:>6} {:>7} {:>10} {:>10}",
+            pool.pool, pool.target, pool.ready, pool.booting, pool.handed_out, oldest
         );
+    }
+    if brake {
+        out.push_str("SAFETY BRAKE ON: boots are paused while unaccounted VMs exceed WARMER_ORPHAN_THRESHOLD (see `warmer reconcile` logs)\n");
     }
     if pools.is_empty() {
         out.push_str(

@@ -53,6 +53,7 @@ pub struct PoolStatus {
     pub target: String,
     pub ready: u64,
     pub booting: u64,
+    pub handed_out: u64,
     pub oldest: Option<PoolEntry>,
 }
 
@@ -77,6 +78,20 @@ pub struct Orphan {
     pub reason: String,
 }
 
+impl Orphan {
+    /// Reads a record: `{"name","zone"}` (legacy) or with a `reason`.
+    pub fn parse(raw: String) -> Self {
+        let value: serde_json::Value = serde_json::from_str(&raw).unwrap_or_default();
+        let text = |field: &str| value[field].as_str().map(String::from);
+        Orphan {
+            name: text("name"),
+            zone: text("zone"),
+            reason: text("reason").unwrap_or_else(|| "orphaned".into()),
+            raw,
+        }
+    }
+}
+
 /// Redis with warmer's layout.
 #[derive(Clone)]
 pub struct Store {
@@ -95,6 +110,9 @@ struct Scripts {
     finish_boot: redis::Script,
     abandon_boot: redis::Script,
     trim_pool: redis::Script,
+    lock: redis::Script,
+    unlock: redis::Script,
+    evict: redis::Script,
 }
 
 fn scripts() -> &'static Scripts {
@@ -109,6 +127,9 @@ fn scripts() -> &'static Scripts {
         finish_boot: redis::Script::new(include_str!("scripts/finish_boot.lua")),
         abandon_boot: redis::Script::new(include_str!("scripts/abandon_boot.lua")),
         trim_pool: redis::Script::new(include_str!("scripts/trim_pool.lua")),
+        lock: redis::Script::new(include_str!("scripts/lock.lua")),
+        unlock: redis::Script::new(include_str!("scripts/unlock.lua")),
+        evict: redis::Script::new(include_str!("scripts/evict.lua")),
     })
 }
 
@@ -288,30 +309,58 @@ impl Store {
         Ok(u64::try_from(moved).ok())
     }
 
-    /// Target, ready count and oldest entry of every configured pool.
-    pub async fn status(&self) -> anyhow::Result<Vec<PoolStatus>> {
+    /// Target, ready, booting and handed-out counts and the oldest entry of every pool, and
+    /// whether the safety brake is on.
+    pub async fn status(&self) -> anyhow::Result<(Vec<PoolStatus>, bool)> {
         let targets = self.targets().await.context("reading pool targets")?;
         let mut pipe = redis::pipe();
         for pool in targets.keys() {
             let key = format!("{}{}", self.names.pool_key_prefix(), pool);
             pipe.llen(&key).lindex(&key, 0);
-            pipe.zcard(format!("{}:_booting:{pool}", self.names.namespace()));
+            pipe.zcount(
+                format!("{}:_booting:{pool}", self.names.namespace()),
+                now_ms(),
+                "+inf",
+            );
         }
         let rows: Vec<(u64, Option<String>, u64)> = pipe
             .query_async(&mut self.conn.clone())
             .await
             .context("reading pools")?;
-        Ok(targets
+        let leases: BTreeMap<String, String> = self
+            .conn
+            .clone()
+            .hgetall(self.names.leases())
+            .await
+            .context("reading leases")?;
+        let mut handed: BTreeMap<String, u64> = BTreeMap::new();
+        for lease in leases.values() {
+            let lease: serde_json::Value = serde_json::from_str(lease).unwrap_or_default();
+            if lease["state"] == "handed"
+                && let Some(pool) = lease["pool"].as_str()
+            {
+                *handed.entry(pool.to_string()).or_default() += 1;
+            }
+        }
+        let brake: bool = self
+            .conn
+            .clone()
+            .exists(self.names.brake())
+            .await
+            .context("reading the brake")?;
+        let pools = targets
             .into_iter()
             .zip(rows)
             .map(|((pool, target), (ready, oldest, booting))| PoolStatus {
+                handed_out: handed.get(&pool).copied().unwrap_or(0),
                 pool,
                 target,
                 ready,
                 booting,
                 oldest: oldest.and_then(|e| serde_json::from_str(&e).ok()),
             })
-            .collect())
+            .collect();
+        Ok((pools, brake))
     }
 
     /// Reserves up to `names.len()` boot slots for `pool` (see `reserve_boots.lua`).
@@ -417,19 +466,7 @@ impl Store {
             .clone()
             .lrange(self.names.orphaned(), 0, limit - 1)
             .await?;
-        Ok(raw
-            .into_iter()
-            .map(|raw| {
-                let value: serde_json::Value = serde_json::from_str(&raw).unwrap_or_default();
-                let text = |field: &str| value[field].as_str().map(String::from);
-                Orphan {
-                    name: text("name"),
-                    zone: text("zone"),
-                    reason: text("reason").unwrap_or_else(|| "orphaned".into()),
-                    raw,
-                }
-            })
-            .collect())
+        Ok(raw.into_iter().map(Orphan::parse).collect())
     }
 
     /// Removes one orphan record once its VM is deleted.
@@ -440,5 +477,53 @@ impl Store {
             .lrem(self.names.orphaned(), 1, &orphan.raw)
             .await?;
         Ok(())
+    }
+
+    /// Takes or renews the reconciler lock for `owner`; true while `owner` holds it.
+    pub async fn lock(&self, owner: &str, ttl: Duration) -> redis::RedisResult<bool> {
+        let held: i64 = self
+            .scripts
+            .lock
+            .key(self.names.reconciler_lock())
+            .arg(owner)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(held == 1)
+    }
+
+    /// Releases the reconciler lock if `owner` holds it.
+    pub async fn unlock(&self, owner: &str) -> redis::RedisResult<()> {
+        let _: i64 = self
+            .scripts
+            .unlock
+            .key(self.names.reconciler_lock())
+            .arg(owner)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// Moves one pool entry to orphaned (see `evict.lua`); false if it was no longer there.
+    pub async fn evict(
+        &self,
+        pool_key: &str,
+        raw: &str,
+        name: &str,
+        zone: &str,
+        reason: &str,
+    ) -> redis::RedisResult<bool> {
+        let evicted: i64 = self
+            .scripts
+            .evict
+            .key(pool_key)
+            .key(self.names.orphaned())
+            .arg(raw)
+            .arg(name)
+            .arg(zone)
+            .arg(reason)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(evicted == 1)
     }
 }

@@ -504,6 +504,47 @@ impl Gce {
         Ok(())
     }
 
+    /// Sets `warmth=cooled` and `checked-out-at` with `setLabels`, which needs the current label
+    /// fingerprint: a stale one (412 `conditionNotMet`) is re-read and the call retried.
+    pub async fn mark_cooled(&self, vm: &CloudVm, checked_out_at: u64) -> anyhow::Result<()> {
+        let instance_path = format!(
+            "projects/{}/zones/{}/instances/{}",
+            self.inner.project, vm.zone, vm.name
+        );
+        let mut current = vm.clone();
+        for _ in 0..3 {
+            let mut labels: serde_json::Map<String, Value> = current
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect();
+            labels.insert(super::COOLED.0.into(), json!(super::COOLED.1));
+            labels.insert(
+                super::CHECKED_OUT_AT.into(),
+                json!(checked_out_at.to_string()),
+            );
+            let body = json!({"labels": labels, "labelFingerprint": current.label_fingerprint});
+            match self
+                .call_retrying(
+                    Method::POST,
+                    &format!("{instance_path}/setLabels"),
+                    Some(&body),
+                )
+                .await
+            {
+                Ok(_) | Err(GceError::NotFound) => return Ok(()),
+                Err(GceError::Refused { status: 412, .. }) => {
+                    let fresh = self
+                        .call_retrying(Method::GET, &instance_path, None)
+                        .await?;
+                    current = cloud_vm(&fresh);
+                }
+                Err(error) => return Err(anyhow::anyhow!("labelling {}: {error}", vm.name)),
+            }
+        }
+        anyhow::bail!("labelling {}: the label fingerprint kept changing", vm.name)
+    }
+
     /// Every VM labelled with this deployment's namespace (paginated `aggregatedList`).
     pub async fn list(&self, namespace: &str) -> anyhow::Result<Vec<CloudVm>> {
         let mut vms = Vec::new();
@@ -521,11 +562,7 @@ impl Gce {
             if let Some(scopes) = page["items"].as_object() {
                 for scope in scopes.values() {
                     for vm in scope["instances"].as_array().into_iter().flatten() {
-                        vms.push(CloudVm {
-                            name: vm["name"].as_str().unwrap_or_default().to_string(),
-                            zone: short_zone(vm["zone"].as_str().unwrap_or_default()).to_string(),
-                            status: vm["status"].as_str().unwrap_or_default().to_string(),
-                        });
+                        vms.push(cloud_vm(vm));
                     }
                 }
             }
@@ -534,6 +571,25 @@ impl Gce {
                 _ => return Ok(vms),
             }
         }
+    }
+}
+
+fn cloud_vm(vm: &Value) -> CloudVm {
+    let text = |field: &str| vm[field].as_str().unwrap_or_default().to_string();
+    CloudVm {
+        name: text("name"),
+        zone: short_zone(vm["zone"].as_str().unwrap_or_default()).to_string(),
+        status: text("status"),
+        labels: vm["labels"]
+            .as_object()
+            .map(|labels| {
+                labels
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        label_fingerprint: vm["labelFingerprint"].as_str().map(String::from),
     }
 }
 

@@ -38,6 +38,8 @@ impl Local {
                     name: spec.name.clone(),
                     zone: zone.clone(),
                     status: "RUNNING".into(),
+                    labels: [("warmth".to_string(), "warmed".to_string())].into(),
+                    label_fingerprint: None,
                 },
             );
         }
@@ -62,6 +64,17 @@ impl Local {
             .lock()
             .map(|vms| vms.values().cloned().collect())
             .unwrap_or_default()
+    }
+
+    pub fn mark_cooled(&self, name: &str, checked_out_at: u64) {
+        if let Ok(mut vms) = self.vms.lock()
+            && let Some(vm) = vms.get_mut(name)
+        {
+            let (key, value) = super::COOLED;
+            vm.labels.insert(key.into(), value.into());
+            vm.labels
+                .insert(super::CHECKED_OUT_AT.into(), checked_out_at.to_string());
+        }
     }
 
     pub fn boot_budget(&self) -> Duration {

@@ -43,12 +43,19 @@ pub enum BootError {
 }
 
 /// A VM as the cloud lists it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct CloudVm {
     pub name: String,
     pub zone: String,
+    /// `PROVISIONING`, `RUNNING`, `TERMINATED`, …
     pub status: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub label_fingerprint: Option<String>,
 }
+
+/// Label marking a VM handed out (`warmth=cooled`) and when (`checked-out-at`, Unix seconds).
+pub const COOLED: (&str, &str) = ("warmth", "cooled");
+pub const CHECKED_OUT_AT: &str = "checked-out-at";
 
 /// The configured cloud.
 #[derive(Clone)]
@@ -82,6 +89,17 @@ impl Cloud {
         match self {
             Cloud::Gce(gce) => gce.list(namespace).await,
             Cloud::Local(local) => Ok(local.list()),
+        }
+    }
+
+    /// Marks a handed-out VM `warmth=cooled` with its checkout time (Unix seconds).
+    pub async fn mark_cooled(&self, vm: &CloudVm, checked_out_at: u64) -> anyhow::Result<()> {
+        match self {
+            Cloud::Gce(gce) => gce.mark_cooled(vm, checked_out_at).await,
+            Cloud::Local(local) => {
+                local.mark_cooled(&vm.name, checked_out_at);
+                Ok(())
+            }
         }
     }
 

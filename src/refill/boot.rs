@@ -172,36 +172,14 @@ impl Refill {
         })
     }
 
-    /// Deletes the VMs recorded in `orphaned` (a VM already gone counts as deleted).
+    /// Deletes the VMs recorded in `orphaned` and announces each deletion.
     pub async fn delete_orphans(&self) {
-        let orphans = match self.ctx.store.orphans(50).await {
-            Ok(orphans) => orphans,
-            Err(error) => {
-                tracing::warn!(%error, "reading orphans failed");
-                return;
-            }
-        };
-        for orphan in orphans {
-            let Some(name) = &orphan.name else {
-                tracing::error!(entry = %orphan.raw.chars().take(200).collect::<String>(), "unreadable orphan record left for an operator");
-                continue;
-            };
-            match self.cloud.delete(name, orphan.zone.as_deref()).await {
-                Ok(()) => {
-                    if let Err(error) = self.ctx.store.forget_orphan(&orphan).await {
-                        tracing::warn!(%error, vm = %name, "deleted, but the orphan record stays; deleting again is harmless");
-                    }
-                    tracing::info!(vm = %name, reason = %orphan.reason, "VM deleted");
-                    self.event(
-                        "instance.deleted",
-                        json!({"instance": name, "zone": orphan.zone, "reason": orphan.reason}),
-                    )
-                    .await;
-                }
-                Err(error) => {
-                    tracing::warn!(error = %format!("{error:#}"), vm = %name, "deleting an orphan failed; retried later")
-                }
-            }
+        for deleted in crate::deletion::delete_orphans(&self.ctx.store, &self.cloud, 50).await {
+            self.event(
+                "instance.deleted",
+                json!({"instance": deleted.name, "zone": deleted.zone, "reason": deleted.reason}),
+            )
+            .await;
         }
     }
 }

@@ -48,6 +48,9 @@ pub struct State {
     pub never_finish: bool,
     pub boot_delay: Duration,
     pub token_grants: usize,
+    /// The next `setLabels` finds its fingerprint stale (as if someone else changed labels).
+    pub stale_fingerprint_once: bool,
+    pub set_labels_calls: usize,
     next_ip: u32,
 }
 
@@ -128,6 +131,29 @@ impl ComputeStandIn {
 
     pub fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
         f(&mut self.state.lock().unwrap())
+    }
+
+    /// Creates a running instance directly, as if warmer (or someone) had booted it.
+    pub fn add_instance(&self, name: &str, zone: &str, labels: Value) {
+        self.with(|s| {
+            s.instances.insert(
+                name.to_string(),
+                json!({
+                    "kind": "compute#instance",
+                    "name": name,
+                    "zone": zone_url(zone),
+                    "status": "RUNNING",
+                    "labels": labels,
+                    "labelFingerprint": "fp-0",
+                    "networkInterfaces": [{"networkIP": "10.128.9.9"}],
+                }),
+            );
+        });
+    }
+
+    /// Labels of an instance.
+    pub fn labels(&self, name: &str) -> Value {
+        self.with(|s| s.instances[name]["labels"].clone())
     }
 
     /// Names of instances that exist now.
@@ -259,6 +285,9 @@ async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Respons
             }
         }
         (Method::GET, ["aggregated", "instances"]) => aggregated(&state, &query),
+        (Method::POST, ["zones", zone, "instances", name, "setLabels"]) => {
+            set_labels(&state, zone, name, &body)
+        }
         _ => error(404, "notFound", "no such method in the stand-in"),
     }
 }
@@ -487,4 +516,47 @@ fn aggregated(state: &Arc<Mutex<State>>, query: &HashMap<String, String>) -> Res
         body["nextPageToken"] = json!((start + page_size).to_string());
     }
     respond(200, body)
+}
+
+/// `instances.setLabels`: the request's `labelFingerprint` must match the current one.
+fn set_labels(
+    state: &Arc<Mutex<State>>,
+    zone: &str,
+    name: &str,
+    body: &[u8],
+) -> Response<Full<Bytes>> {
+    let mut state = state.lock().unwrap();
+    state.set_labels_calls += 1;
+    let Ok(body) = serde_json::from_slice::<Value>(body) else {
+        return error(400, "parseError", "bad body");
+    };
+    if std::mem::take(&mut state.stale_fingerprint_once)
+        && let Some(instance) = state.instances.get_mut(name)
+    {
+        instance["labelFingerprint"] = json!("fp-changed-by-someone-else");
+    }
+    let Some(instance) = state
+        .instances
+        .get_mut(name)
+        .filter(|i| i["zone"] == zone_url(zone))
+    else {
+        return error(
+            404,
+            "notFound",
+            &format!("The resource '{name}' was not found"),
+        );
+    };
+    if body["labelFingerprint"] != instance["labelFingerprint"] {
+        return error(
+            412,
+            "conditionNotMet",
+            "Supplied fingerprint does not match current metadata fingerprint.",
+        );
+    }
+    instance["labels"] = body["labels"].clone();
+    instance["labelFingerprint"] = json!(format!("fp-{}", uuid::Uuid::new_v4().simple()));
+    respond(
+        200,
+        json!({"kind": "compute#operation", "name": "op-labels", "status": "DONE"}),
+    )
 }

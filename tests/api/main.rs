@@ -9,4 +9,5 @@ mod faults;
 mod helpers;
 mod lifecycle;
 mod operator;
+mod reconcile;
 mod refill;

@@ -13,7 +13,7 @@ use crate::helpers::*;
 const BOOT: Duration = Duration::from_millis(300);
 
 impl TestApp {
-    async fn fill(&self, pool: &str) {
+    pub async fn fill(&self, pool: &str) {
         operator::fill(&self.ctx, Some(&pool.parse().unwrap()), None)
             .await
             .unwrap();

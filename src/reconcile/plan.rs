@@ -1,0 +1,394 @@
+//! The reconciler's decision: a pure function from a [`Snapshot`] of Redis and the cloud to a
+//! [`Plan`]. No I/O here; every rule is unit-tested below.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::cloud::{CHECKED_OUT_AT, COOLED, CloudVm};
+use crate::store::Orphan;
+
+/// A pool entry whose VM was just booted is not evicted as "gone" for this long (seconds): the
+/// cloud's list may lag behind a fresh VM.
+pub const FRESH_GRACE_SECS: u64 = 60;
+
+/// A warmed VM in a pool list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadyVm {
+    /// The entry exactly as stored (needed to remove it atomically).
+    pub raw: String,
+    pub name: String,
+    pub zone: String,
+    pub booted_at: Option<u64>,
+}
+
+/// A lease: a VM taken for a request, pending its reply or handed out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeasedVm {
+    pub name: String,
+    pub pool: String,
+    pub handed: bool,
+    /// When it was popped or handed out, in Unix seconds.
+    pub at: u64,
+}
+
+/// Everything a pass decides on. Redis is read first (atomically), the cloud second, so a VM
+/// that moves between states while the snapshot is taken is always seen somewhere.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Unix seconds.
+    pub now: u64,
+    pub targets: BTreeMap<String, u64>,
+    /// Pool lists, including lists whose pool has no target any more.
+    pub pools: BTreeMap<String, Vec<ReadyVm>>,
+    pub booting: BTreeMap<String, Vec<String>>,
+    pub leases: Vec<LeasedVm>,
+    pub orphans: Vec<Orphan>,
+    /// Unaccounted VMs marked by the previous pass.
+    pub suspects: BTreeSet<String>,
+    pub brake_on: bool,
+    pub cloud: Vec<CloudVm>,
+}
+
+/// Limits from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_vm_age_secs: u64,
+    pub max_handout_age_secs: u64,
+    pub orphan_threshold: u64,
+}
+
+/// A warmed VM to take out of its pool (and delete).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Eviction {
+    pub pool: String,
+    pub vm: ReadyVm,
+    pub reason: &'static str,
+}
+
+/// What a pass does.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    pub evict: Vec<Eviction>,
+    /// VMs to delete directly: (name, zone, reason).
+    pub delete: Vec<(String, String, &'static str)>,
+    /// Unaccounted VMs seen for the first time; deleted next pass if still unaccounted.
+    pub mark: Vec<String>,
+    /// Suspects that are accounted for (or gone) now.
+    pub unmark: Vec<String>,
+    /// Handed-out VMs to label `warmth=cooled`, with their checkout time.
+    pub label: Vec<(CloudVm, u64)>,
+    /// Pools below target with nothing booting: publish a fill for each.
+    pub fill: Vec<String>,
+    /// `Some(true)`: engage the brake; `Some(false)`: release it.
+    pub brake: Option<bool>,
+    /// VMs in the cloud that nothing in Redis accounts for.
+    pub unaccounted: u64,
+    /// Orphans recorded in Redis, to delete.
+    pub orphans: usize,
+}
+
+impl Plan {
+    /// True when the pass has nothing to do (the brake's steady state aside).
+    pub fn is_idle(&self) -> bool {
+        self.evict.is_empty()
+            && self.delete.is_empty()
+            && self.mark.is_empty()
+            && self.unmark.is_empty()
+            && self.label.is_empty()
+            && self.fill.is_empty()
+            && self.brake.is_none()
+            && self.orphans == 0
+    }
+}
+
+/// Decides a pass.
+pub fn decide(snapshot: &Snapshot, limits: Limits) -> Plan {
+    let now = snapshot.now;
+    let mut plan = Plan {
+        orphans: snapshot.orphans.len(),
+        ..Plan::default()
+    };
+    let cloud: HashMap<&str, &CloudVm> = snapshot
+        .cloud
+        .iter()
+        .map(|vm| (vm.name.as_str(), vm))
+        .collect();
+
+    // What Redis accounts for.
+    let mut accounted: BTreeSet<&str> = BTreeSet::new();
+    accounted.extend(snapshot.pools.values().flatten().map(|vm| vm.name.as_str()));
+    accounted.extend(snapshot.booting.values().flatten().map(String::as_str));
+    accounted.extend(snapshot.leases.iter().map(|l| l.name.as_str()));
+    accounted.extend(snapshot.orphans.iter().filter_map(|o| o.name.as_deref()));
+
+    // Rules 2 and 5 (cloud side): unaccounted VMs, and handed-out VMs past their age.
+    let mut unaccounted = BTreeSet::new();
+    for vm in &snapshot.cloud {
+        let cooled = vm.labels.get(COOLED.0).map(String::as_str) == Some(COOLED.1);
+        if cooled {
+            let at = vm
+                .labels
+                .get(CHECKED_OUT_AT)
+                .and_then(|t| t.parse::<u64>().ok());
+            let expired = at.is_none_or(|at| now.saturating_sub(at) > limits.max_handout_age_secs);
+            if expired && !accounted.contains(vm.name.as_str()) {
+                plan.delete
+                    .push((vm.name.clone(), vm.zone.clone(), "handout_expired"));
+            }
+            continue;
+        }
+        if accounted.contains(vm.name.as_str()) {
+            continue;
+        }
+        unaccounted.insert(vm.name.as_str());
+        if snapshot.suspects.contains(&vm.name) {
+            plan.delete
+                .push((vm.name.clone(), vm.zone.clone(), "unaccounted"));
+        } else {
+            plan.mark.push(vm.name.clone());
+        }
+    }
+    plan.unmark = snapshot
+        .suspects
+        .iter()
+        .filter(|s| !unaccounted.contains(s.as_str()))
+        .cloned()
+        .collect();
+    plan.unaccounted = unaccounted.len() as u64;
+
+    // Rules 3 and 4: warmed VMs that are dead, stale, of a deleted pool, or surplus.
+    for (pool, vms) in &snapshot.pools {
+        let target = snapshot.targets.get(pool).copied();
+        let mut kept = Vec::new();
+        for vm in vms {
+            let age = vm.booted_at.map(|t| now.saturating_sub(t));
+            let reason = match cloud.get(vm.name.as_str()) {
+                _ if target.is_none() => Some("pool_deleted"),
+                None if age.is_none_or(|a| a > FRESH_GRACE_SECS) => Some("gone"),
+                Some(found) if found.status != "RUNNING" => Some("not_running"),
+                _ if age.is_some_and(|a| a > limits.max_vm_age_secs) => Some("max_age"),
+                _ => None,
+            };
+            match reason {
+                Some(reason) => plan.evict.push(Eviction {
+                    pool: pool.clone(),
+                    vm: vm.clone(),
+                    reason,
+                }),
+                None => kept.push(vm),
+            }
+        }
+        if let Some(target) = target {
+            let booting = snapshot.booting.get(pool).map_or(0, Vec::len) as u64;
+            let surplus = (kept.len() as u64 + booting).saturating_sub(target);
+            // Oldest first, as trim_pool.lua does.
+            for vm in kept.iter().take(surplus as usize) {
+                plan.evict.push(Eviction {
+                    pool: pool.clone(),
+                    vm: (*vm).clone(),
+                    reason: "surplus",
+                });
+            }
+        }
+    }
+
+    // Rule 5 (labels): handed-out VMs not yet marked in the cloud.
+    for lease in snapshot.leases.iter().filter(|l| l.handed) {
+        if let Some(vm) = cloud.get(lease.name.as_str())
+            && vm.labels.get(COOLED.0).map(String::as_str) != Some(COOLED.1)
+        {
+            plan.label.push(((*vm).clone(), lease.at));
+        }
+    }
+
+    // Rule 6: a safety net for lost events.
+    for (pool, target) in &snapshot.targets {
+        let booting = snapshot.booting.get(pool).map_or(0, Vec::len);
+        let evicted = plan.evict.iter().filter(|e| &e.pool == pool).count();
+        let ready = snapshot.pools.get(pool).map_or(0, Vec::len) - evicted;
+        if booting == 0 && (ready as u64) < *target {
+            plan.fill.push(pool.clone());
+        }
+    }
+
+    // Rule 7: the safety brake.
+    let over = plan.unaccounted > limits.orphan_threshold;
+    if over != snapshot.brake_on {
+        plan.brake = Some(over);
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000;
+    const LIMITS: Limits = Limits {
+        max_vm_age_secs: 7 * 86_400,
+        max_handout_age_secs: 6 * 3_600,
+        orphan_threshold: 2,
+    };
+    const POOL: &str = "img:n1-standard-2";
+
+    fn ready(name: &str, age: u64) -> ReadyVm {
+        ReadyVm {
+            raw: format!(r#"{{"name":"{name}"}}"#),
+            name: name.into(),
+            zone: "z".into(),
+            booted_at: Some(NOW - age),
+        }
+    }
+
+    fn running(name: &str) -> CloudVm {
+        CloudVm {
+            name: name.into(),
+            zone: "z".into(),
+            status: "RUNNING".into(),
+            labels: [("warmth".to_string(), "warmed".to_string())].into(),
+            label_fingerprint: Some("fp".into()),
+        }
+    }
+
+    fn world(vms: &[ReadyVm]) -> Snapshot {
+        Snapshot {
+            now: NOW,
+            targets: [(POOL.to_string(), vms.len() as u64)].into(),
+            pools: [(POOL.to_string(), vms.to_vec())].into(),
+            cloud: vms.iter().map(|vm| running(&vm.name)).collect(),
+            ..Snapshot::default()
+        }
+    }
+
+    #[test]
+    fn an_accounted_world_needs_nothing() {
+        let plan = decide(&world(&[ready("a", 100), ready("b", 50)]), LIMITS);
+        assert!(plan.is_idle(), "{plan:?}");
+    }
+
+    #[test]
+    fn an_unaccounted_vm_is_marked_then_deleted_and_a_boot_in_progress_never() {
+        let mut snapshot = world(&[ready("a", 100)]);
+        snapshot.cloud.push(running("stray"));
+        snapshot.cloud.push(running("booting-1"));
+        snapshot
+            .booting
+            .insert(POOL.into(), vec!["booting-1".into()]);
+
+        let first = decide(&snapshot, LIMITS);
+        assert_eq!(first.mark, ["stray"]);
+        assert!(first.delete.is_empty());
+
+        snapshot.suspects.insert("stray".into());
+        snapshot.suspects.insert("gone-meanwhile".into());
+        let second = decide(&snapshot, LIMITS);
+        assert_eq!(
+            second.delete,
+            [("stray".to_string(), "z".to_string(), "unaccounted")]
+        );
+        assert_eq!(second.unmark, ["gone-meanwhile"]);
+    }
+
+    #[test]
+    fn dead_and_stopped_vms_leave_their_pool_but_fresh_ones_get_a_grace() {
+        let mut snapshot = world(&[ready("dead", 100), ready("stopped", 100), ready("fresh", 5)]);
+        snapshot.cloud.retain(|vm| vm.name == "stopped");
+        snapshot.cloud[0].status = "TERMINATED".into();
+        let plan = decide(&snapshot, LIMITS);
+        let evicted: Vec<(&str, &str)> = plan
+            .evict
+            .iter()
+            .map(|e| (e.vm.name.as_str(), e.reason))
+            .collect();
+        assert_eq!(evicted, [("dead", "gone"), ("stopped", "not_running")]);
+    }
+
+    #[test]
+    fn stale_surplus_and_poolless_vms_are_evicted() {
+        let mut snapshot = world(&[
+            ready("old", 8 * 86_400),
+            ready("a", 300),
+            ready("b", 200),
+            ready("c", 100),
+        ]);
+        snapshot.targets.insert(POOL.into(), 2);
+        snapshot
+            .pools
+            .insert("gone:n1".into(), vec![ready("orphan-pool", 10)]);
+        snapshot.cloud.push(running("orphan-pool"));
+        let plan = decide(&snapshot, LIMITS);
+        let evicted: Vec<(&str, &str)> = plan
+            .evict
+            .iter()
+            .map(|e| (e.vm.name.as_str(), e.reason))
+            .collect();
+        assert_eq!(
+            evicted,
+            [
+                ("orphan-pool", "pool_deleted"),
+                ("old", "max_age"),
+                ("a", "surplus")
+            ]
+        );
+    }
+
+    #[test]
+    fn handed_out_vms_are_labelled_and_deleted_past_their_age() {
+        let mut snapshot = world(&[]);
+        snapshot.targets.clear();
+        snapshot.leases.push(LeasedVm {
+            name: "new".into(),
+            pool: POOL.into(),
+            handed: true,
+            at: NOW - 60,
+        });
+        snapshot.cloud.push(running("new"));
+        let mut old = running("old");
+        old.labels.insert("warmth".into(), "cooled".into());
+        old.labels
+            .insert(CHECKED_OUT_AT.into(), (NOW - 7 * 3_600).to_string());
+        let mut recent = running("recent");
+        recent.labels.insert("warmth".into(), "cooled".into());
+        recent
+            .labels
+            .insert(CHECKED_OUT_AT.into(), (NOW - 3_600).to_string());
+        snapshot.cloud.extend([old, recent]);
+
+        let plan = decide(&snapshot, LIMITS);
+
+        assert_eq!(plan.label.len(), 1);
+        assert_eq!(
+            (plan.label[0].0.name.as_str(), plan.label[0].1),
+            ("new", NOW - 60)
+        );
+        assert_eq!(
+            plan.delete,
+            [("old".to_string(), "z".to_string(), "handout_expired")]
+        );
+        assert!(
+            plan.mark.is_empty(),
+            "cooled VMs are accounted for by their label"
+        );
+    }
+
+    #[test]
+    fn pools_below_target_with_nothing_booting_get_a_fill() {
+        let mut snapshot = world(&[ready("a", 10)]);
+        snapshot.targets.insert(POOL.into(), 3);
+        snapshot.targets.insert("other:n1".into(), 1);
+        snapshot.booting.insert("other:n1".into(), vec!["b".into()]);
+        snapshot.cloud.push(running("b"));
+        assert_eq!(decide(&snapshot, LIMITS).fill, [POOL]);
+    }
+
+    #[test]
+    fn the_brake_engages_above_the_threshold_and_releases_below() {
+        let mut snapshot = world(&[]);
+        snapshot.targets.clear();
+        snapshot.cloud = ["x", "y", "z"].map(running).to_vec();
+        assert_eq!(decide(&snapshot, LIMITS).brake, Some(true));
+        snapshot.brake_on = true;
+        assert_eq!(decide(&snapshot, LIMITS).brake, None);
+        snapshot.cloud.truncate(2);
+        assert_eq!(decide(&snapshot, LIMITS).brake, Some(false));
+    }
+}

@@ -1,0 +1,423 @@
+//! The reconciler on the Compute Engine stand-in: each rule, the lock, the brake, idempotence.
+
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use serde_json::{Value, json};
+use warmer::amqp::Publisher;
+use warmer::cloud::Cloud;
+use warmer::pool::PoolName;
+use warmer::reconcile::Reconciler;
+use warmer::store::now_ms;
+
+use crate::compute::ComputeStandIn;
+use crate::helpers::*;
+
+const ZONE: &str = "us-central1-a";
+
+impl TestApp {
+    async fn reconciler(&self) -> Reconciler {
+        let cloud = Cloud::from_config(&self.ctx.config).await.unwrap();
+        Reconciler::new(self.ctx.clone(), cloud)
+    }
+
+    async fn publisher(&self) -> Publisher {
+        Publisher::open(&self.amqp).await.unwrap()
+    }
+
+    /// Labels this deployment's VMs carry.
+    fn labels(&self) -> Value {
+        json!({"warmth": "warmed", "warmer": self.names.namespace()})
+    }
+}
+
+/// A pool entry for a VM that exists at the stand-in, booted `age` seconds ago.
+fn entry(name: &str, age: u64) -> Value {
+    let mut vm = vm(name);
+    vm["zone"] = json!(ZONE);
+    vm["booted_at"] = json!(now_ms() / 1000 - age);
+    vm
+}
+
+#[tokio::test]
+async fn recorded_orphans_are_deleted_and_a_missing_vm_counts_as_deleted() {
+    let compute = ComputeStandIn::start(Duration::ZERO).await;
+    let app = spawn_gce_app(&compute, &[]).await;
+    compute.add_instance("orphan-1", ZONE, app.labels());
+    for name in ["orphan-1", "already-gone"] {
+        let record = json!({"name": name, "zone": format!("https://www.googleapis.com/compute/v1/projects/p/zones/{ZONE}")});
+        let _: () = app
+            .redis
+            .clone()
+            .rpush(app.names.orphaned(), record.to_string())
+            .await
+            .unwrap();
+    }
+    let mut deleted = app.listen("instance.deleted").await;
+
+    let report = app
+        .reconciler()
+        .await
+        .pass(Some(&app.publisher().await))
+        .await
+        .unwrap();
+
+    assert_eq!(report.deleted, 2);
+    assert_eq!(compute.with(|s| s.deleted.clone()), ["orphan-1"]);
+    assert!(app.orphaned().await.is_empty());
+    assert_eq!(deleted.next().await["reason"], "orphaned");
+}
+
+#[tokio::test]
+async fn an_unaccounted_vm_is_deleted_on_the_second_pass_but_a_boot_in_progress_never() {
+    let compute = ComputeStandIn::start(Duration::ZERO).await;
+    let app = spawn_gce_app(&compute, &[]).await;
+    app.seed(POOL, 1, &[]).await;
+    compute.add_instance("stray", ZONE, app.labels());
+    compute.add_instance("booting-now", ZONE, app.labels());
+    let pool: PoolName = POOL.parse().unwrap();
+    let _: () = app
+        .redis
+        .clone()
+        .zadd(app.names.booting(&pool), "booting-now", now_ms() + 60_000)
+        .await
+        .unwrap();
+    let reconciler = app.reconciler().await;
+
+    let first = reconciler.pass(None).await.unwrap();
+    assert_eq!(first.plan.mark, ["stray"]);
+    assert!(
+        compute.with(|s| s.deleted.is_empty()),
+        "nothing is deleted on first sight"
+    );
+
+    let second = reconciler.pass(None).await.unwrap();
+    assert_eq!(second.deleted, 1);
+    assert_eq!(compute.with(|s| s.deleted.clone()), ["stray"]);
+    assert!(compute.instances().contains("booting-now"));
+}
+
+#[tokio::test]
+async fn dead_and_stopped_vms_leave_their_pool_before_anyone_checks_them_out() {
+    let compute = ComputeStandIn::start(Duration::ZERO).await;
+    let app = spawn_gce_app(&compute, &[]).await;
+    compute.add_instance("stopped", ZONE, app.labels());
+    compute.with(|s| s.instances.get_mut("stopped").unwrap()["status"] = json!("TERMINATED"));
+    compute.add_instance("healthy", ZONE, app.labels());
+    app.seed(
+        POOL,
+        3,
+        &[
+            entry("vanished", 3600),
+            entry("stopped", 3600),
+            entry("healthy", 3600),
+        ],
+    )
+    .await;
+    let mut evicted = app.listen("instance.evicted").await;
+
+    app.reconciler()
+        .await
+        .pass(Some(&app.publisher().await))
+        .await
+        .unwrap();
+
+    assert_eq!(app.pool_vms(POOL).await, ["healthy"]);
+    let reasons: Vec<Value> = vec![
+        evicted.next().await["reason"].clone(),
+        evicted.next().await["reason"].clone(),
+    ];
+    assert_eq!(reasons, [json!("gone"), json!("not_running")]);
+    assert!(
+        !compute.instances().contains("stopped"),
+        "the stopped VM is deleted"
+    );
+}
+
+#[tokio::test]
+async fn stale_surplus_and_poolless_vms_are_evicted_and_deleted() {
+    let compute = ComputeStandIn::start(Duration::ZERO).await;
+    let app = spawn_gce_app(&compute, &[("WARMER_MAX_VM_AGE", "1h")]).await;
+    for name in ["stale", "a", "b", "c", "lonely"] {
+        compute.add_instance(name, ZONE, app.labels());
+    }
+    app.seed(
+        POOL,
+        2,
+        &[
+            entry("stale", 7200),
+            entry("a", 300),
+            entry("b", 200),
+            entry("c", 100),
+        ],
+    )
+    .await;
+    let other = "other-image:n1-standard-2";
+    let _: () = app
+        .redis
+        .clone()
+        .rpush(
+            app.names.pool(&other.parse().unwrap()),
+            entry("lonely", 10).to_string(),
+        )
+        .await
+        .unwrap();
+
+    let report = app.reconciler().await.pass(None).await.unwrap();
+
+    assert_eq!(report.evicted, 3);
+    assert_eq!(app.pool_vms(POOL).await, ["b", "c"]);
+    assert!(app.pool_vms(other).await.is_empty());
+    let mut left: Vec<String> = compute.instances().into_iter().collect();
+    left.sort();
+    assert_eq!(left, ["b", "c"]);
+}
+
+#[tokio::test]
+async fn handed_out_vms_are_labelled_cooled_and_deleted_past_the_handout_age() {
+    let compute = ComputeStandIn::start(Duration::ZERO).await;
+    let mut app = spawn_gce_app(&compute, &[]).await;
+    app.start_consumer().await;
+    compute.add_instance("handed", ZONE, app.labels());
+    app.seed(POOL, 1, &[entry("handed", 100)]).await;
+    let reply = app.checkout().await;
+    assert_eq!(reply["name"], "handed");
+    // A worker that vanished seven hours ago, whose record Redis no longer has.
+    compute.add_instance(
+        "abandoned",
+        ZONE,
+        json!({"warmth": "cooled", "warmer": app.names.namespace(), "checked-out-at": (now_ms() / 1000 - 7 * 3600).to_string()}),
+    );
+    compute.with(|s| s.stale_fingerprint_once = true);
+    let reconciler = app.reconciler().await;
+
+    let report = reconciler.pass(None).await.unwrap();
+
+    let labels = compute.labels("handed");
+    assert_eq!(labels["warmth"], "cooled");
+    let at: u64 = labels["checked-out-at"].as_str().unwrap().parse().unwrap();
+    assert!(now_ms() / 1000 - at < 60);
+    assert_eq!(
+        labels["warmer"],
+        app.names.namespace(),
+        "other labels are kept"
+    );
+    assert_eq!(
+        compute.with(|s| s.set_labels_calls),
+        2,
+        "a stale fingerprint is re-read once"
+    );
+    assert_eq!(
+        report.plan.delete,
+        [("abandoned".to_string(), ZONE.to_string(), "handout_expired")]
+    );
+    assert!(!compute.instances().contains("abandoned"));
+    let again = reconciler.pass(None).await.unwrap().plan;
+    assert!(
+        again.label.is_empty() && again.delete.is_empty(),
+        "{again:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_pool_below_target_with_nothing_booting_gets_a_fill() {
+    let compute = ComputeStandIn::start(Duration::ZERO).await;
+    let app = spawn_gce_app(&compute, &[]).await;
+    app.seed(POOL, 2, &[]).await;
+
+    app.reconciler()
+        .await
+        .pass(Some(&app.publisher().await))
+        .await
+        .unwrap();
+
+    let channel = app.amqp.create_channel().await.unwrap();
+    let message = channel
+        .basic_get(
+            app.names.refill_queue().as_str().into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap()
+        .expect("a fill command");
+    let command: Value = serde_json::from_slice(&message.delivery.data).unwrap();
+    assert_eq!(command["command"], "fill");
+    assert_eq!(command["pool"], POOL);
+}
+
+#[tokio::test]
+async fn the_brake_stops_boots_everywhere_and_releases_them() {
+    let compute = ComputeStandIn::start(Duration::from_millis(50)).await;
+    let mut app = spawn_gce_app(&compute, &[("WARMER_ORPHAN_THRESHOLD", "1")]).await;
+    compute.add_instance("leak-1", ZONE, app.labels());
+    compute.add_instance("leak-2", ZONE, app.labels());
+    app.seed(POOL, 1, &[]).await;
+    let reconciler = app.reconciler().await;
+    let publisher = app.publisher().await;
+    let mut engaged = app.listen("brake.engaged").await;
+    let mut released = app.listen("brake.released").await;
+    let mut booted = app.listen("instance.booted").await;
+
+    reconciler.pass(Some(&publisher)).await.unwrap();
+    assert_eq!(engaged.next().await["unaccounted"], 2);
+    app.start_refill().await;
+    app.fill(POOL).await;
+    within("the fill to be consumed", async {
+        while app.queue_counts(&app.names.refill_queue()).await.0 != 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        compute.with(|s| s.inserts.is_empty()),
+        "no boot while the brake is on"
+    );
+    assert!(
+        warmer::operator::status(&app.ctx)
+            .await
+            .unwrap()
+            .contains("SAFETY BRAKE ON")
+    );
+
+    reconciler.pass(Some(&publisher)).await.unwrap(); // deletes both leaks
+    reconciler.pass(Some(&publisher)).await.unwrap(); // sees none: releases, and fills
+    assert_eq!(released.next().await["unaccounted"], 0);
+    booted.next().await;
+    assert_eq!(compute.with(|s| s.inserts.len()), 1);
+}
+
+#[tokio::test]
+async fn only_one_reconciler_is_active_and_another_takes_over_when_it_dies() {
+    let compute = ComputeStandIn::start(Duration::ZERO).await;
+    let app = spawn_gce_app(&compute, &[("WARMER_RECONCILE_INTERVAL", "1")]).await;
+    let (first, second) = (app.reconciler().await, app.reconciler().await);
+    let owners = [first.owner().to_string(), second.owner().to_string()];
+    let (trigger, shutdown) = warmer::shutdown::channel();
+    let tasks = [
+        tokio::spawn(first.run(shutdown.clone())),
+        tokio::spawn(second.run(shutdown)),
+    ];
+    let holder = || async {
+        let owner: Option<String> = app
+            .redis
+            .clone()
+            .get(app.names.reconciler_lock())
+            .await
+            .unwrap();
+        owner
+    };
+    let active = within("a reconciler to take the lock", async {
+        loop {
+            if let Some(owner) = holder().await {
+                return owner;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let index = owners.iter().position(|o| *o == active).unwrap();
+    // Both keep running for a few intervals: the lock does not move.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(holder().await.as_deref(), Some(active.as_str()));
+
+    tasks[index].abort(); // killed: it cannot release its lock
+
+    let successor = within("the other reconciler to take over", async {
+        loop {
+            match holder().await {
+                Some(owner) if owner != active => return owner,
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    })
+    .await;
+    assert_eq!(successor, owners[1 - index]);
+    trigger.fire();
+    let _ = tokio::time::timeout(PATIENCE, async {
+        for task in tasks {
+            let _ = task.await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_second_pass_over_an_unchanged_world_does_nothing() {
+    let compute = ComputeStandIn::start(Duration::ZERO).await;
+    let app = spawn_gce_app(&compute, &[]).await;
+    for name in ["a", "b", "c", "dead-orphan"] {
+        compute.add_instance(name, ZONE, app.labels());
+    }
+    app.seed(POOL, 2, &[entry("a", 100), entry("b", 50), entry("c", 10)])
+        .await;
+    let _: () = app
+        .redis
+        .clone()
+        .rpush(
+            app.names.orphaned(),
+            json!({"name": "dead-orphan", "zone": ZONE}).to_string(),
+        )
+        .await
+        .unwrap();
+    let reconciler = app.reconciler().await;
+
+    let first = reconciler.pass(None).await.unwrap();
+    let second = reconciler.pass(None).await.unwrap();
+
+    assert!(!first.plan.is_idle());
+    assert!(second.plan.is_idle(), "{:?}", second.plan);
+    assert_eq!(second.deleted + second.evicted, 0);
+}
+
+#[tokio::test]
+async fn after_faults_every_labelled_vm_is_accounted_for_or_deleted_within_two_passes() {
+    let compute = ComputeStandIn::start(Duration::from_millis(100)).await;
+    compute.with(|s| {
+        s.insert_faults.extend([503, 429]);
+        s.stockout_zones.insert("us-central1-b".into());
+    });
+    let mut app = spawn_gce_app(
+        &compute,
+        &[("WARMER_GOOGLE_CLOUD_ZONES", "us-central1-a,us-central1-b")],
+    )
+    .await;
+    app.seed(POOL, 3, &[]).await;
+    app.start_refill().await;
+    app.start_consumer().await;
+    app.fill(POOL).await;
+    within("the pool to fill", async {
+        while app.pool_vms(POOL).await.len() < 3 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let handed = app.checkout().await["name"].as_str().unwrap().to_string();
+    // Faults: a VM leaked by a crashed booter, an entry whose VM died, a target lowered.
+    compute.add_instance("leaked", "us-central1-a", app.labels());
+    let died = app.pool_vms(POOL).await[0].clone();
+    compute.with(|s| s.instances.remove(&died));
+    warmer::operator::pool_set(&app.ctx, &POOL.parse().unwrap(), 1)
+        .await
+        .unwrap();
+    app.stop_consumers().await;
+    let reconciler = app.reconciler().await;
+
+    reconciler.pass(None).await.unwrap();
+    reconciler.pass(None).await.unwrap();
+
+    let pool = app.pool_vms(POOL).await;
+    let leases = app.leases().await;
+    for vm in compute.instances() {
+        let accounted = pool.contains(&vm)
+            || leases
+                .values()
+                .any(|(name, state)| *name == vm && state == "handed");
+        assert!(
+            accounted,
+            "{vm} is at the stand-in but neither ready nor handed out"
+        );
+    }
+    assert!(compute.instances().contains(&handed));
+    assert!(pool.len() <= 1, "the surplus went: {pool:?}");
+    assert!(!compute.instances().contains("leaked"));
+}
