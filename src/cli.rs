@@ -62,7 +62,8 @@ pub enum Command {
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         timeout: Duration,
     },
-    /// Print every pool's target, ready count and oldest VM age.
+    /// Print every pool's target, ready, booting and handed-out counts, its oldest VM's age,
+    /// and whether the safety brake is on.
     Status,
 }
 

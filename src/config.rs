@@ -192,6 +192,13 @@ impl Config {
             .map(|v| ("WARMER_REDIS_URL", v))
             .or(raw.redis_url.map(|v| ("REDIS_URL", v)))
             .unwrap_or(("WARMER_REDIS_URL", "redis://127.0.0.1:6379/0".into()));
+        let redis_url = match redis_url {
+            // Heroku Redis presents a self-signed certificate and rotates REDIS_URL itself.
+            ("REDIS_URL", url) if url.starts_with("rediss://") && !url.contains('#') => {
+                ("REDIS_URL", format!("{url}#insecure"))
+            }
+            other => other,
+        };
         let redis_url = server_url(redis_url.0, redis_url.1, &["redis", "rediss"])?;
 
         let amqp_prefix = prefix("WARMER_AMQP_PREFIX", raw.warmer_amqp_prefix)?;
@@ -437,6 +444,12 @@ mod tests {
         assert_eq!(
             config.redis_url.expose(),
             "rediss://:pw@heroku:6380#insecure"
+        );
+        let config = Config::from_vars(vars(&[("REDIS_URL", "rediss://:pw@heroku:6380")])).unwrap();
+        assert_eq!(
+            config.redis_url.expose(),
+            "rediss://:pw@heroku:6380#insecure",
+            "Heroku Redis's self-signed certificate is accepted"
         );
         let config = Config::from_vars(vars(&[
             ("CLOUDAMQP_URL", "amqps://u:p@cloudamqp/vhost"),

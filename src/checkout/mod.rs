@@ -358,17 +358,12 @@ impl Checkout {
             }
         };
         tracing::info!(%pool, %instance, to, "VM given back: its reply reached nobody");
-        let (key, body) = if to == "pool" {
-            (
-                "instance.returned",
-                json!({"pool": pool.to_string(), "instance": instance, "reason": "requester_gone"}),
-            )
-        } else {
-            (
-                "instance.orphaned",
-                json!({"pool": pool.to_string(), "instance": instance, "reason": "unusable_entry"}),
-            )
+        let (key, reason) = match (to, to_head) {
+            ("pool", _) => ("instance.returned", "requester_gone"),
+            (_, true) => ("instance.orphaned", "pool_deleted"),
+            (_, false) => ("instance.orphaned", "unusable_entry"),
         };
+        let body = json!({"pool": pool.to_string(), "instance": instance, "reason": reason});
         self.event(key, body).await;
         Outcome::RequesterGone
     }

@@ -9,8 +9,13 @@ use crate::helpers::*;
 
 /// Starts `warmer checkout` as its own process with the app's environment.
 pub fn spawn_binary(app: &TestApp) -> Child {
+    spawn_process(app, "checkout")
+}
+
+/// Starts `warmer <process>` as its own process with the app's environment.
+pub fn spawn_process(app: &TestApp, process: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_warmer"))
-        .arg("checkout")
+        .arg(process)
         .env_clear()
         .envs(&app.env)
         .env("RUST_LOG", "warn")
@@ -77,4 +82,25 @@ async fn a_stopped_consumer_leaves_unanswered_requests_for_the_next_one() {
         requester.reply_to(correlation.as_str()).await["name"],
         "vm-1"
     );
+}
+
+#[tokio::test]
+async fn sigterm_stops_a_refill_process_with_exit_zero() {
+    let compute = crate::compute::ComputeStandIn::start(Duration::from_millis(200)).await;
+    let app = spawn_gce_app(&compute, &[]).await;
+    app.seed(POOL, 2, &[]).await;
+    let mut child = spawn_process(&app, "refill");
+    app.wait_for_queue_consumers(&app.names.refill_queue(), 1)
+        .await;
+    let mut booted = app.listen("instance.booted").await;
+    app.fill(POOL).await;
+    booted.next().await;
+
+    signal(&child, "TERM");
+    let status = tokio::time::timeout(Duration::from_secs(25), child.wait())
+        .await
+        .expect("exited within 25 s")
+        .unwrap();
+
+    assert!(status.success(), "exit status {status:?}");
 }

@@ -391,3 +391,33 @@ async fn the_worker_can_decrypt_the_key_and_it_matches_the_vms_metadata() {
         public.split_whitespace().take(2).collect::<Vec<_>>()
     );
 }
+
+#[tokio::test]
+async fn a_fill_command_without_a_valid_token_is_dead_lettered_and_boots_nothing() {
+    let compute = ComputeStandIn::start(BOOT).await;
+    let mut app = spawn_gce_app(
+        &compute,
+        &[("WARMER_AUTH_TOKENS", "ops-token-1,ops-token-2")],
+    )
+    .await;
+    app.seed(POOL, 1, &[]).await;
+    let mut dead = app.dead_letters().await;
+    app.start_refill().await;
+
+    operator::fill(&app.ctx, Some(&POOL.parse().unwrap()), Some("guessed"))
+        .await
+        .unwrap();
+
+    let letter = within("a dead letter", futures_lite::StreamExt::next(&mut dead))
+        .await
+        .unwrap()
+        .unwrap();
+    let command: Value = serde_json::from_slice(&letter.data).unwrap();
+    assert_eq!(command["command"], "fill");
+    assert!(compute.with(|s| s.insert_calls.is_empty()));
+
+    operator::fill(&app.ctx, Some(&POOL.parse().unwrap()), Some("ops-token-2"))
+        .await
+        .unwrap();
+    app.wait_until_settled(POOL, 1).await;
+}
