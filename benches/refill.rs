@@ -278,6 +278,7 @@ impl Deployment {
     /// Stops the consumers (as SIGTERM would), waits for them, and removes the queues, the
     /// events exchange and the namespace's keys.
     async fn tear_down(mut self, amqp: &Connection) -> anyhow::Result<()> {
+        eprintln!("MARK fire");
         self.trigger.fire();
         let mut result = Ok(());
         for consumer in self.consumers.drain(..) {
@@ -289,6 +290,7 @@ impl Deployment {
                 }
             }
         }
+        eprintln!("MARK consumers done");
         let channel = amqp.create_channel().await?;
         for queue in [
             self.names.checkout_queue(),
@@ -305,7 +307,9 @@ impl Deployment {
                 ExchangeDeleteOptions::default(),
             )
             .await?;
+        eprintln!("MARK deleted");
         let _ = channel.close(200, "ok".into()).await;
+        eprintln!("MARK closed");
         let keys: Vec<String> = self
             .redis
             .keys(format!("{}:*", self.names.namespace()))

@@ -421,3 +421,26 @@ async fn a_fill_command_without_a_valid_token_is_dead_lettered_and_boots_nothing
         .unwrap();
     app.wait_until_settled(POOL, 1).await;
 }
+
+#[tokio::test]
+async fn vms_that_finish_booting_after_the_target_was_lowered_are_deleted_not_pooled() {
+    let compute = ComputeStandIn::start(Duration::from_secs(1)).await;
+    let mut app = spawn_gce_app(&compute, &[]).await;
+    app.seed(POOL, 2, &[]).await;
+    let mut deleted = app.listen("instance.deleted").await;
+    app.start_refill().await;
+    app.fill(POOL).await;
+    within("both boots to start", async {
+        while compute.with(|s| s.inserts.len()) < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+
+    operator::pool_set(&app.ctx, &POOL.parse().unwrap(), 0).await.unwrap();
+
+    let events = deleted.take(2).await;
+    assert!(events.iter().all(|e| e["reason"] == "surplus"), "{events:?}");
+    app.wait_until_settled(POOL, 0).await;
+    assert!(compute.instances().is_empty());
+}
