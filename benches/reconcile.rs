@@ -91,7 +91,11 @@ async fn main() -> anyhow::Result<()> {
         build_world(&ctx, &compute, &pools, vms, vms / 10).await?;
         let report = reconciler.pass(None).await?;
         anyhow::ensure!(report.evicted == vms / 10, "evicted {}", report.evicted);
-        anyhow::ensure!(report.plan.mark.len() == vms / 10, "marked {}", report.plan.mark.len());
+        anyhow::ensure!(
+            report.plan.mark.len() == vms / 10,
+            "marked {}",
+            report.plan.mark.len()
+        );
         busy.push(report.elapsed);
     }
     let keys: Vec<String> = ctx.store.connection().keys(format!("{prefix}:*")).await?;
@@ -128,9 +132,7 @@ async fn build_world(
     faults: usize,
 ) -> anyhow::Result<()> {
     let mut redis = ctx.store.connection();
-    let keys: Vec<String> = redis
-        .keys(format!("{}:*", ctx.names.namespace()))
-        .await?;
+    let keys: Vec<String> = redis.keys(format!("{}:*", ctx.names.namespace())).await?;
     if !keys.is_empty() {
         let _: () = redis.del(keys).await?;
     }
@@ -138,7 +140,9 @@ async fn build_world(
     let labels = json!({"warmth": "warmed", "warmer": ctx.names.namespace()});
     let booted_at = now_ms() / 1000 - 3600;
     for (i, pool) in pools.iter().enumerate() {
-        ctx.store.set_target(pool, (vms / pools.len()) as u32).await?;
+        ctx.store
+            .set_target(pool, (vms / pools.len()) as u32)
+            .await?;
         let entries: Vec<String> = (0..vms / pools.len())
             .map(|j| {
                 let name = format!("travis-job-{i:02}-{j:04}");

@@ -4,6 +4,9 @@
 use crate::cloud::Cloud;
 use crate::store::Store;
 
+/// Deletions in flight at once.
+const PARALLEL_DELETES: usize = 16;
+
 /// A VM deleted in the cloud and forgotten in `orphaned`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Deleted {
@@ -22,32 +25,43 @@ pub async fn delete_orphans(store: &Store, cloud: &Cloud, limit: isize) -> Vec<D
             return Vec::new();
         }
     };
-    let mut deleted = Vec::new();
+    // Deletions are independent HTTP calls: run a few at once.
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(PARALLEL_DELETES));
+    let mut tasks = tokio::task::JoinSet::new();
     for orphan in orphans {
-        let Some(name) = &orphan.name else {
+        let Some(name) = orphan.name.clone() else {
             tracing::error!(
                 entry = %orphan.raw.chars().take(200).collect::<String>(),
                 "unreadable orphan record left for an operator"
             );
             continue;
         };
-        match cloud.delete(name, orphan.zone.as_deref()).await {
-            Ok(()) => {
-                if let Err(error) = store.forget_orphan(&orphan).await {
-                    tracing::warn!(%error, vm = %name, "deleted, but the orphan record stays; deleting again is harmless");
-                }
-                tracing::info!(vm = %name, reason = %orphan.reason, "VM deleted");
-                deleted.push(Deleted {
-                    name: name.clone(),
-                    zone: orphan.zone.clone(),
-                    reason: orphan.reason.clone(),
-                });
+        let (store, cloud, slots) = (store.clone(), cloud.clone(), slots.clone());
+        tasks.spawn(async move {
+            let _slot = slots.acquire_owned().await.ok()?;
+            if let Err(error) = cloud.delete(&name, orphan.zone.as_deref()).await {
+                tracing::warn!(
+                    error = %format!("{error:#}"),
+                    vm = %name,
+                    "deleting an orphan failed; retried later"
+                );
+                return None;
             }
-            Err(error) => tracing::warn!(
-                error = %format!("{error:#}"),
-                vm = %name,
-                "deleting an orphan failed; retried later"
-            ),
+            if let Err(error) = store.forget_orphan(&orphan).await {
+                tracing::warn!(%error, vm = %name, "deleted, but the orphan record stays; deleting again is harmless");
+            }
+            tracing::info!(vm = %name, reason = %orphan.reason, "VM deleted");
+            Some(Deleted {
+                name,
+                zone: orphan.zone,
+                reason: orphan.reason,
+            })
+        });
+    }
+    let mut deleted = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        if let Ok(Some(vm)) = done {
+            deleted.push(vm);
         }
     }
     deleted

@@ -255,21 +255,10 @@ impl Reconciler {
                 event("instance.evicted", json!({"pool": eviction.pool, "instance": vm.name, "zone": vm.zone, "reason": eviction.reason})).await;
             }
         }
+        // Evicted VMs are now orphans, deleted below with the rest; direct deletions join them.
         for (name, zone, reason) in &plan.delete {
-            match self.cloud.delete(name, Some(zone)).await {
-                Ok(()) => {
-                    report.deleted += 1;
-                    tracing::warn!(vm = %name, reason, "deleted");
-                    event(
-                        "instance.deleted",
-                        json!({"instance": name, "zone": zone, "reason": reason}),
-                    )
-                    .await;
-                }
-                Err(error) => {
-                    tracing::warn!(error = %format!("{error:#}"), vm = %name, "delete failed; retried next pass")
-                }
-            }
+            let record = json!({"name": name, "zone": zone, "reason": reason}).to_string();
+            let _: () = store.connection().rpush(names.orphaned(), record).await?;
         }
         let mut redis = store.connection();
         if !plan.mark.is_empty() {

@@ -437,10 +437,15 @@ async fn vms_that_finish_booting_after_the_target_was_lowered_are_deleted_not_po
     })
     .await;
 
-    operator::pool_set(&app.ctx, &POOL.parse().unwrap(), 0).await.unwrap();
+    operator::pool_set(&app.ctx, &POOL.parse().unwrap(), 0)
+        .await
+        .unwrap();
 
     let events = deleted.take(2).await;
-    assert!(events.iter().all(|e| e["reason"] == "surplus"), "{events:?}");
+    assert!(
+        events.iter().all(|e| e["reason"] == "surplus"),
+        "{events:?}"
+    );
     app.wait_until_settled(POOL, 0).await;
     assert!(compute.instances().is_empty());
 }
