@@ -128,7 +128,7 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     let one_boot = medians[0];
     println!(
-        "\nFill from empty, stand-in boot delay {} s, WARMER_BOOT_CONCURRENCY=8; {rounds} rounds, medians; \
+        "\nFill from empty, stand-in boot delay {} s, WARMER_BOOT_CONCURRENCY=8; {rounds} round(s), medians; \
          N = 1 is the one-boot reference of the same run.\n",
         ONE_BOOT.as_secs()
     );
@@ -278,7 +278,6 @@ impl Deployment {
     /// Stops the consumers (as SIGTERM would), waits for them, and removes the queues, the
     /// events exchange and the namespace's keys.
     async fn tear_down(mut self, amqp: &Connection) -> anyhow::Result<()> {
-        eprintln!("MARK fire");
         self.trigger.fire();
         let mut result = Ok(());
         for consumer in self.consumers.drain(..) {
@@ -290,7 +289,6 @@ impl Deployment {
                 }
             }
         }
-        eprintln!("MARK consumers done");
         let channel = amqp.create_channel().await?;
         for queue in [
             self.names.checkout_queue(),
@@ -307,9 +305,7 @@ impl Deployment {
                 ExchangeDeleteOptions::default(),
             )
             .await?;
-        eprintln!("MARK deleted");
         let _ = channel.close(200, "ok".into()).await;
-        eprintln!("MARK closed");
         let keys: Vec<String> = self
             .redis
             .keys(format!("{}:*", self.names.namespace()))

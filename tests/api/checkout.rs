@@ -541,3 +541,50 @@ async fn a_redis_fault_is_answered_internal_and_dead_lettered() {
         .unwrap();
     assert_eq!(letter.data, TRAVIS_REQUEST.as_bytes());
 }
+
+#[tokio::test]
+async fn a_request_that_keeps_failing_is_dead_lettered_after_the_delivery_limit() {
+    let app = spawn_app_without_consumer().await;
+    let requester = app.requester().await;
+    requester
+        .publish(
+            TRAVIS_REQUEST.as_bytes(),
+            Requester::properties().with_message_id("poison".into()),
+        )
+        .await;
+    let mut dead = app.dead_letters().await;
+    // A consumer that fails on it every time, as a crashing one would.
+    let channel = app.amqp.create_channel().await.unwrap();
+    let mut failing = channel
+        .basic_consume(
+            app.names.checkout_queue().as_str().into(),
+            "failing".into(),
+            lapin::options::BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut deliveries = 0;
+    let letter = within("the poison message to be dead-lettered", async {
+        loop {
+            tokio::select! {
+                letter = futures_lite::StreamExt::next(&mut dead) => return letter.unwrap().unwrap(),
+                delivery = futures_lite::StreamExt::next(&mut failing) => {
+                    deliveries += 1;
+                    let delivery = delivery.unwrap().unwrap();
+                    delivery
+                        .nack(lapin::options::BasicNackOptions { requeue: true, multiple: false })
+                        .await
+                        .unwrap();
+                }
+            }
+        }
+    })
+    .await;
+
+    assert_eq!(
+        letter.properties.message_id().as_ref().unwrap().as_str(),
+        "poison"
+    );
+    assert_eq!(deliveries, warmer::amqp::DELIVERY_LIMIT as usize + 1);
+}

@@ -70,3 +70,47 @@ async fn a_fill_command_reaches_the_refill_queue() {
     );
     assert_eq!(bodies[1], json!({"command": "fill"}));
 }
+
+#[tokio::test]
+async fn warmer_dev_hands_out_a_vm_and_refills_the_pool() {
+    let app = spawn_app_configured(
+        AMQP_URL,
+        REDIS_URL,
+        &[
+            ("WARMER_LOCAL_BOOT_DELAY", "100ms"),
+            ("WARMER_RECONCILE_INTERVAL", "1"),
+        ],
+    )
+    .await;
+    let mut booted = app.listen("instance.booted").await;
+    let (trigger, shutdown) = warmer::shutdown::channel();
+    let dev = tokio::spawn(warmer::dev::run(app.ctx.clone(), shutdown));
+    for _ in 0..3 {
+        booted.next().await; // the example pool fills to its target of 3
+    }
+
+    let request = operator::Request {
+        image: "warmer-example-image".into(),
+        machine_type: "n1-standard-1".into(),
+        public_ip: false,
+        site: None,
+        timeout: std::time::Duration::from_secs(10),
+    };
+    let (reply, is_error) = operator::request(&app.ctx, &request).await.unwrap();
+
+    assert!(!is_error, "{reply}");
+    let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    assert!(
+        reply["ssh_private_key"]
+            .as_str()
+            .unwrap()
+            .contains("Proc-Type: 4,ENCRYPTED")
+    );
+    assert_ne!(
+        booted.next().await["instance"],
+        reply["name"],
+        "a replacement boots"
+    );
+    trigger.fire();
+    within("warmer dev to stop", dev).await.unwrap().unwrap();
+}
