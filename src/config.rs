@@ -203,6 +203,15 @@ impl Config {
 
         let amqp_prefix = prefix("WARMER_AMQP_PREFIX", raw.warmer_amqp_prefix)?;
         let redis_namespace = prefix("WARMER_REDIS_NAMESPACE", raw.warmer_redis_namespace)?;
+        // It is also the `warmer` label of every VM: label values are lowercase.
+        if !redis_namespace
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        {
+            bail!(
+                "WARMER_REDIS_NAMESPACE must be lowercase letters, digits, `-` or `_` (it labels the VMs), got `{redis_namespace}`"
+            );
+        }
 
         let provider = match raw.warmer_provider.as_deref().map(str::trim) {
             None | Some("gce") => Provider::Gce,
@@ -317,9 +326,6 @@ impl Config {
                 "WARMER_GOOGLE_CLOUD_PROJECT and WARMER_GOOGLE_CLOUD_REGION must be set for WARMER_PROVIDER=gce"
             );
         };
-        if self.ssh_key_passphrase.is_none() {
-            bail!("WARMER_SSH_KEY_PASSPHRASE must be set for WARMER_PROVIDER=gce");
-        }
         Ok(google)
     }
 }
@@ -469,6 +475,7 @@ mod tests {
             ("WARMER_AMQP_URL", "http://rabbit"),
             ("WARMER_REDIS_URL", "127.0.0.1:6379"),
             ("WARMER_AMQP_PREFIX", "has space"),
+            ("WARMER_REDIS_NAMESPACE", "Warmer.prod"),
             ("PORT", "http"),
         ];
         for (var, value) in cases {

@@ -29,7 +29,7 @@ pub async fn delete_orphans(store: &Store, cloud: &Cloud, limit: isize) -> Vec<D
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(PARALLEL_DELETES));
     let mut tasks = tokio::task::JoinSet::new();
     for orphan in orphans {
-        let Some(name) = orphan.name.clone() else {
+        let Some(name) = orphan.name.clone().filter(|n| !n.is_empty()) else {
             tracing::error!(
                 entry = %orphan.raw.chars().take(200).collect::<String>(),
                 "unreadable orphan record left for an operator"

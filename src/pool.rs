@@ -125,6 +125,15 @@ pub fn resource_name<'a>(value: &'a str, collection: &str) -> Result<&'a str, St
     }
 }
 
+/// A stored target (a decimal string; travis-ci/warmer and Lua's `tonumber` also accept `3.0`).
+pub fn parse_target(value: &str) -> Option<u64> {
+    let value = value.trim();
+    value.parse::<u64>().ok().or_else(|| {
+        let n: f64 = value.parse().ok()?;
+        (n.is_finite() && n >= 0.0).then(|| n.floor() as u64)
+    })
+}
+
 /// The short zone of a zone that may be a full URL (`…/zones/us-central1-c` → `us-central1-c`).
 pub fn short_zone(zone: &str) -> &str {
     zone.rsplit('/').next().unwrap_or(zone)

@@ -462,7 +462,7 @@ impl Gce {
             "machineType": format!("zones/{zone}/machineTypes/{}", spec.pool.machine_type),
             "labels": {
                 "warmth": "warmed",
-                "warmer": label_value(&spec.namespace),
+                super::DEPLOYMENT: label_value(&spec.namespace),
                 "pool-image": label_value(&spec.pool.image),
                 "pool-machine-type": label_value(&spec.pool.machine_type),
                 "pool-public": if spec.pool.public_ip { "true" } else { "false" },
@@ -504,26 +504,38 @@ impl Gce {
         Ok(())
     }
 
-    /// Sets `warmth=cooled` and `checked-out-at` with `setLabels`, which needs the current label
-    /// fingerprint: a stale one (412 `conditionNotMet`) is re-read and the call retried.
-    pub async fn mark_cooled(&self, vm: &CloudVm, checked_out_at: u64) -> anyhow::Result<()> {
+    /// One instance, or `None` if it does not exist.
+    pub async fn get(&self, name: &str, zone: &str) -> anyhow::Result<Option<CloudVm>> {
+        let path = format!(
+            "projects/{}/zones/{}/instances/{name}",
+            self.inner.project,
+            short_zone(zone)
+        );
+        match self.call_retrying(Method::GET, &path, None).await {
+            Ok(instance) => Ok(Some(cloud_vm(&instance))),
+            Err(GceError::NotFound) => Ok(None),
+            Err(error) => Err(anyhow::anyhow!("reading {name}: {error}")),
+        }
+    }
+
+    /// Adds labels with `setLabels`, which needs the current label fingerprint: a stale one
+    /// (412 `conditionNotMet`) is re-read and the call retried.
+    pub async fn set_labels(&self, vm: &CloudVm, labels: &[(&str, String)]) -> anyhow::Result<()> {
         let instance_path = format!(
             "projects/{}/zones/{}/instances/{}",
             self.inner.project, vm.zone, vm.name
         );
         let mut current = vm.clone();
         for _ in 0..3 {
-            let mut labels: serde_json::Map<String, Value> = current
+            let mut merged: serde_json::Map<String, Value> = current
                 .labels
                 .iter()
                 .map(|(k, v)| (k.clone(), json!(v)))
                 .collect();
-            labels.insert(super::COOLED.0.into(), json!(super::COOLED.1));
-            labels.insert(
-                super::CHECKED_OUT_AT.into(),
-                json!(checked_out_at.to_string()),
-            );
-            let body = json!({"labels": labels, "labelFingerprint": current.label_fingerprint});
+            for (key, value) in labels {
+                merged.insert(key.to_string(), json!(value));
+            }
+            let body = json!({"labels": merged, "labelFingerprint": current.label_fingerprint});
             match self
                 .call_retrying(
                     Method::POST,

@@ -38,7 +38,14 @@ impl Local {
                     name: spec.name.clone(),
                     zone: zone.clone(),
                     status: "RUNNING".into(),
-                    labels: [("warmth".to_string(), "warmed".to_string())].into(),
+                    labels: [
+                        ("warmth".to_string(), "warmed".to_string()),
+                        (
+                            super::DEPLOYMENT.to_string(),
+                            super::label_value(&spec.namespace),
+                        ),
+                    ]
+                    .into(),
                     label_fingerprint: None,
                 },
             );
@@ -66,14 +73,17 @@ impl Local {
             .unwrap_or_default()
     }
 
-    pub fn mark_cooled(&self, name: &str, checked_out_at: u64) {
+    pub fn get(&self, name: &str) -> Option<CloudVm> {
+        self.vms.lock().ok()?.get(name).cloned()
+    }
+
+    pub fn set_labels(&self, name: &str, labels: &[(&str, String)]) {
         if let Ok(mut vms) = self.vms.lock()
             && let Some(vm) = vms.get_mut(name)
         {
-            let (key, value) = super::COOLED;
-            vm.labels.insert(key.into(), value.into());
-            vm.labels
-                .insert(super::CHECKED_OUT_AT.into(), checked_out_at.to_string());
+            for (key, value) in labels {
+                vm.labels.insert(key.to_string(), value.clone());
+            }
         }
     }
 

@@ -56,6 +56,8 @@ pub struct CloudVm {
 /// Label marking a VM handed out (`warmth=cooled`) and when (`checked-out-at`, Unix seconds).
 pub const COOLED: (&str, &str) = ("warmth", "cooled");
 pub const CHECKED_OUT_AT: &str = "checked-out-at";
+/// Label naming the deployment (its Redis namespace) a VM belongs to.
+pub const DEPLOYMENT: &str = "warmer";
 
 /// The configured cloud.
 #[derive(Clone)]
@@ -92,12 +94,20 @@ impl Cloud {
         }
     }
 
-    /// Marks a handed-out VM `warmth=cooled` with its checkout time (Unix seconds).
-    pub async fn mark_cooled(&self, vm: &CloudVm, checked_out_at: u64) -> anyhow::Result<()> {
+    /// One VM, or `None` if it does not exist.
+    pub async fn get(&self, name: &str, zone: &str) -> anyhow::Result<Option<CloudVm>> {
         match self {
-            Cloud::Gce(gce) => gce.mark_cooled(vm, checked_out_at).await,
+            Cloud::Gce(gce) => gce.get(name, zone).await,
+            Cloud::Local(local) => Ok(local.get(name)),
+        }
+    }
+
+    /// Adds or replaces labels on a VM, keeping its others.
+    pub async fn set_labels(&self, vm: &CloudVm, labels: &[(&str, String)]) -> anyhow::Result<()> {
+        match self {
+            Cloud::Gce(gce) => gce.set_labels(vm, labels).await,
             Cloud::Local(local) => {
-                local.mark_cooled(&vm.name, checked_out_at);
+                local.set_labels(&vm.name, labels);
                 Ok(())
             }
         }

@@ -19,7 +19,7 @@ use redis::AsyncCommands;
 use serde_json::json;
 
 use crate::amqp::{self, Publisher};
-use crate::cloud::Cloud;
+use crate::cloud::{CHECKED_OUT_AT, COOLED, Cloud, DEPLOYMENT, label_value};
 use crate::context::Context;
 use crate::pool::{PoolEntry, PoolName};
 use crate::shutdown::Shutdown;
@@ -70,58 +70,74 @@ impl Reconciler {
         }
     }
 
-    /// Reconciles every interval while holding the lock, until `shutdown`.
+    /// Reconciles every interval while holding the lock, until `shutdown`. RabbitMQ is needed
+    /// only for events and fills: while it is away, passes go on without them.
     pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
         let interval = self.ctx.config.reconcile_interval;
-        let result = amqp::supervise("reconcile", &shutdown, || async {
-            let connection = self.ctx.amqp("reconcile").await?;
-            amqp::declare_topology(&connection.create_channel().await?, &self.ctx.names).await?;
-            let publisher = Publisher::open(&connection).await?;
-            let mut active = false;
-            loop {
-                match self.ctx.store.lock(&self.owner, self.lock_ttl()).await {
-                    Ok(true) => {
-                        if !active {
-                            tracing::info!(owner = %self.owner, "active reconciler");
-                            active = true;
-                        }
-                        match self.pass(Some(&publisher)).await {
-                            Ok(report) if !report.plan.is_idle() => tracing::info!(
-                                deleted = report.deleted,
-                                evicted = report.evicted,
-                                marked = report.plan.mark.len(),
-                                labelled = report.plan.label.len(),
-                                fills = report.plan.fill.len(),
-                                unaccounted = report.plan.unaccounted,
-                                elapsed_ms = report.elapsed.as_millis() as u64,
-                                "reconciled"
-                            ),
-                            Ok(_) => {}
-                            Err(error) => tracing::warn!(error = %format!("{error:#}"), "reconcile pass failed"),
-                        }
+        let mut broker: Option<(lapin::Connection, Publisher)> = None;
+        let mut active = false;
+        loop {
+            match self.ctx.store.lock(&self.owner, self.lock_ttl()).await {
+                Ok(true) => {
+                    if !active {
+                        tracing::info!(owner = %self.owner, "active reconciler");
+                        active = true;
                     }
-                    Ok(false) => {
-                        if active {
-                            tracing::warn!("lost the reconciler lock: standing by");
-                        }
-                        active = false;
+                    if broker.as_ref().is_none_or(|(c, _)| !c.status().connected()) {
+                        broker = match self.connect_broker().await {
+                            Ok(broker) => Some(broker),
+                            Err(error) => {
+                                tracing::warn!(error = %format!("{error:#}"), "RabbitMQ unreachable: this pass publishes no events or fills");
+                                None
+                            }
+                        };
                     }
-                    Err(error) => tracing::warn!(%error, "cannot reach Redis for the reconciler lock"),
+                    self.logged_pass(broker.as_ref().map(|(_, p)| p)).await;
                 }
-                if !connection.status().connected() {
-                    anyhow::bail!("broker connection lost");
+                Ok(false) => {
+                    if active {
+                        tracing::warn!("lost the reconciler lock: standing by");
+                    }
+                    active = false;
                 }
-                if !shutdown.sleep(interval).await {
-                    break;
-                }
+                Err(error) => tracing::warn!(%error, "cannot reach Redis for the reconciler lock"),
             }
-            let _ = self.ctx.store.unlock(&self.owner).await;
-            let _ = connection.close(200, "bye".into()).await;
-            Ok(())
-        })
-        .await;
+            if !shutdown.sleep(interval).await {
+                break;
+            }
+        }
         let _ = self.ctx.store.unlock(&self.owner).await;
-        result
+        if let Some((connection, publisher)) = broker {
+            let _ = publisher.channel().close(200, "bye".into()).await;
+            let _ = connection.close(200, "bye".into()).await;
+        }
+        Ok(())
+    }
+
+    async fn connect_broker(&self) -> anyhow::Result<(lapin::Connection, Publisher)> {
+        let connection = self.ctx.amqp("reconcile").await?;
+        let channel = connection.create_channel().await?;
+        amqp::declare_topology(&channel, &self.ctx.names).await?;
+        let _ = channel.close(200, "declared".into()).await;
+        let publisher = Publisher::open(&connection).await?;
+        Ok((connection, publisher))
+    }
+
+    async fn logged_pass(&self, publisher: Option<&Publisher>) {
+        match self.pass(publisher).await {
+            Ok(report) if !report.plan.is_idle() => tracing::info!(
+                deleted = report.deleted,
+                evicted = report.evicted,
+                marked = report.plan.mark.len(),
+                labelled = report.plan.label.len(),
+                fills = report.plan.fill.len(),
+                unaccounted = report.plan.unaccounted,
+                elapsed_ms = report.elapsed.as_millis() as u64,
+                "reconciled"
+            ),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(error = %format!("{error:#}"), "reconcile pass failed"),
+        }
     }
 
     /// One pass: snapshot, decide, apply. Events and fills need `publisher`.
@@ -129,6 +145,10 @@ impl Reconciler {
         let started = Instant::now();
         let snapshot = self.snapshot().await?;
         let plan = plan::decide(&snapshot, self.limits());
+        // The snapshot may have taken a while: act only if this process still holds the lock.
+        if !self.ctx.store.lock(&self.owner, self.lock_ttl()).await? {
+            anyhow::bail!("lost the reconciler lock before applying");
+        }
         let mut report = self.apply(plan, publisher).await?;
         report.elapsed = started.elapsed();
         Ok(report)
@@ -143,24 +163,28 @@ impl Reconciler {
             .targets()
             .await?
             .into_iter()
-            .filter_map(|(pool, target)| Some((pool, target.trim().parse().ok()?)))
+            .filter_map(|(pool, target)| Some((pool, crate::pool::parse_target(&target)?)))
             .collect();
         // Pool lists, including those whose target was removed behind warmer's back.
         let mut pools: Vec<String> = targets.keys().cloned().collect();
         let prefix = names.pool_key_prefix();
-        let mut keys: redis::AsyncIter<String> = redis
-            .scan_match(format!("{prefix}*:*"))
-            .await
-            .context("scanning pool lists")?;
+        // Lists and boot reservations of pools whose target is gone are read too.
+        let booting_prefix = format!("{}:_booting:", names.namespace());
         let mut found = Vec::new();
-        while let Some(key) = futures_lite::StreamExt::next(&mut keys).await {
-            found.push(key?);
+        for pattern in [format!("{prefix}*:*"), format!("{booting_prefix}*")] {
+            let mut keys: redis::AsyncIter<String> = redis
+                .scan_match(pattern)
+                .await
+                .context("scanning pool keys")?;
+            while let Some(key) = futures_lite::StreamExt::next(&mut keys).await {
+                found.push(key?);
+            }
         }
-        drop(keys);
         for key in found {
-            let Some(pool) = key.strip_prefix(&prefix) else {
-                continue;
-            };
+            let pool = key
+                .strip_prefix(&booting_prefix)
+                .or_else(|| key.strip_prefix(&prefix))
+                .unwrap_or_default();
             if !pool.starts_with('_')
                 && pool.parse::<PoolName>().is_ok()
                 && !pools.iter().any(|p| p == pool)
@@ -256,6 +280,48 @@ impl Reconciler {
             }
         }
         // Evicted VMs are now orphans, deleted below with the rest; direct deletions join them.
+        for (pool, vm) in &plan.verify {
+            let found = match self.cloud.get(&vm.name, &vm.zone).await {
+                Ok(found) => found,
+                Err(error) => {
+                    tracing::warn!(error = %format!("{error:#}"), vm = %vm.name, "cannot look a VM up; retried next pass");
+                    continue;
+                }
+            };
+            let reason = match found {
+                None => "gone",
+                Some(found) if found.status != "RUNNING" => "not_running",
+                Some(found) => {
+                    // A VM this deployment did not label (booted by travis-ci/warmer): adopt it.
+                    let labels = [
+                        (DEPLOYMENT, label_value(names.namespace())),
+                        ("warmth", "warmed".to_string()),
+                    ];
+                    match self.cloud.set_labels(&found, &labels).await {
+                        Ok(()) => {
+                            tracing::info!(%pool, vm = %vm.name, "adopted a VM without this deployment's label")
+                        }
+                        Err(error) => {
+                            tracing::warn!(error = %format!("{error:#}"), vm = %vm.name, "adopting failed; retried next pass")
+                        }
+                    }
+                    continue;
+                }
+            };
+            let key = format!("{}{}", names.pool_key_prefix(), pool);
+            if store
+                .evict(&key, &vm.raw, &vm.name, &vm.zone, reason)
+                .await?
+            {
+                report.evicted += 1;
+                tracing::info!(%pool, vm = %vm.name, reason, "evicted");
+                event(
+                    "instance.evicted",
+                    json!({"pool": pool, "instance": vm.name, "zone": vm.zone, "reason": reason}),
+                )
+                .await;
+            }
+        }
         for (name, zone, reason) in &plan.delete {
             let record = json!({"name": name, "zone": zone, "reason": reason}).to_string();
             let _: () = store.connection().rpush(names.orphaned(), record).await?;
@@ -279,7 +345,11 @@ impl Reconciler {
             .await;
         }
         for (vm, checked_out_at) in &plan.label {
-            if let Err(error) = self.cloud.mark_cooled(vm, *checked_out_at).await {
+            let labels = [
+                (COOLED.0, COOLED.1.to_string()),
+                (CHECKED_OUT_AT, checked_out_at.to_string()),
+            ];
+            if let Err(error) = self.cloud.set_labels(vm, &labels).await {
                 tracing::warn!(error = %format!("{error:#}"), vm = %vm.name, "labelling failed; retried next pass");
             }
         }

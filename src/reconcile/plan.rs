@@ -68,6 +68,10 @@ pub struct Eviction {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
     pub evict: Vec<Eviction>,
+    /// Pool entries whose VM the listing does not show (gone, or not labelled for this
+    /// deployment, e.g. booted by travis-ci/warmer): looked up one by one, then evicted or
+    /// adopted (labelled).
+    pub verify: Vec<(String, ReadyVm)>,
     /// VMs to delete directly: (name, zone, reason).
     pub delete: Vec<(String, String, &'static str)>,
     /// Unaccounted VMs seen for the first time; deleted next pass if still unaccounted.
@@ -90,6 +94,7 @@ impl Plan {
     /// True when the pass has nothing to do (the brake's steady state aside).
     pub fn is_idle(&self) -> bool {
         self.evict.is_empty()
+            && self.verify.is_empty()
             && self.delete.is_empty()
             && self.mark.is_empty()
             && self.unmark.is_empty()
@@ -121,10 +126,17 @@ pub fn decide(snapshot: &Snapshot, limits: Limits) -> Plan {
     accounted.extend(snapshot.orphans.iter().filter_map(|o| o.name.as_deref()));
 
     // Rules 2 and 5 (cloud side): unaccounted VMs, and handed-out VMs past their age.
+    let unaccounted_total = snapshot
+        .cloud
+        .iter()
+        .filter(|vm| !is_cooled(vm) && !accounted.contains(vm.name.as_str()))
+        .count() as u64;
+    // So many unaccounted VMs at once means Redis lost track (restored, wiped, wrong URL), not
+    // a few leaks: hold deletion as well as boots until an operator looks.
+    let hold = unaccounted_total > limits.orphan_threshold;
     let mut unaccounted = BTreeSet::new();
     for vm in &snapshot.cloud {
-        let cooled = vm.labels.get(COOLED.0).map(String::as_str) == Some(COOLED.1);
-        if cooled {
+        if is_cooled(vm) {
             let at = vm
                 .labels
                 .get(CHECKED_OUT_AT)
@@ -140,10 +152,10 @@ pub fn decide(snapshot: &Snapshot, limits: Limits) -> Plan {
             continue;
         }
         unaccounted.insert(vm.name.as_str());
-        if snapshot.suspects.contains(&vm.name) {
+        if snapshot.suspects.contains(&vm.name) && !hold {
             plan.delete
                 .push((vm.name.clone(), vm.zone.clone(), "unaccounted"));
-        } else {
+        } else if !snapshot.suspects.contains(&vm.name) {
             plan.mark.push(vm.name.clone());
         }
     }
@@ -162,8 +174,13 @@ pub fn decide(snapshot: &Snapshot, limits: Limits) -> Plan {
         for vm in vms {
             let age = vm.booted_at.map(|t| now.saturating_sub(t));
             let reason = match cloud.get(vm.name.as_str()) {
+                _ if vm.name.is_empty() => Some("unreadable"),
                 _ if target.is_none() => Some("pool_deleted"),
-                None if age.is_none_or(|a| a > FRESH_GRACE_SECS) => Some("gone"),
+                None if age.is_none_or(|a| a > FRESH_GRACE_SECS) => {
+                    plan.verify.push((pool.clone(), vm.clone()));
+                    kept.push(vm);
+                    continue;
+                }
                 Some(found) if found.status != "RUNNING" => Some("not_running"),
                 _ if age.is_some_and(|a| a > limits.max_vm_age_secs) => Some("max_age"),
                 _ => None,
@@ -211,11 +228,14 @@ pub fn decide(snapshot: &Snapshot, limits: Limits) -> Plan {
     }
 
     // Rule 7: the safety brake.
-    let over = plan.unaccounted > limits.orphan_threshold;
-    if over != snapshot.brake_on {
-        plan.brake = Some(over);
+    if hold != snapshot.brake_on {
+        plan.brake = Some(hold);
     }
     plan
+}
+
+fn is_cooled(vm: &CloudVm) -> bool {
+    vm.labels.get(COOLED.0).map(String::as_str) == Some(COOLED.1)
 }
 
 #[cfg(test)]
@@ -289,8 +309,12 @@ mod tests {
     }
 
     #[test]
-    fn dead_and_stopped_vms_leave_their_pool_but_fresh_ones_get_a_grace() {
-        let mut snapshot = world(&[ready("dead", 100), ready("stopped", 100), ready("fresh", 5)]);
+    fn stopped_vms_leave_their_pool_unlisted_ones_are_verified_and_fresh_ones_get_a_grace() {
+        let mut snapshot = world(&[
+            ready("unlisted", 100),
+            ready("stopped", 100),
+            ready("fresh", 5),
+        ]);
         snapshot.cloud.retain(|vm| vm.name == "stopped");
         snapshot.cloud[0].status = "TERMINATED".into();
         let plan = decide(&snapshot, LIMITS);
@@ -299,7 +323,9 @@ mod tests {
             .iter()
             .map(|e| (e.vm.name.as_str(), e.reason))
             .collect();
-        assert_eq!(evicted, [("dead", "gone"), ("stopped", "not_running")]);
+        assert_eq!(evicted, [("stopped", "not_running")]);
+        let verified: Vec<&str> = plan.verify.iter().map(|(_, vm)| vm.name.as_str()).collect();
+        assert_eq!(verified, ["unlisted"]);
     }
 
     #[test]
@@ -381,14 +407,23 @@ mod tests {
     }
 
     #[test]
-    fn the_brake_engages_above_the_threshold_and_releases_below() {
+    fn the_brake_engages_above_the_threshold_holds_deletion_and_releases_below() {
         let mut snapshot = world(&[]);
         snapshot.targets.clear();
         snapshot.cloud = ["x", "y", "z"].map(running).to_vec();
-        assert_eq!(decide(&snapshot, LIMITS).brake, Some(true));
+        snapshot.suspects = ["x", "y", "z"].map(String::from).into();
+        let braked = decide(&snapshot, LIMITS);
+        assert_eq!(braked.brake, Some(true));
+        assert!(
+            braked.delete.is_empty(),
+            "no mass deletion: {:?}",
+            braked.delete
+        );
         snapshot.brake_on = true;
         assert_eq!(decide(&snapshot, LIMITS).brake, None);
         snapshot.cloud.truncate(2);
-        assert_eq!(decide(&snapshot, LIMITS).brake, Some(false));
+        let released = decide(&snapshot, LIMITS);
+        assert_eq!(released.brake, Some(false));
+        assert_eq!(released.delete.len(), 2, "a few leaks are deleted again");
     }
 }

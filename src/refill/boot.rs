@@ -12,7 +12,6 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::Refill;
 use crate::cloud::{BootError, VmSpec};
 use crate::pool::{PoolEntry, PoolName};
-use crate::sshkey;
 use crate::store::now_ms;
 
 /// A new VM's name, `travis-job-<uuid>` like travis-ci/warmer's.
@@ -151,7 +150,9 @@ impl Refill {
     }
 
     async fn boot_vm(&self, pool: &PoolName, name: &str) -> Result<PoolEntry, BootError> {
-        let keys = sshkey::generate(&self.passphrase)
+        let keys = self
+            .keys
+            .take()
             .await
             .map_err(|e| BootError::NotCreated(format!("generating the SSH key: {e:#}")))?;
         let spec = VmSpec {

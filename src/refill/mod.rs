@@ -23,6 +23,7 @@ use crate::cloud::Cloud;
 use crate::config::Secret;
 use crate::context::Context;
 use crate::shutdown::Shutdown;
+use crate::sshkey::KeyStock;
 use command::Work;
 
 /// Refill messages handled at once per process.
@@ -54,26 +55,36 @@ pub struct Refill {
     ctx: Context,
     cloud: Cloud,
     permits: Arc<Semaphore>,
-    passphrase: Secret,
+    keys: KeyStock,
     /// The current broker session's publisher, for events (`None` while disconnected).
     publisher: RwLock<Option<Publisher>>,
     shutdown: Shutdown,
 }
 
 impl Refill {
-    pub fn new(ctx: Context, cloud: Cloud, shutdown: Shutdown) -> Arc<Self> {
-        let passphrase = ctx.config.ssh_key_passphrase.clone().unwrap_or_else(|| {
-            tracing::warn!("WARMER_SSH_KEY_PASSPHRASE is not set: keys are encrypted with `warmer` (fine for the local provider only)");
-            Secret::new("warmer")
-        });
-        Arc::new(Self {
-            permits: Arc::new(Semaphore::new(ctx.config.boot_concurrency)),
+    /// Fails when the provider is `gce` and WARMER_SSH_KEY_PASSPHRASE is not set.
+    pub fn new(ctx: Context, cloud: Cloud, shutdown: Shutdown) -> anyhow::Result<Arc<Self>> {
+        let passphrase = match (&ctx.config.ssh_key_passphrase, &cloud) {
+            (Some(passphrase), _) => passphrase.clone(),
+            (None, Cloud::Gce(_)) => {
+                anyhow::bail!("WARMER_SSH_KEY_PASSPHRASE must be set for WARMER_PROVIDER=gce")
+            }
+            (None, Cloud::Local(_)) => {
+                tracing::warn!(
+                    "WARMER_SSH_KEY_PASSPHRASE is not set: keys are encrypted with `warmer` (local provider only)"
+                );
+                Secret::new("warmer")
+            }
+        };
+        let concurrency = ctx.config.boot_concurrency;
+        Ok(Arc::new(Self {
+            permits: Arc::new(Semaphore::new(concurrency)),
+            keys: KeyStock::new(passphrase, concurrency),
             ctx,
             cloud,
-            passphrase,
             publisher: RwLock::new(None),
             shutdown,
-        })
+        }))
     }
 
     /// Handles one refill message.
@@ -141,7 +152,7 @@ async fn connection_lost(connection: &lapin::Connection) {
 
 /// Consumes the refill queue until `shutdown`, then waits for boots in flight.
 pub async fn run(ctx: Context, cloud: Cloud, shutdown: Shutdown) -> anyhow::Result<()> {
-    let refill = Refill::new(ctx.clone(), cloud, shutdown.clone());
+    let refill = Refill::new(ctx.clone(), cloud, shutdown.clone())?;
     amqp::supervise("refill", &shutdown, || async {
         let connection = ctx.amqp("refill").await?;
         let channel = connection.create_channel().await?;
