@@ -76,6 +76,7 @@ pub async fn fill(
             true,
         )
         .await?;
+    let _ = publisher.channel().close(200, "bye".into()).await;
     let _ = connection.close(200, "bye".into()).await;
     if published != Published::Routed {
         bail!(
@@ -177,6 +178,7 @@ pub async fn request(ctx: &Context, request: &Request) -> anyhow::Result<(String
                 request.timeout
             )
         })??;
+    let _ = channel.close(200, "bye".into()).await;
     let _ = connection.close(200, "bye".into()).await;
     let text = String::from_utf8_lossy(&data).into_owned();
     let is_error = serde_json::from_slice::<serde_json::Value>(&data)

@@ -108,6 +108,7 @@ pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
             },
         )
         .await;
+        checkout.close_channels().await;
         let _ = connection.close(200, "bye".into()).await;
         result
     })
@@ -132,6 +133,19 @@ async fn sweep_leases(store: Store, shutdown: Shutdown) {
 }
 
 impl Checkout {
+    /// Closes this session's channels (before the connection, so lapin has nothing left to
+    /// close behind our back).
+    async fn close_channels(&self) {
+        let probes: Vec<Channel> = self
+            .probes
+            .lock()
+            .map(|mut p| p.drain(..).collect())
+            .unwrap_or_default();
+        for channel in probes.iter().chain([self.publisher.channel()]) {
+            let _ = channel.close(200, "bye".into()).await;
+        }
+    }
+
     /// Serves one request and says what happened.
     pub async fn handle(&self, message: Incoming) -> Outcome {
         let received = now_ms();

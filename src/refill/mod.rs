@@ -183,8 +183,9 @@ pub async fn run(ctx: Context, cloud: Cloud, shutdown: Shutdown) -> anyhow::Resu
                 _ = connection_lost(&connection) => {}
             }
         });
-        if let Ok(mut publisher) = refill.publisher.write() {
-            *publisher = None;
+        let publisher = refill.publisher.write().ok().and_then(|mut p| p.take());
+        if let Some(publisher) = publisher {
+            let _ = publisher.channel().close(200, "bye".into()).await;
         }
         let _ = connection.close(200, "bye".into()).await;
         result
