@@ -204,12 +204,13 @@ impl Config {
         let amqp_prefix = prefix("WARMER_AMQP_PREFIX", raw.warmer_amqp_prefix)?;
         let redis_namespace = prefix("WARMER_REDIS_NAMESPACE", raw.warmer_redis_namespace)?;
         // It is also the `warmer` label of every VM: label values are lowercase.
-        if !redis_namespace
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        if redis_namespace.len() > 63
+            || !redis_namespace
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
         {
             bail!(
-                "WARMER_REDIS_NAMESPACE must be lowercase letters, digits, `-` or `_` (it labels the VMs), got `{redis_namespace}`"
+                "WARMER_REDIS_NAMESPACE must be at most 63 lowercase letters, digits, `-` or `_` (it labels the VMs), got `{redis_namespace}`"
             );
         }
 

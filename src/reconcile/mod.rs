@@ -19,7 +19,7 @@ use redis::AsyncCommands;
 use serde_json::json;
 
 use crate::amqp::{self, Publisher};
-use crate::cloud::{CHECKED_OUT_AT, COOLED, Cloud, DEPLOYMENT, label_value};
+use crate::cloud::{CHECKED_OUT_AT, COOLED, Cloud, CloudVm, DEPLOYMENT, label_value};
 use crate::context::Context;
 use crate::pool::{PoolEntry, PoolName};
 use crate::shutdown::Shutdown;
@@ -280,8 +280,28 @@ impl Reconciler {
             }
         }
         // Evicted VMs are now orphans, deleted below with the rest; direct deletions join them.
-        for (pool, vm) in &plan.verify {
-            let found = match self.cloud.get(&vm.name, &vm.zone).await {
+        // Look the unlisted VMs up a few at a time.
+        let mut lookups = tokio::task::JoinSet::new();
+        let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
+        for (index, (_, vm)) in plan.verify.iter().enumerate() {
+            let (cloud, slots, name, zone) = (
+                self.cloud.clone(),
+                slots.clone(),
+                vm.name.clone(),
+                vm.zone.clone(),
+            );
+            lookups.spawn(async move {
+                let _slot = slots.acquire_owned().await;
+                (index, cloud.get(&name, &zone).await)
+            });
+        }
+        let mut found_vms: Vec<Option<anyhow::Result<Option<CloudVm>>>> =
+            plan.verify.iter().map(|_| None).collect();
+        while let Some(Ok((index, found))) = lookups.join_next().await {
+            found_vms[index] = Some(found);
+        }
+        for ((pool, vm), found) in plan.verify.iter().zip(found_vms) {
+            let found = match found.unwrap_or_else(|| Err(anyhow::anyhow!("lookup task failed"))) {
                 Ok(found) => found,
                 Err(error) => {
                     tracing::warn!(error = %format!("{error:#}"), vm = %vm.name, "cannot look a VM up; retried next pass");
