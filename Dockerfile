@@ -4,7 +4,7 @@ COPY . .
 RUN cargo build --release --locked --bin warmer
 
 FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/*
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libssl3 && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/warmer /usr/local/bin/warmer
 ENTRYPOINT ["warmer"]
-CMD ["checkout"]
+CMD ["dev"]
