@@ -49,7 +49,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Pool(PoolCommand::List) => operator::pool_list(&ctx).await?,
         Command::Pool(PoolCommand::Set { pool, target }) => {
-            operator::pool_set(&ctx, &pool, target).await?
+            let mut output = operator::pool_set(&ctx, &pool, target).await?;
+            // Apply it now rather than at the next event or reconcile pass.
+            match operator::fill(&ctx, Some(&pool), token.as_deref()).await {
+                Ok(filled) => output.push_str(&filled),
+                Err(error) => output.push_str(&format!(
+                    "(no fill published: {error:#}; the next reconcile pass applies the target)\n"
+                )),
+            }
+            output
         }
         Command::Pool(PoolCommand::Delete { pool }) => operator::pool_delete(&ctx, &pool).await?,
         Command::Fill { pool, token: given } => {

@@ -180,7 +180,8 @@ async fn three_refill_consumers_and_a_hundred_events_never_overshoot() {
 
 #[tokio::test]
 async fn boots_run_in_parallel_up_to_the_boot_concurrency() {
-    let compute = ComputeStandIn::start(Duration::from_secs(1)).await;
+    // Boots long enough to overlap however slowly keys are generated on a loaded machine.
+    let compute = ComputeStandIn::start(Duration::from_secs(3)).await;
     let mut app = spawn_gce_app(&compute, &[("WARMER_BOOT_CONCURRENCY", "6")]).await;
     app.seed(POOL, 9, &[]).await;
     app.start_refill().await;
@@ -424,7 +425,8 @@ async fn a_fill_command_without_a_valid_token_is_dead_lettered_and_boots_nothing
 
 #[tokio::test]
 async fn vms_that_finish_booting_after_the_target_was_lowered_are_deleted_not_pooled() {
-    let compute = ComputeStandIn::start(Duration::from_secs(1)).await;
+    // Boots long enough that both are still in flight when the target drops.
+    let compute = ComputeStandIn::start(Duration::from_secs(3)).await;
     let mut app = spawn_gce_app(&compute, &[]).await;
     app.seed(POOL, 2, &[]).await;
     let mut deleted = app.listen("instance.deleted").await;
@@ -440,6 +442,10 @@ async fn vms_that_finish_booting_after_the_target_was_lowered_are_deleted_not_po
     operator::pool_set(&app.ctx, &POOL.parse().unwrap(), 0)
         .await
         .unwrap();
+    assert!(
+        app.pool_vms(POOL).await.is_empty(),
+        "both VMs are still booting"
+    );
 
     let events = deleted.take(2).await;
     assert!(
