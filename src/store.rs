@@ -38,6 +38,15 @@ pub enum Checkout {
     Empty,
 }
 
+/// Where a pending lease's VM should go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposal {
+    /// Back to the head of its pool: its reply provably reached nobody.
+    Head,
+    /// To orphaned, for this reason: it must not be handed out again.
+    Orphan(&'static str),
+}
+
 /// Where a given-back VM went.
 #[derive(Debug, PartialEq)]
 pub enum GiveBack {
@@ -227,13 +236,13 @@ impl Store {
         Ok(settled != 0)
     }
 
-    /// Returns a pending lease's VM to the head of its pool, or with `to_head == false` records
-    /// it as an orphan (see `give_back.lua`). Also returns the VM's name.
+    /// Returns a pending lease's VM to the head of its pool, or records it as an orphan (see
+    /// `give_back.lua`). Also returns the VM's name.
     pub async fn give_back(
         &self,
         identity: &str,
         pool: &PoolName,
-        to_head: bool,
+        disposal: Disposal,
     ) -> redis::RedisResult<(GiveBack, String)> {
         let n = &self.names;
         let (outcome, entry): (String, Option<String>) = self
@@ -246,7 +255,10 @@ impl Store {
             .key(n.orphaned())
             .arg(identity)
             .arg(pool.to_string())
-            .arg(if to_head { "head" } else { "orphan" })
+            .arg(match disposal {
+                Disposal::Head => "head",
+                Disposal::Orphan(reason) => reason,
+            })
             .invoke_async(&mut self.conn.clone())
             .await?;
         let outcome = match outcome.as_str() {

@@ -7,18 +7,20 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-/// Targets that would print message bodies (lapin logs returned messages at WARN, frames at TRACE).
-const SECRET_BEARING: [&str; 4] = [
+/// Targets capped whatever `RUST_LOG` says: lapin prints returned messages (with their bodies)
+/// at WARN and frames at TRACE.
+const CAPPED: [&str; 4] = [
     "lapin::returned_messages=off",
     "lapin::frames=info",
     "lapin::channels=info",
-    "lapin::channel=info",
+    // A failed presence probe closes its channel by design; lapin would log each at ERROR.
+    "lapin::channel=off",
 ];
 
 /// The log filter: `RUST_LOG` or `default`, with the secret-bearing targets capped.
 pub fn filter(default: &str) -> EnvFilter {
     let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    for directive in SECRET_BEARING {
+    for directive in CAPPED {
         if let Ok(directive) = directive.parse() {
             filter = filter.add_directive(directive);
         }

@@ -29,7 +29,7 @@ use crate::amqp::{self, DIRECT_REPLY_TO, Disposition, Incoming, Published, Publi
 use crate::context::Context;
 use crate::pool::{PoolEntry, PoolName, short_zone};
 use crate::shutdown::Shutdown;
-use crate::store::{self, GiveBack, Store, now_ms};
+use crate::store::{self, Disposal, GiveBack, Store, now_ms};
 use reply::Code;
 
 /// Requests handled at once per process.
@@ -233,17 +233,26 @@ impl Checkout {
             }
         };
 
+        // A VM popped by this delivery whose reply cannot reach anyone goes back to the head of
+        // its pool. One leased by an earlier delivery may already have been replied to (that
+        // consumer died before acking): its fate is unknown, so it is deleted, never reused.
+        let gone = if again {
+            Disposal::Orphan("reply_unknown")
+        } else {
+            Disposal::Head
+        };
         if self
             .requester_gone(reply_to, props, &message, received)
             .await
         {
-            return self.give_back(&identity, pool, true).await;
+            return self.give_back(&identity, pool, gone).await;
         }
         let vm = match serde_json::from_str::<PoolEntry>(&entry) {
             Ok(vm) => vm,
             Err(error) => {
                 tracing::error!(%error, %pool, "unreadable pool entry: recorded as orphan");
-                self.give_back(&identity, pool, false).await;
+                self.give_back(&identity, pool, Disposal::Orphan("unusable_entry"))
+                    .await;
                 return self
                     .refuse(
                         reply_to,
@@ -265,7 +274,7 @@ impl Checkout {
             Ok(Published::Routed) => {}
             Ok(Published::NotRouted) => {
                 tracing::info!(%pool, vm = %vm.name, "reply not routable: requester gone");
-                return self.give_back(&identity, pool, true).await;
+                return self.give_back(&identity, pool, gone).await;
             }
             Err(error) => {
                 tracing::warn!(error = %format!("{error:#}"), %pool, vm = %vm.name, "reply not confirmed; the request will be redelivered and get the same VM");
@@ -356,8 +365,8 @@ impl Checkout {
         }
     }
 
-    async fn give_back(&self, identity: &str, pool: &PoolName, to_head: bool) -> Outcome {
-        let outcome = (|| self.store.give_back(identity, pool, to_head))
+    async fn give_back(&self, identity: &str, pool: &PoolName, disposal: Disposal) -> Outcome {
+        let outcome = (|| self.store.give_back(identity, pool, disposal))
             .retry(redis_retry(now_ms() + 10_000))
             .when(is_transient)
             .await;
@@ -371,11 +380,11 @@ impl Checkout {
                 return Outcome::RequesterGone;
             }
         };
-        tracing::info!(%pool, %instance, to, "VM given back: its reply reached nobody");
-        let (key, reason) = match (to, to_head) {
+        tracing::info!(%pool, %instance, to, "VM given back: no reply of this delivery reached anyone");
+        let (key, reason) = match (to, disposal) {
             ("pool", _) => ("instance.returned", "requester_gone"),
-            (_, true) => ("instance.orphaned", "pool_deleted"),
-            (_, false) => ("instance.orphaned", "unusable_entry"),
+            (_, Disposal::Head) => ("instance.orphaned", "pool_deleted"),
+            (_, Disposal::Orphan(reason)) => ("instance.orphaned", reason),
         };
         let body = json!({"pool": pool.to_string(), "instance": instance, "reason": reason});
         self.event(key, body).await;

@@ -1,10 +1,12 @@
 -- give_back.lua: a pending lease whose reply provably reached nobody returns its VM to the
--- *head* of its pool (it is still the oldest), or to orphaned if the pool was deleted meanwhile.
+-- *head* of its pool (it is still the oldest), or to orphaned if the pool was deleted meanwhile
+-- or if the VM must not be reused.
 --
 -- KEYS[1] poolconfigs hash   KEYS[2] the pool's list   KEYS[3] leases hash
 -- KEYS[4] lease deadlines zset   KEYS[5] orphaned list
--- ARGV[1] request identity   ARGV[2] pool name   ARGV[3] "head", or "orphan" for a VM that
--- must not be reused (its entry is unreadable)
+-- ARGV[1] request identity   ARGV[2] pool name   ARGV[3] "head", or the reason why the VM
+-- must not be reused (an unreadable entry; a reply from an earlier delivery may have reached
+-- the requester)
 --
 -- Only a pending lease is given back: a handed-out VM is never returned to a pool.
 -- Returns {"head", entry}, {"orphaned", entry} or {"none"}.
@@ -22,9 +24,13 @@ if ARGV[3] == 'head' and redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1 then
   redis.call('LPUSH', KEYS[2], lease.entry)
   return {'head', lease.entry}
 end
+local reason = ARGV[3]
+if reason == 'head' then
+  reason = 'pool_deleted'
+end
 local ok, vm = pcall(cjson.decode, lease.entry)
 if ok and type(vm) == 'table' then
-  redis.call('RPUSH', KEYS[5], cjson.encode({name = vm.name, zone = vm.zone}))
+  redis.call('RPUSH', KEYS[5], cjson.encode({name = vm.name, zone = vm.zone, reason = reason}))
 else
   redis.call('RPUSH', KEYS[5], lease.entry)
 end

@@ -588,3 +588,49 @@ async fn a_request_that_keeps_failing_is_dead_lettered_after_the_delivery_limit(
     );
     assert_eq!(deliveries, warmer::amqp::DELIVERY_LIMIT as usize + 1);
 }
+
+#[tokio::test]
+async fn a_redelivered_request_whose_requester_left_has_its_vm_deleted_not_reused() {
+    let mut app = spawn_app_without_consumer().await;
+    app.seed(POOL, 2, &[vm("maybe-delivered"), vm("other")])
+        .await;
+    // A consumer popped a VM for this request, may have replied, and died before acking.
+    let now = now_ms();
+    app.ctx
+        .store
+        .checkout(
+            "m:ghost",
+            &POOL.parse().unwrap(),
+            now,
+            now + 30_000,
+            now + 60_000,
+        )
+        .await
+        .unwrap();
+    {
+        // The redelivered request's requester has gone (perhaps with that reply).
+        let quitter = app.requester().await;
+        quitter
+            .publish(
+                TRAVIS_REQUEST.as_bytes(),
+                Requester::properties()
+                    .with_message_id("ghost".into())
+                    .with_timestamp(now / 1000 - 5),
+            )
+            .await;
+        quitter.channel.close(200, "gone".into()).await.unwrap();
+    }
+    let mut orphaned = app.listen("instance.orphaned").await;
+
+    app.start_consumer().await;
+
+    let event = orphaned.next().await;
+    assert_eq!(event["instance"], "maybe-delivered");
+    assert_eq!(event["reason"], "reply_unknown");
+    assert_eq!(
+        app.pool_vms(POOL).await,
+        ["other"],
+        "never back in the pool"
+    );
+    assert_eq!(app.orphaned().await, ["maybe-delivered"]);
+}

@@ -18,7 +18,10 @@ pub fn spawn_process(app: &TestApp, process: &str) -> Child {
         .arg(process)
         .env_clear()
         .envs(&app.env)
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("CHILD_LOG").unwrap_or("warn".into()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
