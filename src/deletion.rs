@@ -30,9 +30,10 @@ pub async fn delete_orphans(store: &Store, cloud: &Cloud, limit: isize) -> Vec<D
     let mut tasks = tokio::task::JoinSet::new();
     for orphan in orphans {
         let Some(name) = orphan.name.clone().filter(|n| !n.is_empty()) else {
+            // Never log the record: an unreadable pool entry may carry an SSH key.
             tracing::error!(
-                entry = %orphan.raw.chars().take(200).collect::<String>(),
-                "unreadable orphan record left for an operator"
+                bytes = orphan.raw.len(),
+                "unreadable orphan record left for an operator (LRANGE <namespace>:orphaned)"
             );
             continue;
         };

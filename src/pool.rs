@@ -140,8 +140,9 @@ pub fn short_zone(zone: &str) -> &str {
 }
 
 /// A warmed VM as stored in a pool list. Legacy entries (travis-ci/warmer) have exactly the
-/// first five fields, with `zone` as a full URL; unknown fields are kept as they are.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+/// first five fields, with `zone` as a full URL; unknown fields are kept as they are. `Debug`
+/// leaves the key out.
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
 pub struct PoolEntry {
     pub name: String,
     pub zone: String,
@@ -154,6 +155,19 @@ pub struct PoolEntry {
     pub booted_at: Option<u64>,
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl fmt::Debug for PoolEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolEntry")
+            .field("name", &self.name)
+            .field("zone", &self.zone)
+            .field("ip", &self.ip)
+            .field("public_ip", &self.public_ip)
+            .field("ssh_private_key", &"[redacted]")
+            .field("booted_at", &self.booted_at)
+            .finish_non_exhaustive()
+    }
 }
 
 impl fmt::Display for PoolEntry {

@@ -51,7 +51,8 @@ pub enum Disposal {
 #[derive(Debug, PartialEq)]
 pub enum GiveBack {
     Head,
-    Orphaned,
+    /// Recorded in orphaned, for this reason.
+    Orphaned(String),
     NothingPending,
 }
 
@@ -245,7 +246,7 @@ impl Store {
         disposal: Disposal,
     ) -> redis::RedisResult<(GiveBack, String)> {
         let n = &self.names;
-        let (outcome, entry): (String, Option<String>) = self
+        let reply: Vec<String> = self
             .scripts
             .give_back
             .key(n.pool_configs())
@@ -253,6 +254,7 @@ impl Store {
             .key(n.leases())
             .key(n.lease_deadlines())
             .key(n.orphaned())
+            .key(n.booting(pool))
             .arg(identity)
             .arg(pool.to_string())
             .arg(match disposal {
@@ -261,9 +263,11 @@ impl Store {
             })
             .invoke_async(&mut self.conn.clone())
             .await?;
-        let outcome = match outcome.as_str() {
-            "head" => GiveBack::Head,
-            "orphaned" => GiveBack::Orphaned,
+        let mut reply = reply.into_iter();
+        let (outcome, entry, reason) = (reply.next(), reply.next(), reply.next());
+        let outcome = match outcome.as_deref() {
+            Some("head") => GiveBack::Head,
+            Some("orphaned") => GiveBack::Orphaned(reason.unwrap_or_default()),
             _ => GiveBack::NothingPending,
         };
         let name = entry
@@ -431,6 +435,7 @@ impl Store {
             .arg(&entry.name)
             .arg(serde_json::to_string(entry)?)
             .arg(&entry.zone)
+            .arg(now_ms())
             .invoke_async(&mut self.conn.clone())
             .await?)
     }

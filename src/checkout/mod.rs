@@ -21,6 +21,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use backon::{ExponentialBuilder, Retryable};
 use lapin::options::QueueDeclareOptions;
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
 use serde_json::json;
@@ -150,8 +151,7 @@ impl Checkout {
     pub async fn handle(&self, message: Incoming) -> Outcome {
         let received = now_ms();
         let props = &message.properties;
-        let (Some(reply_to), Some(identity)) = (props.reply_to().clone(), request::identity(props))
-        else {
+        let Some(reply_to) = props.reply_to().clone() else {
             tracing::warn!(
                 bytes = message.data.len(),
                 "checkout request without reply_to: dead-lettered, nothing popped"
@@ -159,6 +159,17 @@ impl Checkout {
             return Outcome::NoReplyTo;
         };
         let reply_to = reply_to.as_str();
+        let Some(identity) = request::identity(props) else {
+            let why = "a request needs a correlation_id or a message_id, unique per request";
+            return self
+                .refuse(
+                    reply_to,
+                    props,
+                    Code::BadRequest,
+                    format!("bad request: {why}"),
+                )
+                .await;
+        };
         let request = match request::parse(&message.data) {
             Ok(request) => request,
             Err(why) => {
@@ -175,7 +186,9 @@ impl Checkout {
         };
         let pool = &request.pool;
         let deadline = request::deadline(props, received);
-        let give_up_at = deadline.max(received + request::DEFAULT_BUDGET_MS) + LEASE_GRACE_MS;
+        let give_up_at = deadline
+            .max(received + request::DEFAULT_BUDGET_MS)
+            .saturating_add(LEASE_GRACE_MS);
 
         let found = (|| self.store.checkout(&identity, pool, received, deadline, give_up_at))
             .retry(redis_retry(deadline))
@@ -282,9 +295,20 @@ impl Checkout {
             }
         }
 
+        // The reply reached the broker: from here the request is never requeued (a redelivery
+        // could find the requester gone and orphan a VM in use). Settling is retried for as
+        // long as the lease is guaranteed to stay pending.
         let keep_until = now_ms() + self.ctx.config.max_handout_age.as_millis() as u64;
+        let budget = give_up_at.saturating_sub(now_ms() + 1_000);
         let settled = (|| self.store.settle(&identity, keep_until))
-            .retry(redis_retry(now_ms() + 10_000))
+            .retry(
+                ExponentialBuilder::default()
+                    .with_jitter()
+                    .with_min_delay(Duration::from_millis(50))
+                    .with_max_delay(Duration::from_secs(5))
+                    .with_total_delay(Some(Duration::from_millis(budget)))
+                    .without_max_times(),
+            )
             .when(is_transient)
             .await;
         match settled {
@@ -292,10 +316,8 @@ impl Checkout {
             Ok(false) => {
                 tracing::error!(%pool, vm = %vm.name, "lease was swept before its reply was confirmed; the VM is recorded as an orphan although it was handed out")
             }
-            // The lease stays pending: a redelivery gets the same VM, else it becomes an orphan.
             Err(error) => {
-                tracing::warn!(%error, %pool, vm = %vm.name, "could not settle the lease");
-                return Outcome::ReplyFailed;
+                tracing::error!(%error, %pool, vm = %vm.name, "handed out, but the lease could not be settled: it will be swept into orphaned")
             }
         }
         self.event(
@@ -327,7 +349,10 @@ impl Checkout {
         }
         let fresh = props
             .timestamp()
-            .is_some_and(|sent| (now / 1000).saturating_sub(sent) <= FRESH_SECS);
+            // A timestamp from the future (a skewed clock) proves nothing.
+            .is_some_and(|sent| {
+                sent <= now / 1000 + 1 && now / 1000 - sent.min(now / 1000) <= FRESH_SECS
+            });
         if fresh && !message.redelivered {
             return false;
         }
@@ -359,8 +384,19 @@ impl Checkout {
                 false
             }
             Err(error) => {
-                tracing::info!(%error, "direct reply-to requester is gone");
-                true
+                // Only the broker's "no such reply-to" proves the requester gone; any other error
+                // (our own connection failing) proves nothing: carry on and let the reply tell.
+                let gone = matches!(
+                    error.kind(),
+                    lapin::ErrorKind::ProtocolError(e)
+                        if *e.kind() == AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)
+                );
+                if gone {
+                    tracing::info!(%error, "direct reply-to requester is gone");
+                } else {
+                    tracing::warn!(%error, "presence probe failed; replying anyway");
+                }
+                gone
             }
         }
     }
@@ -370,9 +406,9 @@ impl Checkout {
             .retry(redis_retry(now_ms() + 10_000))
             .when(is_transient)
             .await;
-        let (instance, to) = match outcome {
-            Ok((GiveBack::Head, vm)) => (vm, "pool"),
-            Ok((GiveBack::Orphaned, vm)) => (vm, "orphaned"),
+        let (instance, key, reason) = match outcome {
+            Ok((GiveBack::Head, vm)) => (vm, "instance.returned", "requester_gone".to_string()),
+            Ok((GiveBack::Orphaned(reason), vm)) => (vm, "instance.orphaned", reason),
             Ok((GiveBack::NothingPending, _)) => return Outcome::RequesterGone,
             // The lease stays pending and is swept into orphaned after its deadline.
             Err(error) => {
@@ -380,12 +416,7 @@ impl Checkout {
                 return Outcome::RequesterGone;
             }
         };
-        tracing::info!(%pool, %instance, to, "VM given back: no reply of this delivery reached anyone");
-        let (key, reason) = match (to, disposal) {
-            ("pool", _) => ("instance.returned", "requester_gone"),
-            (_, Disposal::Head) => ("instance.orphaned", "pool_deleted"),
-            (_, Disposal::Orphan(reason)) => ("instance.orphaned", reason),
-        };
+        tracing::info!(%pool, %instance, key, %reason, "VM given back: no reply of this delivery reached anyone");
         let body = json!({"pool": pool.to_string(), "instance": instance, "reason": reason});
         self.event(key, body).await;
         Outcome::RequesterGone

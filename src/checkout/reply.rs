@@ -5,7 +5,7 @@ use serde::Serialize;
 use crate::pool::{PoolEntry, short_zone};
 
 /// A successful checkout: exactly the fields the travis worker reads, zone always short.
-#[derive(Debug, Serialize)]
+#[derive(Serialize)]
 pub struct Vm<'a> {
     pub name: &'a str,
     pub zone: &'a str,

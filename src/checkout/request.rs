@@ -114,15 +114,14 @@ fn kind(value: &Value) -> &'static str {
 
 /// The request's identity: the same for every delivery of one request, different between
 /// requests. The message id if the requester set one, else its reply address and correlation id.
+/// `None` without `reply_to`, or without both `message_id` and `correlation_id` (a reply
+/// address alone is shared by every request of a channel: two requests would share a VM).
 pub fn identity(properties: &BasicProperties) -> Option<String> {
     if let Some(id) = properties.message_id() {
         return Some(format!("m:{id}"));
     }
     let reply_to = properties.reply_to().as_ref()?;
-    let correlation = properties
-        .correlation_id()
-        .as_ref()
-        .map_or("", |c| c.as_str());
+    let correlation = properties.correlation_id().as_ref()?;
     Some(format!("r:{reply_to}|{correlation}"))
 }
 
@@ -143,7 +142,8 @@ pub fn deadline(properties: &BasicProperties, received_ms: u64) -> u64 {
             _ => None,
         });
     if let Some(deadline) = header {
-        return deadline;
+        // Clamp: a deadline further than an hour away is not a deadline.
+        return deadline.min(received_ms.saturating_add(3_600_000));
     }
     let expiration = properties
         .expiration()
@@ -223,5 +223,12 @@ mod tests {
         headers.insert(DEADLINE_HEADER.into(), AMQPValue::LongLongInt(42));
         let props = props.with_headers(headers);
         assert_eq!(deadline(&props, 99_000), 42);
+        let mut headers = lapin::types::FieldTable::default();
+        headers.insert(
+            DEADLINE_HEADER.into(),
+            AMQPValue::LongString("18446744073709551615".into()),
+        );
+        let props = BasicProperties::default().with_headers(headers);
+        assert_eq!(deadline(&props, 1_000), 3_601_000, "clamped, no overflow");
     }
 }

@@ -163,6 +163,7 @@ impl Reconciler {
             .targets()
             .await?
             .into_iter()
+            .filter(|(pool, _)| pool.parse::<PoolName>().is_ok())
             .filter_map(|(pool, target)| Some((pool, crate::pool::parse_target(&target)?)))
             .collect();
         // Pool lists, including those whose target was removed behind warmer's back.

@@ -10,14 +10,24 @@ use crate::store::Orphan;
 /// cloud's list may lag behind a fresh VM.
 pub const FRESH_GRACE_SECS: u64 = 60;
 
-/// A warmed VM in a pool list.
-#[derive(Debug, Clone, PartialEq)]
+/// A warmed VM in a pool list. `Debug` leaves the stored entry (and its key) out.
+#[derive(Clone, PartialEq)]
 pub struct ReadyVm {
     /// The entry exactly as stored (needed to remove it atomically).
     pub raw: String,
     pub name: String,
     pub zone: String,
     pub booted_at: Option<u64>,
+}
+
+impl std::fmt::Debug for ReadyVm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadyVm")
+            .field("name", &self.name)
+            .field("zone", &self.zone)
+            .field("booted_at", &self.booted_at)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A lease: a VM taken for a request, pending its reply or handed out.

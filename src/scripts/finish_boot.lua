@@ -3,9 +3,9 @@
 --
 -- KEYS[1] poolconfigs hash   KEYS[2] the pool's list   KEYS[3] the pool's booting zset
 -- KEYS[4] orphaned list
--- ARGV[1] pool name   ARGV[2] VM name   ARGV[3] pool entry (JSON)   ARGV[4] zone
+-- ARGV[1] pool name   ARGV[2] VM name   ARGV[3] pool entry (JSON)   ARGV[4] zone   ARGV[5] now (ms)
 --
--- Invariant: the VM is pushed only if it still held its reservation and the pool still wants
+-- Invariant: the VM is pushed only if it still held an unexpired reservation and the pool wants
 -- it (the target may have been lowered, or the pool deleted, while it booted); otherwise it is
 -- recorded in orphaned, to be deleted. Either way it is never unaccounted for.
 -- Returns "ready", "expired", "no_pool" or "surplus".
@@ -13,7 +13,10 @@ local function orphan(reason)
   redis.call('RPUSH', KEYS[4], cjson.encode({name = ARGV[2], zone = ARGV[4], reason = reason}))
   return reason
 end
-if redis.call('ZREM', KEYS[3], ARGV[2]) == 0 then
+-- A reservation past its expiry no longer protects the VM: the reconciler may have deleted it.
+local expires = tonumber(redis.call('ZSCORE', KEYS[3], ARGV[2]))
+redis.call('ZREM', KEYS[3], ARGV[2])
+if not expires or expires < tonumber(ARGV[5]) then
   return orphan('expired')
 end
 local target = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))

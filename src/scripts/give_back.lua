@@ -3,13 +3,14 @@
 -- or if the VM must not be reused.
 --
 -- KEYS[1] poolconfigs hash   KEYS[2] the pool's list   KEYS[3] leases hash
--- KEYS[4] lease deadlines zset   KEYS[5] orphaned list
+-- KEYS[4] lease deadlines zset   KEYS[5] orphaned list   KEYS[6] the pool's booting zset
 -- ARGV[1] request identity   ARGV[2] pool name   ARGV[3] "head", or the reason why the VM
 -- must not be reused (an unreadable entry; a reply from an earlier delivery may have reached
 -- the requester)
 --
--- Only a pending lease is given back: a handed-out VM is never returned to a pool.
--- Returns {"head", entry}, {"orphaned", entry} or {"none"}.
+-- Only a pending lease is given back: a handed-out VM is never returned to a pool, nor one the
+-- pool no longer has room for (a replacement may be booting already: ready + booting <= target).
+-- Returns {"head", entry}, {"orphaned", entry, reason} or {"none"}.
 local raw = redis.call('HGET', KEYS[3], ARGV[1])
 if not raw then
   return {'none'}
@@ -20,13 +21,17 @@ if lease.state ~= 'pending' then
 end
 redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
-if ARGV[3] == 'head' and redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1 then
-  redis.call('LPUSH', KEYS[2], lease.entry)
-  return {'head', lease.entry}
-end
 local reason = ARGV[3]
 if reason == 'head' then
-  reason = 'pool_deleted'
+  local target = tonumber(redis.call('HGET', KEYS[1], ARGV[2]))
+  if not target then
+    reason = 'pool_deleted'
+  elseif redis.call('LLEN', KEYS[2]) + redis.call('ZCARD', KEYS[6]) >= target then
+    reason = 'surplus'
+  else
+    redis.call('LPUSH', KEYS[2], lease.entry)
+    return {'head', lease.entry}
+  end
 end
 local ok, vm = pcall(cjson.decode, lease.entry)
 if ok and type(vm) == 'table' then
@@ -34,4 +39,4 @@ if ok and type(vm) == 'table' then
 else
   redis.call('RPUSH', KEYS[5], lease.entry)
 end
-return {'orphaned', lease.entry}
+return {'orphaned', lease.entry, reason}

@@ -634,3 +634,98 @@ async fn a_redelivered_request_whose_requester_left_has_its_vm_deleted_not_reuse
     );
     assert_eq!(app.orphaned().await, ["maybe-delivered"]);
 }
+
+#[tokio::test]
+async fn a_request_without_any_id_is_refused_as_it_could_share_a_vm() {
+    let app = spawn_app().await;
+    app.seed(POOL, 1, &[vm("kept")]).await;
+    let mut requester = app.requester().await;
+    // Without message_id and correlation_id, every request of this channel would look alike.
+    let properties = BasicProperties::default().with_reply_to(warmer::amqp::DIRECT_REPLY_TO.into());
+    requester
+        .publish(TRAVIS_REQUEST.as_bytes(), properties)
+        .await;
+
+    let reply = within("the refusal", async {
+        let delivery = futures_lite::StreamExt::next(requester.replies_mut())
+            .await
+            .unwrap()
+            .unwrap();
+        serde_json::from_slice::<Value>(&delivery.data).unwrap()
+    })
+    .await;
+
+    assert_eq!(reply["code"], "bad_request");
+    assert!(reply["error"].as_str().unwrap().contains("correlation_id"));
+    assert_eq!(app.pool_vms(POOL).await, ["kept"]);
+}
+
+#[tokio::test]
+async fn a_given_back_vm_does_not_push_its_pool_over_target() {
+    let app = spawn_app().await;
+    app.seed(POOL, 1, &[vm("popped")]).await;
+    let pool: PoolName = POOL.parse().unwrap();
+    // While the request is served, its replacement has started booting.
+    let _: () = redis::cmd("ZADD")
+        .arg(app.names.booting(&pool))
+        .arg(now_ms() + 60_000)
+        .arg("replacement")
+        .query_async(&mut app.redis.clone())
+        .await
+        .unwrap();
+    let channel = app.amqp.create_channel().await.unwrap();
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_delete(queue.name().clone(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    let requester = app.requester().await;
+    let mut orphaned = app.listen("instance.orphaned").await;
+
+    requester
+        .publish(
+            TRAVIS_REQUEST.as_bytes(),
+            Requester::properties().with_reply_to(queue.name().clone()),
+        )
+        .await;
+
+    let event = orphaned.next().await;
+    assert_eq!(event["instance"], "popped");
+    assert_eq!(event["reason"], "surplus");
+    assert!(
+        app.pool_vms(POOL).await.is_empty(),
+        "ready + booting stays at the target"
+    );
+}
+
+#[tokio::test]
+async fn a_timestamp_from_the_future_does_not_skip_the_presence_probe() {
+    let mut app = spawn_app_without_consumer().await;
+    app.seed(POOL, 1, &[vm("oldest")]).await;
+    {
+        let quitter = app.requester().await;
+        quitter
+            .publish(
+                TRAVIS_REQUEST.as_bytes(),
+                Requester::properties().with_timestamp(now_ms() / 1000 + 600),
+            )
+            .await;
+        quitter.channel.close(200, "gave up".into()).await.unwrap();
+    }
+    let mut returned = app.listen("instance.returned").await;
+
+    app.start_consumer().await;
+
+    assert_eq!(returned.next().await["instance"], "oldest");
+    assert_eq!(app.pool_vms(POOL).await, ["oldest"]);
+}

@@ -460,6 +460,11 @@ impl Requester {
         self.reply_to(correlation.as_str()).await
     }
 
+    /// The raw reply stream.
+    pub fn replies_mut(&mut self) -> &mut lapin::Consumer {
+        &mut self.replies
+    }
+
     /// Waits for the reply carrying `correlation`.
     pub async fn reply_to(&mut self, correlation: &str) -> Value {
         within("a checkout reply", async {
