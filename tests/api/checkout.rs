@@ -3,7 +3,6 @@
 use std::collections::HashSet;
 
 use lapin::BasicProperties;
-use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use serde_json::{Value, json};
 use warmer::pool::PoolName;
@@ -455,30 +454,15 @@ async fn a_request_past_its_deadline_pops_nothing() {
 async fn a_reply_queue_that_is_gone_sends_the_vm_back_to_the_head() {
     let app = spawn_app().await;
     app.seed(POOL, 2, &[vm("oldest"), vm("younger")]).await;
-    let channel = app.amqp.create_channel().await.unwrap();
     // An ordinary reply queue that existed when the request was sent, and is gone now.
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_delete(queue.name().clone(), QueueDeleteOptions::default())
-        .await
-        .unwrap();
+    let queue = app.vanished_queue().await;
     let mut requester = app.requester().await;
     let mut returned = app.listen("instance.returned").await;
 
     requester
         .publish(
             TRAVIS_REQUEST.as_bytes(),
-            Requester::properties().with_reply_to(queue.name().clone()),
+            Requester::properties().with_reply_to(queue.clone()),
         )
         .await;
     let event = returned.next().await;
@@ -673,29 +657,15 @@ async fn a_given_back_vm_does_not_push_its_pool_over_target() {
         .query_async(&mut app.redis.clone())
         .await
         .unwrap();
-    let channel = app.amqp.create_channel().await.unwrap();
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_delete(queue.name().clone(), QueueDeleteOptions::default())
-        .await
-        .unwrap();
+    // An ordinary reply queue that existed when the request was sent, and is gone now.
+    let queue = app.vanished_queue().await;
     let requester = app.requester().await;
     let mut orphaned = app.listen("instance.orphaned").await;
 
     requester
         .publish(
             TRAVIS_REQUEST.as_bytes(),
-            Requester::properties().with_reply_to(queue.name().clone()),
+            Requester::properties().with_reply_to(queue.clone()),
         )
         .await;
 

@@ -325,6 +325,38 @@ impl TestApp {
         Listener::bind(&self.amqp, &self.names.events_exchange(), routing_key).await
     }
 
+    /// The name of a reply queue that existed and is gone.
+    pub async fn vanished_queue(&self) -> lapin::types::ShortString {
+        let channel = self.amqp.create_channel().await.unwrap();
+        let options = QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        };
+        let queue = channel
+            .queue_declare("".into(), options, FieldTable::default())
+            .await
+            .unwrap();
+        channel
+            .queue_delete(queue.name().clone(), QueueDeleteOptions::default())
+            .await
+            .unwrap();
+        queue.name().clone()
+    }
+
+    /// The next message waiting in the refill queue (a fill command), taken off it.
+    pub async fn take_refill_message(&self) -> Value {
+        let channel = self.amqp.create_channel().await.unwrap();
+        let message = channel
+            .basic_get(
+                self.names.refill_queue().as_str().into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap()
+            .expect("a message in the refill queue");
+        serde_json::from_slice(&message.delivery.data).unwrap()
+    }
+
     /// Listens to the dead-letter queue.
     pub async fn dead_letters(&self) -> lapin::Consumer {
         let channel = self.amqp.create_channel().await.unwrap();

@@ -51,19 +51,10 @@ async fn a_fill_command_reaches_the_refill_queue() {
         .unwrap();
     operator::fill(&app.ctx, None, None).await.unwrap();
 
-    let channel = app.amqp.create_channel().await.unwrap();
-    let mut bodies = Vec::new();
-    for _ in 0..2 {
-        let message = channel
-            .basic_get(
-                app.names.refill_queue().as_str().into(),
-                lapin::options::BasicGetOptions { no_ack: true },
-            )
-            .await
-            .unwrap()
-            .expect("a fill command");
-        bodies.push(serde_json::from_slice::<serde_json::Value>(&message.delivery.data).unwrap());
-    }
+    let bodies = [
+        app.take_refill_message().await,
+        app.take_refill_message().await,
+    ];
     assert_eq!(
         bodies[0],
         json!({"command": "fill", "pool": POOL, "token": "tok"})

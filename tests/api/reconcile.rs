@@ -232,16 +232,7 @@ async fn a_pool_below_target_with_nothing_booting_gets_a_fill() {
         .await
         .unwrap();
 
-    let channel = app.amqp.create_channel().await.unwrap();
-    let message = channel
-        .basic_get(
-            app.names.refill_queue().as_str().into(),
-            lapin::options::BasicGetOptions { no_ack: true },
-        )
-        .await
-        .unwrap()
-        .expect("a fill command");
-    let command: Value = serde_json::from_slice(&message.delivery.data).unwrap();
+    let command = app.take_refill_message().await;
     assert_eq!(command["command"], "fill");
     assert_eq!(command["pool"], POOL);
 }
