@@ -699,3 +699,66 @@ async fn a_timestamp_from_the_future_does_not_skip_the_presence_probe() {
     assert_eq!(returned.next().await["instance"], "oldest");
     assert_eq!(app.pool_vms(POOL).await, ["oldest"]);
 }
+
+#[tokio::test]
+async fn a_request_really_redelivered_after_its_consumer_died_gets_the_vm_of_its_lease() {
+    let mut app = spawn_app_without_consumer().await;
+    app.seed(POOL, 2, &[vm("leased"), vm("other")]).await;
+    let mut requester = app.requester().await;
+    let properties = Requester::properties().with_message_id("real-redelivery".into());
+    let correlation = properties.correlation_id().clone().unwrap();
+    requester
+        .publish(TRAVIS_REQUEST.as_bytes(), properties)
+        .await;
+    // A consumer takes the request, pops its VM, and dies (its channel closes) without replying.
+    let channel = app.amqp.create_channel().await.unwrap();
+    let mut doomed = channel
+        .basic_consume(
+            app.names.checkout_queue().as_str().into(),
+            "doomed".into(),
+            lapin::options::BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let delivery = within(
+        "the first delivery",
+        futures_lite::StreamExt::next(&mut doomed),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(!delivery.redelivered);
+    let identity = warmer::checkout::request::identity(&delivery.properties).unwrap();
+    let now = now_ms();
+    let popped = app
+        .ctx
+        .store
+        .checkout(
+            &identity,
+            &POOL.parse().unwrap(),
+            now,
+            now + 30_000,
+            now + 60_000,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(popped, store::Checkout::Popped(_)));
+    channel.close(200, "died".into()).await.unwrap();
+
+    app.start_consumer().await;
+
+    assert_eq!(
+        requester.reply_to(correlation.as_str()).await["name"],
+        "leased"
+    );
+    assert_eq!(
+        app.pool_vms(POOL).await,
+        ["other"],
+        "no second VM was taken"
+    );
+    assert_eq!(
+        app.leases().await["m:real-redelivery"],
+        ("leased".to_string(), "handed".to_string())
+    );
+}
