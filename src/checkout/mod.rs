@@ -159,19 +159,13 @@ impl Checkout {
             return Outcome::NoReplyTo;
         };
         let reply_to = reply_to.as_str();
-        let Some(identity) = request::identity(props) else {
-            let why = "a request needs a correlation_id or a message_id, unique per request";
-            return self
-                .refuse(
-                    reply_to,
-                    props,
-                    Code::BadRequest,
-                    format!("bad request: {why}"),
-                )
-                .await;
-        };
-        let request = match request::parse(&message.data) {
-            Ok(request) => request,
+        let parsed = request::identity(props)
+            .ok_or_else(|| {
+                "a request needs a correlation_id or a message_id, unique per request".to_string()
+            })
+            .and_then(|identity| Ok((identity, request::parse(&message.data)?)));
+        let (identity, request) = match parsed {
+            Ok(parsed) => parsed,
             Err(why) => {
                 tracing::info!(%why, "bad checkout request");
                 return self

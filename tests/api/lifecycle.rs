@@ -38,6 +38,15 @@ pub fn signal(child: &Child, signal: &str) {
     assert!(status.success());
 }
 
+/// Sends SIGTERM and waits for the exit, which must come within 25 s (SPEC §4.6).
+async fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    signal(child, "TERM");
+    tokio::time::timeout(Duration::from_secs(25), child.wait())
+        .await
+        .expect("exited within 25 s")
+        .unwrap()
+}
+
 #[tokio::test]
 async fn sigterm_stops_consuming_and_exits_zero() {
     let app = spawn_app_without_consumer().await;
@@ -47,11 +56,7 @@ async fn sigterm_stops_consuming_and_exits_zero() {
     // It serves before the signal...
     assert_eq!(app.checkout().await["name"], "vm-1");
 
-    signal(&child, "TERM");
-    let status = tokio::time::timeout(Duration::from_secs(25), child.wait())
-        .await
-        .expect("exited within 25 s")
-        .unwrap();
+    let status = terminate(&mut child).await;
 
     assert!(status.success(), "exit status {status:?}");
     // ...and consumes nothing after it: a new request waits in the queue.
@@ -99,11 +104,7 @@ async fn sigterm_stops_a_refill_process_with_exit_zero() {
     app.fill(POOL).await;
     booted.next().await;
 
-    signal(&child, "TERM");
-    let status = tokio::time::timeout(Duration::from_secs(25), child.wait())
-        .await
-        .expect("exited within 25 s")
-        .unwrap();
+    let status = terminate(&mut child).await;
 
     assert!(status.success(), "exit status {status:?}");
 }
