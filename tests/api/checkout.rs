@@ -745,6 +745,7 @@ async fn a_request_really_redelivered_after_its_consumer_died_gets_the_vm_of_its
         .unwrap();
     assert!(matches!(popped, store::Checkout::Popped(_)));
     channel.close(200, "died".into()).await.unwrap();
+    app.wait_for_no_consumers(&app.names.checkout_queue()).await;
 
     app.start_consumer().await;
 

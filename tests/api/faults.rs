@@ -58,6 +58,15 @@ async fn a_consumer_killed_mid_flight_hands_no_vm_twice_and_leaks_none() {
         }
     }
 
+    // A requester may have its reply before the survivor has settled the redelivery of its
+    // request: wait until no lease is still pending (popped, reply not yet settled).
+    within("the redeliveries to settle", async {
+        while app.leases().await.values().any(|(_, state)| state == "pending") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
     // At most once: distinct requests got distinct VMs.
     let handed: HashSet<&String> = by_request.values().collect();
     assert_eq!(handed.len(), by_request.len(), "a VM went to two requests");
@@ -103,12 +112,7 @@ async fn rabbitmq_going_away_and_coming_back_is_survived() {
     assert_eq!(app.checkout().await["name"], "before");
 
     proxy.cut();
-    within("the consumer to be gone", async {
-        while app.queue_counts(&app.names.checkout_queue()).await.1 != 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    app.wait_for_no_consumers(&app.names.checkout_queue()).await;
     // A request sent while warmer is disconnected waits in the queue.
     let mut requester = app.requester().await;
     let properties = Requester::properties();

@@ -193,11 +193,20 @@ impl TestApp {
 
     /// Waits until `n` consumers are attached to `queue`.
     pub async fn wait_for_queue_consumers(&self, queue: &str, n: u32) {
-        within("consumers", async {
-            loop {
-                if self.queue_counts(queue).await.1 >= n {
-                    return;
-                }
+        self.wait_for_consumer_count("consumers", queue, |count| count >= n)
+            .await
+    }
+
+    /// Waits until no consumer is attached to `queue`. A quorum queue learns of a closed
+    /// channel asynchronously, so a count taken right after a close can still include it.
+    pub async fn wait_for_no_consumers(&self, queue: &str) {
+        self.wait_for_consumer_count("no consumers", queue, |count| count == 0)
+            .await
+    }
+
+    async fn wait_for_consumer_count(&self, what: &str, queue: &str, done: impl Fn(u32) -> bool) {
+        within(what, async {
+            while !done(self.queue_counts(queue).await.1) {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
@@ -231,6 +240,9 @@ impl TestApp {
                 .expect("consumer task")
                 .expect("consumer returned Ok");
         }
+        self.wait_for_no_consumers(&self.names.checkout_queue())
+            .await;
+        self.wait_for_no_consumers(&self.names.refill_queue()).await;
     }
 
     /// Creates the pool with `target` and pushes `vms` (oldest first).
