@@ -61,7 +61,12 @@ async fn a_consumer_killed_mid_flight_hands_no_vm_twice_and_leaks_none() {
     // A requester may have its reply before the survivor has settled the redelivery of its
     // request: wait until no lease is still pending (popped, reply not yet settled).
     within("the redeliveries to settle", async {
-        while app.leases().await.values().any(|(_, state)| state == "pending") {
+        while app
+            .leases()
+            .await
+            .values()
+            .any(|(_, state)| state == "pending")
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
