@@ -58,6 +58,64 @@ impl Scenario {
 struct Sample {
     latencies: Vec<Duration>,
     elapsed: Duration,
+    /// CPU ticks spent during the measured run by RabbitMQ, Redis and this process.
+    cpu: Cpu,
+}
+
+/// CPU time (clock ticks, `/proc/<pid>/stat` utime + stime) of the processes under load.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    broker: u64,
+    redis: u64,
+    bench: u64,
+}
+
+impl Cpu {
+    fn now() -> Self {
+        let of = |comm: &str| -> u64 {
+            let Ok(dir) = std::fs::read_dir("/proc") else {
+                return 0;
+            };
+            dir.flatten()
+                .filter(|e| {
+                    std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == comm)
+                })
+                .map(|e| ticks(&e.path().join("stat")))
+                .sum()
+        };
+        Cpu {
+            broker: of("beam.smp"),
+            redis: of("redis-server"),
+            bench: ticks(std::path::Path::new("/proc/self/stat")),
+        }
+    }
+
+    fn since(self, start: Cpu) -> Cpu {
+        Cpu {
+            broker: self.broker.saturating_sub(start.broker),
+            redis: self.redis.saturating_sub(start.redis),
+            bench: self.bench.saturating_sub(start.bench),
+        }
+    }
+}
+
+/// utime + stime of one `/proc/<pid>/stat` (fields 14 and 15; the command name may hold spaces,
+/// so count from the closing parenthesis).
+fn ticks(stat: &std::path::Path) -> u64 {
+    let Ok(text) = std::fs::read_to_string(stat) else {
+        return 0;
+    };
+    let Some((_, rest)) = text.rsplit_once(')') else {
+        return 0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
 }
 
 #[tokio::main]
@@ -68,7 +126,11 @@ async fn main() -> anyhow::Result<()> {
     let amqp = Connection::connect(AMQP_URL, ConnectionProperties::default()).await?;
 
     let mut table = Vec::new();
-    for concurrency in [1usize, 32] {
+    let concurrencies: Vec<usize> = match std::env::var("BENCH_CONCURRENCY") {
+        Ok(only) => vec![only.parse()?],
+        Err(_) => vec![1, 32],
+    };
+    for concurrency in concurrencies {
         let requests = if concurrency == 1 { total / 4 } else { total };
         let mut results: Vec<(Scenario, Vec<Sample>)> = [
             Scenario::Baseline,
@@ -87,13 +149,16 @@ async fn main() -> anyhow::Result<()> {
         for (scenario, samples) in &results {
             let s = summarize(samples);
             table.push(format!(
-                "| {} | {concurrency} | {:.2} | {:.2} | {:.0} | {:.2}× | {:.2}× |",
+                "| {} | {concurrency} | {:.2} | {:.2} | {:.0} | {:.2}× | {:.2}× | {:.0} / {:.0} / {:.0} |",
                 scenario.label(),
                 s.p50_ms,
                 s.p99_ms,
                 s.throughput,
                 s.p50_ms / baseline.p50_ms,
                 s.throughput / baseline.throughput,
+                s.cpu_us[0],
+                s.cpu_us[1],
+                s.cpu_us[2],
             ));
         }
     }
@@ -102,9 +167,9 @@ async fn main() -> anyhow::Result<()> {
         total / 4
     );
     println!(
-        "| scenario | concurrent requesters | p50 ms | p99 ms | checkouts/s | p50 vs baseline | throughput vs baseline |"
+        "| scenario | concurrent requesters | p50 ms | p99 ms | checkouts/s | p50 vs baseline | throughput vs baseline | CPU µs per checkout: RabbitMQ / Redis / bench process |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for row in table {
         println!("{row}");
     }
@@ -122,7 +187,12 @@ struct Summary {
     p50_ms: f64,
     p99_ms: f64,
     throughput: f64,
+    /// CPU µs per checkout: RabbitMQ, Redis, this process (requesters and consumer).
+    cpu_us: [f64; 3],
 }
+
+/// Linux's USER_HZ: `/proc` counts CPU time in hundredths of a second.
+const TICK_US: f64 = 10_000.0;
 
 fn summarize(samples: &[Sample]) -> Summary {
     let median = |mut values: Vec<f64>| {
@@ -144,6 +214,14 @@ fn summarize(samples: &[Sample]) -> Summary {
                 .map(|s| s.latencies.len() as f64 / s.elapsed.as_secs_f64())
                 .collect(),
         ),
+        cpu_us: [|c: Cpu| c.broker, |c: Cpu| c.redis, |c: Cpu| c.bench].map(|of| {
+            median(
+                samples
+                    .iter()
+                    .map(|s| of(s.cpu) as f64 * TICK_US / s.latencies.len() as f64)
+                    .collect(),
+            )
+        }),
     }
 }
 
@@ -187,7 +265,9 @@ async fn run(
     // Warm-up, then the measured run.
     load(&amqp, &names, concurrency, warmup, with_timestamp).await?;
     let started = Instant::now();
+    let cpu = Cpu::now();
     let latencies = load(&amqp, &names, concurrency, requests, with_timestamp).await?;
+    let cpu = Cpu::now().since(cpu);
     let elapsed = started.elapsed();
 
     trigger.fire();
@@ -212,7 +292,11 @@ async fn run(
     if !keys.is_empty() {
         let _: () = redis.del(keys).await?;
     }
-    Ok(Sample { latencies, elapsed })
+    Ok(Sample {
+        latencies,
+        elapsed,
+        cpu,
+    })
 }
 
 async fn wait_for_consumer(amqp: &Connection, names: &Names) -> anyhow::Result<()> {

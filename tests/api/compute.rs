@@ -51,6 +51,8 @@ pub struct State {
     /// The next `setLabels` finds its fingerprint stale (as if someone else changed labels).
     pub stale_fingerprint_once: bool,
     pub set_labels_calls: usize,
+    /// Listings started (first pages of `aggregated/instances`): one per reconcile pass.
+    pub listings: usize,
     next_ip: u32,
 }
 
@@ -468,7 +470,10 @@ async fn wait(state: &Arc<Mutex<State>>, name: &str) -> Response<Full<Bytes>> {
 }
 
 fn aggregated(state: &Arc<Mutex<State>>, query: &HashMap<String, String>) -> Response<Full<Bytes>> {
-    let state = state.lock().unwrap();
+    let mut state = state.lock().unwrap();
+    if !query.contains_key("pageToken") {
+        state.listings += 1;
+    }
     let filter = query
         .get("filter")
         .cloned()

@@ -352,8 +352,16 @@ async fn only_one_reconciler_is_active_and_another_takes_over_when_it_dies() {
     })
     .await;
     let index = owners.iter().position(|o| *o == active).unwrap();
-    // Both keep running for a few intervals: the lock does not move.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Both keep running while the holder makes four more passes, one a second: longer than the
+    // lock's 3 s expiry, so the holder renews it, and the lock never moves meanwhile.
+    let passes = compute.with(|s| s.listings);
+    within("four more passes", async {
+        while compute.with(|s| s.listings) < passes + 4 {
+            assert_eq!(holder().await.as_deref(), Some(active.as_str()));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
     assert_eq!(holder().await.as_deref(), Some(active.as_str()));
 
     tasks[index].abort(); // killed: it cannot release its lock
