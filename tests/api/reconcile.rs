@@ -254,12 +254,15 @@ async fn the_brake_stops_boots_everywhere_and_releases_them() {
     assert_eq!(engaged.next().await["unaccounted"], 2);
     app.start_refill().await;
     app.fill(POOL).await;
-    within("the fill to be consumed", async {
+    within("the fill to be delivered", async {
         while app.queue_counts(&app.names.refill_queue()).await.0 != 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await;
+    // Stopping drains in-flight work: the fill has been handled, and acked (not requeued).
+    app.stop_consumers().await;
+    assert_eq!(app.queue_counts(&app.names.refill_queue()).await.0, 0);
     assert!(
         compute.with(|s| s.inserts.is_empty()),
         "no boot while the brake is on"
@@ -281,6 +284,7 @@ async fn the_brake_stops_boots_everywhere_and_releases_them() {
         s.instances.remove("leak-1");
         s.instances.remove("leak-2");
     });
+    app.start_refill().await;
     reconciler.pass(Some(&publisher)).await.unwrap(); // sees none: releases, and fills
     assert_eq!(released.next().await["unaccounted"], 0);
     booted.next().await;
