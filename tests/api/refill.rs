@@ -170,6 +170,9 @@ async fn three_refill_consumers_and_a_hundred_events_never_overshoot() {
     }
 
     app.wait_until_settled(POOL, 10).await;
+    // Every event handled (stopping drains in-flight work), none requeued: still exactly 10.
+    app.stop_consumers().await;
+    assert_eq!(app.queue_counts(&app.names.refill_queue()).await.0, 0);
     assert_eq!(
         compute.with(|s| s.inserts.len()),
         10,
