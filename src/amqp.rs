@@ -18,6 +18,7 @@ use lapin::options::{
     BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
     QueueBindOptions, QueueDeclareOptions,
 };
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use tokio::task::JoinSet;
@@ -226,6 +227,49 @@ impl Publisher {
     pub fn channel(&self) -> &Channel {
         &self.channel
     }
+}
+
+/// (ready messages, consumers) of each queue, by passive declare; `None` for a queue that does
+/// not exist. A missing queue closes the channel, so each queue gets its own.
+pub async fn queue_depths(
+    connection: &Connection,
+    queues: &[String],
+) -> anyhow::Result<Vec<Option<(u32, u32)>>> {
+    let mut depths = Vec::with_capacity(queues.len());
+    for queue in queues {
+        let channel = connection
+            .create_channel()
+            .await
+            .context("opening a channel")?;
+        let declared = channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        match declared {
+            Ok(q) => {
+                depths.push(Some((q.message_count(), q.consumer_count())));
+                let _ = channel.close(200, "ok".into()).await;
+            }
+            Err(error) if is_not_found(&error) => depths.push(None),
+            Err(error) => return Err(anyhow!(error).context(format!("declaring {queue}"))),
+        }
+    }
+    Ok(depths)
+}
+
+/// Whether the broker answered NOT_FOUND (no such queue or reply-to).
+pub fn is_not_found(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(e)
+            if *e.kind() == AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)
+    )
 }
 
 /// Properties of a persistent JSON message.

@@ -28,6 +28,9 @@ pub enum Command {
     /// deletes orphans and unaccounted VMs, evicts dead, stale and surplus VMs, and sets the
     /// safety brake. At most one is active; others stand by.
     Reconcile,
+    /// Serve HTTP on $PORT (default 8080): /health, /metrics (Prometheus) and HireFire's
+    /// /hirefire/<HIREFIRE_TOKEN>/info (ready messages per process type).
+    Web,
     /// Run the whole system in one process with the local (simulated) cloud, for trying warmer:
     /// creates an example pool if there is none.
     Dev,

@@ -1,5 +1,6 @@
-//! `warmer dev`: checkout, refill and reconcile in one process with the local provider, for trying warmer on
-//! one machine. Creates a small example pool when none exists.
+//! `warmer dev`: checkout, refill, reconcile and web in one process with the local provider, for
+//! trying warmer on one machine. Creates a small example pool when none exists. (`autoscale`
+//! needs Heroku, so it is not part of it.)
 
 use crate::cloud::{Cloud, local::Local};
 use crate::context::Context;
@@ -10,7 +11,7 @@ use crate::shutdown::Shutdown;
 pub const EXAMPLE_POOL: &str = "warmer-example-image:n1-standard-1";
 const EXAMPLE_TARGET: u32 = 3;
 
-/// Runs checkout, refill and reconcile with the local provider until `shutdown`.
+/// Runs checkout, refill, reconcile and web with the local provider until `shutdown`.
 pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
     let targets = ctx.store.targets().await?;
     if targets.is_empty() {
@@ -39,6 +40,7 @@ pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
     ));
     let reconcile =
         tokio::spawn(crate::reconcile::Reconciler::new(ctx.clone(), cloud).run(shutdown.clone()));
+    let web = tokio::spawn(crate::web::run(ctx.clone(), shutdown.clone()));
     // Fill every pool at start: the local cloud starts empty.
     crate::operator::fill(
         &ctx,
@@ -46,9 +48,10 @@ pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
         ctx.config.auth_tokens.first().map(|t| t.expose()),
     )
     .await?;
-    let (checkout, refill, reconcile) = tokio::join!(checkout, refill, reconcile);
+    let (checkout, refill, reconcile, web) = tokio::join!(checkout, refill, reconcile, web);
     checkout??;
     refill??;
     reconcile??;
+    web??;
     Ok(())
 }

@@ -5,7 +5,7 @@ use warmer::cli::{Cli, Command, PoolCommand};
 use warmer::cloud::Cloud;
 use warmer::config::Config;
 use warmer::context::Context;
-use warmer::{checkout, dev, operator, reconcile, refill, shutdown};
+use warmer::{checkout, dev, operator, reconcile, refill, shutdown, web};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -41,6 +41,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             reconcile::Reconciler::new(ctx, cloud)
                 .run(shutdown::on_signals()?)
                 .await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Web => {
+            web::run(ctx, shutdown::on_signals()?).await?;
             return Ok(ExitCode::SUCCESS);
         }
         Command::Dev => {

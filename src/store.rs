@@ -476,6 +476,16 @@ impl Store {
             .await
     }
 
+    /// Whether Redis answers.
+    pub async fn ping(&self) -> redis::RedisResult<()> {
+        redis::cmd("PING").query_async(&mut self.conn.clone()).await
+    }
+
+    /// How many VMs wait in `orphaned` for deletion.
+    pub async fn orphan_count(&self) -> redis::RedisResult<u64> {
+        self.conn.clone().llen(self.names.orphaned()).await
+    }
+
     /// The first `limit` entries of `orphaned`.
     pub async fn orphans(&self, limit: isize) -> redis::RedisResult<Vec<Orphan>> {
         let raw: Vec<String> = self

@@ -21,7 +21,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use backon::{ExponentialBuilder, Retryable};
 use lapin::options::QueueDeclareOptions;
-use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
 use serde_json::json;
@@ -380,11 +379,7 @@ impl Checkout {
             Err(error) => {
                 // Only the broker's "no such reply-to" proves the requester gone; any other error
                 // (our own connection failing) proves nothing: carry on and let the reply tell.
-                let gone = matches!(
-                    error.kind(),
-                    lapin::ErrorKind::ProtocolError(e)
-                        if *e.kind() == AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)
-                );
+                let gone = amqp::is_not_found(&error);
                 if gone {
                     tracing::info!(%error, "direct reply-to requester is gone");
                 } else {

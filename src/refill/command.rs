@@ -40,11 +40,8 @@ pub fn parse(body: &[u8], tokens: &[Secret]) -> Result<Work, String> {
         Some(Value::String(command)) if command == "fill" => {
             if !tokens.is_empty() {
                 let given = fields.get("token").and_then(Value::as_str);
-                let valid = given.is_some_and(|given| {
-                    tokens
-                        .iter()
-                        .any(|t| constant_time_eq(t.expose().as_bytes(), given.as_bytes()))
-                });
+                let valid =
+                    given.is_some_and(|given| tokens.iter().any(|t| t.matches(given.as_bytes())));
                 if !valid {
                     return Err("fill command without a valid token".into());
                 }
@@ -53,10 +50,6 @@ pub fn parse(body: &[u8], tokens: &[Secret]) -> Result<Work, String> {
         }
         Some(other) => Err(format!("unknown command {other}")),
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

@@ -185,6 +185,18 @@ impl TestApp {
             .await;
     }
 
+    /// Starts `warmer web` on a free port of this process; returns its base URL.
+    pub async fn start_web(&mut self) -> String {
+        if self.shutdown.is_triggered() {
+            (self.trigger, self.shutdown) = shutdown::channel();
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let serve = warmer::web::serve(self.ctx.clone(), listener, self.shutdown.clone());
+        self.consumers.push(tokio::spawn(serve));
+        url
+    }
+
     /// Waits until `n` consumers are attached to the checkout queue.
     pub async fn wait_for_consumers(&self, n: u32) {
         self.wait_for_queue_consumers(&self.names.checkout_queue(), n)

@@ -108,3 +108,31 @@ async fn sigterm_stops_a_refill_process_with_exit_zero() {
 
     assert!(status.success(), "exit status {status:?}");
 }
+
+#[tokio::test]
+async fn the_web_process_serves_port_and_exits_zero_on_sigterm() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut app = spawn_app_without_consumer().await;
+    app.env.insert("PORT".into(), port.to_string());
+    let mut child = spawn_process(&app, "web");
+    let health = format!("http://127.0.0.1:{port}/health");
+    within("warmer web to answer", async {
+        loop {
+            if let Ok(response) = reqwest::get(&health).await
+                && response.status() == 200
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+
+    let status = terminate(&mut child).await;
+
+    assert!(status.success(), "exit status {status:?}");
+}

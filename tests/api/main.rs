@@ -11,3 +11,4 @@ mod lifecycle;
 mod operator;
 mod reconcile;
 mod refill;
+mod web;

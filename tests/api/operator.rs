@@ -70,6 +70,7 @@ async fn warmer_dev_hands_out_a_vm_and_refills_the_pool() {
         &[
             ("WARMER_LOCAL_BOOT_DELAY", "100ms"),
             ("WARMER_RECONCILE_INTERVAL", "1"),
+            ("PORT", "0"), // its web server on any free port
         ],
     )
     .await;

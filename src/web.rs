@@ -1,0 +1,521 @@
+//! `warmer web`: HTTP on `$PORT` (SPEC §5) for whoever watches and scales warmer.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /health` | 200 when Redis and RabbitMQ answer, else 503; JSON naming each dependency |
+//! | `GET /metrics` | Prometheus text: every pool's target, ready, booting, handed out, oldest age; orphans; the brake; queue depths |
+//! | `GET /hirefire/<HIREFIRE_TOKEN>/info`, or `GET /hirefire` with header `HireFire-Token` | HireFire's job-queue format: ready messages per process type |
+//!
+//! Reads only: it declares nothing and changes nothing, so it can run anywhere. Without
+//! `HIREFIRE_TOKEN` the HireFire routes answer 404. Runs until SIGTERM, then stops accepting and
+//! lets open requests finish (at most [`DRAIN`]).
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::Mutex;
+use tokio::task::JoinSet;
+
+use crate::amqp;
+use crate::config::Secret;
+use crate::context::Context;
+use crate::shutdown::Shutdown;
+use crate::store::{PoolStatus, now_ms};
+
+/// How long open requests may take after SIGTERM.
+pub const DRAIN: Duration = Duration::from_secs(10);
+/// Each dependency check and query is bounded by this, so a scrape never hangs.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The process types whose queues HireFire scales by, and their queue names.
+fn scaled_queues(ctx: &Context) -> [(&'static str, String); 2] {
+    [
+        ("checkout", ctx.names.checkout_queue()),
+        ("refill", ctx.names.refill_queue()),
+    ]
+}
+
+/// The port when `PORT` is unset (Heroku always sets it).
+pub const DEFAULT_PORT: u16 = 8080;
+
+/// Binds `0.0.0.0:$PORT` and serves until `shutdown`.
+pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
+    let port = ctx.config.port.unwrap_or(DEFAULT_PORT);
+    let listener = TcpListener::bind(("0.0.0.0", port))
+        .await
+        .with_context(|| format!("binding PORT {port}"))?;
+    serve(ctx, listener, shutdown).await
+}
+
+/// Serves HTTP on `listener` until `shutdown`.
+pub async fn serve(ctx: Context, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
+    let address = listener.local_addr().context("reading the bound address")?;
+    tracing::info!(%address, "serving /health, /metrics and /hirefire");
+    let web = Arc::new(Web {
+        ctx,
+        amqp: Mutex::new(None),
+    });
+    let mut connections = JoinSet::new();
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.wait() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors and the like: wait rather than spin.
+                    tracing::warn!(%error, "accepting a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let web = web.clone();
+        connections.spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let web = web.clone();
+                async move { Ok::<_, Infallible>(web.respond(&request).await) }
+            });
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(error) = served {
+                tracing::debug!(%error, "HTTP connection ended with an error");
+            }
+        });
+    }
+    if tokio::time::timeout(DRAIN, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        tracing::warn!(
+            open = connections.len(),
+            "requests still open after the drain: dropped"
+        );
+    }
+    if let Some(connection) = web.amqp.lock().await.take() {
+        let _ = connection.close(200, "bye".into()).await;
+    }
+    tracing::info!("web stopped");
+    Ok(())
+}
+
+struct Web {
+    ctx: Context,
+    /// One RabbitMQ connection for queue depths, opened on first use and reopened when lost.
+    amqp: Mutex<Option<lapin::Connection>>,
+}
+
+/// What a request asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Route {
+    Health,
+    Metrics,
+    HireFire,
+    /// A HireFire route with a missing or wrong token, or with no token configured.
+    Forbidden,
+    NotFound,
+    MethodNotAllowed,
+}
+
+/// Maps method, path and the `HireFire-Token` header to a route; `token` is HIREFIRE_TOKEN.
+fn route(
+    method: &Method,
+    path: &str,
+    header_token: Option<&[u8]>,
+    token: Option<&Secret>,
+) -> Route {
+    let given = match path.trim_end_matches('/') {
+        "/health" => return only_get(method, Route::Health),
+        "/metrics" => return only_get(method, Route::Metrics),
+        "/hirefire" => header_token,
+        path => match path
+            .strip_prefix("/hirefire/")
+            .and_then(|rest| rest.strip_suffix("/info"))
+        {
+            Some(in_path) => Some(in_path.as_bytes()),
+            None => return Route::NotFound,
+        },
+    };
+    let valid = matches!((token, given), (Some(token), Some(given)) if token.matches(given));
+    if valid {
+        only_get(method, Route::HireFire)
+    } else {
+        Route::Forbidden
+    }
+}
+
+fn only_get(method: &Method, route: Route) -> Route {
+    if method == Method::GET || method == Method::HEAD {
+        route
+    } else {
+        Route::MethodNotAllowed
+    }
+}
+
+impl Web {
+    async fn respond(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+        let header_token = request
+            .headers()
+            .get("hirefire-token")
+            .map(HeaderValue::as_bytes);
+        let token = self.ctx.config.hirefire_token.as_ref();
+        match route(request.method(), request.uri().path(), header_token, token) {
+            Route::Health => self.health().await,
+            Route::Metrics => self.metrics().await,
+            Route::HireFire => self.hirefire().await,
+            // Like a missing page, so a scan learns nothing; never echoes the token.
+            Route::Forbidden | Route::NotFound => text(StatusCode::NOT_FOUND, "not found\n"),
+            Route::MethodNotAllowed => text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n"),
+        }
+    }
+
+    async fn health(&self) -> Response<Full<Bytes>> {
+        let redis = match tokio::time::timeout(CHECK_TIMEOUT, self.ctx.store.ping()).await {
+            Ok(Ok(())) => "ok",
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "health: Redis failed");
+                "unavailable"
+            }
+            Err(_) => "timed out",
+        };
+        let rabbitmq = match self.depths().await {
+            Ok(_) => "ok",
+            Err(error) => {
+                tracing::warn!(error = %format!("{error:#}"), "health: RabbitMQ failed");
+                "unavailable"
+            }
+        };
+        let status = if redis == "ok" && rabbitmq == "ok" {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        json_response(status, &json!({"redis": redis, "rabbitmq": rabbitmq}))
+    }
+
+    async fn metrics(&self) -> Response<Full<Bytes>> {
+        let status = tokio::time::timeout(CHECK_TIMEOUT, self.ctx.store.status()).await;
+        let (pools, brake) = match status {
+            Ok(Ok(status)) => status,
+            Ok(Err(error)) => {
+                tracing::warn!(error = %format!("{error:#}"), "metrics: Redis failed");
+                return text(StatusCode::SERVICE_UNAVAILABLE, "Redis unavailable\n");
+            }
+            Err(_) => return text(StatusCode::SERVICE_UNAVAILABLE, "Redis timed out\n"),
+        };
+        let orphaned = match self.ctx.store.orphan_count().await {
+            Ok(count) => count,
+            Err(error) => {
+                tracing::warn!(%error, "metrics: Redis failed");
+                return text(StatusCode::SERVICE_UNAVAILABLE, "Redis unavailable\n");
+            }
+        };
+        // Queue depths are optional: pool metrics are still worth a scrape without RabbitMQ.
+        let depths = self.depths().await.unwrap_or_else(|error| {
+            tracing::warn!(error = %format!("{error:#}"), "metrics: RabbitMQ failed");
+            Vec::new()
+        });
+        let body = exposition(&pools, brake, orphaned, &depths, now_ms());
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        response
+    }
+
+    async fn hirefire(&self) -> Response<Full<Bytes>> {
+        match self.depths().await {
+            Ok(depths) => json_response(StatusCode::OK, &hirefire_body(&depths)),
+            Err(error) => {
+                tracing::warn!(error = %format!("{error:#}"), "hirefire: RabbitMQ failed");
+                text(StatusCode::SERVICE_UNAVAILABLE, "RabbitMQ unavailable\n")
+            }
+        }
+    }
+
+    /// Ready messages and consumers of every scaled queue, by passive declare.
+    async fn depths(&self) -> anyhow::Result<Vec<QueueDepth>> {
+        tokio::time::timeout(CHECK_TIMEOUT, async {
+            let mut guard = self.amqp.lock().await;
+            let connection = match guard.take() {
+                Some(connection) if connection.status().connected() => connection,
+                _ => self.ctx.amqp("web").await?,
+            };
+            let depths = amqp::queue_depths(
+                &connection,
+                &scaled_queues(&self.ctx).map(|(_, queue)| queue),
+            )
+            .await;
+            *guard = Some(connection);
+            let depths = depths?;
+            Ok(scaled_queues(&self.ctx)
+                .into_iter()
+                .zip(depths)
+                .map(|((process, queue), depth)| QueueDepth {
+                    process,
+                    queue,
+                    ready: depth.map(|d| d.0),
+                    consumers: depth.map(|d| d.1),
+                })
+                .collect())
+        })
+        .await
+        .context("RabbitMQ timed out")?
+    }
+}
+
+/// One scaled queue's state; `None` when the queue does not exist (not declared yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueDepth {
+    pub process: &'static str,
+    pub queue: String,
+    pub ready: Option<u32>,
+    pub consumers: Option<u32>,
+}
+
+/// HireFire's job-queue answer: one entry per process type, `value` (and the legacy `quantity`)
+/// the ready messages waiting for it.
+fn hirefire_body(depths: &[QueueDepth]) -> serde_json::Value {
+    depths
+        .iter()
+        .map(|d| {
+            let ready = d.ready.unwrap_or(0);
+            json!({"name": d.process, "value": ready, "quantity": ready})
+        })
+        .collect()
+}
+
+/// The Prometheus text exposition of everything `warmer status` shows, plus queue depths.
+fn exposition(
+    pools: &[PoolStatus],
+    brake: bool,
+    orphaned: u64,
+    depths: &[QueueDepth],
+    now: u64,
+) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, help: &str, samples: Vec<(String, f64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    let per_pool = |value: &dyn Fn(&PoolStatus) -> Option<f64>| {
+        pools
+            .iter()
+            .filter_map(|p| Some((format!("{{pool=\"{}\"}}", escape(&p.pool)), value(p)?)))
+            .collect::<Vec<_>>()
+    };
+    family(
+        "warmer_pool_target",
+        "Warmed VMs the pool should hold.",
+        per_pool(&|p| p.target.trim().parse().ok()),
+    );
+    family(
+        "warmer_pool_ready",
+        "Warmed VMs ready to be checked out.",
+        per_pool(&|p| Some(p.ready as f64)),
+    );
+    family(
+        "warmer_pool_booting",
+        "VMs being booted for the pool.",
+        per_pool(&|p| Some(p.booting as f64)),
+    );
+    family(
+        "warmer_pool_handed_out",
+        "VMs checked out and not yet past WARMER_MAX_HANDOUT_AGE.",
+        per_pool(&|p| Some(p.handed_out as f64)),
+    );
+    family(
+        "warmer_pool_oldest_age_seconds",
+        "Age of the pool's oldest warmed VM (absent when the pool is empty or its age unknown).",
+        per_pool(&|p| {
+            let booted_ms = p.oldest.as_ref()?.booted_at? * 1000;
+            Some(now.saturating_sub(booted_ms) as f64 / 1000.0)
+        }),
+    );
+    family(
+        "warmer_orphaned_vms",
+        "VMs recorded in orphaned, waiting for the reconciler to delete them.",
+        vec![(String::new(), orphaned as f64)],
+    );
+    family(
+        "warmer_safety_brake",
+        "1 while the safety brake holds every boot (too many unaccounted VMs).",
+        vec![(String::new(), if brake { 1.0 } else { 0.0 })],
+    );
+    let per_queue = |value: &dyn Fn(&QueueDepth) -> Option<u32>| {
+        depths
+            .iter()
+            .filter_map(|d| {
+                let labels = format!("{{queue=\"{}\"}}", escape(&d.queue));
+                Some((labels, value(d)? as f64))
+            })
+            .collect::<Vec<_>>()
+    };
+    family(
+        "warmer_queue_ready_messages",
+        "Messages waiting in a warmer queue.",
+        per_queue(&|d| d.ready),
+    );
+    family(
+        "warmer_queue_consumers",
+        "Consumers attached to a warmer queue.",
+        per_queue(&|d| d.consumers),
+    );
+    out
+}
+
+/// Escapes a Prometheus label value.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token() -> Option<Secret> {
+        Some(Secret::new("s3cret"))
+    }
+
+    #[test]
+    fn routes_need_the_hirefire_token_in_the_path_or_the_header() {
+        let get = &Method::GET;
+        assert_eq!(route(get, "/health", None, token().as_ref()), Route::Health);
+        assert_eq!(
+            route(get, "/metrics/", None, token().as_ref()),
+            Route::Metrics
+        );
+        assert_eq!(
+            route(get, "/hirefire/s3cret/info", None, token().as_ref()),
+            Route::HireFire
+        );
+        assert_eq!(
+            route(get, "/hirefire", Some(b"s3cret"), token().as_ref()),
+            Route::HireFire
+        );
+        assert_eq!(
+            route(get, "/hirefire/wrong/info", None, token().as_ref()),
+            Route::Forbidden
+        );
+        assert_eq!(
+            route(get, "/hirefire", Some(b"wrong"), token().as_ref()),
+            Route::Forbidden
+        );
+        assert_eq!(
+            route(get, "/hirefire", None, token().as_ref()),
+            Route::Forbidden
+        );
+        assert_eq!(route(get, "/hirefire//info", None, None), Route::Forbidden);
+        assert_eq!(
+            route(get, "/hirefire/s3cret/info", None, None),
+            Route::Forbidden
+        );
+        assert_eq!(route(get, "/", None, token().as_ref()), Route::NotFound);
+        assert_eq!(
+            route(get, "/hirefire/s3cret", None, token().as_ref()),
+            Route::NotFound
+        );
+        assert_eq!(
+            route(&Method::POST, "/health", None, token().as_ref()),
+            Route::MethodNotAllowed
+        );
+    }
+
+    #[test]
+    fn hirefire_gets_ready_messages_per_process_type() {
+        let depths = [
+            QueueDepth {
+                process: "checkout",
+                queue: "w.checkout".into(),
+                ready: Some(7),
+                consumers: Some(2),
+            },
+            QueueDepth {
+                process: "refill",
+                queue: "w.refill".into(),
+                ready: None,
+                consumers: None,
+            },
+        ];
+        assert_eq!(
+            hirefire_body(&depths),
+            json!([
+                {"name": "checkout", "value": 7, "quantity": 7},
+                {"name": "refill", "value": 0, "quantity": 0},
+            ])
+        );
+    }
+
+    #[test]
+    fn the_exposition_has_a_sample_per_pool_and_escapes_labels() {
+        let pools = [PoolStatus {
+            pool: "img:n1-standard-1".into(),
+            target: "3".into(),
+            ready: 2,
+            booting: 1,
+            handed_out: 4,
+            oldest: Some(crate::pool::PoolEntry {
+                booted_at: Some(100),
+                ..serde_json::from_value(
+                    json!({"name": "vm", "zone": "z", "ip": "10.0.0.1", "ssh_private_key": "K"}),
+                )
+                .unwrap()
+            }),
+        }];
+        let text = exposition(&pools, true, 5, &[], 160_500);
+        for line in [
+            "# TYPE warmer_pool_ready gauge",
+            "warmer_pool_target{pool=\"img:n1-standard-1\"} 3",
+            "warmer_pool_ready{pool=\"img:n1-standard-1\"} 2",
+            "warmer_pool_booting{pool=\"img:n1-standard-1\"} 1",
+            "warmer_pool_handed_out{pool=\"img:n1-standard-1\"} 4",
+            "warmer_pool_oldest_age_seconds{pool=\"img:n1-standard-1\"} 60.5",
+            "warmer_orphaned_vms 5",
+            "warmer_safety_brake 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

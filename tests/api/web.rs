@@ -1,0 +1,163 @@
+//! `warmer web`: health, Prometheus metrics and the HireFire endpoint, over real HTTP.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+async fn get(url: &str, header: Option<(&str, &str)>) -> (u16, String, String) {
+    let mut request = reqwest::Client::new().get(url);
+    if let Some((name, value)) = header {
+        request = request.header(name, value);
+    }
+    let response = within("an HTTP answer", request.send()).await.unwrap();
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (status, content_type, response.text().await.unwrap())
+}
+
+/// Polls `url` until its JSON body equals `expected` (queue counts settle asynchronously).
+async fn wait_for_json(url: &str, header: Option<(&str, &str)>, expected: Value) {
+    within(&format!("{url} to answer {expected}"), async {
+        loop {
+            let (status, content_type, body) = get(url, header).await;
+            if status == 200
+                && content_type == "application/json"
+                && serde_json::from_str::<Value>(&body).ok().as_ref() == Some(&expected)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn hirefire_gets_the_ready_messages_of_each_process_type_for_the_right_token_only() {
+    let mut app =
+        spawn_app_configured(AMQP_URL, REDIS_URL, &[("HIREFIRE_TOKEN", "hf-s3cret")]).await;
+    let requester = app.requester().await;
+    for _ in 0..3 {
+        requester
+            .publish(TRAVIS_REQUEST.as_bytes(), Requester::properties())
+            .await;
+    }
+    for _ in 0..2 {
+        warmer::operator::fill(&app.ctx, None, None).await.unwrap();
+    }
+    let url = app.start_web().await;
+    let expected = json!([
+        {"name": "checkout", "value": 3, "quantity": 3},
+        {"name": "refill", "value": 2, "quantity": 2},
+    ]);
+
+    wait_for_json(
+        &format!("{url}/hirefire/hf-s3cret/info"),
+        None,
+        expected.clone(),
+    )
+    .await;
+    wait_for_json(
+        &format!("{url}/hirefire"),
+        Some(("HireFire-Token", "hf-s3cret")),
+        expected,
+    )
+    .await;
+    for (path, header) in [
+        ("/hirefire/wrong/info", None),
+        ("/hirefire", Some(("HireFire-Token", "wrong"))),
+        ("/hirefire", None),
+    ] {
+        let (status, _, body) = get(&format!("{url}{path}"), header).await;
+        assert_eq!(status, 404, "{path} with {header:?}");
+        assert!(!body.contains("s3cret"));
+    }
+    app.stop_consumers().await;
+}
+
+#[tokio::test]
+async fn without_a_hirefire_token_the_hirefire_routes_do_not_exist() {
+    let mut app = spawn_app_without_consumer().await;
+    let url = app.start_web().await;
+
+    let (status, _, _) = get(&format!("{url}/hirefire//info"), None).await;
+    assert_eq!(status, 404);
+    let (status, _, _) = get(&format!("{url}/hirefire"), Some(("HireFire-Token", ""))).await;
+    assert_eq!(status, 404);
+    app.stop_consumers().await;
+}
+
+#[tokio::test]
+async fn metrics_show_every_pool_the_orphans_the_brake_and_the_queues() {
+    let mut app = spawn_app().await; // one checkout consumer
+    app.seed(POOL, 3, &[vm("a"), vm("b")]).await;
+    let _: () = redis::AsyncCommands::rpush(
+        &mut app.redis.clone(),
+        app.names.orphaned(),
+        json!({"name": "lost", "zone": "us-central1-c"}).to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(app.checkout().await["name"], "a");
+    let url = app.start_web().await;
+
+    let (status, content_type, body) = get(&format!("{url}/metrics"), None).await;
+
+    assert_eq!(status, 200);
+    assert!(content_type.starts_with("text/plain; version=0.0.4"));
+    let checkout_queue = app.names.checkout_queue();
+    for line in [
+        format!("warmer_pool_target{{pool=\"{POOL}\"}} 3"),
+        format!("warmer_pool_ready{{pool=\"{POOL}\"}} 1"),
+        format!("warmer_pool_booting{{pool=\"{POOL}\"}} 0"),
+        format!("warmer_pool_handed_out{{pool=\"{POOL}\"}} 1"),
+        "warmer_orphaned_vms 1".to_string(),
+        "warmer_safety_brake 0".to_string(),
+        format!("warmer_queue_consumers{{queue=\"{checkout_queue}\"}} 1"),
+        format!("warmer_queue_ready_messages{{queue=\"{checkout_queue}\"}} 0"),
+    ] {
+        assert!(body.lines().any(|l| l == line), "{line} missing in\n{body}");
+    }
+    assert!(
+        body.lines().any(|l| l.starts_with(&format!(
+            "warmer_pool_oldest_age_seconds{{pool=\"{POOL}\"}} "
+        ))),
+        "{body}"
+    );
+    assert!(!body.contains("ssh_private_key") && !body.contains("KEY"));
+    app.stop_consumers().await;
+}
+
+#[tokio::test]
+async fn health_names_the_dependency_that_is_down_and_recovers_with_it() {
+    let proxy = Proxy::start("127.0.0.1:6379").await;
+    let mut app = spawn_app_with(AMQP_URL, &format!("redis://127.0.0.1:{}/0", proxy.port)).await;
+    let url = app.start_web().await;
+    let health = format!("{url}/health");
+    wait_for_json(&health, None, json!({"redis": "ok", "rabbitmq": "ok"})).await;
+
+    proxy.cut();
+    let (status, content_type, body) = get(&health, None).await;
+    assert_eq!(status, 503);
+    assert_eq!(content_type, "application/json");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_ne!(body["redis"], "ok");
+    assert_eq!(body["rabbitmq"], "ok");
+
+    proxy.restore();
+    wait_for_json(&health, None, json!({"redis": "ok", "rabbitmq": "ok"})).await;
+    let (status, _, _) = reqwest::Client::new()
+        .post(&health)
+        .send()
+        .await
+        .map(|r| (r.status().as_u16(), (), ()))
+        .unwrap();
+    assert_eq!(status, 405);
+    app.stop_consumers().await;
+}
