@@ -229,38 +229,112 @@ impl Publisher {
     }
 }
 
-/// (ready messages, consumers) of each queue, by passive declare; `None` for a queue that does
-/// not exist. A missing queue closes the channel, so each queue gets its own.
-pub async fn queue_depths(
-    connection: &Connection,
-    queues: &[String],
-) -> anyhow::Result<Vec<Option<(u32, u32)>>> {
-    let mut depths = Vec::with_capacity(queues.len());
-    for queue in queues {
-        let channel = connection
-            .create_channel()
-            .await
-            .context("opening a channel")?;
-        let declared = channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
-        match declared {
-            Ok(q) => {
-                depths.push(Some((q.message_count(), q.consumer_count())));
-                let _ = channel.close(200, "ok".into()).await;
-            }
-            Err(error) if is_not_found(&error) => depths.push(None),
-            Err(error) => return Err(anyhow!(error).context(format!("declaring {queue}"))),
+/// The consumer process types and the queue each consumes: what HireFire and
+/// `warmer autoscale` scale by.
+pub fn consumer_queues(names: &Names) -> [(&'static str, String); 2] {
+    [
+        ("checkout", names.checkout_queue()),
+        ("refill", names.refill_queue()),
+    ]
+}
+
+/// One consumer queue's state; `None` when the queue does not exist (not declared yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueDepth {
+    pub process: &'static str,
+    pub queue: String,
+    pub ready: Option<u32>,
+    pub consumers: Option<u32>,
+}
+
+/// Reads the depths of the consumer queues on one connection, opened on first use and reopened
+/// when lost. Declares nothing.
+pub struct QueueMonitor {
+    url: ServerUrl,
+    name: String,
+    names: Names,
+    connection: tokio::sync::Mutex<Option<Connection>>,
+}
+
+impl QueueMonitor {
+    /// `name` names the connection in RabbitMQ.
+    pub fn new(url: ServerUrl, name: String, names: Names) -> Self {
+        Self {
+            url,
+            name,
+            names,
+            connection: tokio::sync::Mutex::default(),
         }
     }
-    Ok(depths)
+
+    /// Ready messages and consumers of every consumer queue, by passive declare (at most 10 s).
+    pub async fn depths(&self) -> anyhow::Result<Vec<QueueDepth>> {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            let mut guard = self.connection.lock().await;
+            let connection = match guard.take() {
+                Some(connection) if connection.status().connected() => connection,
+                _ => connect(&self.url, &self.name).await?,
+            };
+            let queues = consumer_queues(&self.names);
+            let mut depths = Vec::with_capacity(queues.len());
+            for (process, queue) in queues {
+                let depth = passive_declare(&connection, &queue).await;
+                let depth = match depth {
+                    Ok(depth) => depth,
+                    Err(error) => {
+                        let _ = connection.close(200, "bye".into()).await;
+                        return Err(error);
+                    }
+                };
+                depths.push(QueueDepth {
+                    process,
+                    queue,
+                    ready: depth.map(|d| d.0),
+                    consumers: depth.map(|d| d.1),
+                });
+            }
+            *guard = Some(connection);
+            Ok(depths)
+        })
+        .await
+        .map_err(|_| anyhow!("reading queue depths from RabbitMQ timed out"))?
+    }
+
+    pub async fn close(&self) {
+        if let Some(connection) = self.connection.lock().await.take() {
+            let _ = connection.close(200, "bye".into()).await;
+        }
+    }
+}
+
+/// (ready messages, consumers) of `queue`, or `None` when it does not exist. A missing queue
+/// closes the channel, so each declare gets its own.
+async fn passive_declare(
+    connection: &Connection,
+    queue: &str,
+) -> anyhow::Result<Option<(u32, u32)>> {
+    let channel = connection
+        .create_channel()
+        .await
+        .context("opening a channel")?;
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    match declared {
+        Ok(q) => {
+            let _ = channel.close(200, "ok".into()).await;
+            Ok(Some((q.message_count(), q.consumer_count())))
+        }
+        Err(error) if is_not_found(&error) => Ok(None),
+        Err(error) => Err(anyhow!(error).context(format!("declaring {queue}"))),
+    }
 }
 
 /// Whether the broker answered NOT_FOUND (no such queue or reply-to).

@@ -23,10 +23,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::Mutex;
 use tokio::task::JoinSet;
 
-use crate::amqp;
+use crate::amqp::{QueueDepth, QueueMonitor};
 use crate::config::Secret;
 use crate::context::Context;
 use crate::shutdown::Shutdown;
@@ -36,14 +35,6 @@ use crate::store::{PoolStatus, now_ms};
 pub const DRAIN: Duration = Duration::from_secs(10);
 /// Each dependency check and query is bounded by this, so a scrape never hangs.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The process types whose queues HireFire scales by, and their queue names.
-fn scaled_queues(ctx: &Context) -> [(&'static str, String); 2] {
-    [
-        ("checkout", ctx.names.checkout_queue()),
-        ("refill", ctx.names.refill_queue()),
-    ]
-}
 
 /// The port when `PORT` is unset (Heroku always sets it).
 pub const DEFAULT_PORT: u16 = 8080;
@@ -61,10 +52,12 @@ pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
 pub async fn serve(ctx: Context, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
     let address = listener.local_addr().context("reading the bound address")?;
     tracing::info!(%address, "serving /health, /metrics and /hirefire");
-    let web = Arc::new(Web {
-        ctx,
-        amqp: Mutex::new(None),
-    });
+    let queues = QueueMonitor::new(
+        ctx.config.amqp_url.clone(),
+        format!("{}.web", ctx.names.prefix()),
+        ctx.names.clone(),
+    );
+    let web = Arc::new(Web { ctx, queues });
     let mut connections = JoinSet::new();
     loop {
         let stream = tokio::select! {
@@ -108,17 +101,14 @@ pub async fn serve(ctx: Context, listener: TcpListener, shutdown: Shutdown) -> a
             "requests still open after the drain: dropped"
         );
     }
-    if let Some(connection) = web.amqp.lock().await.take() {
-        let _ = connection.close(200, "bye".into()).await;
-    }
+    web.queues.close().await;
     tracing::info!("web stopped");
     Ok(())
 }
 
 struct Web {
     ctx: Context,
-    /// One RabbitMQ connection for queue depths, opened on first use and reopened when lost.
-    amqp: Mutex<Option<lapin::Connection>>,
+    queues: QueueMonitor,
 }
 
 /// What a request asks for.
@@ -194,7 +184,7 @@ impl Web {
             }
             Err(_) => "timed out",
         };
-        let rabbitmq = match self.depths().await {
+        let rabbitmq = match self.queues.depths().await {
             Ok(_) => "ok",
             Err(error) => {
                 tracing::warn!(error = %format!("{error:#}"), "health: RabbitMQ failed");
@@ -227,7 +217,7 @@ impl Web {
             }
         };
         // Queue depths are optional: pool metrics are still worth a scrape without RabbitMQ.
-        let depths = self.depths().await.unwrap_or_else(|error| {
+        let depths = self.queues.depths().await.unwrap_or_else(|error| {
             tracing::warn!(error = %format!("{error:#}"), "metrics: RabbitMQ failed");
             Vec::new()
         });
@@ -241,7 +231,7 @@ impl Web {
     }
 
     async fn hirefire(&self) -> Response<Full<Bytes>> {
-        match self.depths().await {
+        match self.queues.depths().await {
             Ok(depths) => json_response(StatusCode::OK, &hirefire_body(&depths)),
             Err(error) => {
                 tracing::warn!(error = %format!("{error:#}"), "hirefire: RabbitMQ failed");
@@ -250,44 +240,6 @@ impl Web {
         }
     }
 
-    /// Ready messages and consumers of every scaled queue, by passive declare.
-    async fn depths(&self) -> anyhow::Result<Vec<QueueDepth>> {
-        tokio::time::timeout(CHECK_TIMEOUT, async {
-            let mut guard = self.amqp.lock().await;
-            let connection = match guard.take() {
-                Some(connection) if connection.status().connected() => connection,
-                _ => self.ctx.amqp("web").await?,
-            };
-            let depths = amqp::queue_depths(
-                &connection,
-                &scaled_queues(&self.ctx).map(|(_, queue)| queue),
-            )
-            .await;
-            *guard = Some(connection);
-            let depths = depths?;
-            Ok(scaled_queues(&self.ctx)
-                .into_iter()
-                .zip(depths)
-                .map(|((process, queue), depth)| QueueDepth {
-                    process,
-                    queue,
-                    ready: depth.map(|d| d.0),
-                    consumers: depth.map(|d| d.1),
-                })
-                .collect())
-        })
-        .await
-        .context("RabbitMQ timed out")?
-    }
-}
-
-/// One scaled queue's state; `None` when the queue does not exist (not declared yet).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueueDepth {
-    pub process: &'static str,
-    pub queue: String,
-    pub ready: Option<u32>,
-    pub consumers: Option<u32>,
 }
 
 /// HireFire's job-queue answer: one entry per process type, `value` (and the legacy `quantity`)
