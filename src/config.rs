@@ -133,6 +133,12 @@ pub struct Config {
     pub hirefire_token: Option<Secret>,
     pub heroku_api_token: Option<Secret>,
     pub heroku_app_name: Option<String>,
+    /// Heroku Platform API base (`WARMER_HEROKU_API_URL`; tests point it at a stand-in).
+    pub heroku_api_url: String,
+    /// How often `warmer autoscale` looks at the queues (`WARMER_AUTOSCALE_INTERVAL`).
+    pub autoscale_interval: Duration,
+    /// The most dynos `warmer autoscale` runs of each consumer type (`WARMER_AUTOSCALE_MAX`).
+    pub autoscale_max: u32,
 }
 
 /// The raw variables, as strings; `envy` reads them, [`Config::from_vars`] validates them.
@@ -166,6 +172,9 @@ struct Raw {
     hirefire_token: Option<String>,
     heroku_api_token: Option<String>,
     heroku_app_name: Option<String>,
+    warmer_heroku_api_url: Option<String>,
+    warmer_autoscale_interval: Option<String>,
+    warmer_autoscale_max: Option<String>,
 }
 
 impl fmt::Debug for Raw {
@@ -248,12 +257,11 @@ impl Config {
                         );
                     }
                 }
-                let compute_url = raw
-                    .warmer_google_compute_url
-                    .unwrap_or_else(|| "https://compute.googleapis.com/compute/v1".into());
-                if !(compute_url.starts_with("https://") || compute_url.starts_with("http://")) {
-                    bail!("WARMER_GOOGLE_COMPUTE_URL must be an http(s) URL, got `{compute_url}`");
-                }
+                let compute_url = http_url(
+                    "WARMER_GOOGLE_COMPUTE_URL",
+                    raw.warmer_google_compute_url,
+                    "https://compute.googleapis.com/compute/v1",
+                )?;
                 if let Some(json) = &raw.warmer_google_cloud_keyfile_json {
                     let parsed: serde_json::Value = serde_json::from_str(json).map_err(|e| {
                         anyhow::anyhow!(
@@ -274,7 +282,7 @@ impl Config {
                     region,
                     zones,
                     keyfile_json: raw.warmer_google_cloud_keyfile_json.map(Secret::new),
-                    compute_url: compute_url.trim_end_matches('/').to_string(),
+                    compute_url,
                     network: raw.warmer_network.unwrap_or_else(|| "default".into()),
                     subnetwork: raw.warmer_subnetwork,
                 })
@@ -324,6 +332,17 @@ impl Config {
             hirefire_token: raw.hirefire_token.map(Secret::new),
             heroku_api_token: raw.heroku_api_token.map(Secret::new),
             heroku_app_name: raw.heroku_app_name,
+            heroku_api_url: http_url(
+                "WARMER_HEROKU_API_URL",
+                raw.warmer_heroku_api_url,
+                "https://api.heroku.com",
+            )?,
+            autoscale_interval: duration(
+                "WARMER_AUTOSCALE_INTERVAL",
+                raw.warmer_autoscale_interval,
+                30,
+            )?,
+            autoscale_max: number("WARMER_AUTOSCALE_MAX", raw.warmer_autoscale_max, 4)?,
         })
     }
 
@@ -382,6 +401,16 @@ fn number<T: std::str::FromStr + PartialOrd + Default>(
             _ => bail!("{var} must be a positive whole number, got `{v}`"),
         },
     }
+}
+
+/// An http(s) base URL, without a trailing slash.
+fn http_url(var: &str, value: Option<String>, default: &str) -> anyhow::Result<String> {
+    let url = value.unwrap_or_else(|| default.into());
+    let url = url.trim();
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        bail!("{var} must be an http(s) URL, got `{url}`");
+    }
+    Ok(url.trim_end_matches('/').to_string())
 }
 
 fn duration(var: &str, value: Option<String>, default_secs: u64) -> anyhow::Result<Duration> {
@@ -485,6 +514,9 @@ mod tests {
             ("WARMER_AMQP_PREFIX", "has space"),
             ("WARMER_REDIS_NAMESPACE", "Warmer.prod"),
             ("PORT", "http"),
+            ("WARMER_AUTOSCALE_MAX", "0"),
+            ("WARMER_AUTOSCALE_INTERVAL", "often"),
+            ("WARMER_HEROKU_API_URL", "api.heroku.com"),
         ];
         for (var, value) in cases {
             let err = Config::from_vars(vars(&[(var, value)])).unwrap_err();

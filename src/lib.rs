@@ -3,6 +3,7 @@
 //! `main.rs` parses the command line and calls into this library; tests call the same functions.
 
 pub mod amqp;
+pub mod autoscale;
 pub mod checkout;
 pub mod cli;
 pub mod cloud;

@@ -5,7 +5,7 @@ use warmer::cli::{Cli, Command, PoolCommand};
 use warmer::cloud::Cloud;
 use warmer::config::Config;
 use warmer::context::Context;
-use warmer::{checkout, dev, operator, reconcile, refill, shutdown, web};
+use warmer::{autoscale, checkout, dev, operator, reconcile, refill, shutdown, web};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -45,6 +45,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Web => {
             web::run(ctx, shutdown::on_signals()?).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Autoscale => {
+            autoscale::Autoscaler::new(ctx)?
+                .run(shutdown::on_signals()?)
+                .await?;
             return Ok(ExitCode::SUCCESS);
         }
         Command::Dev => {

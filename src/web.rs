@@ -239,7 +239,6 @@ impl Web {
             }
         }
     }
-
 }
 
 /// HireFire's job-queue answer: one entry per process type, `value` (and the legacy `quantity`)

@@ -27,7 +27,7 @@ use crate::sshkey::KeyStock;
 use command::Work;
 
 /// Refill messages handled at once per process.
-const PREFETCH: u16 = 16;
+pub const PREFETCH: u16 = 16;
 
 /// What happened to one message.
 #[derive(Debug, PartialEq, Eq)]

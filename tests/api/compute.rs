@@ -5,14 +5,12 @@
 //! JWT-bearer token grant. It records what it was sent and can inject faults.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
@@ -77,6 +75,29 @@ impl Drop for ComputeStandIn {
     }
 }
 
+/// Serves HTTP/1 on `listener` with `handler` until the returned task is aborted: the transport
+/// of the stand-ins for external APIs.
+pub fn serve_http<H, F>(listener: TcpListener, handler: H) -> tokio::task::JoinHandle<()>
+where
+    H: Fn(hyper::Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = hyper::Response<http_body_util::Full<hyper::body::Bytes>>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request| {
+                    let response = handler(request);
+                    async move { Ok::<_, std::convert::Infallible>(response.await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
+}
+
 impl ComputeStandIn {
     pub async fn start(boot_delay: Duration) -> ComputeStandIn {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -85,22 +106,9 @@ impl ComputeStandIn {
             boot_delay,
             ..State::default()
         }));
-        let server = tokio::spawn({
+        let server = serve_http(listener, {
             let state = state.clone();
-            async move {
-                while let Ok((stream, _)) = listener.accept().await {
-                    let state = state.clone();
-                    tokio::spawn(async move {
-                        let service = hyper::service::service_fn(move |request| {
-                            let state = state.clone();
-                            async move { Ok::<_, Infallible>(handle(state, request).await) }
-                        });
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                    });
-                }
-            }
+            move |request| handle(state.clone(), request)
         });
         ComputeStandIn {
             port,

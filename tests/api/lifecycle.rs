@@ -39,7 +39,7 @@ pub fn signal(child: &Child, signal: &str) {
 }
 
 /// Sends SIGTERM and waits for the exit, which must come within 25 s (SPEC §4.6).
-async fn terminate(child: &mut Child) -> std::process::ExitStatus {
+pub async fn terminate(child: &mut Child) -> std::process::ExitStatus {
     signal(child, "TERM");
     tokio::time::timeout(Duration::from_secs(25), child.wait())
         .await

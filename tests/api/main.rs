@@ -3,10 +3,12 @@
 //! One binary (builds are slow); each module is one capability. Every test gets its own AMQP
 //! prefix and Redis namespace from [`helpers::spawn_app`] and removes them when it ends.
 
+mod autoscale;
 mod checkout;
 mod compute;
 mod faults;
 mod helpers;
+mod heroku;
 mod lifecycle;
 mod operator;
 mod reconcile;

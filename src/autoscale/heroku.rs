@@ -1,0 +1,148 @@
+//! The Heroku Platform API, as much of it as scaling needs: read the app's formation, and set
+//! process quantities with one `PATCH /apps/{app}/formation`.
+//!
+//! Every request sends `Accept: application/vnd.heroku+json; version=3` and the token as a
+//! bearer token. The token never appears in logs, errors or `Debug`. The API allows 4,500
+//! requests an hour per account, shared with every other tool using the token; a 429 is
+//! reported as [`HerokuError::RateLimited`] with what `RateLimit-Remaining` said.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::config::{Config, Secret};
+
+const ACCEPT: &str = "application/vnd.heroku+json; version=3";
+
+/// One process type of the app's formation.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Formation {
+    #[serde(rename = "type")]
+    pub process: String,
+    pub quantity: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HerokuError {
+    #[error(
+        "the Heroku API rejected HEROKU_API_TOKEN (HTTP {0}); check the token and its access to HEROKU_APP_NAME"
+    )]
+    Unauthorized(u16),
+    #[error(
+        "Heroku API rate limit reached (RateLimit-Remaining: {remaining}); the limit is shared by every tool using this token"
+    )]
+    RateLimited { remaining: String },
+    #[error("the Heroku API refused the request (HTTP {status}, {id}): {message}")]
+    Refused {
+        status: u16,
+        id: String,
+        message: String,
+    },
+    #[error("cannot reach the Heroku API: {0}")]
+    Transport(String),
+}
+
+/// A client for one app.
+pub struct Heroku {
+    http: reqwest::Client,
+    formation_url: String,
+    token: Secret,
+}
+
+impl std::fmt::Debug for Heroku {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Heroku")
+            .field("formation_url", &self.formation_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Heroku {
+    /// Needs `HEROKU_API_TOKEN` and `HEROKU_APP_NAME`.
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        let Some(token) = config.heroku_api_token.clone() else {
+            anyhow::bail!(
+                "HEROKU_API_TOKEN must be set for `warmer autoscale` (an API token allowed to scale the app, e.g. from `heroku authorizations:create`)"
+            );
+        };
+        let Some(app) = config.heroku_app_name.as_deref().map(str::trim) else {
+            anyhow::bail!("HEROKU_APP_NAME must be set for `warmer autoscale` (the app to scale)");
+        };
+        // App names are lowercase letters, digits and dashes; an app id is a UUID.
+        if app.is_empty()
+            || !app
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        {
+            anyhow::bail!(
+                "HEROKU_APP_NAME must be an app name or id (lowercase letters, digits, `-`), got `{app}`"
+            );
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .user_agent(concat!("warmer/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            http,
+            formation_url: format!("{}/apps/{app}/formation", config.heroku_api_url),
+            token,
+        })
+    }
+
+    /// The app's process types and how many dynos each runs.
+    pub async fn formation(&self) -> Result<Vec<Formation>, HerokuError> {
+        self.send(self.http.get(&self.formation_url)).await
+    }
+
+    /// Sets the quantity of each `(process type, quantity)` in one request.
+    pub async fn scale(&self, updates: &[Formation]) -> Result<Vec<Formation>, HerokuError> {
+        let body = json!({"updates": updates});
+        self.send(self.http.patch(&self.formation_url).json(&body))
+            .await
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Vec<Formation>, HerokuError> {
+        let response = request
+            .header(reqwest::header::ACCEPT, ACCEPT)
+            .bearer_auth(self.token.expose())
+            .send()
+            .await
+            .map_err(|e| HerokuError::Transport(e.without_url().to_string()))?;
+        let status = response.status();
+        if status.is_success() {
+            return response
+                .json()
+                .await
+                .map_err(|e| HerokuError::Transport(format!("reading the formation: {e}")));
+        }
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(HerokuError::Unauthorized(status.as_u16()));
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            let remaining = response
+                .headers()
+                .get("ratelimit-remaining")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("?")
+                .to_string();
+            return Err(HerokuError::RateLimited { remaining });
+        }
+        // Heroku's errors are `{"id": "...", "message": "..."}`.
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        let field = |name: &str| {
+            body[name]
+                .as_str()
+                .unwrap_or("unknown")
+                .chars()
+                .take(300)
+                .collect::<String>()
+        };
+        Err(HerokuError::Refused {
+            status: status.as_u16(),
+            id: field("id"),
+            message: field("message"),
+        })
+    }
+}

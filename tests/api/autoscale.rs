@@ -1,0 +1,156 @@
+//! `warmer autoscale` against the Heroku Platform API stand-in and the real RabbitMQ.
+
+use serde_json::json;
+use warmer::autoscale::Autoscaler;
+use warmer::autoscale::plan::SCALE_DOWN_AFTER;
+
+use crate::helpers::*;
+use crate::heroku::{APP, HerokuStandIn, TOKEN};
+
+async fn spawn_autoscaled_app(heroku: &HerokuStandIn, token: &str) -> TestApp {
+    let url = heroku.url();
+    spawn_app_configured(
+        AMQP_URL,
+        REDIS_URL,
+        &[
+            ("HEROKU_API_TOKEN", token),
+            ("HEROKU_APP_NAME", APP),
+            ("WARMER_HEROKU_API_URL", url.as_str()),
+            ("WARMER_AUTOSCALE_MAX", "4"),
+        ],
+    )
+    .await
+}
+
+async fn publish_requests(app: &TestApp, n: usize) {
+    let requester = app.requester().await;
+    for _ in 0..n {
+        requester
+            .publish(TRAVIS_REQUEST.as_bytes(), Requester::properties())
+            .await;
+    }
+    within("the requests to be queued", async {
+        while (app.queue_counts(&app.names.checkout_queue()).await.0 as usize) < n {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_backlog_of_checkout_requests_adds_checkout_dynos_up_to_the_maximum() {
+    let heroku = HerokuStandIn::start(&[("checkout", 1), ("refill", 1), ("reconcile", 1)]).await;
+    let app = spawn_autoscaled_app(&heroku, TOKEN).await;
+    let mut autoscaler = Autoscaler::new(app.ctx.clone()).unwrap();
+
+    publish_requests(&app, 100).await; // 2 prefetches' worth: 1 + 2 dynos
+    let changes = autoscaler.check().await.unwrap();
+
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(heroku.quantity("checkout"), 3);
+    assert_eq!(heroku.quantity("refill"), 1, "nothing waits for refill");
+    assert_eq!(
+        heroku.with(|s| s.patches.clone()),
+        [json!({"updates": [{"type": "checkout", "quantity": 3}]})]
+    );
+
+    publish_requests(&app, 400).await;
+    autoscaler.check().await.unwrap();
+    assert_eq!(
+        heroku.quantity("checkout"),
+        4,
+        "never above WARMER_AUTOSCALE_MAX"
+    );
+    assert!(
+        autoscaler.check().await.unwrap().is_empty(),
+        "at the maximum: nothing to do"
+    );
+    assert_eq!(heroku.with(|s| s.patches.len()), 2);
+}
+
+#[tokio::test]
+async fn quiet_queues_lose_one_dyno_at_a_time_and_never_the_last() {
+    let heroku = HerokuStandIn::start(&[("checkout", 3), ("refill", 1)]).await;
+    let app = spawn_autoscaled_app(&heroku, TOKEN).await;
+    let mut autoscaler = Autoscaler::new(app.ctx.clone()).unwrap();
+
+    let mut seen = Vec::new();
+    for _ in 0..4 * SCALE_DOWN_AFTER {
+        autoscaler.check().await.unwrap();
+        seen.push(heroku.quantity("checkout"));
+    }
+
+    let n = SCALE_DOWN_AFTER as usize;
+    let mut expected = vec![3; n - 1];
+    expected.extend(vec![2; n]);
+    expected.extend(vec![1; 4 * n - expected.len()]);
+    assert_eq!(seen, expected);
+    assert_eq!(heroku.quantity("refill"), 1);
+    assert!(
+        heroku
+            .with(|s| s.patches.clone())
+            .iter()
+            .all(|p| p["updates"].as_array().unwrap().len() == 1),
+        "only what changes is sent"
+    );
+}
+
+#[tokio::test]
+async fn api_errors_skip_a_check_and_the_next_one_scales() {
+    let heroku = HerokuStandIn::start(&[("checkout", 1), ("web", 1)]).await;
+    let app = spawn_autoscaled_app(&heroku, TOKEN).await;
+    let mut autoscaler = Autoscaler::new(app.ctx.clone()).unwrap();
+    publish_requests(&app, 10).await;
+
+    heroku.with(|s| s.faults.extend([429, 503]));
+    let limited = autoscaler.check().await.unwrap_err();
+    assert!(format!("{limited:#}").contains("rate limit"), "{limited:#}");
+    let unavailable = autoscaler.check().await.unwrap_err();
+    assert!(
+        format!("{unavailable:#}").contains("HTTP 503"),
+        "{unavailable:#}"
+    );
+
+    // refill is not in this app's formation: left alone, checkout still scaled.
+    let changes = autoscaler.check().await.unwrap();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(heroku.quantity("checkout"), 2);
+}
+
+#[tokio::test]
+async fn a_rejected_token_is_reported_without_the_token() {
+    let heroku = HerokuStandIn::start(&[("checkout", 1)]).await;
+    let app = spawn_autoscaled_app(&heroku, "wrong-secret-token").await;
+    let mut autoscaler = Autoscaler::new(app.ctx.clone()).unwrap();
+
+    let error = format!("{:#}", autoscaler.check().await.unwrap_err());
+
+    assert!(error.contains("HEROKU_API_TOKEN"), "{error}");
+    assert!(!error.contains("wrong-secret-token"), "{error}");
+    assert!(heroku.with(|s| s.patches.is_empty()));
+}
+
+#[tokio::test]
+async fn autoscale_without_heroku_settings_names_what_is_missing() {
+    let app = spawn_app_without_consumer().await;
+    let error = Autoscaler::new(app.ctx.clone()).err().unwrap().to_string();
+    assert!(error.contains("HEROKU_API_TOKEN"), "{error}");
+}
+
+#[tokio::test]
+async fn the_autoscale_process_scales_and_exits_zero_on_sigterm() {
+    let heroku = HerokuStandIn::start(&[("checkout", 1), ("refill", 1)]).await;
+    let app = spawn_autoscaled_app(&heroku, TOKEN).await;
+    publish_requests(&app, 5).await;
+    let mut child = crate::lifecycle::spawn_process(&app, "autoscale");
+
+    within("the first scaling", async {
+        while heroku.quantity("checkout") != 2 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let status = crate::lifecycle::terminate(&mut child).await;
+
+    assert!(status.success(), "exit status {status:?}");
+}

@@ -1,0 +1,174 @@
+//! A stand-in for the Heroku Platform API's formation endpoints, served over HTTP on loopback and
+//! written from the API reference: `GET /apps/{app}/formation` and `PATCH /apps/{app}/formation`
+//! with `{"updates": [{"type", "quantity"}]}`, version-3 `Accept` header and bearer token
+//! required, errors as `{"id", "message"}`, 429 with `RateLimit-Remaining`. It records every
+//! PATCH and can answer the next requests with a fault.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use crate::compute::serve_http;
+
+pub const APP: &str = "warmer-test-app";
+pub const TOKEN: &str = "heroku-standin-token";
+
+#[derive(Default)]
+pub struct State {
+    /// Process type → dynos.
+    pub formation: BTreeMap<String, u32>,
+    /// Every accepted PATCH body.
+    pub patches: Vec<Value>,
+    /// Statuses to answer the next requests with.
+    pub faults: VecDeque<u16>,
+}
+
+pub struct HerokuStandIn {
+    pub port: u16,
+    pub state: Arc<Mutex<State>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for HerokuStandIn {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl HerokuStandIn {
+    pub async fn start(formation: &[(&str, u32)]) -> HerokuStandIn {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(Mutex::new(State {
+            formation: formation
+                .iter()
+                .map(|(process, n)| (process.to_string(), *n))
+                .collect(),
+            ..State::default()
+        }));
+        let server = serve_http(listener, {
+            let state = state.clone();
+            move |request| handle(state.clone(), request)
+        });
+        HerokuStandIn {
+            port,
+            state,
+            server,
+        }
+    }
+
+    /// `WARMER_HEROKU_API_URL`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        f(&mut self.state.lock().unwrap())
+    }
+
+    pub fn quantity(&self, process: &str) -> u32 {
+        self.with(|s| s.formation[process])
+    }
+}
+
+fn respond(status: u16, body: Value) -> Response<Full<Bytes>> {
+    let mut response = Response::builder()
+        .status(StatusCode::from_u16(status).unwrap())
+        .header("content-type", "application/json")
+        .header(
+            "ratelimit-remaining",
+            if status == 429 { "0" } else { "4400" },
+        );
+    if status == 429 {
+        response = response.header("retry-after", "60");
+    }
+    response
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+fn error(status: u16, id: &str, message: &str) -> Response<Full<Bytes>> {
+    respond(status, json!({"id": id, "message": message}))
+}
+
+fn formation_json(process: &str, quantity: u32) -> Value {
+    json!({"app": {"name": APP, "id": "01234567-89ab-cdef-0123-456789abcdef"},
+           "command": format!("./target/release/warmer {process}"), "type": process,
+           "quantity": quantity, "size": "Standard-1X", "id": format!("formation-{process}"),
+           "created_at": "2026-11-25T00:00:00Z", "updated_at": "2026-11-25T00:00:00Z"})
+}
+
+async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (parts, body) = request.into_parts();
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    if header("accept") != "application/vnd.heroku+json; version=3" {
+        return error(
+            400,
+            "bad_request",
+            "Accept must be application/vnd.heroku+json; version=3",
+        );
+    }
+    if header("authorization") != format!("Bearer {TOKEN}") {
+        return error(401, "unauthorized", "Invalid credentials provided.");
+    }
+    let body = body.collect().await.unwrap().to_bytes();
+    let mut state = state.lock().unwrap();
+    if let Some(status) = state.faults.pop_front() {
+        return error(status, "fault", "injected by the test");
+    }
+    let path: Vec<&str> = parts.uri.path().trim_matches('/').split('/').collect();
+    match (&parts.method, path.as_slice()) {
+        (_, ["apps", app, "formation"]) if *app != APP => {
+            error(404, "not_found", "Couldn't find that app.")
+        }
+        (&Method::GET, ["apps", _, "formation"]) => respond(
+            200,
+            state
+                .formation
+                .iter()
+                .map(|(p, n)| formation_json(p, *n))
+                .collect(),
+        ),
+        (&Method::PATCH, ["apps", _, "formation"]) => {
+            let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
+                return error(400, "bad_request", "Request body must be JSON.");
+            };
+            let Some(updates) = patch["updates"].as_array() else {
+                return error(422, "invalid_params", "updates is required");
+            };
+            let mut applied = Vec::new();
+            for update in updates {
+                let (Some(process), Some(quantity)) =
+                    (update["type"].as_str(), update["quantity"].as_u64())
+                else {
+                    return error(422, "invalid_params", "type and quantity are required");
+                };
+                if !state.formation.contains_key(process) {
+                    return error(404, "not_found", "Couldn't find that formation.");
+                }
+                applied.push((process.to_string(), quantity as u32));
+            }
+            for (process, quantity) in &applied {
+                state.formation.insert(process.clone(), *quantity);
+            }
+            state.patches.push(patch);
+            respond(
+                200,
+                applied.iter().map(|(p, n)| formation_json(p, *n)).collect(),
+            )
+        }
+        _ => error(404, "not_found", "no such endpoint in the stand-in"),
+    }
+}
