@@ -278,7 +278,7 @@ impl QueueMonitor {
             let queues = consumer_queues(&self.names);
             let mut depths = Vec::with_capacity(queues.len());
             for (process, queue) in queues {
-                let depth = passive_declare(&connection, &queue).await;
+                let depth = queue_depth(&connection, &queue).await;
                 let depth = match depth {
                     Ok(depth) => depth,
                     Err(error) => {
@@ -307,27 +307,26 @@ impl QueueMonitor {
     }
 }
 
-/// (ready messages, consumers) of `queue`, or `None` when it does not exist. A missing queue
-/// closes the channel, so each declare gets its own.
-async fn passive_declare(
-    connection: &Connection,
-    queue: &str,
-) -> anyhow::Result<Option<(u32, u32)>> {
+/// Declares `queue` passively: its counts if it exists; NOT_FOUND (see [`is_not_found`]), which
+/// also closes `channel`, if it does not.
+pub async fn passive_declare(channel: &Channel, queue: &str) -> lapin::Result<lapin::Queue> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+}
+
+/// (ready messages, consumers) of `queue`, or `None` when it does not exist, each on its own
+/// channel.
+async fn queue_depth(connection: &Connection, queue: &str) -> anyhow::Result<Option<(u32, u32)>> {
     let channel = connection
         .create_channel()
         .await
         .context("opening a channel")?;
-    let declared = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await;
-    match declared {
+    match passive_declare(&channel, queue).await {
         Ok(q) => {
             let _ = channel.close(200, "ok".into()).await;
             Ok(Some((q.message_count(), q.consumer_count())))

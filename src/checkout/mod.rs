@@ -20,8 +20,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use backon::{ExponentialBuilder, Retryable};
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
 use serde_json::json;
 
@@ -359,17 +357,7 @@ impl Checkout {
                 Err(_) => return false,
             },
         };
-        let probe = channel
-            .queue_declare(
-                reply_to.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
-        match probe {
+        match amqp::passive_declare(&channel, reply_to).await {
             Ok(_) => {
                 if let Ok(mut idle) = self.probes.lock() {
                     idle.push(channel);

@@ -228,15 +228,7 @@ impl TestApp {
     /// (messages ready, consumers) of a queue, by passive declare.
     pub async fn queue_counts(&self, queue: &str) -> (u32, u32) {
         let channel = self.amqp.create_channel().await.unwrap();
-        let q = channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+        let q = warmer::amqp::passive_declare(&channel, queue)
             .await
             .expect("queue exists");
         let _ = channel.close(200, "ok".into()).await;
