@@ -91,7 +91,12 @@ impl Names {
 
     /// Sorted set: names of the pool's VMs being booted → when the reservation expires (ms).
     pub fn booting(&self, pool: &PoolName) -> String {
-        format!("{}:_booting:{}", self.namespace, pool)
+        format!("{}{}", self.booting_key_prefix(), pool)
+    }
+
+    /// The prefix of every pool's boot reservations; a pool's key is this followed by its name.
+    pub fn booting_key_prefix(&self) -> String {
+        format!("{}:_booting:", self.namespace)
     }
 
     /// String: present while the safety brake holds every boot.

@@ -334,7 +334,7 @@ impl Store {
             let key = format!("{}{}", self.names.pool_key_prefix(), pool);
             pipe.llen(&key).lindex(&key, 0);
             pipe.zcount(
-                format!("{}:_booting:{pool}", self.names.namespace()),
+                format!("{}{pool}", self.names.booting_key_prefix()),
                 now_ms(),
                 "+inf",
             );

@@ -170,7 +170,7 @@ impl Reconciler {
         let mut pools: Vec<String> = targets.keys().cloned().collect();
         let prefix = names.pool_key_prefix();
         // Lists and boot reservations of pools whose target is gone are read too.
-        let booting_prefix = format!("{}:_booting:", names.namespace());
+        let booting_prefix = names.booting_key_prefix();
         let mut found = Vec::new();
         for pattern in [format!("{prefix}*:*"), format!("{booting_prefix}*")] {
             let mut keys: redis::AsyncIter<String> = redis
@@ -199,11 +199,7 @@ impl Reconciler {
         pipe.atomic();
         for pool in &pools {
             pipe.lrange(format!("{prefix}{pool}"), 0, -1);
-            pipe.zrangebyscore(
-                format!("{}:_booting:{pool}", names.namespace()),
-                now,
-                "+inf",
-            );
+            pipe.zrangebyscore(format!("{booting_prefix}{pool}"), now, "+inf");
         }
         pipe.hgetall(names.leases())
             .lrange(names.orphaned(), 0, -1)
