@@ -253,23 +253,26 @@ pub struct QueueMonitor {
     url: ServerUrl,
     name: String,
     names: Names,
+    timeout: Duration,
     connection: tokio::sync::Mutex<Option<Connection>>,
 }
 
 impl QueueMonitor {
-    /// `name` names the connection in RabbitMQ.
-    pub fn new(url: ServerUrl, name: String, names: Names) -> Self {
+    /// `name` names the connection in RabbitMQ; [`Self::depths`] takes at most `timeout`,
+    /// waiting for another call included.
+    pub fn new(url: ServerUrl, name: String, names: Names, timeout: Duration) -> Self {
         Self {
             url,
             name,
             names,
+            timeout,
             connection: tokio::sync::Mutex::default(),
         }
     }
 
-    /// Ready messages and consumers of every consumer queue, by passive declare (at most 10 s).
+    /// Ready messages and consumers of every consumer queue, by passive declare.
     pub async fn depths(&self) -> anyhow::Result<Vec<QueueDepth>> {
-        tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::time::timeout(self.timeout, async {
             let mut guard = self.connection.lock().await;
             let connection = match guard.take() {
                 Some(connection) if connection.status().connected() => connection,
@@ -300,10 +303,14 @@ impl QueueMonitor {
         .map_err(|_| anyhow!("reading queue depths from RabbitMQ timed out"))?
     }
 
+    /// Closes the connection, waiting at most 2 s for the broker (a dead link never answers).
     pub async fn close(&self) {
-        if let Some(connection) = self.connection.lock().await.take() {
-            let _ = connection.close(200, "bye".into()).await;
-        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            if let Some(connection) = self.connection.lock().await.take() {
+                let _ = connection.close(200, "bye".into()).await;
+            }
+        })
+        .await;
     }
 }
 

@@ -29,11 +29,11 @@ pub enum Command {
     /// safety brake. At most one is active; others stand by.
     Reconcile,
     /// Serve HTTP on $PORT (default 8080): /health, /metrics (Prometheus) and HireFire's
-    /// /hirefire/<HIREFIRE_TOKEN>/info (ready messages per process type).
+    /// /hirefire/<HIREFIRE_TOKEN>/info (the backlog of each consumer process type).
     Web,
-    /// Scale the checkout and refill dynos on Heroku by their queues' ready messages, every
-    /// WARMER_AUTOSCALE_INTERVAL, between 1 and WARMER_AUTOSCALE_MAX (needs HEROKU_API_TOKEN and
-    /// HEROKU_APP_NAME).
+    /// Scale the checkout and refill dynos on Heroku by their backlogs (waiting requests, missing
+    /// VMs) every WARMER_AUTOSCALE_INTERVAL, between 1 and WARMER_AUTOSCALE_MAX (needs
+    /// HEROKU_API_TOKEN and HEROKU_APP_NAME).
     Autoscale,
     /// Run the whole system in one process with the local (simulated) cloud, for trying warmer:
     /// creates an example pool if there is none.

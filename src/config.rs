@@ -60,20 +60,21 @@ impl ServerUrl {
         let Some((scheme, rest)) = url.split_once("://") else {
             return "[unparseable url]".into();
         };
-        let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
-        let authority = match authority.rsplit_once('@') {
-            Some((userinfo, host)) => match userinfo.split_once(':') {
-                Some((user, _)) => format!("{user}:***@{host}"),
-                None => format!("{userinfo}@{host}"),
-            },
-            None => authority.to_string(),
+        // The user info ends at the last `@`, so a password holding a raw `/` or `@` is still
+        // hidden (an `@` in the path hides more than needed, never less).
+        let (userinfo, rest) = match rest.rsplit_once('@') {
+            Some((userinfo, rest)) => (Some(userinfo), rest),
+            None => (None, rest),
         };
-        let path = path.split('#').next().unwrap_or_default();
-        if rest.contains('/') {
-            format!("{scheme}://{authority}/{path}")
-        } else {
-            format!("{scheme}://{authority}")
-        }
+        let userinfo = match userinfo {
+            Some(userinfo) => match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***@"),
+                None => format!("{userinfo}@"),
+            },
+            None => String::new(),
+        };
+        let rest = rest.split('#').next().unwrap_or_default();
+        format!("{scheme}://{userinfo}{rest}")
     }
 }
 
@@ -563,5 +564,19 @@ mod tests {
             assert!(!printed.contains(secret), "{secret} leaked: {printed}");
         }
         assert!(printed.contains("amqps://user:***@host/vh"));
+        assert!(printed.contains("rediss://:***@host:6380"));
+        assert!(!printed.contains("#insecure"));
+    }
+
+    #[test]
+    fn a_password_with_a_raw_slash_or_at_is_still_hidden() {
+        for (url, shown) in [
+            ("amqp://u:pa/ss@h/v", "amqp://u:***@h/v"),
+            ("amqp://u:p@ss@h:5672/%2f", "amqp://u:***@h:5672/%2f"),
+            ("redis://h:6379/0", "redis://h:6379/0"),
+        ] {
+            let url = server_url("WARMER_AMQP_URL", url.into(), &["amqp", "redis"]).unwrap();
+            assert_eq!(url.redacted(), shown);
+        }
     }
 }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod context;
 pub mod deletion;
 pub mod dev;
+pub mod load;
 pub mod names;
 pub mod operator;
 pub mod pool;

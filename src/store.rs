@@ -339,10 +339,14 @@ impl Store {
                 "+inf",
             );
         }
-        let rows: Vec<(u64, Option<String>, u64)> = pipe
-            .query_async(&mut self.conn.clone())
-            .await
-            .context("reading pools")?;
+        // An empty pipeline is refused by the client.
+        let rows: Vec<(u64, Option<String>, u64)> = if targets.is_empty() {
+            Vec::new()
+        } else {
+            pipe.query_async(&mut self.conn.clone())
+                .await
+                .context("reading pools")?
+        };
         let leases: BTreeMap<String, String> = self
             .conn
             .clone()

@@ -4,11 +4,13 @@
 //! |---|---|
 //! | `GET /health` | 200 when Redis and RabbitMQ answer, else 503; JSON naming each dependency |
 //! | `GET /metrics` | Prometheus text: every pool's target, ready, booting, handed out, oldest age; orphans; the brake; queue depths |
-//! | `GET /hirefire/<HIREFIRE_TOKEN>/info`, or `GET /hirefire` with header `HireFire-Token` | HireFire's job-queue format: ready messages per process type |
+//! | `GET /hirefire/<HIREFIRE_TOKEN>/info`, or `GET /hirefire` with header `HireFire-Token` | HireFire's job-queue format: each process type's [backlog](crate::load) |
 //!
 //! Reads only: it declares nothing and changes nothing, so it can run anywhere. Without
-//! `HIREFIRE_TOKEN` the HireFire routes answer 404. Runs until SIGTERM, then stops accepting and
-//! lets open requests finish (at most [`DRAIN`]).
+//! `HIREFIRE_TOKEN` the HireFire routes answer 404. Every dependency is asked for at most
+//! [`CHECK_TIMEOUT`], Redis and RabbitMQ at the same time, so an answer comes within Prometheus's
+//! and HireFire's timeouts even when one hangs. Runs until SIGTERM, then stops accepting and lets
+//! open requests finish (at most [`DRAIN`]).
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -18,7 +20,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
@@ -28,13 +30,15 @@ use tokio::task::JoinSet;
 use crate::amqp::{QueueDepth, QueueMonitor};
 use crate::config::Secret;
 use crate::context::Context;
+use crate::load::{self, Backlog};
+use crate::pool::parse_target;
 use crate::shutdown::Shutdown;
 use crate::store::{PoolStatus, now_ms};
 
 /// How long open requests may take after SIGTERM.
 pub const DRAIN: Duration = Duration::from_secs(10);
 /// Each dependency check and query is bounded by this, so a scrape never hangs.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The port when `PORT` is unset (Heroku always sets it).
 pub const DEFAULT_PORT: u16 = 8080;
@@ -56,6 +60,7 @@ pub async fn serve(ctx: Context, listener: TcpListener, shutdown: Shutdown) -> a
         ctx.config.amqp_url.clone(),
         format!("{}.web", ctx.names.prefix()),
         ctx.names.clone(),
+        CHECK_TIMEOUT,
     );
     let web = Arc::new(Web { ctx, queues });
     let mut connections = JoinSet::new();
@@ -90,6 +95,7 @@ pub async fn serve(ctx: Context, listener: TcpListener, shutdown: Shutdown) -> a
             }
         });
     }
+    drop(listener); // new connections are refused now, not left waiting in the backlog
     if tokio::time::timeout(DRAIN, async {
         while connections.join_next().await.is_some() {}
     })
@@ -165,18 +171,33 @@ impl Web {
             .get("hirefire-token")
             .map(HeaderValue::as_bytes);
         let token = self.ctx.config.hirefire_token.as_ref();
-        match route(request.method(), request.uri().path(), header_token, token) {
+        let mut response = match route(request.method(), request.uri().path(), header_token, token)
+        {
             Route::Health => self.health().await,
             Route::Metrics => self.metrics().await,
             Route::HireFire => self.hirefire().await,
             // Like a missing page, so a scan learns nothing; never echoes the token.
             Route::Forbidden | Route::NotFound => text(StatusCode::NOT_FOUND, "not found\n"),
-            Route::MethodNotAllowed => text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n"),
-        }
+            Route::MethodNotAllowed => {
+                let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
+                response
+                    .headers_mut()
+                    .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+                response
+            }
+        };
+        response
+            .headers_mut()
+            .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
     }
 
     async fn health(&self) -> Response<Full<Bytes>> {
-        let redis = match tokio::time::timeout(CHECK_TIMEOUT, self.ctx.store.ping()).await {
+        let (redis, rabbitmq) = tokio::join!(
+            tokio::time::timeout(CHECK_TIMEOUT, self.ctx.store.ping()),
+            self.queues.depths()
+        );
+        let redis = match redis {
             Ok(Ok(())) => "ok",
             Ok(Err(error)) => {
                 tracing::warn!(%error, "health: Redis failed");
@@ -184,7 +205,7 @@ impl Web {
             }
             Err(_) => "timed out",
         };
-        let rabbitmq = match self.queues.depths().await {
+        let rabbitmq = match rabbitmq {
             Ok(_) => "ok",
             Err(error) => {
                 tracing::warn!(error = %format!("{error:#}"), "health: RabbitMQ failed");
@@ -199,25 +220,28 @@ impl Web {
         json_response(status, &json!({"redis": redis, "rabbitmq": rabbitmq}))
     }
 
+    /// Pools, orphans and the brake from Redis, at most [`CHECK_TIMEOUT`].
+    async fn redis_state(&self) -> anyhow::Result<(Vec<PoolStatus>, bool, u64)> {
+        tokio::time::timeout(CHECK_TIMEOUT, async {
+            let (pools, brake) = self.ctx.store.status().await?;
+            let orphaned = self.ctx.store.orphan_count().await?;
+            anyhow::Ok((pools, brake, orphaned))
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("Redis timed out"))?
+    }
+
     async fn metrics(&self) -> Response<Full<Bytes>> {
-        let status = tokio::time::timeout(CHECK_TIMEOUT, self.ctx.store.status()).await;
-        let (pools, brake) = match status {
-            Ok(Ok(status)) => status,
-            Ok(Err(error)) => {
-                tracing::warn!(error = %format!("{error:#}"), "metrics: Redis failed");
-                return text(StatusCode::SERVICE_UNAVAILABLE, "Redis unavailable\n");
-            }
-            Err(_) => return text(StatusCode::SERVICE_UNAVAILABLE, "Redis timed out\n"),
-        };
-        let orphaned = match self.ctx.store.orphan_count().await {
-            Ok(count) => count,
+        let (redis, depths) = tokio::join!(self.redis_state(), self.queues.depths());
+        let (pools, brake, orphaned) = match redis {
+            Ok(state) => state,
             Err(error) => {
-                tracing::warn!(%error, "metrics: Redis failed");
+                tracing::warn!(error = %format!("{error:#}"), "metrics: Redis failed");
                 return text(StatusCode::SERVICE_UNAVAILABLE, "Redis unavailable\n");
             }
         };
         // Queue depths are optional: pool metrics are still worth a scrape without RabbitMQ.
-        let depths = self.queues.depths().await.unwrap_or_else(|error| {
+        let depths = depths.unwrap_or_else(|error| {
             tracing::warn!(error = %format!("{error:#}"), "metrics: RabbitMQ failed");
             Vec::new()
         });
@@ -231,25 +255,30 @@ impl Web {
     }
 
     async fn hirefire(&self) -> Response<Full<Bytes>> {
-        match self.queues.depths().await {
-            Ok(depths) => json_response(StatusCode::OK, &hirefire_body(&depths)),
-            Err(error) => {
-                tracing::warn!(error = %format!("{error:#}"), "hirefire: RabbitMQ failed");
-                text(StatusCode::SERVICE_UNAVAILABLE, "RabbitMQ unavailable\n")
+        let (redis, depths) = tokio::join!(self.redis_state(), self.queues.depths());
+        match (redis, depths) {
+            (Ok((pools, brake, _)), Ok(depths)) => {
+                let backlogs =
+                    load::backlogs(&depths, &pools, brake, self.ctx.config.boot_concurrency);
+                json_response(StatusCode::OK, &hirefire_body(&backlogs))
+            }
+            (Err(error), _) | (_, Err(error)) => {
+                tracing::warn!(error = %format!("{error:#}"), "hirefire: a dependency failed");
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Redis or RabbitMQ unavailable\n",
+                )
             }
         }
     }
 }
 
 /// HireFire's job-queue answer: one entry per process type, `value` (and the legacy `quantity`)
-/// the ready messages waiting for it.
-fn hirefire_body(depths: &[QueueDepth]) -> serde_json::Value {
-    depths
+/// the work waiting for it.
+fn hirefire_body(backlogs: &[Backlog]) -> serde_json::Value {
+    backlogs
         .iter()
-        .map(|d| {
-            let ready = d.ready.unwrap_or(0);
-            json!({"name": d.process, "value": ready, "quantity": ready})
-        })
+        .map(|b| json!({"name": b.process, "value": b.waiting, "quantity": b.waiting}))
         .collect()
 }
 
@@ -277,7 +306,7 @@ fn exposition(
     family(
         "warmer_pool_target",
         "Warmed VMs the pool should hold.",
-        per_pool(&|p| p.target.trim().parse().ok()),
+        per_pool(&|p| parse_target(&p.target).map(|t| t as f64)),
     );
     family(
         "warmer_pool_ready",
@@ -298,8 +327,8 @@ fn exposition(
         "warmer_pool_oldest_age_seconds",
         "Age of the pool's oldest warmed VM (absent when the pool is empty or its age unknown).",
         per_pool(&|p| {
-            let booted_ms = p.oldest.as_ref()?.booted_at? * 1000;
-            Some(now.saturating_sub(booted_ms) as f64 / 1000.0)
+            let booted = p.oldest.as_ref()?.booted_at? as f64;
+            Some((now as f64 / 1000.0 - booted).max(0.0))
         }),
     );
     family(
@@ -391,23 +420,21 @@ mod tests {
     }
 
     #[test]
-    fn hirefire_gets_ready_messages_per_process_type() {
-        let depths = [
-            QueueDepth {
+    fn hirefire_gets_the_backlog_of_each_process_type() {
+        let backlogs = [
+            Backlog {
                 process: "checkout",
-                queue: "w.checkout".into(),
-                ready: Some(7),
-                consumers: Some(2),
+                waiting: 7,
+                per_dyno: 64,
             },
-            QueueDepth {
+            Backlog {
                 process: "refill",
-                queue: "w.refill".into(),
-                ready: None,
-                consumers: None,
+                waiting: 0,
+                per_dyno: 8,
             },
         ];
         assert_eq!(
-            hirefire_body(&depths),
+            hirefire_body(&backlogs),
             json!([
                 {"name": "checkout", "value": 7, "quantity": 7},
                 {"name": "refill", "value": 0, "quantity": 0},

@@ -15,6 +15,13 @@ use serde_json::json;
 use crate::config::{Config, Secret};
 
 const ACCEPT: &str = "application/vnd.heroku+json; version=3";
+/// Below this many requests left in the hour, a warning is logged.
+const LOW_RATE_LIMIT: u32 = 200;
+
+/// A transport error with its causes (reqwest's own message omits them), without the URL.
+fn transport(error: reqwest::Error) -> HerokuError {
+    HerokuError::Transport(format!("{:#}", anyhow::Error::new(error.without_url())))
+}
 
 /// One process type of the app's formation.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -27,13 +34,21 @@ pub struct Formation {
 #[derive(Debug, thiserror::Error)]
 pub enum HerokuError {
     #[error(
-        "the Heroku API rejected HEROKU_API_TOKEN (HTTP {0}); check the token and its access to HEROKU_APP_NAME"
+        "the Heroku API rejected HEROKU_API_TOKEN (HTTP {status}, {id}): {message}; check the token and its access to HEROKU_APP_NAME"
     )]
-    Unauthorized(u16),
+    Unauthorized {
+        status: u16,
+        id: String,
+        message: String,
+    },
     #[error(
         "Heroku API rate limit reached (RateLimit-Remaining: {remaining}); the limit is shared by every tool using this token"
     )]
-    RateLimited { remaining: String },
+    RateLimited {
+        remaining: String,
+        /// From `Retry-After`, when the API sent one.
+        retry_after: Option<Duration>,
+    },
     #[error("the Heroku API refused the request (HTTP {status}, {id}): {message}")]
     Refused {
         status: u16,
@@ -109,25 +124,35 @@ impl Heroku {
             .bearer_auth(self.token.expose())
             .send()
             .await
-            .map_err(|e| HerokuError::Transport(e.without_url().to_string()))?;
+            .map_err(transport)?;
         let status = response.status();
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let remaining = header("ratelimit-remaining");
         if status.is_success() {
-            return response
-                .json()
-                .await
-                .map_err(|e| HerokuError::Transport(format!("reading the formation: {e}")));
-        }
-        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            return Err(HerokuError::Unauthorized(status.as_u16()));
+            if let Some(left) = remaining.as_deref().and_then(|r| r.parse::<u32>().ok())
+                && left < LOW_RATE_LIMIT
+            {
+                tracing::warn!(
+                    remaining = left,
+                    "Heroku API rate limit nearly used up (shared by every tool using HEROKU_API_TOKEN)"
+                );
+            }
+            return response.json().await.map_err(transport);
         }
         if status == StatusCode::TOO_MANY_REQUESTS {
-            let remaining = response
-                .headers()
-                .get("ratelimit-remaining")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("?")
-                .to_string();
-            return Err(HerokuError::RateLimited { remaining });
+            let retry_after = header("retry-after")
+                .and_then(|r| r.trim().parse::<u64>().ok())
+                .map(|s| Duration::from_secs(s.min(3_600)));
+            return Err(HerokuError::RateLimited {
+                remaining: remaining.unwrap_or_else(|| "?".into()),
+                retry_after,
+            });
         }
         // Heroku's errors are `{"id": "...", "message": "..."}`.
         let body: serde_json::Value = response.json().await.unwrap_or_default();
@@ -139,10 +164,19 @@ impl Heroku {
                 .take(300)
                 .collect::<String>()
         };
-        Err(HerokuError::Refused {
-            status: status.as_u16(),
-            id: field("id"),
-            message: field("message"),
+        let (status, id, message) = (status.as_u16(), field("id"), field("message"));
+        Err(if status == 401 || status == 403 {
+            HerokuError::Unauthorized {
+                status,
+                id,
+                message,
+            }
+        } else {
+            HerokuError::Refused {
+                status,
+                id,
+                message,
+            }
         })
     }
 }

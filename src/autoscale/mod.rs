@@ -1,25 +1,27 @@
 //! `warmer autoscale`: scales the consumer process types on Heroku by the length of their queues
 //! (SPEC §5), through the Platform API.
 //!
-//! Every `WARMER_AUTOSCALE_INTERVAL` it reads the ready messages of `<prefix>.checkout` and
-//! `<prefix>.refill` and the app's formation, decides each type's dynos with the pure
-//! [`plan::desired`], and sends one `PATCH` with the types that change. Types absent from the
-//! formation (not in the Procfile's release) are left alone and logged. An API or broker error
-//! skips that check; the next one tries again. Run one `autoscale` dyno: the API limit (4,500
-//! requests an hour) is shared by every tool using the token, and a check costs one request,
-//! two when it scales.
+//! Every `WARMER_AUTOSCALE_INTERVAL` it reads each consumer type's [backlog](crate::load)
+//! (requests waiting in `<prefix>.checkout`; VMs the pools lack with no boot reserved) and the
+//! app's formation, decides each type's dynos with the pure [`plan::desired`], and sends one
+//! `PATCH` with the types that change. Types absent from the formation (not in the Procfile's
+//! release) are left alone and logged. An API, broker or Redis error skips that check; the next
+//! one tries again (after `Retry-After` when rate limited). Run one `autoscale` dyno: the API
+//! limit (4,500 requests an hour) is shared by every tool using the token, and a check costs one
+//! request, two when it scales. SIGTERM interrupts a check.
 
 pub mod heroku;
 pub mod plan;
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use anyhow::Context as _;
 
 use crate::amqp::QueueMonitor;
 use crate::context::Context;
 use crate::shutdown::Shutdown;
-use heroku::{Formation, Heroku};
+use heroku::{Formation, Heroku, HerokuError};
 
 /// One change of a process type's dynos.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,7 +29,8 @@ pub struct Scaling {
     pub process: String,
     pub from: u32,
     pub to: u32,
-    pub ready: u32,
+    /// The backlog that decided it.
+    pub waiting: u32,
 }
 
 /// One autoscale process.
@@ -47,6 +50,7 @@ impl Autoscaler {
             ctx.config.amqp_url.clone(),
             format!("{}.autoscale", ctx.names.prefix()),
             ctx.names.clone(),
+            Duration::from_secs(10),
         );
         Ok(Self {
             ctx,
@@ -65,10 +69,22 @@ impl Autoscaler {
             "autoscaling"
         );
         loop {
-            if let Err(error) = self.check().await {
-                tracing::error!(error = %format!("{error:#}"), "autoscale check failed; trying again next interval");
+            let checked = tokio::select! {
+                _ = shutdown.wait() => break,
+                checked = self.check() => checked,
+            };
+            let mut pause = interval;
+            if let Err(error) = checked {
+                if let Some(HerokuError::RateLimited {
+                    retry_after: Some(after),
+                    ..
+                }) = error.downcast_ref()
+                {
+                    pause = pause.max(*after);
+                }
+                tracing::error!(error = %format!("{error:#}"), next_in = ?pause, "autoscale check failed; trying again later");
             }
-            if !shutdown.sleep(interval).await {
+            if !shutdown.sleep(pause).await {
                 break;
             }
         }
@@ -80,6 +96,9 @@ impl Autoscaler {
     /// One check: reads the queues and the formation, scales what needs it, says what changed.
     pub async fn check(&mut self) -> anyhow::Result<Vec<Scaling>> {
         let depths = self.queues.depths().await?;
+        let (pools, brake) = self.ctx.store.status().await?;
+        let backlogs =
+            crate::load::backlogs(&depths, &pools, brake, self.ctx.config.boot_concurrency);
         let formation = self
             .heroku
             .formation()
@@ -87,33 +106,29 @@ impl Autoscaler {
             .context("reading the app's formation")?;
         let max = self.ctx.config.autoscale_max;
         let mut changes = Vec::new();
-        for depth in depths {
-            let Some(running) = formation.iter().find(|f| f.process == depth.process) else {
+        for backlog in backlogs {
+            let Some(running) = formation.iter().find(|f| f.process == backlog.process) else {
                 tracing::warn!(
-                    process = depth.process,
+                    process = backlog.process,
                     "process type not in the app's formation (add it to the Procfile): not scaled"
                 );
                 continue;
             };
-            let ready = depth.ready.unwrap_or(0);
-            let quiet = self.quiet.entry(depth.process).or_default();
-            *quiet = if ready == 0 { *quiet + 1 } else { 0 };
+            let quiet = self.quiet.entry(backlog.process).or_default();
+            *quiet = if backlog.waiting == 0 { *quiet + 1 } else { 0 };
             let to = plan::desired(
                 running.quantity,
-                ready,
+                backlog.waiting,
                 *quiet,
-                per_dyno(depth.process),
+                backlog.per_dyno,
                 max,
             );
-            if to < running.quantity {
-                *quiet = 0;
-            }
             if to != running.quantity {
                 changes.push(Scaling {
-                    process: depth.process.to_string(),
+                    process: backlog.process.to_string(),
                     from: running.quantity,
                     to,
-                    ready,
+                    waiting: backlog.waiting,
                 });
             }
         }
@@ -132,22 +147,18 @@ impl Autoscaler {
             .await
             .context("scaling the app's formation")?;
         for change in &changes {
+            if change.to < change.from {
+                // The next step down waits for another run of quiet checks.
+                self.quiet.retain(|process, _| *process != change.process);
+            }
             tracing::info!(
                 process = %change.process,
                 from = change.from,
                 to = change.to,
-                ready = change.ready,
+                waiting = change.waiting,
                 "scaled"
             );
         }
         Ok(changes)
-    }
-}
-
-/// Waiting messages that justify one more dyno: what one consumer process takes at once.
-fn per_dyno(process: &str) -> u32 {
-    match process {
-        "checkout" => u32::from(crate::checkout::PREFETCH),
-        _ => u32::from(crate::refill::PREFETCH),
     }
 }

@@ -1,9 +1,9 @@
-//! How many dynos a consumer process type should run: a pure decision, from its queue's ready
-//! messages, the dynos it runs now, and how long its queue has been quiet.
+//! How many dynos a consumer process type should run: a pure decision, from its
+//! [backlog](crate::load), the dynos it runs now, and how long nothing has been waiting.
 //!
-//! - A backlog (ready messages: every running consumer already holds its prefetch) adds one
-//!   dyno per `per_dyno` waiting messages (rounded up), at once.
-//! - A queue with nothing waiting for [`SCALE_DOWN_AFTER`] checks in a row removes one dyno;
+//! - A backlog adds one dyno per `per_dyno` of it (what one more dyno takes on at once), rounded
+//!   up, at once.
+//! - Nothing waiting for [`SCALE_DOWN_AFTER`] checks in a row removes one dyno;
 //!   the count then starts again, so capacity goes down one step at a time and a burst that
 //!   comes back soon finds it still there.
 //! - Always between [`MIN_DYNOS`] and the maximum: a consumer type never scales to zero (a
@@ -17,9 +17,9 @@ pub const SCALE_DOWN_AFTER: u32 = 5;
 /// The dynos `current` should become.
 ///
 /// `quiet_checks` counts the consecutive checks, this one included, that found nothing waiting.
-pub fn desired(current: u32, ready: u32, quiet_checks: u32, per_dyno: u32, max: u32) -> u32 {
-    let wanted = if ready > 0 {
-        current.saturating_add(ready.div_ceil(per_dyno.max(1)))
+pub fn desired(current: u32, waiting: u32, quiet_checks: u32, per_dyno: u32, max: u32) -> u32 {
+    let wanted = if waiting > 0 {
+        current.saturating_add(waiting.div_ceil(per_dyno.max(1)))
     } else if quiet_checks >= SCALE_DOWN_AFTER {
         current.saturating_sub(1)
     } else {
@@ -33,7 +33,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_backlog_adds_a_dyno_per_prefetch_of_waiting_messages_up_to_the_maximum() {
+    fn a_backlog_adds_a_dyno_per_dynos_worth_of_it_up_to_the_maximum() {
         assert_eq!(desired(1, 1, 0, 64, 4), 2);
         assert_eq!(desired(1, 64, 0, 64, 4), 2);
         assert_eq!(desired(1, 65, 0, 64, 4), 3);

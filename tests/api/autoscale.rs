@@ -118,6 +118,52 @@ async fn api_errors_skip_a_check_and_the_next_one_scales() {
 }
 
 #[tokio::test]
+async fn a_failed_scale_down_is_retried_at_the_next_check() {
+    let heroku = HerokuStandIn::start(&[("checkout", 2), ("refill", 1)]).await;
+    let app = spawn_autoscaled_app(&heroku, TOKEN).await;
+    let mut autoscaler = Autoscaler::new(app.ctx.clone()).unwrap();
+    for _ in 1..SCALE_DOWN_AFTER {
+        assert!(autoscaler.check().await.unwrap().is_empty());
+    }
+
+    heroku.with(|s| s.patch_faults.push_back(503));
+    assert!(autoscaler.check().await.is_err(), "the PATCH failed");
+    assert_eq!(heroku.quantity("checkout"), 2);
+
+    let changes = autoscaler.check().await.unwrap();
+    assert_eq!(
+        changes.len(),
+        1,
+        "not another {SCALE_DOWN_AFTER} quiet checks"
+    );
+    assert_eq!(heroku.quantity("checkout"), 1);
+}
+
+#[tokio::test]
+async fn pools_short_of_their_target_add_refill_dynos_unless_the_brake_is_on() {
+    let heroku = HerokuStandIn::start(&[("checkout", 1), ("refill", 1)]).await;
+    let app = spawn_autoscaled_app(&heroku, TOKEN).await;
+    let mut autoscaler = Autoscaler::new(app.ctx.clone()).unwrap();
+    // 12 VMs missing, none booting; WARMER_BOOT_CONCURRENCY is 8: 1 + 2 refill dynos.
+    app.seed(POOL, 12, &[]).await;
+    let _: () = redis::AsyncCommands::set(&mut app.redis.clone(), app.names.brake(), "1")
+        .await
+        .unwrap();
+
+    assert!(
+        autoscaler.check().await.unwrap().is_empty(),
+        "boots are held"
+    );
+
+    let _: () = redis::AsyncCommands::del(&mut app.redis.clone(), app.names.brake())
+        .await
+        .unwrap();
+    autoscaler.check().await.unwrap();
+    assert_eq!(heroku.quantity("refill"), 3);
+    assert_eq!(heroku.quantity("checkout"), 1);
+}
+
+#[tokio::test]
 async fn a_rejected_token_is_reported_without_the_token() {
     let heroku = HerokuStandIn::start(&[("checkout", 1)]).await;
     let app = spawn_autoscaled_app(&heroku, "wrong-secret-token").await;

@@ -26,6 +26,8 @@ pub struct State {
     pub patches: Vec<Value>,
     /// Statuses to answer the next requests with.
     pub faults: VecDeque<u16>,
+    /// Statuses to answer the next PATCH requests with (reads succeed).
+    pub patch_faults: VecDeque<u16>,
 }
 
 pub struct HerokuStandIn {
@@ -142,6 +144,12 @@ async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Respons
                 .collect(),
         ),
         (&Method::PATCH, ["apps", _, "formation"]) => {
+            if let Some(status) = state.patch_faults.pop_front() {
+                return error(status, "fault", "injected by the test");
+            }
+            if header("content-type") != "application/json" {
+                return error(400, "bad_request", "Content-Type must be application/json");
+            }
             let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
                 return error(400, "bad_request", "Request body must be JSON.");
             };

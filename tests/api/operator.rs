@@ -42,6 +42,15 @@ async fn status_shows_target_ready_and_the_oldest_age() {
 }
 
 #[tokio::test]
+async fn status_without_pools_says_how_to_add_one() {
+    let app = spawn_app_without_consumer().await;
+
+    let status = operator::status(&app.ctx).await.unwrap();
+
+    assert!(status.contains("(no pools: add one with"), "{status}");
+}
+
+#[tokio::test]
 async fn a_fill_command_reaches_the_refill_queue() {
     let app = spawn_app_without_consumer().await;
     let pool: PoolName = POOL.parse().unwrap();

@@ -1,0 +1,104 @@
+//! What each consumer process type has waiting: the signal HireFire (through `warmer web`) and
+//! `warmer autoscale` scale by.
+//!
+//! - `checkout`: requests waiting in `<prefix>.checkout`. These are ready messages, so every
+//!   running consumer already holds its prefetch of [`crate::checkout::PREFETCH`].
+//! - `refill`: VMs the pools lack with no boot reserved for them, Σ max(0, target − ready −
+//!   booting); 0 while the safety brake holds every boot. The refill queue is no signal: its
+//!   messages are hints, acked at once even when every boot slot is taken.
+
+use crate::amqp::QueueDepth;
+use crate::pool::parse_target;
+use crate::store::PoolStatus;
+
+/// One consumer process type's waiting work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backlog {
+    pub process: &'static str,
+    /// Work waiting for a consumer of this type.
+    pub waiting: u32,
+    /// How much of it one more dyno takes on at once.
+    pub per_dyno: u32,
+}
+
+/// The backlog of `checkout` and `refill`, from the checkout queue's depth and the pools.
+pub fn backlogs(
+    depths: &[QueueDepth],
+    pools: &[PoolStatus],
+    brake: bool,
+    boot_concurrency: usize,
+) -> [Backlog; 2] {
+    let requests = depths
+        .iter()
+        .find(|d| d.process == "checkout")
+        .and_then(|d| d.ready)
+        .unwrap_or(0);
+    let unbooted: u64 = if brake {
+        0
+    } else {
+        pools
+            .iter()
+            .filter_map(|p| {
+                let target = parse_target(&p.target)?;
+                Some(target.saturating_sub(p.ready + p.booting))
+            })
+            .sum()
+    };
+    [
+        Backlog {
+            process: "checkout",
+            waiting: requests,
+            per_dyno: u32::from(crate::checkout::PREFETCH),
+        },
+        Backlog {
+            process: "refill",
+            waiting: u32::try_from(unbooted).unwrap_or(u32::MAX),
+            per_dyno: u32::try_from(boot_concurrency).unwrap_or(u32::MAX),
+        },
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(target: &str, ready: u64, booting: u64) -> PoolStatus {
+        PoolStatus {
+            pool: "img:n1-standard-1".into(),
+            target: target.into(),
+            ready,
+            booting,
+            handed_out: 0,
+            oldest: None,
+        }
+    }
+
+    #[test]
+    fn checkout_waits_on_queued_requests_and_refill_on_vms_no_boot_is_reserved_for() {
+        let depths = [QueueDepth {
+            process: "checkout",
+            queue: "w.checkout".into(),
+            ready: Some(70),
+            consumers: Some(1),
+        }];
+        let pools = [pool("10", 3, 2), pool("2", 5, 0), pool("legacy", 0, 0)];
+
+        let [checkout, refill] = backlogs(&depths, &pools, false, 8);
+
+        assert_eq!(
+            (checkout.process, checkout.waiting, checkout.per_dyno),
+            ("checkout", 70, 64)
+        );
+        assert_eq!(
+            (refill.process, refill.waiting, refill.per_dyno),
+            ("refill", 5, 8)
+        );
+        let [_, braked] = backlogs(&depths, &pools, true, 8);
+        assert_eq!(
+            braked.waiting, 0,
+            "boots are held: more refill dynos would not help"
+        );
+        let [missing, _] = backlogs(&[], &pools, false, 8);
+        assert_eq!(missing.waiting, 0, "no queue yet: nothing waits");
+    }
+}
