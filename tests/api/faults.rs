@@ -160,3 +160,36 @@ async fn redis_going_away_and_coming_back_is_survived() {
     assert_eq!(app.checkout().await["code"], "pool_empty");
     app.stop_consumers().await;
 }
+
+#[tokio::test]
+async fn a_refill_message_that_keeps_failing_is_dead_lettered_not_retried_forever() {
+    let proxy = Proxy::start("127.0.0.1:6379").await;
+    let mut app = spawn_app_with(AMQP_URL, &format!("redis://127.0.0.1:{}/0", proxy.port)).await;
+    app.start_refill().await;
+    let mut dead = app.dead_letters().await;
+
+    // Redis is gone: every delivery of the fill fails and warmer requeues it.
+    proxy.cut();
+    warmer::operator::fill(&app.ctx, None, None).await.unwrap();
+
+    let letter = within(
+        "the fill to be dead-lettered",
+        futures_lite::StreamExt::next(&mut dead),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let body: Value = serde_json::from_slice(&letter.data).unwrap();
+    assert_eq!(body, serde_json::json!({"command": "fill"}));
+    let reason = letter
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-first-death-reason").cloned());
+    assert!(
+        matches!(&reason, Some(lapin::types::AMQPValue::LongString(r)) if r.as_bytes() == b"delivery_limit"),
+        "{reason:?}"
+    );
+    proxy.restore();
+    app.stop_consumers().await;
+}
