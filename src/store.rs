@@ -325,9 +325,10 @@ impl Store {
         Ok(u64::try_from(moved).ok())
     }
 
-    /// Target, ready, booting and handed-out counts and the oldest entry of every pool, and
-    /// whether the safety brake is on.
-    pub async fn status(&self) -> anyhow::Result<(Vec<PoolStatus>, bool)> {
+    /// Target, ready and booting counts and the oldest entry of every pool (handed-out counts
+    /// left at 0), and whether the safety brake is on: a few hundred bytes per pool, cheap enough
+    /// for a loop.
+    pub async fn levels(&self) -> anyhow::Result<(Vec<PoolStatus>, bool)> {
         let targets = self.targets().await.context("reading pool targets")?;
         let mut pipe = redis::pipe();
         for pool in targets.keys() {
@@ -347,6 +348,31 @@ impl Store {
                 .await
                 .context("reading pools")?
         };
+        let brake: bool = self
+            .conn
+            .clone()
+            .exists(self.names.brake())
+            .await
+            .context("reading the brake")?;
+        let pools = targets
+            .into_iter()
+            .zip(rows)
+            .map(|((pool, target), (ready, oldest, booting))| PoolStatus {
+                handed_out: 0,
+                pool,
+                target,
+                ready,
+                booting,
+                oldest: oldest.and_then(|e| serde_json::from_str(&e).ok()),
+            })
+            .collect();
+        Ok((pools, brake))
+    }
+
+    /// [`Self::levels`] with handed-out counts. These need every lease, each holding its VM's
+    /// entry (about 2 kB), so this is for `warmer status` and `/metrics`, not for tight loops.
+    pub async fn status(&self) -> anyhow::Result<(Vec<PoolStatus>, bool)> {
+        let (mut pools, brake) = self.levels().await?;
         let leases: BTreeMap<String, String> = self
             .conn
             .clone()
@@ -362,24 +388,9 @@ impl Store {
                 *handed.entry(pool.to_string()).or_default() += 1;
             }
         }
-        let brake: bool = self
-            .conn
-            .clone()
-            .exists(self.names.brake())
-            .await
-            .context("reading the brake")?;
-        let pools = targets
-            .into_iter()
-            .zip(rows)
-            .map(|((pool, target), (ready, oldest, booting))| PoolStatus {
-                handed_out: handed.get(&pool).copied().unwrap_or(0),
-                pool,
-                target,
-                ready,
-                booting,
-                oldest: oldest.and_then(|e| serde_json::from_str(&e).ok()),
-            })
-            .collect();
+        for pool in &mut pools {
+            pool.handed_out = handed.get(&pool.pool).copied().unwrap_or(0);
+        }
         Ok((pools, brake))
     }
 

@@ -255,9 +255,14 @@ impl Web {
     }
 
     async fn hirefire(&self) -> Response<Full<Bytes>> {
-        let (redis, depths) = tokio::join!(self.redis_state(), self.queues.depths());
+        let levels = async {
+            tokio::time::timeout(CHECK_TIMEOUT, self.ctx.store.levels())
+                .await
+                .map_err(|_| anyhow::anyhow!("Redis timed out"))?
+        };
+        let (redis, depths) = tokio::join!(levels, self.queues.depths());
         match (redis, depths) {
-            (Ok((pools, brake, _)), Ok(depths)) => {
+            (Ok((pools, brake)), Ok(depths)) => {
                 let backlogs =
                     load::backlogs(&depths, &pools, brake, self.ctx.config.boot_concurrency);
                 json_response(StatusCode::OK, &hirefire_body(&backlogs))

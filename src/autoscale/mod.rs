@@ -96,7 +96,7 @@ impl Autoscaler {
     /// One check: reads the queues and the formation, scales what needs it, says what changed.
     pub async fn check(&mut self) -> anyhow::Result<Vec<Scaling>> {
         let depths = self.queues.depths().await?;
-        let (pools, brake) = self.ctx.store.status().await?;
+        let (pools, brake) = self.ctx.store.levels().await?;
         let backlogs =
             crate::load::backlogs(&depths, &pools, brake, self.ctx.config.boot_concurrency);
         let formation = self
