@@ -17,10 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_lite::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ExchangeDeleteOptions,
-    QueueDeleteOptions,
-};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use redis::AsyncCommands;
@@ -32,10 +29,13 @@ use warmer::pool::PoolName;
 use warmer::shutdown;
 use warmer::store::now_ms;
 
-const AMQP_URL: &str = "amqp://127.0.0.1:5672/%2f";
-const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
-const POOL: &str = "bench-image:n1-standard-2";
-const REQUEST: &[u8] = br#"{"site":"org","zone":"us-central1-c","image_name":"https://www.googleapis.com/compute/v1/projects/p/global/images/bench-image","machine_type":"https://www.googleapis.com/compute/v1/projects/p/zones/us-central1-c/machineTypes/n1-standard-2","public_ip":false}"#;
+#[allow(dead_code)]
+mod common;
+use common::{
+    AMQP_URL, POOL, REDIS_URL, REQUEST, env_or, fresh_prefix, median, remove_deployment,
+    wait_for_consumer,
+};
+
 const VM: &str = r#"{"name":"travis-job-00000000-0000-0000-0000-000000000000","zone":"us-central1-c","ip":"10.10.42.86","public_ip":null,"ssh_private_key":"-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-256-CBC,0123456789ABCDEF0123456789ABCDEF\n\nMIIEpAIBAAKCAQEA...about 1.7 kB of base64 in a real key...\n-----END RSA PRIVATE KEY-----\n","booted_at":1700000000}"#;
 
 #[derive(Clone, Copy, PartialEq)]
@@ -176,13 +176,6 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn env_or(var: &str, default: usize) -> usize {
-    std::env::var(var)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 struct Summary {
     p50_ms: f64,
     p99_ms: f64,
@@ -195,10 +188,6 @@ struct Summary {
 const TICK_US: f64 = 10_000.0;
 
 fn summarize(samples: &[Sample]) -> Summary {
-    let median = |mut values: Vec<f64>| {
-        values.sort_by(f64::total_cmp);
-        values[values.len() / 2]
-    };
     let percentile = |s: &Sample, p: f64| {
         let mut l = s.latencies.clone();
         l.sort();
@@ -233,7 +222,7 @@ async fn run(
     concurrency: usize,
     requests: usize,
 ) -> anyhow::Result<Sample> {
-    let prefix = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let prefix = fresh_prefix();
     let vars = [
         ("WARMER_AMQP_PREFIX", prefix.as_str()),
         ("WARMER_REDIS_NAMESPACE", prefix.as_str()),
@@ -258,66 +247,29 @@ async fn run(
         Scenario::Baseline => tokio::spawn(baseline(names.clone(), pool.clone(), stop)),
         _ => tokio::spawn(warmer::checkout::run(ctx.clone(), stop)),
     };
-    wait_for_consumer(amqp, &names).await?;
+    wait_for_consumer(amqp, &names.checkout_queue()).await?;
 
     let with_timestamp = scenario != Scenario::WarmerNoTimestamp;
-    let amqp = Arc::new(Connection::connect(AMQP_URL, ConnectionProperties::default()).await?);
+    let requesters =
+        Arc::new(Connection::connect(AMQP_URL, ConnectionProperties::default()).await?);
     // Warm-up, then the measured run.
-    load(&amqp, &names, concurrency, warmup, with_timestamp).await?;
+    load(&requesters, &names, concurrency, warmup, with_timestamp).await?;
     let started = Instant::now();
     let cpu = Cpu::now();
-    let latencies = load(&amqp, &names, concurrency, requests, with_timestamp).await?;
+    let latencies = load(&requesters, &names, concurrency, requests, with_timestamp).await?;
     let cpu = Cpu::now().since(cpu);
     let elapsed = started.elapsed();
 
     trigger.fire();
     consumer.await??;
-    let _ = amqp.close(200, "bye".into()).await;
-    for queue in [
-        names.checkout_queue(),
-        names.refill_queue(),
-        names.dead_letter_queue(),
-    ] {
-        channel
-            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-            .await?;
-    }
-    channel
-        .exchange_delete(
-            names.events_exchange().as_str().into(),
-            ExchangeDeleteOptions::default(),
-        )
-        .await?;
-    let keys: Vec<String> = redis.keys(format!("{prefix}:*")).await?;
-    if !keys.is_empty() {
-        let _: () = redis.del(keys).await?;
-    }
+    let _ = requesters.close(200, "bye".into()).await;
+    let _ = channel.close(200, "ok".into()).await;
+    remove_deployment(amqp, &names, &mut redis).await?;
     Ok(Sample {
         latencies,
         elapsed,
         cpu,
     })
-}
-
-async fn wait_for_consumer(amqp: &Connection, names: &Names) -> anyhow::Result<()> {
-    let channel = amqp.create_channel().await?;
-    for _ in 0..500 {
-        let queue = channel
-            .queue_declare(
-                names.checkout_queue().as_str().into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        if queue.consumer_count() > 0 {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    anyhow::bail!("the consumer did not start")
 }
 
 /// `concurrency` requesters sending `total` requests between them; returns every latency.

@@ -11,6 +11,8 @@
 //!   are unaccounted for (evict 100, mark 100), rebuilt before each round.
 
 #[allow(dead_code)]
+mod common;
+#[allow(dead_code)]
 #[path = "../tests/api/compute.rs"]
 mod compute;
 
@@ -25,17 +27,11 @@ use warmer::pool::PoolName;
 use warmer::reconcile::Reconciler;
 use warmer::store::now_ms;
 
+use common::env_or;
 use compute::ComputeStandIn;
 
 const POOLS: usize = 10;
 const ZONE: &str = "us-central1-a";
-
-fn env_or(var: &str, default: usize) -> usize {
-    std::env::var(var)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -19,6 +19,8 @@
 //! calls every 200 µs and stamps each new one; the resolution is printed with the table.
 
 #[allow(dead_code)]
+mod common;
+#[allow(dead_code)]
 #[path = "../tests/api/compute.rs"]
 mod compute;
 
@@ -27,10 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_lite::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ExchangeDeleteOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
-};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use redis::AsyncCommands;
@@ -43,12 +42,12 @@ use warmer::pool::PoolName;
 use warmer::shutdown::{self, Shutdown, Trigger};
 use warmer::store::now_ms;
 
+use common::{
+    AMQP_URL, POOL, REDIS_URL, REQUEST, env_or, fresh_prefix, median, remove_deployment,
+    wait_for_consumer,
+};
 use compute::ComputeStandIn;
 
-const AMQP_URL: &str = "amqp://127.0.0.1:5672/%2f";
-const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
-const POOL: &str = "bench-image:n1-standard-2";
-const REQUEST: &[u8] = br#"{"site":"org","zone":"us-central1-c","image_name":"https://www.googleapis.com/compute/v1/projects/p/global/images/bench-image","machine_type":"https://www.googleapis.com/compute/v1/projects/p/zones/us-central1-c/machineTypes/n1-standard-2","public_ip":false}"#;
 /// Pool target of the replacement scenario.
 const TARGET: u32 = 4;
 /// Stand-in boot delay of the replacement scenario.
@@ -153,24 +152,12 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn env_or(var: &str, default: usize) -> usize {
-    std::env::var(var)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// Nearest-rank percentile of `values`, in ms.
 fn percentile(values: &[Duration], p: f64) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort();
     let rank = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1].as_secs_f64() * 1000.0
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 /// Times `n` RSA-2048 key generations, one after another on the blocking pool.
@@ -204,7 +191,7 @@ impl Deployment {
         compute: &ComputeStandIn,
         extra: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
-        let prefix = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let prefix = fresh_prefix();
         let keyfile = compute.keyfile_json();
         let url = compute.compute_url();
         let vars = [
@@ -289,54 +276,9 @@ impl Deployment {
                 }
             }
         }
-        let channel = amqp.create_channel().await?;
-        for queue in [
-            self.names.checkout_queue(),
-            self.names.refill_queue(),
-            self.names.dead_letter_queue(),
-        ] {
-            channel
-                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                .await?;
-        }
-        channel
-            .exchange_delete(
-                self.names.events_exchange().as_str().into(),
-                ExchangeDeleteOptions::default(),
-            )
-            .await?;
-        let _ = channel.close(200, "ok".into()).await;
-        let keys: Vec<String> = self
-            .redis
-            .keys(format!("{}:*", self.names.namespace()))
-            .await?;
-        if !keys.is_empty() {
-            let _: () = self.redis.del(keys).await?;
-        }
+        remove_deployment(amqp, &self.names, &mut self.redis).await?;
         result
     }
-}
-
-async fn wait_for_consumer(amqp: &Connection, queue: &str) -> anyhow::Result<()> {
-    let channel = amqp.create_channel().await?;
-    for _ in 0..1000 {
-        let declared = channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        if declared.consumer_count() > 0 {
-            let _ = channel.close(200, "ok".into()).await;
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    anyhow::bail!("no consumer on {queue}")
 }
 
 /// Stamps each insert call the stand-in receives, from a thread of its own that looks every

@@ -1,0 +1,80 @@
+//! What the benchmarks share: the local servers, the travis-shaped request, a fresh
+//! deployment's names, waiting for a consumer, and removing a deployment's queues and keys.
+
+use std::time::Duration;
+
+use lapin::Connection;
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use redis::AsyncCommands;
+use warmer::names::Names;
+
+pub const AMQP_URL: &str = "amqp://127.0.0.1:5672/%2f";
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+pub const POOL: &str = "bench-image:n1-standard-2";
+/// The travis worker's request for [`POOL`].
+pub const REQUEST: &[u8] = br#"{"site":"org","zone":"us-central1-c","image_name":"https://www.googleapis.com/compute/v1/projects/p/global/images/bench-image","machine_type":"https://www.googleapis.com/compute/v1/projects/p/zones/us-central1-c/machineTypes/n1-standard-2","public_ip":false}"#;
+
+/// A numeric setting from the environment, else `default`.
+pub fn env_or(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// A prefix and namespace of its own for one measured deployment.
+pub fn fresh_prefix() -> String {
+    format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// Waits (at most 10 s) until `queue` has a consumer.
+pub async fn wait_for_consumer(amqp: &Connection, queue: &str) -> anyhow::Result<()> {
+    let channel = amqp.create_channel().await?;
+    for _ in 0..1000 {
+        if warmer::amqp::passive_declare(&channel, queue)
+            .await?
+            .consumer_count()
+            > 0
+        {
+            let _ = channel.close(200, "ok".into()).await;
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    anyhow::bail!("no consumer on {queue}")
+}
+
+/// Removes a deployment's queues, events exchange and Redis keys.
+pub async fn remove_deployment(
+    amqp: &Connection,
+    names: &Names,
+    redis: &mut redis::aio::ConnectionManager,
+) -> anyhow::Result<()> {
+    let channel = amqp.create_channel().await?;
+    for queue in [
+        names.checkout_queue(),
+        names.refill_queue(),
+        names.dead_letter_queue(),
+    ] {
+        channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await?;
+    }
+    channel
+        .exchange_delete(
+            names.events_exchange().as_str().into(),
+            ExchangeDeleteOptions::default(),
+        )
+        .await?;
+    let _ = channel.close(200, "ok".into()).await;
+    let keys: Vec<String> = redis.keys(format!("{}:*", names.namespace())).await?;
+    if !keys.is_empty() {
+        let _: () = redis.del(keys).await?;
+    }
+    Ok(())
+}
