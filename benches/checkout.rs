@@ -286,17 +286,7 @@ async fn load(
         let queue = names.checkout_queue();
         let count = total / concurrency;
         tasks.push(tokio::spawn(async move {
-            let mut replies = channel
-                .basic_consume(
-                    DIRECT_REPLY_TO.into(),
-                    "".into(),
-                    BasicConsumeOptions {
-                        no_ack: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await?;
+            let mut replies = warmer::amqp::consume_direct_replies(&channel).await?;
             let mut latencies = Vec::with_capacity(count);
             for i in 0..count {
                 let correlation = format!("{i}");

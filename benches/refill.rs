@@ -29,8 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_lite::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use redis::AsyncCommands;
 use tokio::task::JoinHandle;
@@ -370,17 +369,7 @@ async fn measure_replacement(
     deployment.wait_for_ready(target).await?;
 
     let channel = amqp.create_channel().await?;
-    let mut replies = channel
-        .basic_consume(
-            DIRECT_REPLY_TO.into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let mut replies = warmer::amqp::consume_direct_replies(&channel).await?;
     let sampler = InsertSampler::start(compute);
     let queue = deployment.names.checkout_queue();
     let mut out = Replacement {

@@ -352,6 +352,23 @@ pub fn is_not_found(error: &lapin::Error) -> bool {
     )
 }
 
+/// Starts consuming direct reply-to on `channel`, as a requester must before it publishes a
+/// request with `reply_to` = [`DIRECT_REPLY_TO`] (no-ack: the broker requires it).
+pub async fn consume_direct_replies(channel: &Channel) -> lapin::Result<lapin::Consumer> {
+    let no_ack = BasicConsumeOptions {
+        no_ack: true,
+        ..BasicConsumeOptions::default()
+    };
+    channel
+        .basic_consume(
+            DIRECT_REPLY_TO.into(),
+            "".into(),
+            no_ack,
+            FieldTable::default(),
+        )
+        .await
+}
+
 /// Properties of a persistent JSON message.
 pub fn json_properties() -> BasicProperties {
     BasicProperties::default()

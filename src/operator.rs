@@ -9,8 +9,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use futures_lite::StreamExt;
 use lapin::BasicProperties;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::FieldTable;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use serde_json::json;
 
 use crate::amqp::{self, DIRECT_REPLY_TO, Published, Publisher};
@@ -113,16 +112,7 @@ pub async fn request(ctx: &Context, request: &Request) -> anyhow::Result<(String
     let connection = ctx.amqp("request").await?;
     let channel = connection.create_channel().await?;
     // The reply consumer must exist before the request is published.
-    let mut replies = channel
-        .basic_consume(
-            DIRECT_REPLY_TO.into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
+    let mut replies = amqp::consume_direct_replies(&channel)
         .await
         .context("consuming direct replies")?;
     channel

@@ -455,16 +455,7 @@ pub struct Requester {
 impl Requester {
     pub async fn new(amqp: &Connection, names: &Names) -> Self {
         let channel = amqp.create_channel().await.unwrap();
-        let replies = channel
-            .basic_consume(
-                warmer::amqp::DIRECT_REPLY_TO.into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+        let replies = warmer::amqp::consume_direct_replies(&channel)
             .await
             .unwrap();
         Requester {
