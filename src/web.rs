@@ -332,8 +332,9 @@ fn exposition(
         "warmer_pool_oldest_age_seconds",
         "Age of the pool's oldest warmed VM (absent when the pool is empty or its age unknown).",
         per_pool(&|p| {
-            let booted = p.oldest.as_ref()?.booted_at? as f64;
-            Some((now as f64 / 1000.0 - booted).max(0.0))
+            // Whole milliseconds, saturating: a `booted_at` from outside cannot overflow.
+            let booted_ms = p.oldest.as_ref()?.booted_at?.saturating_mul(1000);
+            Some(now.saturating_sub(booted_ms) as f64 / 1000.0)
         }),
     );
     family(
