@@ -478,5 +478,16 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }
         assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        // A `booted_at` from outside (say, nanoseconds) cannot overflow the age.
+        let mut future = pools;
+        if let Some(entry) = future[0].oldest.as_mut() {
+            entry.booted_at = Some(u64::MAX);
+        }
+        let text = exposition(&future, false, 0, &[], 160_500);
+        assert!(
+            text.lines()
+                .any(|l| l == "warmer_pool_oldest_age_seconds{pool=\"img:n1-standard-1\"} 0"),
+            "{text}"
+        );
     }
 }
