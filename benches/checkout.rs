@@ -21,18 +21,16 @@ use lapin::options::{BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use redis::AsyncCommands;
-use warmer::amqp::DIRECT_REPLY_TO;
 use warmer::config::Config;
 use warmer::context::Context;
 use warmer::names::Names;
 use warmer::pool::PoolName;
 use warmer::shutdown;
-use warmer::store::now_ms;
 
 #[allow(dead_code)]
 mod common;
 use common::{
-    AMQP_URL, POOL, REDIS_URL, REQUEST, env_or, fresh_prefix, median, remove_deployment,
+    AMQP_URL, POOL, REDIS_URL, check_out, env_or, fresh_prefix, median, remove_deployment,
     wait_for_consumer,
 };
 
@@ -288,34 +286,11 @@ async fn load(
         tasks.push(tokio::spawn(async move {
             let mut replies = warmer::amqp::consume_direct_replies(&channel).await?;
             let mut latencies = Vec::with_capacity(count);
-            for i in 0..count {
-                let correlation = format!("{i}");
-                let mut properties = BasicProperties::default()
-                    .with_reply_to(DIRECT_REPLY_TO.into())
-                    .with_correlation_id(correlation.as_str().into())
-                    .with_message_id(uuid::Uuid::new_v4().to_string().as_str().into());
-                if with_timestamp {
-                    properties = properties.with_timestamp(now_ms() / 1000);
-                }
-                let sent = Instant::now();
-                channel
-                    .basic_publish(
-                        "".into(),
-                        queue.as_str().into(),
-                        BasicPublishOptions::default(),
-                        REQUEST,
-                        properties,
-                    )
-                    .await?;
-                let reply = tokio::time::timeout(Duration::from_secs(30), replies.next())
-                    .await?
-                    .ok_or_else(|| anyhow::anyhow!("reply stream ended"))??;
-                anyhow::ensure!(
-                    reply.data.starts_with(br#"{"name""#),
-                    "unexpected reply {}",
-                    String::from_utf8_lossy(&reply.data)
-                );
-                latencies.push(sent.elapsed());
+            for _ in 0..count {
+                let patience = Duration::from_secs(30);
+                let (sent, replied) =
+                    check_out(&channel, &mut replies, &queue, with_timestamp, patience).await?;
+                latencies.push(replied - sent);
             }
             anyhow::Ok(latencies)
         }));

@@ -28,21 +28,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_lite::StreamExt;
-use lapin::options::BasicPublishOptions;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::{Connection, ConnectionProperties};
 use redis::AsyncCommands;
 use tokio::task::JoinHandle;
-use warmer::amqp::DIRECT_REPLY_TO;
 use warmer::config::{Config, Secret};
 use warmer::context::Context;
 use warmer::names::Names;
 use warmer::pool::PoolName;
 use warmer::shutdown::{self, Shutdown, Trigger};
-use warmer::store::now_ms;
 
 use common::{
-    AMQP_URL, POOL, REDIS_URL, REQUEST, env_or, fresh_prefix, median, remove_deployment,
+    AMQP_URL, POOL, REDIS_URL, check_out, env_or, fresh_prefix, median, remove_deployment,
     wait_for_consumer,
 };
 use compute::ComputeStandIn;
@@ -381,31 +377,7 @@ async fn measure_replacement(
     };
     for i in 0..checkouts {
         let before = compute.with(|s| s.insert_calls.len());
-        let correlation = format!("{i}");
-        let properties = BasicProperties::default()
-            .with_reply_to(DIRECT_REPLY_TO.into())
-            .with_correlation_id(correlation.as_str().into())
-            .with_message_id(uuid::Uuid::new_v4().to_string().as_str().into())
-            .with_timestamp(now_ms() / 1000);
-        let sent = Instant::now();
-        channel
-            .basic_publish(
-                "".into(),
-                queue.as_str().into(),
-                BasicPublishOptions::default(),
-                REQUEST,
-                properties,
-            )
-            .await?;
-        let reply = tokio::time::timeout(PATIENCE, replies.next())
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("reply stream ended"))??;
-        let replied = Instant::now();
-        anyhow::ensure!(
-            reply.data.starts_with(br#"{"name""#),
-            "unexpected reply {}",
-            String::from_utf8_lossy(&reply.data)
-        );
+        let (sent, replied) = check_out(&channel, &mut replies, &queue, true, PATIENCE).await?;
         out.to_reply.push(replied - sent);
         let inserted = tokio::time::timeout(PATIENCE, async {
             loop {

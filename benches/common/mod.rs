@@ -1,12 +1,15 @@
 //! What the benchmarks share: the local servers, the travis-shaped request, a fresh
 //! deployment's names, waiting for a consumer, and removing a deployment's queues and keys.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use lapin::Connection;
-use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use futures_lite::StreamExt;
+use lapin::options::{BasicPublishOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::{BasicProperties, Channel, Connection};
 use redis::AsyncCommands;
+use warmer::amqp::DIRECT_REPLY_TO;
 use warmer::names::Names;
+use warmer::store::now_ms;
 
 pub const AMQP_URL: &str = "amqp://127.0.0.1:5672/%2f";
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
@@ -30,6 +33,46 @@ pub fn median(mut values: Vec<f64>) -> f64 {
 /// A prefix and namespace of its own for one measured deployment.
 pub fn fresh_prefix() -> String {
     format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// Sends one [`REQUEST`] to `queue` over direct reply-to (`replies` consumes it on `channel`),
+/// with a fresh `timestamp` or none, and waits at most `patience` for a VM in reply. Returns when
+/// the request was sent and when its reply came.
+pub async fn check_out(
+    channel: &Channel,
+    replies: &mut lapin::Consumer,
+    queue: &str,
+    with_timestamp: bool,
+    patience: Duration,
+) -> anyhow::Result<(Instant, Instant)> {
+    let id = uuid::Uuid::new_v4().to_string();
+    let mut properties = BasicProperties::default()
+        .with_reply_to(DIRECT_REPLY_TO.into())
+        .with_correlation_id(id.as_str().into())
+        .with_message_id(id.as_str().into());
+    if with_timestamp {
+        properties = properties.with_timestamp(now_ms() / 1000);
+    }
+    let sent = Instant::now();
+    channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            REQUEST,
+            properties,
+        )
+        .await?;
+    let reply = tokio::time::timeout(patience, replies.next())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("reply stream ended"))??;
+    let replied = Instant::now();
+    anyhow::ensure!(
+        reply.data.starts_with(br#"{"name""#),
+        "unexpected reply {}",
+        String::from_utf8_lossy(&reply.data)
+    );
+    Ok((sent, replied))
 }
 
 /// Waits (at most 10 s) until `queue` has a consumer.
