@@ -8,9 +8,10 @@
 //! whatever was unacknowledged.
 
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, anyhow};
+use anyhow::{Context as _, anyhow, bail};
 use backon::BackoffBuilder;
 use futures_lite::StreamExt;
 use lapin::options::{
@@ -33,6 +34,8 @@ pub const DRAIN: Duration = Duration::from_secs(25);
 pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 /// Deliveries of one message before it is dead-lettered instead of redelivered again.
 pub const DELIVERY_LIMIT: i64 = 5;
+/// How long a presence probe may take before its outcome counts as unknown.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// RabbitMQ's direct reply-to pseudo-queue.
 pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
@@ -139,16 +142,18 @@ pub async fn declare_topology(channel: &Channel, names: &Names) -> anyhow::Resul
     Ok(())
 }
 
-/// What the broker said about a published message.
+/// What the broker said about a message published through a [`Courier`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum Published {
     /// Confirmed, and (for mandatory publishes) routed to a queue.
     Routed,
-    /// Confirmed but returned as unroutable (mandatory), or refused by the broker (nack).
+    /// Returned as unroutable (NO_ROUTE): provably delivered to nobody.
     NotRouted,
 }
 
-/// A channel in confirm mode, shared by every task of a process.
+/// A channel in confirm mode for events and commands, shared by every task of a process. Its
+/// publishes are never `mandatory`, so the broker never returns one: a confirm says all there is
+/// to say. Replies and commands, whose returns matter, go through a [`Courier`].
 #[derive(Clone)]
 pub struct Publisher {
     channel: Channel,
@@ -156,51 +161,33 @@ pub struct Publisher {
 
 impl Publisher {
     pub async fn open(connection: &Connection) -> anyhow::Result<Self> {
-        let channel = connection
-            .create_channel()
-            .await
-            .context("opening the publishing channel")?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .context("enabling publisher confirms")?;
-        Ok(Self { channel })
+        Ok(Self {
+            channel: confirm_channel(connection).await?,
+        })
     }
 
-    /// Publishes and waits for the broker's confirm. An error means the outcome is unknown.
+    /// Publishes (not mandatory) and waits for the broker's confirm. An error means the outcome
+    /// is unknown.
     pub async fn publish(
         &self,
         exchange: &str,
         routing_key: &str,
         body: &[u8],
         properties: BasicProperties,
-        mandatory: bool,
-    ) -> anyhow::Result<Published> {
-        let routing_key =
-            ShortString::try_new(routing_key).map_err(|_| anyhow!("routing key too long"))?;
-        let confirm = async {
-            self.channel
-                .basic_publish(
-                    exchange.into(),
-                    routing_key,
-                    BasicPublishOptions {
-                        mandatory,
-                        ..BasicPublishOptions::default()
-                    },
-                    body,
-                    properties,
-                )
-                .await?
-                .await
-        };
-        let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
-            .await
-            .map_err(|_| anyhow!("no publisher confirm within {CONFIRM_TIMEOUT:?}"))?
-            .context("publishing")?;
-        Ok(match confirmation {
-            Confirmation::Ack(None) | Confirmation::NotRequested => Published::Routed,
-            Confirmation::Ack(Some(_)) | Confirmation::Nack(_) => Published::NotRouted,
-        })
+    ) -> anyhow::Result<()> {
+        match publish_confirmed(
+            &self.channel,
+            exchange,
+            routing_key,
+            body,
+            properties,
+            false,
+        )
+        .await?
+        {
+            Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Nack(_) => bail!("the broker refused the message (nack)"),
+        }
     }
 
     /// Publishes a JSON event to the events exchange.
@@ -212,21 +199,150 @@ impl Publisher {
     ) -> anyhow::Result<()> {
         let body = serde_json::to_vec(body)?;
         let properties = json_properties().with_timestamp(crate::store::now_ms() / 1000);
-        self.publish(
-            &names.events_exchange(),
-            routing_key,
-            &body,
-            properties,
-            false,
-        )
-        .await
-        .with_context(|| format!("publishing event {routing_key}"))
-        .map(|_| ())
+        self.publish(&names.events_exchange(), routing_key, &body, properties)
+            .await
+            .with_context(|| format!("publishing event {routing_key}"))
     }
 
     pub fn channel(&self) -> &Channel {
         &self.channel
     }
+}
+
+/// Publishes to a queue by name (the default exchange), `mandatory`, so that a message the
+/// broker returns as unroutable is always pinned on its own publish: what checkout replies and
+/// operator commands go through.
+///
+/// lapin attaches a `basic.return` to whichever pending confirm of the channel completes next
+/// (with a `multiple` ack, in `HashMap` order), so on a channel with several publishes in flight
+/// a return proves nothing about any one of them. Here every channel carries **one publish at a
+/// time**: the broker sends a message's `basic.return` before its `basic.ack`, so the only
+/// return a confirm can carry is that publish's own. Each message also gets a unique `message_id`,
+/// checked against the returned message: a return that is not ours (which the discipline rules
+/// out) is never read as "not routed" but as an unknown outcome. A channel whose publish ended
+/// in an error or a timeout is closed, never reused, so nothing late can surface on it.
+pub struct Courier {
+    connection: Arc<Connection>,
+    idle: Mutex<Vec<Channel>>,
+}
+
+impl Courier {
+    pub fn new(connection: Arc<Connection>) -> Self {
+        Self {
+            connection,
+            idle: Mutex::default(),
+        }
+    }
+
+    /// Publishes to `queue`, `mandatory` unless it is direct reply-to. An error means the outcome
+    /// is unknown: the message may or may not have reached the queue.
+    pub async fn publish(
+        &self,
+        queue: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> anyhow::Result<Published> {
+        // Direct reply-to and `mandatory` do not mix (a delivered reply can come back as
+        // NO_ROUTE), so only ordinary queues use it.
+        let mandatory = !queue.starts_with(DIRECT_REPLY_TO);
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let properties = properties.with_message_id(id.as_str().into());
+        let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let channel = match idle {
+            Some(channel) if channel.status().connected() => channel,
+            _ => confirm_channel(&self.connection).await?,
+        };
+        let confirmed = publish_confirmed(&channel, "", queue, body, properties, mandatory).await;
+        let published = match confirmed {
+            Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => Ok(Published::Routed),
+            Ok(Confirmation::Ack(Some(returned))) => {
+                let ours = returned.delivery.properties.message_id().as_ref()
+                    == Some(&id.as_str().into())
+                    && returned.delivery.routing_key.as_str() == queue;
+                if ours && returned.reply_code == NO_ROUTE {
+                    Ok(Published::NotRouted)
+                } else {
+                    Err(anyhow!(
+                        "a returned message that is not this one (code {}): outcome unknown",
+                        returned.reply_code
+                    ))
+                }
+            }
+            // The broker failed to take the message: it may or may not have been delivered.
+            Ok(Confirmation::Nack(_)) => Err(anyhow!("the broker nacked the message")),
+            Err(error) => Err(error),
+        };
+        if published.is_ok() {
+            if let Ok(mut idle) = self.idle.lock() {
+                idle.push(channel);
+            }
+        } else {
+            // Its state is unknown (a confirm may still come): never reuse it.
+            tokio::spawn(async move {
+                let _ = channel.close(200, "reply outcome unknown".into()).await;
+            });
+        }
+        published
+    }
+
+    /// Closes the idle channels.
+    pub async fn close(&self) {
+        let idle: Vec<Channel> = self
+            .idle
+            .lock()
+            .map(|mut idle| idle.drain(..).collect())
+            .unwrap_or_default();
+        for channel in idle {
+            let _ = channel.close(200, "bye".into()).await;
+        }
+    }
+}
+
+/// AMQP reply code of a message returned as unroutable.
+const NO_ROUTE: u16 = 312;
+
+async fn confirm_channel(connection: &Connection) -> anyhow::Result<Channel> {
+    let channel = connection
+        .create_channel()
+        .await
+        .context("opening a publishing channel")?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .context("enabling publisher confirms")?;
+    Ok(channel)
+}
+
+/// Publishes on `channel` and waits at most [`CONFIRM_TIMEOUT`] for the broker's confirm.
+async fn publish_confirmed(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+    mandatory: bool,
+) -> anyhow::Result<Confirmation> {
+    let routing_key =
+        ShortString::try_new(routing_key).map_err(|_| anyhow!("routing key too long"))?;
+    let confirm = async {
+        channel
+            .basic_publish(
+                exchange.into(),
+                routing_key,
+                BasicPublishOptions {
+                    mandatory,
+                    ..BasicPublishOptions::default()
+                },
+                body,
+                properties,
+            )
+            .await?
+            .await
+    };
+    tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
+        .await
+        .map_err(|_| anyhow!("no publisher confirm within {CONFIRM_TIMEOUT:?}"))?
+        .context("publishing")
 }
 
 /// The consumer process types and the queue each consumes: what HireFire and
@@ -247,60 +363,46 @@ pub struct QueueDepth {
     pub consumers: Option<u32>,
 }
 
-/// Reads the depths of the consumer queues on one connection, opened on first use and reopened
-/// when lost. Declares nothing.
-pub struct QueueMonitor {
+/// A connection opened on first use and reopened once lost, for work that is not consuming
+/// (queue depths, presence probes) and must not take a consumer's connection down with it.
+pub struct LazyConnection {
     url: ServerUrl,
     name: String,
-    names: Names,
-    timeout: Duration,
-    connection: tokio::sync::Mutex<Option<Connection>>,
+    connection: tokio::sync::Mutex<Option<Arc<Connection>>>,
 }
 
-impl QueueMonitor {
-    /// `name` names the connection in RabbitMQ; [`Self::depths`] takes at most `timeout`,
-    /// waiting for another call included.
-    pub fn new(url: ServerUrl, name: String, names: Names, timeout: Duration) -> Self {
+impl LazyConnection {
+    /// `name` names the connection in RabbitMQ.
+    pub fn new(url: ServerUrl, name: String) -> Self {
         Self {
             url,
             name,
-            names,
-            timeout,
             connection: tokio::sync::Mutex::default(),
         }
     }
 
-    /// Ready messages and consumers of every consumer queue, by passive declare.
-    pub async fn depths(&self) -> anyhow::Result<Vec<QueueDepth>> {
-        tokio::time::timeout(self.timeout, async {
-            let mut guard = self.connection.lock().await;
-            let connection = match guard.take() {
-                Some(connection) if connection.status().connected() => connection,
-                _ => connect(&self.url, &self.name).await?,
-            };
-            let queues = consumer_queues(&self.names);
-            let mut depths = Vec::with_capacity(queues.len());
-            for (process, queue) in queues {
-                let depth = queue_depth(&connection, &queue).await;
-                let depth = match depth {
-                    Ok(depth) => depth,
-                    Err(error) => {
-                        let _ = connection.close(200, "bye".into()).await;
-                        return Err(error);
-                    }
-                };
-                depths.push(QueueDepth {
-                    process,
-                    queue,
-                    ready: depth.map(|d| d.0),
-                    consumers: depth.map(|d| d.1),
-                });
-            }
-            *guard = Some(connection);
-            Ok(depths)
-        })
-        .await
-        .map_err(|_| anyhow!("reading queue depths from RabbitMQ timed out"))?
+    /// The open connection, connecting (again) if there is none.
+    pub async fn get(&self) -> anyhow::Result<Arc<Connection>> {
+        let mut guard = self.connection.lock().await;
+        if let Some(connection) = guard.as_ref()
+            && connection.status().connected()
+        {
+            return Ok(connection.clone());
+        }
+        let connection = Arc::new(connect(&self.url, &self.name).await?);
+        *guard = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// Drops the connection (closing it in the background), so that the next [`Self::get`]
+    /// opens a new one: for a connection that failed or stopped answering.
+    pub async fn reset(&self) {
+        if let Some(connection) = self.connection.lock().await.take() {
+            tokio::spawn(async move {
+                let closing = connection.close(200, "reset".into());
+                let _ = tokio::time::timeout(Duration::from_secs(2), closing).await;
+            });
+        }
     }
 
     /// Closes the connection, waiting at most 2 s for the broker (a dead link never answers).
@@ -311,6 +413,151 @@ impl QueueMonitor {
             }
         })
         .await;
+    }
+}
+
+/// Reads the depths of the consumer queues on a connection of its own. Declares nothing.
+pub struct QueueMonitor {
+    connection: LazyConnection,
+    names: Names,
+    timeout: Duration,
+}
+
+impl QueueMonitor {
+    /// `name` names the connection in RabbitMQ; [`Self::depths`] takes at most `timeout`.
+    pub fn new(url: ServerUrl, name: String, names: Names, timeout: Duration) -> Self {
+        Self {
+            connection: LazyConnection::new(url, name),
+            names,
+            timeout,
+        }
+    }
+
+    /// Ready messages and consumers of every consumer queue, by passive declare. A failure
+    /// drops the connection, so a hung one does not fail every later call.
+    pub async fn depths(&self) -> anyhow::Result<Vec<QueueDepth>> {
+        let depths = tokio::time::timeout(self.timeout, async {
+            let connection = self.connection.get().await?;
+            let queues = consumer_queues(&self.names);
+            let mut depths = Vec::with_capacity(queues.len());
+            for (process, queue) in queues {
+                let depth = queue_depth(&connection, &queue).await?;
+                depths.push(QueueDepth {
+                    process,
+                    queue,
+                    ready: depth.map(|d| d.0),
+                    consumers: depth.map(|d| d.1),
+                });
+            }
+            Ok(depths)
+        })
+        .await
+        .map_err(|_| anyhow!("reading queue depths from RabbitMQ timed out"))
+        .and_then(|depths| depths);
+        if depths.is_err() {
+            self.connection.reset().await;
+        }
+        depths
+    }
+
+    /// Closes the connection.
+    pub async fn close(&self) {
+        self.connection.close().await;
+    }
+}
+
+/// Whether a direct reply-to requester is still connected, as the broker says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    /// The broker knows the name: a reply to it reaches its requester.
+    Here,
+    /// The broker does not know the name, or cannot resolve it: nobody can receive a reply,
+    /// and a reply must not be sent.
+    Gone,
+    /// The probe itself failed (our connection): proves nothing either way.
+    Unknown,
+}
+
+/// Asks the broker whether a direct reply-to name belongs to a connected requester, by a
+/// passive declare of the name: it succeeds while the requester's channel is open.
+///
+/// Probes run on a connection of their own because a name that does not decode to a live
+/// broker process (a forged `amq.rabbitmq.reply-to.<…>`) makes RabbitMQ close the *connection*
+/// with INTERNAL_ERROR, for a declare as for a publish; on a consumer's connection that would
+/// requeue every request in flight. A probe that loses its connection this way is tried once
+/// more on a fresh one: if the name kills that one too, the name is what the broker cannot
+/// resolve, and no reply may ever be published to it.
+pub struct Prober {
+    connection: LazyConnection,
+    /// Channels kept while their probes succeed (a failed passive declare closes its channel).
+    idle: Mutex<Vec<Channel>>,
+}
+
+impl Prober {
+    pub fn new(url: ServerUrl, name: String) -> Self {
+        Self {
+            connection: LazyConnection::new(url, name),
+            idle: Mutex::default(),
+        }
+    }
+
+    /// Whether `reply_to` (a direct reply-to name) has a requester; at most [`PROBE_TIMEOUT`].
+    pub async fn probe(&self, reply_to: &str) -> Presence {
+        match tokio::time::timeout(PROBE_TIMEOUT, self.probe_once_or_twice(reply_to)).await {
+            Ok(presence) => presence,
+            Err(_) => {
+                tracing::warn!("presence probe timed out; reconnecting");
+                self.connection.reset().await;
+                Presence::Unknown
+            }
+        }
+    }
+
+    async fn probe_once_or_twice(&self, reply_to: &str) -> Presence {
+        for attempt in 0..2 {
+            let Ok(connection) = self.connection.get().await else {
+                return Presence::Unknown;
+            };
+            let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+            let channel = match idle {
+                Some(channel) if channel.status().connected() => channel,
+                _ => match connection.create_channel().await {
+                    Ok(channel) => channel,
+                    Err(_) => return Presence::Unknown,
+                },
+            };
+            match passive_declare(&channel, reply_to).await {
+                Ok(_) => {
+                    if let Ok(mut idle) = self.idle.lock() {
+                        idle.push(channel);
+                    }
+                    return Presence::Here;
+                }
+                Err(error) if is_not_found(&error) => return Presence::Gone,
+                // The broker closed the whole connection: because of this name, or of another
+                // probe's on the same connection. A fresh connection tells them apart.
+                Err(error) if is_hard(&error) && attempt == 0 => {
+                    tracing::debug!(%error, "a probe's connection was closed; probing again");
+                }
+                Err(error) if is_hard(&error) => {
+                    tracing::warn!(%error, "the broker cannot resolve a direct reply-to name");
+                    return Presence::Gone;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "presence probe failed");
+                    return Presence::Unknown;
+                }
+            }
+        }
+        Presence::Unknown
+    }
+
+    /// Closes the probe connection.
+    pub async fn close(&self) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.clear();
+        }
+        self.connection.close().await;
     }
 }
 
@@ -341,6 +588,14 @@ async fn queue_depth(connection: &Connection, queue: &str) -> anyhow::Result<Opt
         Err(error) if is_not_found(&error) => Ok(None),
         Err(error) => Err(anyhow!(error).context(format!("declaring {queue}"))),
     }
+}
+
+/// Whether the broker closed the connection (a hard error), not just a channel.
+fn is_hard(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(e) if matches!(e.kind(), AMQPErrorKind::Hard(_))
+    )
 }
 
 /// Whether the broker answered NOT_FOUND (no such queue or reply-to).

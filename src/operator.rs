@@ -4,6 +4,7 @@
 //! wrong and what to try.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -12,7 +13,7 @@ use lapin::BasicProperties;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use serde_json::json;
 
-use crate::amqp::{self, DIRECT_REPLY_TO, Published, Publisher};
+use crate::amqp::{self, Courier, DIRECT_REPLY_TO, Published};
 use crate::context::Context;
 use crate::pool::PoolName;
 use crate::store::now_ms;
@@ -64,18 +65,16 @@ pub async fn fill(
     if let Some(token) = token {
         command["token"] = json!(token);
     }
-    let connection = ctx.amqp("fill").await?;
-    let publisher = Publisher::open(&connection).await?;
-    let published = publisher
+    let connection = Arc::new(ctx.amqp("fill").await?);
+    let courier = Courier::new(connection.clone());
+    let published = courier
         .publish(
-            "",
             &ctx.names.refill_queue(),
             &serde_json::to_vec(&command)?,
             amqp::json_properties(),
-            true,
         )
         .await?;
-    let _ = publisher.channel().close(200, "bye".into()).await;
+    courier.close().await;
     let _ = connection.close(200, "bye".into()).await;
     if published != Published::Routed {
         bail!(

@@ -4,9 +4,11 @@
 //! by the request's identity (`checkout.lua`), replies, and only once the broker has confirmed
 //! the reply marks the lease handed out and acks the request. Every failure between those steps
 //! is covered by redelivery: a request that comes again finds its lease and gets the same VM.
-//! A reply that provably reached nobody (returned, nacked, or a direct-reply-to requester that
-//! has gone) gives the VM back to the head of its pool; a lease left pending past the request's
-//! deadline (fate unknown) becomes an orphan to delete.
+//! A reply that provably reached nobody (returned as unroutable, or to a direct-reply-to name
+//! that the broker, asked while the VM is popped, does not know) gives the VM back to the head
+//! of its pool; a reply whose outcome is unknown requeues the request, whose redelivery sends the
+//! same VM again; a lease left pending past the request's deadline (fate unknown) becomes an
+//! orphan to delete.
 //!
 //! Runs until SIGTERM: stops consuming, finishes in-flight requests within 25 s, exits 0. A lost
 //! broker connection is retried forever with backoff; Redis errors are retried within the
@@ -15,15 +17,18 @@
 pub mod reply;
 pub mod request;
 
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use backon::{ExponentialBuilder, Retryable};
-use lapin::{BasicProperties, Channel, Connection};
+use lapin::BasicProperties;
 use serde_json::json;
 
-use crate::amqp::{self, DIRECT_REPLY_TO, Disposition, Incoming, Published, Publisher};
+use crate::amqp::{
+    self, Courier, DIRECT_REPLY_TO, Disposition, Incoming, Presence, Prober, Published, Publisher,
+};
 use crate::context::Context;
 use crate::pool::{PoolEntry, PoolName, short_zone};
 use crate::shutdown::Shutdown;
@@ -36,8 +41,6 @@ pub const PREFETCH: u16 = 64;
 pub const LEASE_GRACE_MS: u64 = 5 * 60 * 1000;
 /// How often expired leases are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(15);
-/// A request this old (by its `timestamp`, whole seconds) may have outlived its requester.
-const FRESH_SECS: u64 = 1;
 
 /// What happened to one request.
 #[derive(Debug, PartialEq, Eq)]
@@ -56,7 +59,8 @@ pub enum Outcome {
     RequesterGone,
     /// A pending lease outlived its request's deadline: the VM was recorded as an orphan.
     Orphaned { vm: String },
-    /// The reply could not be published; the request is requeued (its lease keeps the VM).
+    /// The reply's outcome is unknown; the request is requeued (its lease keeps the VM, so the
+    /// redelivery sends the same VM to the same request).
     ReplyFailed,
 }
 
@@ -75,25 +79,29 @@ impl Outcome {
 pub struct Checkout {
     store: Store,
     ctx: Context,
-    publisher: Publisher,
-    connection: Arc<Connection>,
-    /// Channels for direct reply-to presence checks, reused while they stay open.
-    probes: Mutex<Vec<Channel>>,
+    events: Publisher,
+    replies: Courier,
+    /// Asks whether direct reply-to requesters are there, on a connection of its own.
+    prober: Arc<Prober>,
 }
 
 /// Consumes checkout requests until `shutdown`, reconnecting to RabbitMQ when needed.
 pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
     let sweeper = tokio::spawn(sweep_leases(ctx.store.clone(), shutdown.clone()));
+    let prober = Arc::new(Prober::new(
+        ctx.config.amqp_url.clone(),
+        format!("{}.checkout.probe", ctx.names.prefix()),
+    ));
     let result = amqp::supervise("checkout", &shutdown, || async {
         let connection = Arc::new(ctx.amqp("checkout").await?);
         let channel = connection.create_channel().await?;
         amqp::declare_topology(&channel, &ctx.names).await?;
         let checkout = Arc::new(Checkout {
             store: ctx.store.clone(),
-            publisher: Publisher::open(&connection).await?,
+            events: Publisher::open(&connection).await?,
+            replies: Courier::new(connection.clone()),
             ctx: ctx.clone(),
-            connection: connection.clone(),
-            probes: Mutex::default(),
+            prober: prober.clone(),
         });
         let result = amqp::consume(
             &channel,
@@ -112,6 +120,7 @@ pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
     })
     .await;
     sweeper.abort();
+    prober.close().await;
     result
 }
 
@@ -134,14 +143,8 @@ impl Checkout {
     /// Closes this session's channels (before the connection, so lapin has nothing left to
     /// close behind our back).
     async fn close_channels(&self) {
-        let probes: Vec<Channel> = self
-            .probes
-            .lock()
-            .map(|mut p| p.drain(..).collect())
-            .unwrap_or_default();
-        for channel in probes.iter().chain([self.publisher.channel()]) {
-            let _ = channel.close(200, "bye".into()).await;
-        }
+        let _ = self.events.channel().close(200, "bye".into()).await;
+        self.replies.close().await;
     }
 
     /// Serves one request and says what happened.
@@ -160,14 +163,20 @@ impl Checkout {
             .ok_or_else(|| {
                 "a request needs a correlation_id or a message_id, unique per request".to_string()
             })
-            .and_then(|identity| Ok((identity, request::parse(&message.data)?)));
-        let (identity, request) = match parsed {
+            .and_then(|identity| {
+                let request = request::parse(&message.data)?;
+                let deadline = request::deadline(props, received)?;
+                Ok((identity, request, deadline))
+            });
+        let (identity, request, deadline) = match parsed {
             Ok(parsed) => parsed,
             Err(why) => {
                 tracing::info!(%why, "bad checkout request");
+                let presence = self.presence(reply_to).await;
                 return self
                     .refuse(
                         reply_to,
+                        presence,
                         props,
                         Code::BadRequest,
                         format!("bad request: {why}"),
@@ -176,18 +185,18 @@ impl Checkout {
             }
         };
         let pool = &request.pool;
-        let deadline = request::deadline(props, received);
         let give_up_at = deadline
             .max(received + request::DEFAULT_BUDGET_MS)
             .saturating_add(LEASE_GRACE_MS);
 
-        let found = (|| self.store.checkout(&identity, pool, received, deadline, give_up_at))
-            .retry(redis_retry(deadline))
-            .when(is_transient)
-            .notify(|error, delay| {
-                tracing::warn!(%error, ?delay, "Redis unavailable during checkout; retrying")
-            })
-            .await;
+        // Whether a direct-reply-to requester is there is asked at the same time as the pop, so
+        // it adds no latency; nothing is ever published to a name the broker does not confirm.
+        // A name nobody owns (a requester that left, or a forged name) pops nothing for good:
+        // the VM goes straight back to the head.
+        let (found, presence) = tokio::join!(
+            self.pop(&identity, pool, received, deadline, give_up_at),
+            self.presence(reply_to)
+        );
         let (entry, again) = match found {
             Ok(store::Checkout::Popped(entry)) => (entry, false),
             Ok(store::Checkout::Leased(entry)) => (entry, true),
@@ -205,6 +214,7 @@ impl Checkout {
                 return self
                     .refuse(
                         reply_to,
+                        presence,
                         props,
                         Code::NoPool,
                         format!("no config found for pool {pool}"),
@@ -215,6 +225,7 @@ impl Checkout {
                 let outcome = self
                     .refuse(
                         reply_to,
+                        presence,
                         props,
                         Code::PoolEmpty,
                         format!("no instance available in pool {pool}"),
@@ -229,6 +240,7 @@ impl Checkout {
                 return self
                     .refuse(
                         reply_to,
+                        presence,
                         props,
                         Code::Internal,
                         format!("internal: Redis failed during checkout: {error}"),
@@ -245,12 +257,6 @@ impl Checkout {
         } else {
             Disposal::Head
         };
-        if self
-            .requester_gone(reply_to, props, &message, received)
-            .await
-        {
-            return self.give_back(&identity, pool, gone).await;
-        }
         let vm = match serde_json::from_str::<PoolEntry>(&entry) {
             Ok(vm) => vm,
             Err(error) => {
@@ -260,6 +266,7 @@ impl Checkout {
                 return self
                     .refuse(
                         reply_to,
+                        presence,
                         props,
                         Code::Internal,
                         format!("internal: an entry of pool {pool} is not readable"),
@@ -274,10 +281,10 @@ impl Checkout {
                 return Outcome::ReplyFailed;
             }
         };
-        match self.reply(reply_to, props, &body).await {
+        match self.reply(reply_to, presence, props, &body).await {
             Ok(Published::Routed) => {}
             Ok(Published::NotRouted) => {
-                tracing::info!(%pool, vm = %vm.name, "reply not routable: requester gone");
+                tracing::info!(%pool, vm = %vm.name, "the reply cannot reach anyone: requester gone");
                 return self.give_back(&identity, pool, gone).await;
             }
             Err(error) => {
@@ -291,17 +298,20 @@ impl Checkout {
         // long as the lease is guaranteed to stay pending.
         let keep_until = now_ms() + self.ctx.config.max_handout_age.as_millis() as u64;
         let budget = give_up_at.saturating_sub(now_ms() + 1_000);
-        let settled = (|| self.store.settle(&identity, keep_until))
-            .retry(
-                ExponentialBuilder::default()
-                    .with_jitter()
-                    .with_min_delay(Duration::from_millis(50))
-                    .with_max_delay(Duration::from_secs(5))
-                    .with_total_delay(Some(Duration::from_millis(budget)))
-                    .without_max_times(),
-            )
-            .when(is_transient)
-            .await;
+        let settled = redis_within(
+            Duration::from_millis(budget),
+            (|| self.store.settle(&identity, keep_until))
+                .retry(
+                    ExponentialBuilder::default()
+                        .with_jitter()
+                        .with_min_delay(Duration::from_millis(50))
+                        .with_max_delay(Duration::from_secs(5))
+                        .with_total_delay(Some(Duration::from_millis(budget)))
+                        .without_max_times(),
+                )
+                .when(is_transient),
+        )
+        .await;
         match settled {
             Ok(true) => {}
             Ok(false) => {
@@ -325,64 +335,49 @@ impl Checkout {
         }
     }
 
-    /// For requests that may have waited (redelivered, or no fresh `timestamp`), checks that a
-    /// direct-reply-to requester is still connected. Ordinary reply queues are checked by the
-    /// mandatory flag on the reply instead.
-    async fn requester_gone(
+    /// Takes the pool's oldest VM into this request's lease, retrying transient Redis errors;
+    /// the whole step, every try included, ends within the request's budget (1–10 s) whatever
+    /// Redis does, so a stalled Redis gets the request an `internal` reply in time.
+    async fn pop(
         &self,
-        reply_to: &str,
-        props: &BasicProperties,
-        message: &Incoming,
-        now: u64,
-    ) -> bool {
-        if !reply_to.starts_with(DIRECT_REPLY_TO) {
-            return false;
-        }
-        let fresh = props
-            .timestamp()
-            // A timestamp from the future (a skewed clock) proves nothing.
-            .is_some_and(|sent| {
-                sent <= now / 1000 + 1 && now / 1000 - sent.min(now / 1000) <= FRESH_SECS
-            });
-        if fresh && !message.redelivered {
-            return false;
-        }
-        // A failed passive declare closes its channel: probe on channels kept only while they
-        // succeed, so the common case costs one round trip.
-        let idle = self.probes.lock().ok().and_then(|mut idle| idle.pop());
-        let channel = match idle {
-            Some(channel) if channel.status().connected() => channel,
-            _ => match self.connection.create_channel().await {
-                Ok(channel) => channel,
-                Err(_) => return false,
-            },
-        };
-        match amqp::passive_declare(&channel, reply_to).await {
-            Ok(_) => {
-                if let Ok(mut idle) = self.probes.lock() {
-                    idle.push(channel);
-                }
-                false
-            }
-            Err(error) => {
-                // Only the broker's "no such reply-to" proves the requester gone; any other error
-                // (our own connection failing) proves nothing: carry on and let the reply tell.
-                let gone = amqp::is_not_found(&error);
-                if gone {
-                    tracing::info!(%error, "direct reply-to requester is gone");
-                } else {
-                    tracing::warn!(%error, "presence probe failed; replying anyway");
-                }
-                gone
-            }
+        identity: &str,
+        pool: &PoolName,
+        received: u64,
+        deadline: u64,
+        give_up_at: u64,
+    ) -> redis::RedisResult<store::Checkout> {
+        let budget = budget_until(deadline);
+        redis_within(
+            budget,
+            (|| self.store.checkout(identity, pool, received, deadline, give_up_at))
+                .retry(redis_retry(budget))
+                .when(is_transient)
+                .notify(|error, delay| {
+                    tracing::warn!(%error, ?delay, "Redis unavailable during checkout; retrying")
+                }),
+        )
+        .await
+    }
+
+    /// Whether a direct-reply-to requester is there (see [`Prober`]); ordinary reply queues
+    /// are checked by the `mandatory` flag on the reply instead.
+    async fn presence(&self, reply_to: &str) -> Presence {
+        if reply_to.starts_with(DIRECT_REPLY_TO) {
+            self.prober.probe(reply_to).await
+        } else {
+            Presence::Here
         }
     }
 
     async fn give_back(&self, identity: &str, pool: &PoolName, disposal: Disposal) -> Outcome {
-        let outcome = (|| self.store.give_back(identity, pool, disposal))
-            .retry(redis_retry(now_ms() + 10_000))
-            .when(is_transient)
-            .await;
+        let budget = Duration::from_secs(10);
+        let outcome = redis_within(
+            budget,
+            (|| self.store.give_back(identity, pool, disposal))
+                .retry(redis_retry(budget))
+                .when(is_transient),
+        )
+        .await;
         let (instance, key, reason) = match outcome {
             Ok((GiveBack::Head, vm)) => (vm, "instance.returned", "requester_gone".to_string()),
             Ok((GiveBack::Orphaned(reason), vm)) => (vm, "instance.orphaned", reason),
@@ -402,12 +397,13 @@ impl Checkout {
     async fn refuse(
         &self,
         reply_to: &str,
+        presence: Presence,
         props: &BasicProperties,
         code: Code,
         text: String,
     ) -> Outcome {
         let body = serde_json::to_vec(&reply::Error::new(code, text)).unwrap_or_default();
-        match self.reply(reply_to, props, &body).await {
+        match self.reply(reply_to, presence, props, &body).await {
             Ok(_) => Outcome::Refused(code),
             Err(error) => {
                 tracing::warn!(error = %format!("{error:#}"), ?code, "error reply not confirmed; requeued");
@@ -416,46 +412,70 @@ impl Checkout {
         }
     }
 
+    /// Publishes a reply, unless the requester is known to be gone (then it counts as not
+    /// routed) or its direct reply-to name could not be checked (then the outcome is unknown:
+    /// a name the broker cannot resolve would take this connection down).
     async fn reply(
         &self,
         reply_to: &str,
+        presence: Presence,
         request: &BasicProperties,
         body: &[u8],
     ) -> anyhow::Result<Published> {
+        match presence {
+            Presence::Here => {}
+            Presence::Gone => return Ok(Published::NotRouted),
+            Presence::Unknown => {
+                anyhow::bail!("the direct reply-to requester could not be checked: not replying")
+            }
+        }
         let mut properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_timestamp(now_ms() / 1000);
         if let Some(correlation_id) = request.correlation_id() {
             properties = properties.with_correlation_id(correlation_id.clone());
         }
-        // Direct reply-to and `mandatory` do not mix (a delivered reply can come back as
-        // NO_ROUTE), so only ordinary reply queues use it.
-        let mandatory = !reply_to.starts_with(DIRECT_REPLY_TO);
-        self.publisher
-            .publish("", reply_to, body, properties, mandatory)
+        self.replies
+            .publish(reply_to, body, properties)
             .await
             .context("publishing the reply")
     }
 
     async fn event(&self, routing_key: &str, body: serde_json::Value) {
-        if let Err(error) = self
-            .publisher
-            .event(&self.ctx.names, routing_key, &body)
-            .await
-        {
+        if let Err(error) = self.events.event(&self.ctx.names, routing_key, &body).await {
             tracing::warn!(error = %format!("{error:#}"), routing_key, "event not published");
         }
     }
 }
 
-/// Retries transient Redis errors until `deadline` (ms since epoch), at least one second.
-fn redis_retry(deadline: u64) -> ExponentialBuilder {
-    let budget = deadline.saturating_sub(now_ms()).clamp(1_000, 10_000);
+/// The time a request may spend waiting on Redis: until its deadline, at least 1 s, at most
+/// 10 s.
+fn budget_until(deadline: u64) -> Duration {
+    Duration::from_millis(deadline.saturating_sub(now_ms()).clamp(1_000, 10_000))
+}
+
+/// Bounds a Redis step, retries and each try's wait for an answer included, by `budget`.
+async fn redis_within<T>(
+    budget: Duration,
+    step: impl Future<Output = redis::RedisResult<T>>,
+) -> redis::RedisResult<T> {
+    tokio::time::timeout(budget, step)
+        .await
+        .unwrap_or_else(|_| {
+            Err(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("Redis did not answer within {budget:?}"),
+            )))
+        })
+}
+
+/// Retries transient Redis errors, sleeping at most `budget` in all.
+fn redis_retry(budget: Duration) -> ExponentialBuilder {
     ExponentialBuilder::default()
         .with_jitter()
         .with_min_delay(Duration::from_millis(50))
         .with_max_delay(Duration::from_secs(1))
-        .with_total_delay(Some(Duration::from_millis(budget)))
+        .with_total_delay(Some(budget))
         .without_max_times()
 }
 

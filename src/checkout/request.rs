@@ -11,7 +11,7 @@ use crate::pool::{PoolName, resource_name};
 
 /// Bodies larger than this are refused before parsing (a real request is ~300 bytes).
 pub const MAX_BODY: usize = 16 * 1024;
-/// Header carrying an absolute deadline, in milliseconds since the Unix epoch.
+/// Header carrying an absolute deadline: milliseconds since the Unix epoch, or an AMQP timestamp.
 pub const DEADLINE_HEADER: &str = "x-warmer-deadline";
 /// A request without any deadline must be answered within this (milliseconds).
 pub const DEFAULT_BUDGET_MS: u64 = 30_000;
@@ -127,33 +127,67 @@ pub fn identity(properties: &BasicProperties) -> Option<String> {
 
 /// When the requester stops waiting (ms since epoch): the `x-warmer-deadline` header, else
 /// `timestamp` + `expiration`, else `received` + `expiration`, else `received` + 30 s.
-pub fn deadline(properties: &BasicProperties, received_ms: u64) -> u64 {
+///
+/// The header is milliseconds since the epoch as an integer or a decimal string, or an AMQP
+/// `timestamp` field, which is seconds by the AMQP specification. Any other type, and a number
+/// too small to be milliseconds of this century (seconds sent as milliseconds), is refused: a
+/// deadline read in the wrong unit would drop the request without a reply.
+pub fn deadline(properties: &BasicProperties, received_ms: u64) -> Result<u64, String> {
     let header = properties
         .headers()
         .as_ref()
-        .and_then(|h| h.inner().get(DEADLINE_HEADER))
-        .and_then(|v| match v {
-            AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
-            AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
-            AMQPValue::LongUInt(n) => Some(u64::from(*n)),
-            AMQPValue::Timestamp(n) => Some(*n),
-            AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok()?.parse().ok(),
-            AMQPValue::ShortString(s) => s.as_str().parse().ok(),
-            _ => None,
-        });
-    if let Some(deadline) = header {
+        .and_then(|h| h.inner().get(DEADLINE_HEADER));
+    if let Some(value) = header {
+        let ms = match value {
+            AMQPValue::Timestamp(secs) => secs.saturating_mul(1000),
+            AMQPValue::LongLongInt(n) => non_negative(*n)?,
+            AMQPValue::LongInt(n) => non_negative(i64::from(*n))?,
+            AMQPValue::LongUInt(n) => u64::from(*n),
+            AMQPValue::LongString(s) => decimal(&String::from_utf8_lossy(s.as_bytes()))?,
+            AMQPValue::ShortString(s) => decimal(s.as_str())?,
+            other => {
+                return Err(format!(
+                    "header {DEADLINE_HEADER} must be milliseconds since the epoch as an integer \
+                     or a decimal string, or an AMQP timestamp (seconds); got a field of type {}",
+                    other.get_type()
+                ));
+            }
+        };
+        if ms < MIN_DEADLINE_MS {
+            return Err(format!(
+                "header {DEADLINE_HEADER} is {ms}, which is before 2001 as milliseconds since \
+                 the epoch: send milliseconds (or an AMQP timestamp for seconds)"
+            ));
+        }
         // Clamp: a deadline further than an hour away is not a deadline.
-        return deadline.min(received_ms.saturating_add(3_600_000));
+        return Ok(ms.min(received_ms.saturating_add(3_600_000)));
     }
     let expiration = properties
         .expiration()
         .as_ref()
         .and_then(|e| e.as_str().parse::<u64>().ok());
-    match (expiration, properties.timestamp()) {
+    Ok(match (expiration, properties.timestamp()) {
         (Some(ttl), Some(sent_secs)) => sent_secs.saturating_mul(1000).saturating_add(ttl),
         (Some(ttl), None) => received_ms.saturating_add(ttl),
         (None, _) => received_ms.saturating_add(DEFAULT_BUDGET_MS),
-    }
+    })
+}
+
+/// The smallest plausible deadline: 2001-09-09 in milliseconds. A deadline in seconds of any
+/// date since 1970 is below it for the next 30,000 years.
+const MIN_DEADLINE_MS: u64 = 1_000_000_000_000;
+
+fn non_negative(n: i64) -> Result<u64, String> {
+    u64::try_from(n).map_err(|_| format!("header {DEADLINE_HEADER} is negative ({n})"))
+}
+
+fn decimal(text: &str) -> Result<u64, String> {
+    text.trim().parse().map_err(|_| {
+        format!(
+            "header {DEADLINE_HEADER} must be a whole number of milliseconds, got `{}`",
+            text.chars().take(40).collect::<String>().escape_debug()
+        )
+    })
 }
 
 #[cfg(test)]
@@ -214,21 +248,63 @@ mod tests {
     #[test]
     fn deadlines_come_from_header_timestamp_or_expiration() {
         let props = BasicProperties::default();
-        assert_eq!(deadline(&props, 1_000), 1_000 + DEFAULT_BUDGET_MS);
+        assert_eq!(deadline(&props, 1_000), Ok(1_000 + DEFAULT_BUDGET_MS));
         let props = BasicProperties::default().with_expiration("5000".into());
-        assert_eq!(deadline(&props, 1_000), 6_000);
+        assert_eq!(deadline(&props, 1_000), Ok(6_000));
         let props = props.with_timestamp(10);
-        assert_eq!(deadline(&props, 99_000), 15_000);
-        let mut headers = lapin::types::FieldTable::default();
-        headers.insert(DEADLINE_HEADER.into(), AMQPValue::LongLongInt(42));
-        let props = props.with_headers(headers);
-        assert_eq!(deadline(&props, 99_000), 42);
+        assert_eq!(deadline(&props, 99_000), Ok(15_000));
+        let now = 1_800_000_000_000;
+        let header = |value: AMQPValue| {
+            let mut headers = lapin::types::FieldTable::default();
+            headers.insert(DEADLINE_HEADER.into(), value);
+            props.clone().with_headers(headers)
+        };
+        assert_eq!(
+            deadline(&header(AMQPValue::LongLongInt(now as i64 + 42)), now),
+            Ok(now + 42)
+        );
+        assert_eq!(
+            deadline(
+                &header(AMQPValue::LongString("18446744073709551615".into())),
+                now
+            ),
+            Ok(now + 3_600_000),
+            "clamped, no overflow"
+        );
+    }
+
+    #[test]
+    fn an_amqp_timestamp_deadline_is_seconds() {
+        let now = 1_800_000_000_000;
         let mut headers = lapin::types::FieldTable::default();
         headers.insert(
             DEADLINE_HEADER.into(),
-            AMQPValue::LongString("18446744073709551615".into()),
+            AMQPValue::Timestamp(now / 1000 + 60),
         );
         let props = BasicProperties::default().with_headers(headers);
-        assert_eq!(deadline(&props, 1_000), 3_601_000, "clamped, no overflow");
+        assert_eq!(deadline(&props, now), Ok(now + 60_000));
+    }
+
+    #[test]
+    fn a_deadline_of_another_type_or_unit_is_refused_with_the_reason() {
+        let now = 1_800_000_000_000;
+        let cases = [
+            (AMQPValue::Double(1.8e12), "type"),
+            (AMQPValue::Boolean(true), "type"),
+            (AMQPValue::LongLongInt(-5), "negative"),
+            (AMQPValue::LongLongInt(1_800_000_060), "before 2001"),
+            (AMQPValue::LongUInt(1_800_000_060), "before 2001"),
+            (AMQPValue::LongString("soon".into()), "whole number"),
+        ];
+        for (value, why) in cases {
+            let mut headers = lapin::types::FieldTable::default();
+            headers.insert(DEADLINE_HEADER.into(), value.clone());
+            let props = BasicProperties::default().with_headers(headers);
+            let error = deadline(&props, now).unwrap_err();
+            assert!(
+                error.contains(DEADLINE_HEADER) && error.contains(why),
+                "{value:?}: {error}"
+            );
+        }
     }
 }

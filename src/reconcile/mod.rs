@@ -375,13 +375,7 @@ impl Reconciler {
                 let command = json!({"command": "fill", "pool": pool, "token": self.ctx.config.auth_tokens.first().map(|t| t.expose())});
                 let body = serde_json::to_vec(&command)?;
                 if let Err(error) = publisher
-                    .publish(
-                        "",
-                        &names.refill_queue(),
-                        &body,
-                        amqp::json_properties(),
-                        false,
-                    )
+                    .publish("", &names.refill_queue(), &body, amqp::json_properties())
                     .await
                 {
                     tracing::warn!(error = %format!("{error:#}"), %pool, "fill not published");

@@ -763,3 +763,187 @@ async fn a_request_really_redelivered_after_its_consumer_died_gets_the_vm_of_its
         ("leased".to_string(), "handed".to_string())
     );
 }
+
+/// The adversarial mix: direct reply-to requesters, requesters with a live reply queue of their
+/// own and requesters whose reply queue is gone, all at once on three consumers, with events
+/// flowing on the same broker. A reply that came back unroutable must be pinned on its own
+/// request only: no VM reaches two requesters, and no VM of a gone requester stays leased.
+#[tokio::test]
+async fn mixed_reply_modes_under_load_never_share_a_vm_and_give_back_only_undelivered_ones() {
+    const VMS: usize = 2_500;
+    const PER_MODE: usize = 6;
+    const EACH: usize = 100;
+    let mut app = spawn_app().await;
+    app.start_consumer().await;
+    app.start_consumer().await;
+    let vms: Vec<Value> = (0..VMS).map(|i| vm(&format!("vm-{i:04}"))).collect();
+    app.seed(POOL, VMS as u32, &vms).await;
+
+    let mut live = Vec::new();
+    for i in 0..2 * PER_MODE {
+        let mut requester = if i % 2 == 0 {
+            app.requester().await
+        } else {
+            Requester::with_reply_queue(&app.amqp, &app.names).await
+        };
+        live.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for _ in 0..EACH {
+                got.push(requester.send(TRAVIS_REQUEST.as_bytes()).await);
+            }
+            got
+        }));
+    }
+    let mut gone = Vec::new();
+    for _ in 0..PER_MODE {
+        let requester = app.requester().await;
+        let queue = app.vanished_queue().await;
+        gone.push(tokio::spawn(async move {
+            for _ in 0..EACH {
+                let properties = Requester::properties().with_reply_to(queue.clone());
+                requester
+                    .publish(TRAVIS_REQUEST.as_bytes(), properties)
+                    .await;
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    let mut received = Vec::new();
+    for task in live {
+        for reply in task.await.unwrap() {
+            let name = reply["name"].as_str();
+            received.push(
+                name.unwrap_or_else(|| panic!("not a VM: {reply}"))
+                    .to_string(),
+            );
+        }
+    }
+    for task in gone {
+        task.await.unwrap();
+    }
+    // Every request handled: nothing waits, and stopping drains whatever is in flight.
+    within("the checkout queue to drain", async {
+        while app.queue_counts(&app.names.checkout_queue()).await.0 > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    app.stop_consumers().await;
+
+    let distinct: HashSet<&String> = received.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        received.len(),
+        "{} VM(s) handed to two requests",
+        received.len() - distinct.len()
+    );
+    let leases = app.leases().await;
+    let pending: Vec<_> = leases.values().filter(|(_, s)| s != "handed").collect();
+    assert!(pending.is_empty(), "leases left pending: {pending:?}");
+    let handed: HashSet<&String> = leases.values().map(|(vm, _)| vm).collect();
+    let stranded: Vec<_> = handed.difference(&distinct).collect();
+    assert!(
+        stranded.is_empty(),
+        "VMs whose reply reached nobody are still leased as handed out: {stranded:?}"
+    );
+    assert_eq!(
+        handed, distinct,
+        "every delivered VM is leased as handed out"
+    );
+    // Conservation: every VM is in exactly one place.
+    let pooled = app.pool_vms(POOL).await;
+    let orphaned = app.orphaned().await;
+    let mut everywhere: Vec<&String> = pooled.iter().chain(&orphaned).chain(handed).collect();
+    everywhere.sort();
+    let before = everywhere.len();
+    everywhere.dedup();
+    assert_eq!(before, everywhere.len(), "a VM is in two places");
+    assert_eq!(everywhere.len(), VMS, "a VM went missing");
+}
+
+#[tokio::test]
+async fn a_forged_direct_reply_to_name_pops_nothing_for_good() {
+    let app = spawn_app().await;
+    app.seed(POOL, 2, &[vm("oldest"), vm("younger")]).await;
+    let requester = app.requester().await;
+    let mut returned = app.listen("instance.returned").await;
+    let forged = [
+        "amq.rabbitmq.reply-to.forged",
+        "amq.rabbitmq.reply-to.",
+        "amq.rabbitmq.reply-to.g2dkABZyYWJiaXRAbG9jYWxob3N0AAAD6QAAAAAAAAAAAA==.bm90LWEta2V5",
+    ];
+
+    for name in forged {
+        // Fresh, not redelivered: nothing about it but its name says the requester is not there.
+        let properties = Requester::properties().with_reply_to(name.into());
+        requester
+            .publish(TRAVIS_REQUEST.as_bytes(), properties)
+            .await;
+        let event = returned.next().await;
+
+        assert_eq!(event["instance"], "oldest", "{name}");
+        assert_eq!(event["reason"], "requester_gone");
+    }
+    assert_eq!(app.pool_vms(POOL).await, ["oldest", "younger"]);
+    assert!(app.leases().await.is_empty(), "nothing stays handed out");
+    // A name the broker cannot resolve closes the connection that uses it: the probe's own,
+    // never the consumer's, so nothing was requeued or dead-lettered on the way.
+    assert_eq!(app.queue_counts(&app.names.dead_letter_queue()).await.0, 0);
+    let mut worker = app.requester().await;
+    assert_eq!(
+        worker.send(TRAVIS_REQUEST.as_bytes()).await["name"],
+        "oldest"
+    );
+}
+
+#[tokio::test]
+async fn a_deadline_sent_as_an_amqp_timestamp_is_read_as_seconds() {
+    let app = spawn_app().await;
+    app.seed(POOL, 1, &[vm("only")]).await;
+    let mut requester = app.requester().await;
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "x-warmer-deadline".into(),
+        lapin::types::AMQPValue::Timestamp(now_ms() / 1000 + 60),
+    );
+
+    let reply = requester
+        .send_with(
+            TRAVIS_REQUEST.as_bytes(),
+            requester.fresh_properties().with_headers(headers),
+        )
+        .await;
+
+    assert_eq!(
+        reply["name"], "only",
+        "a minute ahead, not in 1970: {reply}"
+    );
+}
+
+#[tokio::test]
+async fn a_deadline_of_an_unusable_type_or_unit_is_answered_bad_request() {
+    let app = spawn_app().await;
+    app.seed(POOL, 1, &[vm("kept")]).await;
+    let mut requester = app.requester().await;
+    let seconds = (now_ms() / 1000 + 60) as i64;
+    for value in [
+        lapin::types::AMQPValue::Double(now_ms() as f64 + 60_000.0),
+        lapin::types::AMQPValue::LongLongInt(seconds),
+        lapin::types::AMQPValue::LongString("in a minute".into()),
+    ] {
+        let mut headers = FieldTable::default();
+        headers.insert("x-warmer-deadline".into(), value.clone());
+
+        let reply = requester
+            .send_with(
+                TRAVIS_REQUEST.as_bytes(),
+                requester.fresh_properties().with_headers(headers),
+            )
+            .await;
+
+        assert_eq!(reply["code"], "bad_request", "{value:?}: {reply}");
+        let error = reply["error"].as_str().unwrap();
+        assert!(error.contains("x-warmer-deadline"), "{error}");
+    }
+    assert_eq!(app.pool_vms(POOL).await, ["kept"]);
+}

@@ -445,11 +445,14 @@ async fn cleanup(names: Names) {
     }
 }
 
-/// A CI worker: one channel consuming direct replies, sending requests and matching replies.
+/// A CI worker: one channel consuming its replies (direct reply-to, or an ordinary queue of its
+/// own), sending requests and matching replies.
 pub struct Requester {
     pub channel: Channel,
     replies: lapin::Consumer,
     checkout_queue: String,
+    /// Where replies come back: direct reply-to or this requester's own queue.
+    pub reply_to: lapin::types::ShortString,
 }
 
 impl Requester {
@@ -462,7 +465,45 @@ impl Requester {
             channel,
             replies,
             checkout_queue: names.checkout_queue(),
+            reply_to: warmer::amqp::DIRECT_REPLY_TO.into(),
         }
+    }
+
+    /// A requester whose replies come to an exclusive, server-named queue of its own.
+    pub async fn with_reply_queue(amqp: &Connection, names: &Names) -> Self {
+        let channel = amqp.create_channel().await.unwrap();
+        let options = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..Default::default()
+        };
+        let queue = channel
+            .queue_declare("".into(), options, FieldTable::default())
+            .await
+            .unwrap();
+        let replies = channel
+            .basic_consume(
+                queue.name().clone(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        Requester {
+            channel,
+            replies,
+            checkout_queue: names.checkout_queue(),
+            reply_to: queue.name().clone(),
+        }
+    }
+
+    /// Properties of a fresh request to this requester's reply address.
+    pub fn fresh_properties(&self) -> BasicProperties {
+        Self::properties().with_reply_to(self.reply_to.clone())
     }
 
     /// Properties of a fresh request: direct reply-to, a new correlation id, a timestamp.
@@ -475,7 +516,7 @@ impl Requester {
 
     /// Sends `body` and returns the reply.
     pub async fn send(&mut self, body: &[u8]) -> Value {
-        self.send_with(body, Self::properties()).await
+        self.send_with(body, self.fresh_properties()).await
     }
 
     /// Publishes a request with `properties` (without waiting for a reply).
