@@ -54,6 +54,14 @@ impl ServerUrl {
         self.0.expose()
     }
 
+    /// The password of the URL's user info, as written (percent-encoded), if any.
+    pub fn password(&self) -> Option<&str> {
+        let (_, rest) = self.0.expose().split_once("://")?;
+        let (userinfo, _) = rest.rsplit_once('@')?;
+        let (_, password) = userinfo.split_once(':')?;
+        Some(password)
+    }
+
     /// The URL with any password masked, safe for logs.
     pub fn redacted(&self) -> String {
         let url = self.0.expose();
@@ -347,6 +355,36 @@ impl Config {
         })
     }
 
+    /// Every secret value in the configuration, for the log redactor: passwords of both URLs
+    /// (as written and percent-decoded), tokens, the SSH passphrase, the service account key.
+    pub fn secrets(&self) -> Vec<String> {
+        let mut secrets = Vec::new();
+        for url in [&self.amqp_url, &self.redis_url] {
+            if let Some(password) = url.password() {
+                secrets.push(percent_decode(password));
+                secrets.push(password.to_string());
+            }
+        }
+        let tokens = [
+            &self.ssh_key_passphrase,
+            &self.hirefire_token,
+            &self.heroku_api_token,
+        ];
+        secrets.extend(tokens.into_iter().flatten().map(|s| s.expose().to_string()));
+        secrets.extend(self.auth_tokens.iter().map(|s| s.expose().to_string()));
+        if let Some(keyfile) = self.google.as_ref().and_then(|g| g.keyfile_json.as_ref()) {
+            let key: serde_json::Value = serde_json::from_str(keyfile.expose()).unwrap_or_default();
+            for field in ["private_key", "private_key_id"] {
+                if let Some(value) = key[field].as_str() {
+                    secrets.push(value.to_string());
+                    // As it appears inside the JSON text, newlines escaped.
+                    secrets.push(value.replace('\n', "\\n"));
+                }
+            }
+        }
+        secrets
+    }
+
     /// Checks what the `gce` provider needs; called by the processes that boot VMs.
     pub fn require_google(&self) -> anyhow::Result<&GoogleConfig> {
         let Some(google) = &self.google else {
@@ -442,6 +480,30 @@ pub fn parse_duration(value: &str) -> Option<Duration> {
         _ => return None,
     };
     (secs > 0).then(|| Duration::from_secs(secs))
+}
+
+/// Decodes `%XX` escapes (as in a URL's user info); anything else is kept as it is.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn list(value: &str) -> Vec<String> {
@@ -566,6 +628,33 @@ mod tests {
         assert!(printed.contains("amqps://user:***@host/vh"));
         assert!(printed.contains("rediss://:***@host:6380"));
         assert!(!printed.contains("#insecure"));
+    }
+
+    #[test]
+    fn every_secret_is_listed_for_the_log_redactor() {
+        let config = Config::from_vars(vars(&[
+            ("WARMER_AMQP_URL", "amqps://user:p%40ss%2Fword@host/vh"),
+            ("WARMER_REDIS_URL", "rediss://:swordfish@host:6380"),
+            ("WARMER_SSH_KEY_PASSPHRASE", "correct-horse"),
+            ("WARMER_AUTH_TOKENS", "tok-a,tok-b"),
+            ("HIREFIRE_TOKEN", "hire-me"),
+            ("HEROKU_API_TOKEN", "heroku-secret"),
+        ]))
+        .unwrap();
+        let secrets = config.secrets();
+        for secret in [
+            "p@ss/word",
+            "p%40ss%2Fword",
+            "swordfish",
+            "correct-horse",
+            "tok-a",
+            "tok-b",
+            "hire-me",
+            "heroku-secret",
+        ] {
+            assert!(secrets.iter().any(|s| s == secret), "{secret} missing");
+        }
+        assert_eq!(percent_decode("a%2"), "a%2", "a broken escape is kept");
     }
 
     #[test]

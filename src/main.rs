@@ -5,25 +5,34 @@ use warmer::cli::{Cli, Command, PoolCommand};
 use warmer::cloud::Cloud;
 use warmer::config::Config;
 use warmer::context::Context;
+use warmer::telemetry::Redactor;
 use warmer::{autoscale, checkout, dev, operator, reconcile, refill, shutdown, web};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     // Two TLS stacks (lapin, redis) share rustls: pick its crypto provider before either runs.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    warmer::telemetry::init();
     let cli = Cli::parse();
-    match run(cli).await {
-        Ok(code) => code,
+    // Configuration errors name the variable, never its value.
+    let config = match Config::from_env() {
+        Ok(config) => config,
         Err(error) => {
             eprintln!("error: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let redactor = Redactor::new(config.secrets());
+    warmer::telemetry::init(redactor.clone());
+    match run(cli, config).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {}", redactor.redact(&format!("{error:#}")));
             ExitCode::from(2)
         }
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = Config::from_env()?;
+async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
     let token = config.auth_tokens.first().map(|t| t.expose().to_string());
     let ctx = Context::new(config).await?;
     let output = match cli.command {

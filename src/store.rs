@@ -6,6 +6,7 @@
 //! here is idempotent per request identity, so retrying is safe).
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -172,6 +173,32 @@ impl Store {
         &self.names
     }
 
+    /// Runs `command`, and once more if the connection had been dropped (a server-side idle
+    /// close, a failover): the manager reconnects, and every command passed here is safe to
+    /// repeat (each script is idempotent; see its header).
+    async fn call<T, F, Fut>(&self, command: F) -> redis::RedisResult<T>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        match command(self.conn.clone()).await {
+            Err(error) if error.is_connection_dropped() => {
+                tracing::debug!(%error, "Redis connection dropped; trying once more");
+                command(self.conn.clone()).await
+            }
+            result => result,
+        }
+    }
+
+    /// Runs a script (see [`Self::call`]).
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> redis::RedisResult<T> {
+        self.call(|mut conn| async move { invocation.invoke_async(&mut conn).await })
+            .await
+    }
+
     /// A connection for commands the store does not wrap (tests, status).
     pub fn connection(&self) -> ConnectionManager {
         self.conn.clone()
@@ -187,9 +214,8 @@ impl Store {
         give_up_at: u64,
     ) -> redis::RedisResult<Checkout> {
         let n = &self.names;
-        let reply: Vec<String> = self
-            .scripts
-            .checkout
+        let mut invocation = self.scripts.checkout.prepare_invoke();
+        invocation
             .key(n.pool_configs())
             .key(n.pool(pool))
             .key(n.leases())
@@ -199,9 +225,8 @@ impl Store {
             .arg(pool.to_string())
             .arg(now)
             .arg(deadline)
-            .arg(give_up_at)
-            .invoke_async(&mut self.conn.clone())
-            .await?;
+            .arg(give_up_at);
+        let reply: Vec<String> = self.invoke(&invocation).await?;
         let mut reply = reply.into_iter();
         let outcome = reply.next().unwrap_or_default();
         let entry = reply.next();
@@ -224,16 +249,14 @@ impl Store {
 
     /// Marks a lease handed out; returns false when the lease was already swept.
     pub async fn settle(&self, identity: &str, keep_until: u64) -> redis::RedisResult<bool> {
-        let settled: i64 = self
-            .scripts
-            .settle
+        let mut invocation = self.scripts.settle.prepare_invoke();
+        invocation
             .key(self.names.leases())
             .key(self.names.lease_deadlines())
             .arg(identity)
             .arg(now_ms())
-            .arg(keep_until)
-            .invoke_async(&mut self.conn.clone())
-            .await?;
+            .arg(keep_until);
+        let settled: i64 = self.invoke(&invocation).await?;
         Ok(settled != 0)
     }
 
@@ -246,9 +269,8 @@ impl Store {
         disposal: Disposal,
     ) -> redis::RedisResult<(GiveBack, String)> {
         let n = &self.names;
-        let reply: Vec<String> = self
-            .scripts
-            .give_back
+        let mut invocation = self.scripts.give_back.prepare_invoke();
+        invocation
             .key(n.pool_configs())
             .key(n.pool(pool))
             .key(n.leases())
@@ -260,9 +282,8 @@ impl Store {
             .arg(match disposal {
                 Disposal::Head => "head",
                 Disposal::Orphan(reason) => reason,
-            })
-            .invoke_async(&mut self.conn.clone())
-            .await?;
+            });
+        let reply: Vec<String> = self.invoke(&invocation).await?;
         let mut reply = reply.into_iter();
         let (outcome, entry, reason) = (reply.next(), reply.next(), reply.next());
         let outcome = match outcome.as_deref() {
@@ -280,16 +301,14 @@ impl Store {
     pub async fn sweep_leases(&self, now: u64) -> redis::RedisResult<(u64, u64)> {
         let (mut pending, mut handed) = (0, 0);
         loop {
-            let (p, h): (u64, u64) = self
-                .scripts
-                .sweep_leases
+            let mut invocation = self.scripts.sweep_leases.prepare_invoke();
+            invocation
                 .key(self.names.leases())
                 .key(self.names.lease_deadlines())
                 .key(self.names.orphaned())
                 .arg(now)
-                .arg(100)
-                .invoke_async(&mut self.conn.clone())
-                .await?;
+                .arg(100);
+            let (p, h): (u64, u64) = self.invoke(&invocation).await?;
             pending += p;
             handed += h;
             if p + h < 100 {
@@ -300,18 +319,20 @@ impl Store {
 
     /// Pool name → target, as stored (legacy values are decimal strings).
     pub async fn targets(&self) -> redis::RedisResult<BTreeMap<String, String>> {
-        self.conn.clone().hgetall(self.names.pool_configs()).await
+        let key = &self.names.pool_configs();
+        self.call(|mut conn| async move { conn.hgetall(key).await })
+            .await
     }
 
     /// Sets a pool's target (creating the pool).
     pub async fn set_target(&self, pool: &PoolName, target: u32) -> redis::RedisResult<()> {
-        self.conn
-            .clone()
-            .hset(self.names.pool_configs(), pool.to_string(), target)
+        let (key, pool) = (&self.names.pool_configs(), &pool.to_string());
+        self.call(|mut conn| async move { conn.hset(key, pool, target).await })
             .await
     }
 
-    /// Deletes a pool; its warmed VMs are recorded as orphans. `None` if it did not exist.
+    /// Deletes a pool; its warmed VMs are recorded as orphans. `None` if it did not exist. Not
+    /// repeated on a dropped connection: a second run would report the pool as missing.
     pub async fn delete_pool(&self, pool: &PoolName) -> redis::RedisResult<Option<u64>> {
         let moved: i64 = self
             .scripts
@@ -344,14 +365,14 @@ impl Store {
         let rows: Vec<(u64, Option<String>, u64)> = if targets.is_empty() {
             Vec::new()
         } else {
-            pipe.query_async(&mut self.conn.clone())
+            let pipe = &pipe;
+            self.call(|mut conn| async move { pipe.query_async(&mut conn).await })
                 .await
                 .context("reading pools")?
         };
+        let brake = &self.names.brake();
         let brake: bool = self
-            .conn
-            .clone()
-            .exists(self.names.brake())
+            .call(|mut conn| async move { conn.exists(brake).await })
             .await
             .context("reading the brake")?;
         let pools = targets
@@ -373,10 +394,9 @@ impl Store {
     /// entry (about 2 kB), so this is for `warmer status` and `/metrics`, not for tight loops.
     pub async fn status(&self) -> anyhow::Result<(Vec<PoolStatus>, bool)> {
         let (mut pools, brake) = self.levels().await?;
+        let key = &self.names.leases();
         let leases: BTreeMap<String, String> = self
-            .conn
-            .clone()
-            .hgetall(self.names.leases())
+            .call(|mut conn| async move { conn.hgetall(key).await })
             .await
             .context("reading leases")?;
         let mut handed: BTreeMap<String, u64> = BTreeMap::new();
@@ -415,7 +435,7 @@ impl Store {
         for name in names {
             invocation.arg(name);
         }
-        let reply: Vec<redis::Value> = invocation.invoke_async(&mut self.conn.clone()).await?;
+        let reply: Vec<redis::Value> = self.invoke(&invocation).await?;
         let number = |i: usize| -> i64 {
             reply
                 .get(i)
@@ -439,9 +459,8 @@ impl Store {
     /// recorded as an orphan instead (see `finish_boot.lua`).
     pub async fn finish_boot(&self, pool: &PoolName, entry: &PoolEntry) -> anyhow::Result<String> {
         let n = &self.names;
-        Ok(self
-            .scripts
-            .finish_boot
+        let mut invocation = self.scripts.finish_boot.prepare_invoke();
+        invocation
             .key(n.pool_configs())
             .key(n.pool(pool))
             .key(n.booting(pool))
@@ -450,9 +469,8 @@ impl Store {
             .arg(&entry.name)
             .arg(serde_json::to_string(entry)?)
             .arg(&entry.zone)
-            .arg(now_ms())
-            .invoke_async(&mut self.conn.clone())
-            .await?)
+            .arg(now_ms());
+        Ok(self.invoke(&invocation).await?)
     }
 
     /// Frees a failed boot's slot; with a `reason`, its VM may exist and is recorded as an
@@ -464,85 +482,77 @@ impl Store {
         zone: Option<&str>,
         reason: Option<&str>,
     ) -> redis::RedisResult<()> {
-        let _: i64 = self
-            .scripts
-            .abandon_boot
+        let mut invocation = self.scripts.abandon_boot.prepare_invoke();
+        invocation
             .key(self.names.booting(pool))
             .key(self.names.orphaned())
             .arg(name)
             .arg(zone.unwrap_or(""))
-            .arg(reason.unwrap_or(""))
-            .invoke_async(&mut self.conn.clone())
-            .await?;
+            .arg(reason.unwrap_or(""));
+        let _: i64 = self.invoke(&invocation).await?;
         Ok(())
     }
 
     /// Moves a pool's surplus warmed VMs to orphaned; returns how many.
     pub async fn trim_pool(&self, pool: &PoolName) -> redis::RedisResult<u64> {
         let n = &self.names;
-        self.scripts
-            .trim_pool
+        let mut invocation = self.scripts.trim_pool.prepare_invoke();
+        invocation
             .key(n.pool_configs())
             .key(n.pool(pool))
             .key(n.booting(pool))
             .key(n.orphaned())
-            .arg(pool.to_string())
-            .invoke_async(&mut self.conn.clone())
-            .await
+            .arg(pool.to_string());
+        self.invoke(&invocation).await
     }
 
     /// Whether Redis answers.
     pub async fn ping(&self) -> redis::RedisResult<()> {
-        redis::cmd("PING").query_async(&mut self.conn.clone()).await
+        self.call(|mut conn| async move { redis::cmd("PING").query_async(&mut conn).await })
+            .await
     }
 
     /// How many VMs wait in `orphaned` for deletion.
     pub async fn orphan_count(&self) -> redis::RedisResult<u64> {
-        self.conn.clone().llen(self.names.orphaned()).await
+        let key = &self.names.orphaned();
+        self.call(|mut conn| async move { conn.llen(key).await })
+            .await
     }
 
     /// The first `limit` entries of `orphaned`.
     pub async fn orphans(&self, limit: isize) -> redis::RedisResult<Vec<Orphan>> {
+        let key = &self.names.orphaned();
         let raw: Vec<String> = self
-            .conn
-            .clone()
-            .lrange(self.names.orphaned(), 0, limit - 1)
+            .call(|mut conn| async move { conn.lrange(key, 0, limit - 1).await })
             .await?;
         Ok(raw.into_iter().map(Orphan::parse).collect())
     }
 
     /// Removes one orphan record once its VM is deleted.
     pub async fn forget_orphan(&self, orphan: &Orphan) -> redis::RedisResult<()> {
+        let (key, raw) = (&self.names.orphaned(), &orphan.raw);
         let _: i64 = self
-            .conn
-            .clone()
-            .lrem(self.names.orphaned(), 1, &orphan.raw)
+            .call(|mut conn| async move { conn.lrem(key, 1, raw).await })
             .await?;
         Ok(())
     }
 
     /// Takes or renews the reconciler lock for `owner`; true while `owner` holds it.
     pub async fn lock(&self, owner: &str, ttl: Duration) -> redis::RedisResult<bool> {
-        let held: i64 = self
-            .scripts
-            .lock
+        let mut invocation = self.scripts.lock.prepare_invoke();
+        invocation
             .key(self.names.reconciler_lock())
             .arg(owner)
-            .arg(ttl.as_millis() as u64)
-            .invoke_async(&mut self.conn.clone())
-            .await?;
+            .arg(ttl.as_millis() as u64);
+        let held: i64 = self.invoke(&invocation).await?;
         Ok(held == 1)
     }
 
     /// Releases the reconciler lock if `owner` holds it.
     pub async fn unlock(&self, owner: &str) -> redis::RedisResult<()> {
-        let _: i64 = self
-            .scripts
-            .unlock
-            .key(self.names.reconciler_lock())
-            .arg(owner)
-            .invoke_async(&mut self.conn.clone())
-            .await?;
+        let mut invocation = self.scripts.unlock.prepare_invoke();
+        invocation.key(self.names.reconciler_lock()).arg(owner);
+        let _: i64 = self.invoke(&invocation).await?;
         Ok(())
     }
 
@@ -555,17 +565,15 @@ impl Store {
         zone: &str,
         reason: &str,
     ) -> redis::RedisResult<bool> {
-        let evicted: i64 = self
-            .scripts
-            .evict
+        let mut invocation = self.scripts.evict.prepare_invoke();
+        invocation
             .key(pool_key)
             .key(self.names.orphaned())
             .arg(raw)
             .arg(name)
             .arg(zone)
-            .arg(reason)
-            .invoke_async(&mut self.conn.clone())
-            .await?;
+            .arg(reason);
+        let evicted: i64 = self.invoke(&invocation).await?;
         Ok(evicted == 1)
     }
 }

@@ -1,21 +1,35 @@
-//! Logging: `RUST_LOG` (default `info`) to stderr, colour only on a terminal.
+//! Logging: `RUST_LOG` (default `info`) to stderr, colour only on a terminal, and never a secret.
 //!
-//! Message bodies carry SSH keys, so the lapin log targets that print whole messages or frames
-//! are capped whatever `RUST_LOG` says.
+//! Two layers keep secrets out, whatever `RUST_LOG` says:
+//!
+//! 1. The targets that print frames or whole messages are capped: lapin logs every frame it
+//!    writes at TRACE (the `Connection.StartOk` frame carries the AMQP user and password as a
+//!    byte array) and returned messages, bodies and SSH keys included, at WARN.
+//! 2. Every line goes through a [`Redactor`] before it is written: the configured secrets
+//!    (passwords of both URLs, raw and percent-decoded, tokens, the SSH passphrase, the service
+//!    account key), each also as the decimal byte list that `Debug` prints for bytes, and any
+//!    PEM block, are replaced by `[redacted]`.
 
-use std::io::IsTerminal;
+use std::borrow::Cow;
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
 
-/// Targets capped whatever `RUST_LOG` says: lapin prints returned messages (with their bodies)
-/// at WARN and frames at TRACE.
-const CAPPED: [&str; 4] = [
+/// Targets capped whatever `RUST_LOG` says: frames and returned messages.
+const CAPPED: [&str; 6] = [
+    "lapin=debug",
+    "amq_protocol=debug",
     "lapin::returned_messages=off",
     "lapin::frames=info",
     "lapin::channels=info",
     // A failed presence probe closes its channel by design; lapin would log each at ERROR.
     "lapin::channel=off",
 ];
+
+/// Secrets shorter than this are not looked for: they would redact ordinary words.
+const SHORTEST_SECRET: usize = 3;
 
 /// The log filter: `RUST_LOG` or `default`, with the secret-bearing targets capped.
 pub fn filter(default: &str) -> EnvFilter {
@@ -28,11 +42,143 @@ pub fn filter(default: &str) -> EnvFilter {
     filter
 }
 
-/// Installs the process-wide subscriber.
-pub fn init() {
+/// Installs the process-wide subscriber, writing through `redactor`.
+pub fn init(redactor: Redactor) {
     tracing_subscriber::fmt()
         .with_env_filter(filter("info,lapin=warn"))
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
+        .with_writer(redactor)
         .init();
+}
+
+/// Replaces secrets in text. Cheap to clone; as a [`MakeWriter`] it redacts each log line and
+/// writes it to stderr.
+#[derive(Clone, Default)]
+pub struct Redactor {
+    /// Each secret, and each as the `Debug` form of its bytes, longest first.
+    patterns: Arc<Vec<String>>,
+}
+
+impl Redactor {
+    pub fn new(secrets: impl IntoIterator<Item = String>) -> Self {
+        let mut patterns: Vec<String> = secrets
+            .into_iter()
+            .filter(|s| s.len() >= SHORTEST_SECRET)
+            .flat_map(|secret| {
+                let bytes: Vec<String> = secret.bytes().map(|b| b.to_string()).collect();
+                [bytes.join(", "), secret]
+            })
+            .collect();
+        patterns.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        patterns.dedup();
+        Self {
+            patterns: Arc::new(patterns),
+        }
+    }
+
+    /// `text` with every secret and every PEM block replaced by `[redacted]`.
+    pub fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        let mut text = Cow::Borrowed(text);
+        for pattern in self.patterns.iter() {
+            if text.contains(pattern.as_str()) {
+                text = Cow::Owned(text.replace(pattern.as_str(), "[redacted]"));
+            }
+        }
+        if text.contains(PEM_BEGIN) {
+            text = Cow::Owned(redact_pem(&text));
+        }
+        text
+    }
+}
+
+const PEM_BEGIN: &str = "-----BEGIN";
+const PEM_END: &str = "-----END";
+
+/// Replaces each `-----BEGIN …-----END …-----` block (or the rest of the text, when it has no
+/// end) by `[redacted]`.
+fn redact_pem(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(PEM_BEGIN) {
+        out.push_str(&rest[..start]);
+        out.push_str("[redacted]");
+        let block = &rest[start..];
+        rest = match block.find(PEM_END) {
+            Some(end) => {
+                let after_end = &block[end + PEM_END.len()..];
+                // The END line's label, up to and including its closing dashes.
+                match after_end.find("-----") {
+                    Some(close) => &after_end[close + 5..],
+                    None => "",
+                }
+            }
+            None => "",
+        };
+    }
+    out.push_str(rest);
+    out
+}
+
+impl<'a> MakeWriter<'a> for Redactor {
+    type Writer = RedactingWriter;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        RedactingWriter {
+            redactor: self.clone(),
+            line: Vec::new(),
+        }
+    }
+}
+
+/// Collects one event's output and writes it, redacted, to stderr when dropped.
+pub struct RedactingWriter {
+    redactor: Redactor,
+    line: Vec<u8>,
+}
+
+impl Write for RedactingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.line.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for RedactingWriter {
+    fn drop(&mut self) {
+        if self.line.is_empty() {
+            return;
+        }
+        let text = String::from_utf8_lossy(&self.line);
+        let _ = std::io::stderr().write_all(self.redactor.redact(&text).as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_their_byte_lists_and_pem_blocks_are_redacted() {
+        let redactor = Redactor::new(["hunter2".to_string(), "ab".to_string()]);
+        let bytes = "[0, 117, 0, 104, 117, 110, 116, 101, 114, 50]";
+        let line = format!(
+            "password=hunter2 response={bytes} key=\"-----BEGIN RSA PRIVATE KEY-----\\nMIIE\\n-----END RSA PRIVATE KEY-----\" tab"
+        );
+
+        let redacted = redactor.redact(&line);
+
+        assert_eq!(
+            redacted,
+            "password=[redacted] response=[0, 117, 0, [redacted]] key=\"[redacted]\" tab"
+        );
+        assert_eq!(
+            redactor.redact("ab stays: too short to look for"),
+            "ab stays: too short to look for"
+        );
+        assert_eq!(redact_pem("x -----BEGIN KEY no end"), "x [redacted]");
+    }
 }

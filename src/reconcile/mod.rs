@@ -5,9 +5,10 @@
 //! handed-out VMs labelled and deleted past `WARMER_MAX_HANDOUT_AGE`, fills published for pools
 //! left below target, and the safety brake set or released.
 //!
-//! At most one reconciler is active: a Redis lock with expiry (`lock.lua`), renewed by its
-//! holder; another instance waits and takes over when the holder dies. On SIGTERM it finishes
-//! its pass, releases the lock and exits.
+//! At most one reconciler is active: a Redis lock with expiry (`lock.lua`) of 3 × the interval
+//! (at least 3 s), renewed by its holder before each pass; another instance asks for it every
+//! tenth of an interval, so it takes over within 3.1 × the interval after the holder's last
+//! renewal when the holder dies. On SIGTERM it finishes its pass, releases the lock and exits.
 
 pub mod plan;
 
@@ -102,7 +103,10 @@ impl Reconciler {
                 }
                 Err(error) => tracing::warn!(%error, "cannot reach Redis for the reconciler lock"),
             }
-            if !shutdown.sleep(interval).await {
+            // A standby asks for the lock ten times an interval, so it takes over at most a
+            // tenth of an interval after the holder's lock expired.
+            let pause = if active { interval } else { interval / 10 };
+            if !shutdown.sleep(pause).await {
                 break;
             }
         }

@@ -1,4 +1,5 @@
-//! Booting one pool up to its target, one VM at a time per slot, and deleting orphans.
+//! Booting pools up to their targets, sharing this process's boot slots between them, and
+//! deleting orphans.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,52 +21,79 @@ fn vm_name() -> String {
 }
 
 impl Refill {
-    /// Brings `pool` toward its target: trims a surplus, then starts as many boots as the
-    /// deficit and this process's free boot slots allow. Returns the number started.
-    pub async fn refill_pool(self: &Arc<Self>, pool: &PoolName) -> anyhow::Result<usize> {
-        let store = &self.ctx.store;
-        let trimmed = store.trim_pool(pool).await.context("trimming")?;
+    /// Trims a surplus of `pool` (its target was lowered), then puts it among the pools that
+    /// want boots; [`Self::dispatch`] starts them.
+    pub async fn want(&self, pool: &PoolName) -> anyhow::Result<()> {
+        let trimmed = self.ctx.store.trim_pool(pool).await.context("trimming")?;
         if trimmed > 0 {
             tracing::info!(%pool, trimmed, "target lowered: surplus VMs recorded for deletion");
         }
-        if self.shutdown.is_triggered() {
-            return Ok(0);
+        self.queue(pool);
+        Ok(())
+    }
+
+    /// Adds `pool` at the back of the pools that want boots, unless it is there already.
+    fn queue(&self, pool: &PoolName) {
+        if let Ok(mut wanting) = self.wanting.lock()
+            && !wanting.contains(pool)
+        {
+            wanting.push_back(pool.clone());
         }
-        let free = self.permits.available_permits();
-        let Ok(mut permits) = self
-            .permits
-            .clone()
-            .try_acquire_many_owned(free.max(1) as u32)
-        else {
-            return Ok(0); // every slot is busy; finishing boots look at the pool again
-        };
-        let names: Vec<String> = (0..permits.num_permits()).map(|_| vm_name()).collect();
-        let expires_at = now_ms() + self.cloud.boot_budget().as_millis() as u64;
-        let reservation = store
-            .reserve_boots(pool, &names, expires_at)
-            .await
-            .context("reserving boot slots")?;
-        if reservation.braked {
-            tracing::warn!(%pool, "safety brake on: no boots");
+    }
+
+    /// Stops looking at `pool` until a message (or a successful boot) names it again.
+    fn unqueue(&self, pool: &PoolName) {
+        if let Ok(mut wanting) = self.wanting.lock() {
+            wanting.retain(|p| p != pool);
         }
-        let started = reservation.names.len();
-        if started > 0 {
+    }
+
+    /// Starts boots while this process has free boot slots and pools want VMs, one slot at a
+    /// time, round-robin: the pool at the front gets one reservation (`reserve_boots.lua`, so
+    /// `ready + booting <= target` across processes) and goes to the back while it still gets
+    /// one. So pools short at the same moment share the slots, and a slot that frees serves
+    /// whichever pool waits longest. Returns the number of boots started.
+    pub async fn dispatch(self: &Arc<Self>) -> anyhow::Result<usize> {
+        let mut started = 0;
+        while !self.shutdown.is_triggered() {
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                break; // every slot is busy: a finishing boot dispatches again
+            };
+            let next = self.wanting.lock().ok().and_then(|mut w| w.pop_front());
+            let Some(pool) = next else {
+                break;
+            };
+            let expires_at = now_ms() + self.cloud.boot_budget().as_millis() as u64;
+            let reservation = match self
+                .ctx
+                .store
+                .reserve_boots(&pool, &[vm_name()], expires_at)
+                .await
+            {
+                Ok(reservation) => reservation,
+                Err(error) => {
+                    self.queue(&pool);
+                    return Err(error).context("reserving a boot slot");
+                }
+            };
+            if reservation.braked {
+                tracing::warn!(%pool, "safety brake on: no boots");
+            }
+            // None: the pool is at its target (or braked, or gone); the permit is freed.
+            let Some(name) = reservation.names.into_iter().next() else {
+                continue;
+            };
             tracing::info!(
                 %pool,
                 target = reservation.target,
                 ready = reservation.ready,
                 booting = reservation.booting,
-                starting = started,
-                "refilling"
+                vm = %name,
+                "booting"
             );
-        }
-        for name in reservation.names {
-            let Some(permit) = permits.split(1) else {
-                break;
-            };
-            let refill = self.clone();
-            let pool = pool.clone();
-            tokio::spawn(async move { refill.boot(pool, name, permit).await });
+            self.queue(&pool);
+            started += 1;
+            tokio::spawn(self.clone().boot(pool, name, permit));
         }
         Ok(started)
     }
@@ -132,18 +160,22 @@ impl Refill {
         };
         drop(permit);
         self.delete_orphans().await;
-        // A pool fills up by itself: after a success, look at it again. After a failure, wait
-        // for the next event or fill command rather than hammer a failing cloud.
+        // A pool fills up by itself: after a success, it is looked at again. After a failure, it
+        // waits for the next event or fill command rather than hammer a failing cloud. Either
+        // way the freed slot goes to whichever pool waits.
         if success {
-            self.clone().refill_later(pool);
+            self.queue(&pool);
+        } else {
+            self.unqueue(&pool);
         }
+        self.dispatch_later();
     }
 
-    /// Looks at `pool` again in a task of its own (boxed: a boot refills, a refill boots).
-    fn refill_later(self: Arc<Self>, pool: PoolName) {
+    /// Dispatches in a task of its own (boxed: a boot dispatches, a dispatch boots).
+    fn dispatch_later(self: Arc<Self>) {
         let again: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
-            if let Err(error) = self.refill_pool(&pool).await {
-                tracing::warn!(error = %format!("{error:#}"), %pool, "refill after a boot failed");
+            if let Err(error) = self.dispatch().await {
+                tracing::warn!(error = %format!("{error:#}"), "starting boots after a boot failed");
             }
         });
         tokio::spawn(again);

@@ -1,10 +1,11 @@
 //! `warmer refill`: keeps every pool at its target (SPEC §3.3, §4 guarantee 4, §7).
 //!
-//! Messages on the refill queue are hints: whatever they say, [`Refill::refill_pool`] looks at
-//! the pool's level in Redis, trims a surplus, and reserves boot slots atomically
-//! (`reserve_boots.lua`) so that `ready + booting <= target` however many refill processes run.
-//! Boots run in parallel, up to `WARMER_BOOT_CONCURRENCY` per process, each finishing with
-//! `finish_boot.lua`; a finished boot looks at its pool again, so a pool fills up without
+//! Messages on the refill queue are hints: whatever they say, [`Refill::want`] trims the pool's
+//! surplus and queues the pool, and [`Refill::dispatch`] hands this process's free boot slots
+//! (`WARMER_BOOT_CONCURRENCY`) to the queued pools one at a time, round-robin, reserving each
+//! atomically (`reserve_boots.lua`) so that `ready + booting <= target` however many refill
+//! processes run. Each boot finishes with `finish_boot.lua`; its freed slot goes to the pool
+//! that waits longest, and a pool whose boot succeeded is queued again, so pools fill up without
 //! further messages. VMs recorded in `orphaned` are deleted as they appear.
 //!
 //! On SIGTERM it stops consuming and waits up to 25 s for boots in flight; a boot cut short
@@ -13,7 +14,8 @@
 mod boot;
 pub mod command;
 
-use std::sync::{Arc, RwLock};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
@@ -22,6 +24,7 @@ use crate::amqp::{self, Disposition, Incoming, Publisher};
 use crate::cloud::Cloud;
 use crate::config::Secret;
 use crate::context::Context;
+use crate::pool::PoolName;
 use crate::shutdown::Shutdown;
 use crate::sshkey::KeyStock;
 use command::Work;
@@ -55,6 +58,8 @@ pub struct Refill {
     ctx: Context,
     cloud: Cloud,
     permits: Arc<Semaphore>,
+    /// Pools that may want boots, in the order they get the next free slot; each at most once.
+    wanting: Mutex<VecDeque<PoolName>>,
     keys: KeyStock,
     /// The current broker session's publisher, for events (`None` while disconnected).
     publisher: RwLock<Option<Publisher>>,
@@ -79,6 +84,7 @@ impl Refill {
         let concurrency = ctx.config.boot_concurrency;
         Ok(Arc::new(Self {
             permits: Arc::new(Semaphore::new(concurrency)),
+            wanting: Mutex::default(),
             keys: KeyStock::new(passphrase, concurrency),
             ctx,
             cloud,
@@ -106,16 +112,19 @@ impl Refill {
                 }
             },
         };
-        let mut boots = 0;
         for pool in &pools {
-            match self.refill_pool(pool).await {
-                Ok(started) => boots += started,
-                Err(error) => {
-                    tracing::warn!(error = %format!("{error:#}"), %pool, "refill failed; requeued");
-                    return Outcome::Failed;
-                }
+            if let Err(error) = self.want(pool).await {
+                tracing::warn!(error = %format!("{error:#}"), %pool, "refill failed; requeued");
+                return Outcome::Failed;
             }
         }
+        let boots = match self.dispatch().await {
+            Ok(started) => started,
+            Err(error) => {
+                tracing::warn!(error = %format!("{error:#}"), "refill failed; requeued");
+                return Outcome::Failed;
+            }
+        };
         self.delete_orphans().await;
         Outcome::Refilled {
             pools: pools.len(),

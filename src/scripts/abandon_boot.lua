@@ -3,9 +3,13 @@
 --
 -- KEYS[1] the pool's booting zset   KEYS[2] orphaned list
 -- ARGV[1] VM name   ARGV[2] zone ('' if unknown)   ARGV[3] reason, or '' if no VM was created
+--
+-- Idempotent: the VM is recorded only along with the reservation it releases, so a second run
+-- (a retry after a dropped connection) records nothing more. A reservation already gone was
+-- swept past its expiry by reserve_boots.lua, which recorded the VM then.
 -- Returns 1 if the reservation was still held.
 local held = redis.call('ZREM', KEYS[1], ARGV[1])
-if ARGV[3] ~= '' then
+if held == 1 and ARGV[3] ~= '' then
   local zone = cjson.null
   if ARGV[2] ~= '' then zone = ARGV[2] end
   redis.call('RPUSH', KEYS[2], cjson.encode({name = ARGV[1], zone = zone, reason = ARGV[3]}))

@@ -7,7 +7,9 @@
 --
 -- Invariant: the VM is pushed only if it still held an unexpired reservation and the pool wants
 -- it (the target may have been lowered, or the pool deleted, while it booted); otherwise it is
--- recorded in orphaned, to be deleted. Either way it is never unaccounted for.
+-- recorded in orphaned, to be deleted. Either way it is never unaccounted for. Idempotent: run
+-- again (a retry after a dropped connection), it finds its entry in the pool and says "ready"
+-- instead of recording a pooled VM as an orphan.
 -- Returns "ready", "expired", "no_pool" or "surplus".
 local function orphan(reason)
   redis.call('RPUSH', KEYS[4], cjson.encode({name = ARGV[2], zone = ARGV[4], reason = reason}))
@@ -15,6 +17,9 @@ local function orphan(reason)
 end
 -- A reservation past its expiry no longer protects the VM: the reconciler may have deleted it.
 local expires = tonumber(redis.call('ZSCORE', KEYS[3], ARGV[2]))
+if not expires and redis.call('LPOS', KEYS[2], ARGV[3]) then
+  return 'ready'
+end
 redis.call('ZREM', KEYS[3], ARGV[2])
 if not expires or expires < tonumber(ARGV[5]) then
   return orphan('expired')

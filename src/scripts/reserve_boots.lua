@@ -8,6 +8,8 @@
 -- Invariant: ready + booting <= target, whatever the number of refill processes: the count and
 -- the reservation are one step. A reservation past its expiry belongs to a booter that died;
 -- its VM may exist, so it is recorded in orphaned (zone unknown) and its slot freed.
+-- Idempotent: names of ARGV that already hold a reservation (this call ran before, and its
+-- answer was lost with the connection) are returned as reserved again, not counted twice.
 -- Returns {target (-1: no pool), ready, booting, braked (0/1), reserved names...}.
 local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[2])
 for _, name in ipairs(expired) do
@@ -23,15 +25,27 @@ local booting = redis.call('ZCARD', KEYS[3])
 if not target then
   return {-1, ready, booting, 0}
 end
-if redis.call('EXISTS', KEYS[5]) == 1 then
-  return {target, ready, booting, 1}
-end
 local result = {target, ready, booting, 0}
+local fresh = {}
+for i = 4, #ARGV do
+  if redis.call('ZSCORE', KEYS[3], ARGV[i]) then
+    table.insert(result, ARGV[i])
+  else
+    table.insert(fresh, ARGV[i])
+  end
+end
+if #result > 4 then
+  return result
+end
+if redis.call('EXISTS', KEYS[5]) == 1 then
+  result[4] = 1
+  return result
+end
 local deficit = target - ready - booting
-local i = 4
-while deficit > 0 and ARGV[i] do
-  redis.call('ZADD', KEYS[3], ARGV[3], ARGV[i])
-  table.insert(result, ARGV[i])
+local i = 1
+while deficit > 0 and fresh[i] do
+  redis.call('ZADD', KEYS[3], ARGV[3], fresh[i])
+  table.insert(result, fresh[i])
   deficit = deficit - 1
   i = i + 1
 end

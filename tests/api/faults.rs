@@ -193,3 +193,111 @@ async fn a_refill_message_that_keeps_failing_is_dead_lettered_not_retried_foreve
     proxy.restore();
     app.stop_consumers().await;
 }
+
+#[tokio::test]
+async fn a_stalled_redis_gets_an_internal_reply_within_the_requests_budget() {
+    let redis = PrivateRedis::start(&[]).await;
+    let app = spawn_app_on(&redis, &[]).await;
+    app.seed(POOL, 1, &[vm("kept")]).await;
+    let mut app = app;
+    app.start_consumer().await;
+    let mut requester = app.requester().await;
+
+    // Redis accepts connections and answers nothing, for longer than any request waits.
+    redis.stall();
+    let sent = std::time::Instant::now();
+    let reply = requester
+        .send_with(
+            TRAVIS_REQUEST.as_bytes(),
+            requester.fresh_properties().with_expiration("3000".into()),
+        )
+        .await;
+    let waited = sent.elapsed();
+    redis.resume();
+
+    assert_eq!(reply["code"], "internal", "{reply}");
+    // The budget is the request's own 3 s: each try's wait for an answer is part of it.
+    assert!(
+        waited < Duration::from_secs(5),
+        "the reply took {waited:?}, past the request's 3 s budget"
+    );
+    let mut dead = app.dead_letters().await;
+    within(
+        "the request to be dead-lettered",
+        futures_lite::StreamExt::next(&mut dead),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+}
+
+/// Waits until `redis` has closed every connection but the one asking (its idle `timeout`).
+async fn idle_connections_closed(redis: &PrivateRedis) {
+    let client = redis::Client::open(redis.url()).unwrap();
+    within("the server to close idle connections", async {
+        loop {
+            let mut asking = client.get_multiplexed_async_connection().await.unwrap();
+            let clients: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .query_async(&mut asking)
+                .await
+                .unwrap();
+            if clients.lines().count() <= 1 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn connections_the_redis_server_closed_for_idleness_cost_no_failed_answer_or_requeue() {
+    // Heroku Redis closes connections idle for 300 s; this one after 1 s.
+    let redis = PrivateRedis::start(&["--timeout", "1"]).await;
+    let token = "hirefire-token";
+    let mut app = spawn_app_on(&redis, &[("HIREFIRE_TOKEN", token)]).await;
+    app.seed(POOL, 1, &[]).await;
+    let web = app.start_web().await;
+    let cloud = warmer::cloud::Cloud::from_config(&app.ctx.config)
+        .await
+        .unwrap();
+    let (_trigger, shutdown) = warmer::shutdown::channel();
+    let refill = warmer::refill::Refill::new(app.ctx.clone(), cloud.clone(), shutdown).unwrap();
+    let reconciler = warmer::reconcile::Reconciler::new(app.ctx.clone(), cloud);
+    let fill = || warmer::amqp::Incoming {
+        data: br#"{"command":"fill"}"#.to_vec(),
+        properties: lapin::BasicProperties::default(),
+        redelivered: false,
+    };
+    assert!(matches!(
+        refill.handle(fill()).await,
+        warmer::refill::Outcome::Refilled { .. }
+    ));
+    reconciler.pass(None).await.unwrap();
+
+    for round in 0..2 {
+        idle_connections_closed(&redis).await;
+        for path in ["/health", "/metrics", &format!("/hirefire/{token}/info")] {
+            let answer = within("an answer", reqwest::get(format!("{web}{path}")))
+                .await
+                .unwrap();
+            assert_eq!(
+                answer.status(),
+                200,
+                "{path} after an idle close (round {round})"
+            );
+        }
+        idle_connections_closed(&redis).await;
+        let outcome = refill.handle(fill()).await;
+        assert!(
+            matches!(outcome, warmer::refill::Outcome::Refilled { .. }),
+            "{outcome:?} after an idle close (round {round})"
+        );
+        idle_connections_closed(&redis).await;
+        reconciler
+            .pass(None)
+            .await
+            .expect("a reconcile pass after an idle close");
+    }
+}

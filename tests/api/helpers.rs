@@ -101,6 +101,21 @@ pub async fn spawn_app_configured(
     redis_url: &str,
     extra: &[(&str, &str)],
 ) -> TestApp {
+    spawn_app_reading(amqp_url, redis_url, REDIS_URL, extra).await
+}
+
+/// A fresh deployment on a Redis server of the test's own (the test reads it directly too).
+pub async fn spawn_app_on(redis: &PrivateRedis, extra: &[(&str, &str)]) -> TestApp {
+    spawn_app_reading(AMQP_URL, &redis.url(), &redis.url(), extra).await
+}
+
+/// A fresh deployment on `redis_url`, whose keys the test reads through `own_redis_url`.
+async fn spawn_app_reading(
+    amqp_url: &str,
+    redis_url: &str,
+    own_redis_url: &str,
+    extra: &[(&str, &str)],
+) -> TestApp {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(warmer::telemetry::filter("warn"))
@@ -130,7 +145,7 @@ pub async fn spawn_app_configured(
     warmer::amqp::declare_topology(&channel, &ctx.names)
         .await
         .expect("topology");
-    let redis = redis::aio::ConnectionManager::new(redis::Client::open(REDIS_URL).unwrap())
+    let redis = redis::aio::ConnectionManager::new(redis::Client::open(own_redis_url).unwrap())
         .await
         .unwrap();
     let (trigger, shutdown) = shutdown::channel();
@@ -685,5 +700,64 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.accept.abort();
         self.cut();
+    }
+}
+
+/// A Redis server of one test's own, on a free port, killed when dropped: for faults that
+/// would disturb other tests on the shared server (a stall, a short idle `timeout`).
+pub struct PrivateRedis {
+    pub port: u16,
+    child: std::process::Child,
+}
+
+impl PrivateRedis {
+    /// Starts `redis-server` with `args` added to a memory-only configuration.
+    pub async fn start(args: &[&str]) -> PrivateRedis {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server on the PATH");
+        within("the private Redis to listen", async {
+            while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        PrivateRedis { port, child }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Freezes the server (SIGSTOP): connections are accepted by the kernel, nothing answers.
+    pub fn stall(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a stalled server run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

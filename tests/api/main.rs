@@ -13,4 +13,5 @@ mod lifecycle;
 mod operator;
 mod reconcile;
 mod refill;
+mod secrets;
 mod web;

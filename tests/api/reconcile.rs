@@ -369,6 +369,13 @@ async fn only_one_reconciler_is_active_and_another_takes_over_when_it_dies() {
     assert_eq!(holder().await.as_deref(), Some(active.as_str()));
 
     tasks[index].abort(); // killed: it cannot release its lock
+    let killed = std::time::Instant::now();
+    let left: i64 = app
+        .redis
+        .clone()
+        .pttl(app.names.reconciler_lock())
+        .await
+        .unwrap();
 
     let successor = within("the other reconciler to take over", async {
         loop {
@@ -380,6 +387,15 @@ async fn only_one_reconciler_is_active_and_another_takes_over_when_it_dies() {
     })
     .await;
     assert_eq!(successor, owners[1 - index]);
+    // The standby asks every tenth of the 1 s interval: it takes over about 0.1 s after the
+    // lock expires (0.7 s allowed for a loaded machine), not up to a whole interval later.
+    let late = killed
+        .elapsed()
+        .saturating_sub(Duration::from_millis(left.max(0) as u64));
+    assert!(
+        late < Duration::from_millis(700),
+        "took over {late:?} after the lock expired"
+    );
     trigger.fire();
     let _ = tokio::time::timeout(PATIENCE, async {
         for task in tasks {

@@ -458,3 +458,38 @@ async fn vms_that_finish_booting_after_the_target_was_lowered_are_deleted_not_po
     app.wait_until_settled(POOL, 0).await;
     assert!(compute.instances().is_empty());
 }
+
+#[tokio::test]
+async fn pools_short_at_the_same_moment_all_start_booting_at_once() {
+    // Boots that outlast the test's wait: only a fair share of the slots can explain a boot in
+    // every pool, not a slot freed by a finished boot.
+    let compute = ComputeStandIn::start(Duration::from_secs(60)).await;
+    let mut app = spawn_gce_app(&compute, &[("WARMER_BOOT_CONCURRENCY", "8")]).await;
+    let pools: Vec<String> = (0..4).map(|i| format!("image-{i}:n1-standard-2")).collect();
+    for pool in &pools {
+        app.seed(pool, 1, &[]).await;
+    }
+    // Four fill commands wait in the queue, so a fresh consumer takes them all at once.
+    for pool in &pools {
+        app.fill(pool).await;
+    }
+
+    app.start_refill().await;
+
+    within("a boot in every pool", async {
+        loop {
+            let mut booting = 0;
+            for pool in &pools {
+                booting += app.booting(pool).await.min(1);
+            }
+            if booting == pools.len() as u64 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    for pool in &pools {
+        assert_eq!(app.booting(pool).await, 1, "{pool}: exactly its deficit");
+    }
+}
