@@ -232,10 +232,10 @@ async fn run(
     let ctx = Context::new(Config::from_vars(vars)?).await?;
     let names = ctx.names.clone();
     let channel = amqp.create_channel().await?;
-    warmer::amqp::declare_topology(&channel, &names).await?;
+    warmer::topology::declare(&channel, &names).await?;
     let pool: PoolName = POOL.parse().map_err(anyhow::Error::msg)?;
     ctx.store.set_target(&pool, requests as u32).await?;
-    let mut redis = ctx.store.connection();
+    let mut redis = common::redis().await?;
     let warmup = 20 * concurrency;
     let entries = vec![VM.to_string(); requests + warmup];
     let _: () = redis.rpush(names.pool(&pool), entries).await?;

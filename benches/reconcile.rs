@@ -69,7 +69,7 @@ async fn main() -> anyhow::Result<()> {
     for _ in 0..rounds {
         build_world(&ctx, &compute, &pools, vms, 0).await?;
         let started = Instant::now();
-        let mut redis = ctx.store.connection();
+        let mut redis = common::redis().await?;
         let mut pipe = redis::pipe();
         pipe.atomic();
         for pool in &pools {
@@ -94,9 +94,9 @@ async fn main() -> anyhow::Result<()> {
         );
         busy.push(report.elapsed);
     }
-    let keys: Vec<String> = ctx.store.connection().keys(format!("{prefix}:*")).await?;
+    let keys: Vec<String> = common::redis().await?.keys(format!("{prefix}:*")).await?;
     if !keys.is_empty() {
-        let _: () = ctx.store.connection().del(keys).await?;
+        let _: () = common::redis().await?.del(keys).await?;
     }
 
     let median = |mut d: Vec<Duration>| {
@@ -127,7 +127,7 @@ async fn build_world(
     vms: usize,
     faults: usize,
 ) -> anyhow::Result<()> {
-    let mut redis = ctx.store.connection();
+    let mut redis = common::redis().await?;
     let keys: Vec<String> = redis.keys(format!("{}:*", ctx.names.namespace())).await?;
     if !keys.is_empty() {
         let _: () = redis.del(keys).await?;

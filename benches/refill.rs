@@ -209,11 +209,11 @@ impl Deployment {
         let ctx = Context::new(Config::from_vars(vars)?).await?;
         let names = ctx.names.clone();
         let channel = amqp.create_channel().await?;
-        warmer::amqp::declare_topology(&channel, &names).await?;
+        warmer::topology::declare(&channel, &names).await?;
         let _ = channel.close(200, "ok".into()).await;
         let (trigger, stop) = shutdown::channel();
         Ok(Deployment {
-            redis: ctx.store.connection(),
+            redis: common::redis().await?,
             pool: POOL.parse().map_err(anyhow::Error::msg)?,
             ctx,
             names,

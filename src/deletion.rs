@@ -2,34 +2,28 @@
 //! what it trims or fails to boot) and the reconciler (everything else).
 
 use crate::cloud::Cloud;
+use crate::events::{Event, Events};
 use crate::store::Store;
 
 /// Deletions in flight at once.
 const PARALLEL_DELETES: usize = 16;
 
-/// A VM deleted in the cloud and forgotten in `orphaned`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Deleted {
-    pub name: String,
-    pub zone: Option<String>,
-    pub reason: String,
-}
-
-/// Deletes up to `limit` VMs listed in `orphaned` (a VM already gone counts as deleted) and
-/// removes their records. Failures stay recorded for the next attempt.
-pub async fn delete_orphans(store: &Store, cloud: &Cloud, limit: isize) -> Vec<Deleted> {
+/// Deletes up to `limit` VMs listed in `orphaned` (a VM already gone counts as deleted), removes
+/// their records and announces each deletion; returns how many were deleted. Failures stay
+/// recorded for the next attempt.
+pub async fn delete_orphans(store: &Store, cloud: &Cloud, events: &Events, limit: isize) -> usize {
     let orphans = match store.orphans(limit).await {
         Ok(orphans) => orphans,
         Err(error) => {
             tracing::warn!(%error, "reading orphans failed");
-            return Vec::new();
+            return 0;
         }
     };
     // Deletions are independent HTTP calls: run a few at once.
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(PARALLEL_DELETES));
     let mut tasks = tokio::task::JoinSet::new();
     for orphan in orphans {
-        let Some(name) = orphan.name.clone().filter(|n| !n.is_empty()) else {
+        let Some(name) = orphan.name().map(String::from) else {
             // Never log the record: an unreadable pool entry may carry an SSH key.
             tracing::error!(
                 bytes = orphan.raw.len(),
@@ -37,10 +31,12 @@ pub async fn delete_orphans(store: &Store, cloud: &Cloud, limit: isize) -> Vec<D
             );
             continue;
         };
-        let (store, cloud, slots) = (store.clone(), cloud.clone(), slots.clone());
+        let (store, cloud, events, slots) =
+            (store.clone(), cloud.clone(), events.clone(), slots.clone());
         tasks.spawn(async move {
             let _slot = slots.acquire_owned().await.ok()?;
-            if let Err(error) = cloud.delete(&name, orphan.zone.as_deref()).await {
+            let zone = orphan.record.zone.clone();
+            if let Err(error) = cloud.delete(&name, zone.as_deref()).await {
                 tracing::warn!(
                     error = %format!("{error:#}"),
                     vm = %name,
@@ -51,18 +47,22 @@ pub async fn delete_orphans(store: &Store, cloud: &Cloud, limit: isize) -> Vec<D
             if let Err(error) = store.forget_orphan(&orphan).await {
                 tracing::warn!(%error, vm = %name, "deleted, but the orphan record stays; deleting again is harmless");
             }
-            tracing::info!(vm = %name, reason = %orphan.reason, "VM deleted");
-            Some(Deleted {
-                name,
-                zone: orphan.zone,
-                reason: orphan.reason,
-            })
+            let reason = orphan.record.reason;
+            tracing::info!(vm = %name, %reason, "VM deleted");
+            events
+                .emit(Event::InstanceDeleted {
+                    instance: name,
+                    zone,
+                    reason,
+                })
+                .await;
+            Some(())
         });
     }
-    let mut deleted = Vec::new();
+    let mut deleted = 0;
     while let Some(done) = tasks.join_next().await {
-        if let Ok(Some(vm)) = done {
-            deleted.push(vm);
+        if let Ok(Some(())) = done {
+            deleted += 1;
         }
     }
     deleted

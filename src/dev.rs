@@ -28,7 +28,7 @@ pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
     );
     let connection = ctx.amqp("dev").await?;
     let channel = connection.create_channel().await?;
-    crate::amqp::declare_topology(&channel, &ctx.names).await?;
+    crate::topology::declare(&channel, &ctx.names).await?;
     let _ = channel.close(200, "declared".into()).await;
     let _ = connection.close(200, "declared".into()).await;
     let cloud = Cloud::Local(Local::new(ctx.config.local_boot_delay));

@@ -7,9 +7,8 @@
 //!   booting); 0 while the safety brake holds every boot. The refill queue is no signal: its
 //!   messages are hints, acked at once even when every boot slot is taken.
 
-use crate::amqp::QueueDepth;
-use crate::pool::parse_target;
-use crate::store::PoolStatus;
+use crate::store::PoolLevel;
+use crate::topology::QueueDepth;
 
 /// One consumer process type's waiting work.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,7 +23,7 @@ pub struct Backlog {
 /// The backlog of `checkout` and `refill`, from the checkout queue's depth and the pools.
 pub fn backlogs(
     depths: &[QueueDepth],
-    pools: &[PoolStatus],
+    pools: &[PoolLevel],
     brake: bool,
     boot_concurrency: usize,
 ) -> [Backlog; 2] {
@@ -38,10 +37,7 @@ pub fn backlogs(
     } else {
         pools
             .iter()
-            .filter_map(|p| {
-                let target = parse_target(&p.target)?;
-                Some(target.saturating_sub(p.ready + p.booting))
-            })
+            .filter_map(|p| Some(p.target()?.saturating_sub(p.ready + p.booting)))
             .sum()
     };
     [
@@ -62,14 +58,12 @@ pub fn backlogs(
 mod tests {
     use super::*;
 
-    fn pool(target: &str, ready: u64, booting: u64) -> PoolStatus {
-        PoolStatus {
+    fn pool(target: &str, ready: u64, booting: u64) -> PoolLevel {
+        PoolLevel {
             pool: "img:n1-standard-1".into(),
             target: target.into(),
             ready,
             booting,
-            handed_out: 0,
-            oldest: None,
         }
     }
 

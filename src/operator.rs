@@ -194,7 +194,12 @@ pub async fn status(ctx: &Context) -> anyhow::Result<String> {
         let _ = writeln!(
             out,
             "{:<60} {:>6} {:>6} {:>7} {:>10} {:>10}",
-            pool.pool, pool.target, pool.ready, pool.booting, pool.handed_out, oldest
+            pool.level.pool,
+            pool.level.target,
+            pool.level.ready,
+            pool.level.booting,
+            pool.handed_out,
+            oldest
         );
     }
     if brake {

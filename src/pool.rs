@@ -1,11 +1,9 @@
 //! Pool names and the VM entries kept in a pool (SPEC §1, §2).
 //!
-//! Everything here is pure: parsing what a worker or an operator sent into a [`PoolName`], and
-//! reading a pool entry (ours or one that travis-ci/warmer wrote) into what a reply carries.
+//! Everything here is pure: parsing what a worker or an operator sent into a [`PoolName`], a
+//! stored target, a zone URL.
 
 use std::fmt;
-
-use serde::{Deserialize, Serialize};
 
 /// The longest name Compute Engine accepts.
 const MAX_GCE_NAME: usize = 63;
@@ -139,43 +137,6 @@ pub fn short_zone(zone: &str) -> &str {
     zone.rsplit('/').next().unwrap_or(zone)
 }
 
-/// A warmed VM as stored in a pool list. Legacy entries (travis-ci/warmer) have exactly the
-/// first five fields, with `zone` as a full URL; unknown fields are kept as they are. `Debug`
-/// leaves the key out.
-#[derive(Clone, Deserialize, Serialize, PartialEq)]
-pub struct PoolEntry {
-    pub name: String,
-    pub zone: String,
-    pub ip: Option<String>,
-    #[serde(default)]
-    pub public_ip: Option<String>,
-    pub ssh_private_key: String,
-    /// When the VM was ready, in seconds since the epoch (absent in legacy entries).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub booted_at: Option<u64>,
-    #[serde(flatten)]
-    pub extra: serde_json::Map<String, serde_json::Value>,
-}
-
-impl fmt::Debug for PoolEntry {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PoolEntry")
-            .field("name", &self.name)
-            .field("zone", &self.zone)
-            .field("ip", &self.ip)
-            .field("public_ip", &self.public_ip)
-            .field("ssh_private_key", &"[redacted]")
-            .field("booted_at", &self.booted_at)
-            .finish_non_exhaustive()
-    }
-}
-
-impl fmt::Display for PoolEntry {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({})", self.name, short_zone(&self.zone))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,14 +214,5 @@ mod tests {
         ] {
             assert!(bad.parse::<PoolName>().is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn legacy_entries_read_with_full_url_zones() {
-        let legacy = r#"{"name":"travis-job-1","zone":"https://www.googleapis.com/compute/v1/projects/p/zones/us-central1-c","ip":"10.0.0.2","public_ip":null,"ssh_private_key":"KEY"}"#;
-        let entry: PoolEntry = serde_json::from_str(legacy).unwrap();
-        assert_eq!(short_zone(&entry.zone), "us-central1-c");
-        assert_eq!(entry.public_ip, None);
-        assert_eq!(entry.booted_at, None);
     }
 }

@@ -27,13 +27,12 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use crate::amqp::{QueueDepth, QueueMonitor};
 use crate::config::Secret;
 use crate::context::Context;
 use crate::load::{self, Backlog};
-use crate::pool::parse_target;
 use crate::shutdown::Shutdown;
 use crate::store::{PoolStatus, now_ms};
+use crate::topology::{QueueDepth, QueueMonitor};
 
 /// How long open requests may take after SIGTERM.
 pub const DRAIN: Duration = Duration::from_secs(10);
@@ -305,23 +304,23 @@ fn exposition(
     let per_pool = |value: &dyn Fn(&PoolStatus) -> Option<f64>| {
         pools
             .iter()
-            .filter_map(|p| Some((format!("{{pool=\"{}\"}}", escape(&p.pool)), value(p)?)))
+            .filter_map(|p| Some((format!("{{pool=\"{}\"}}", escape(&p.level.pool)), value(p)?)))
             .collect::<Vec<_>>()
     };
     family(
         "warmer_pool_target",
         "Warmed VMs the pool should hold.",
-        per_pool(&|p| parse_target(&p.target).map(|t| t as f64)),
+        per_pool(&|p| p.level.target().map(|t| t as f64)),
     );
     family(
         "warmer_pool_ready",
         "Warmed VMs ready to be checked out.",
-        per_pool(&|p| Some(p.ready as f64)),
+        per_pool(&|p| Some(p.level.ready as f64)),
     );
     family(
         "warmer_pool_booting",
         "VMs being booted for the pool.",
-        per_pool(&|p| Some(p.booting as f64)),
+        per_pool(&|p| Some(p.level.booting as f64)),
     );
     family(
         "warmer_pool_handed_out",
@@ -451,12 +450,14 @@ mod tests {
     #[test]
     fn the_exposition_has_a_sample_per_pool_and_escapes_labels() {
         let pools = [PoolStatus {
-            pool: "img:n1-standard-1".into(),
-            target: "3".into(),
-            ready: 2,
-            booting: 1,
+            level: crate::store::PoolLevel {
+                pool: "img:n1-standard-1".into(),
+                target: "3".into(),
+                ready: 2,
+                booting: 1,
+            },
             handed_out: 4,
-            oldest: Some(crate::pool::PoolEntry {
+            oldest: Some(crate::store::PoolEntry {
                 booted_at: Some(100),
                 ..serde_json::from_value(
                     json!({"name": "vm", "zone": "z", "ip": "10.0.0.1", "ssh_private_key": "K"}),

@@ -121,3 +121,8 @@ pub async fn remove_deployment(
     }
     Ok(())
 }
+
+/// A connection of the bench's own to the local Redis, to seed and clean up.
+pub async fn redis() -> anyhow::Result<redis::aio::ConnectionManager> {
+    Ok(redis::aio::ConnectionManager::new(redis::Client::open(REDIS_URL)?).await?)
+}

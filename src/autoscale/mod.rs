@@ -18,9 +18,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use crate::amqp::QueueMonitor;
 use crate::context::Context;
 use crate::shutdown::Shutdown;
+use crate::topology::QueueMonitor;
 use heroku::{Formation, Heroku, HerokuError};
 
 /// One change of a process type's dynos.

@@ -24,15 +24,17 @@ use std::time::Duration;
 use anyhow::Context as _;
 use backon::{ExponentialBuilder, Retryable};
 use lapin::BasicProperties;
-use serde_json::json;
 
 use crate::amqp::{
     self, Courier, DIRECT_REPLY_TO, Disposition, Incoming, Presence, Prober, Published, Publisher,
 };
 use crate::context::Context;
-use crate::pool::{PoolEntry, PoolName, short_zone};
+use crate::events::{Event, Events};
+use crate::pool::{PoolName, short_zone};
 use crate::shutdown::Shutdown;
-use crate::store::{self, Disposal, GiveBack, Store, now_ms};
+use crate::store::PoolEntry;
+use crate::store::{self, Disposal, GiveBack, Settled, Store, Swept, now_ms};
+use crate::topology;
 use reply::Code;
 
 /// Requests handled at once per process.
@@ -79,7 +81,7 @@ impl Outcome {
 pub struct Checkout {
     store: Store,
     ctx: Context,
-    events: Publisher,
+    events: Events,
     replies: Courier,
     /// Asks whether direct reply-to requesters are there, on a connection of its own.
     prober: Arc<Prober>,
@@ -95,10 +97,12 @@ pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
     let result = amqp::supervise("checkout", &shutdown, || async {
         let connection = Arc::new(ctx.amqp("checkout").await?);
         let channel = connection.create_channel().await?;
-        amqp::declare_topology(&channel, &ctx.names).await?;
+        topology::declare(&channel, &ctx.names).await?;
+        let events = Events::new(ctx.names.clone());
+        events.attach(Publisher::open(&connection).await?);
         let checkout = Arc::new(Checkout {
             store: ctx.store.clone(),
-            events: Publisher::open(&connection).await?,
+            events,
             replies: Courier::new(connection.clone()),
             ctx: ctx.clone(),
             prober: prober.clone(),
@@ -128,8 +132,11 @@ pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
 async fn sweep_leases(store: Store, shutdown: Shutdown) {
     while shutdown.sleep(SWEEP_EVERY).await {
         match store.sweep_leases(now_ms()).await {
-            Ok((0, 0)) => {}
-            Ok((pending, handed)) => tracing::warn!(
+            Ok(Swept {
+                pending: 0,
+                handed: 0,
+            }) => {}
+            Ok(Swept { pending, handed }) => tracing::warn!(
                 pending,
                 handed,
                 "leases expired: VMs of unanswered requests and of handouts older than WARMER_MAX_HANDOUT_AGE recorded in orphaned"
@@ -143,7 +150,9 @@ impl Checkout {
     /// Closes this session's channels (before the connection, so lapin has nothing left to
     /// close behind our back).
     async fn close_channels(&self) {
-        let _ = self.events.channel().close(200, "bye".into()).await;
+        if let Some(publisher) = self.events.detach() {
+            let _ = publisher.channel().close(200, "bye".into()).await;
+        }
         self.replies.close().await;
     }
 
@@ -207,7 +216,14 @@ impl Checkout {
             Ok(store::Checkout::Orphaned(entry)) => {
                 let vm = serde_json::from_str::<PoolEntry>(&entry).map_or(entry, |e| e.name);
                 tracing::warn!(%pool, %vm, "request redelivered past its deadline: VM recorded as orphan");
-                self.event("instance.orphaned", json!({"pool": pool.to_string(), "instance": vm, "reason": "checkout_unsettled"})).await;
+                self.events
+                    .emit(Event::InstanceOrphaned {
+                        pool: pool.to_string(),
+                        instance: vm.clone(),
+                        zone: None,
+                        reason: "checkout_unsettled".into(),
+                    })
+                    .await;
                 return Outcome::Orphaned { vm };
             }
             Ok(store::Checkout::NoPool) => {
@@ -231,7 +247,10 @@ impl Checkout {
                         format!("no instance available in pool {pool}"),
                     )
                     .await;
-                self.event("pool.empty", json!({"pool": pool.to_string()}))
+                self.events
+                    .emit(Event::PoolEmpty {
+                        pool: pool.to_string(),
+                    })
                     .await;
                 return outcome;
             }
@@ -313,19 +332,21 @@ impl Checkout {
         )
         .await;
         match settled {
-            Ok(true) => {}
-            Ok(false) => {
+            Ok(Settled::Now | Settled::Already) => {}
+            Ok(Settled::Swept) => {
                 tracing::error!(%pool, vm = %vm.name, "lease was swept before its reply was confirmed; the VM is recorded as an orphan although it was handed out")
             }
             Err(error) => {
                 tracing::error!(%error, %pool, vm = %vm.name, "handed out, but the lease could not be settled: it will be swept into orphaned")
             }
         }
-        self.event(
-            "pool.dropped",
-            json!({"pool": pool.to_string(), "instance": vm.name, "zone": short_zone(&vm.zone)}),
-        )
-        .await;
+        self.events
+            .emit(Event::PoolDropped {
+                pool: pool.to_string(),
+                instance: vm.name.clone(),
+                zone: short_zone(&vm.zone).to_string(),
+            })
+            .await;
         tracing::info!(%pool, vm = %vm.name, again, wait_ms = now_ms().saturating_sub(received), "checked out");
         let pool = pool.to_string();
         if again {
@@ -378,9 +399,19 @@ impl Checkout {
                 .when(is_transient),
         )
         .await;
-        let (instance, key, reason) = match outcome {
-            Ok((GiveBack::Head, vm)) => (vm, "instance.returned", "requester_gone".to_string()),
-            Ok((GiveBack::Orphaned(reason), vm)) => (vm, "instance.orphaned", reason),
+        let pool = pool.to_string();
+        let event = match outcome {
+            Ok((GiveBack::Head, instance)) => Event::InstanceReturned {
+                pool,
+                instance,
+                reason: "requester_gone".into(),
+            },
+            Ok((GiveBack::Orphaned(reason), instance)) => Event::InstanceOrphaned {
+                pool,
+                instance,
+                zone: None,
+                reason,
+            },
             Ok((GiveBack::NothingPending, _)) => return Outcome::RequesterGone,
             // The lease stays pending and is swept into orphaned after its deadline.
             Err(error) => {
@@ -388,9 +419,11 @@ impl Checkout {
                 return Outcome::RequesterGone;
             }
         };
-        tracing::info!(%pool, %instance, key, %reason, "VM given back: no reply of this delivery reached anyone");
-        let body = json!({"pool": pool.to_string(), "instance": instance, "reason": reason});
-        self.event(key, body).await;
+        tracing::info!(
+            ?event,
+            "VM given back: no reply of this delivery reached anyone"
+        );
+        self.events.emit(event).await;
         Outcome::RequesterGone
     }
 
@@ -439,12 +472,6 @@ impl Checkout {
             .publish(reply_to, body, properties)
             .await
             .context("publishing the reply")
-    }
-
-    async fn event(&self, routing_key: &str, body: serde_json::Value) {
-        if let Err(error) = self.events.event(&self.ctx.names, routing_key, &body).await {
-            tracing::warn!(error = %format!("{error:#}"), routing_key, "event not published");
-        }
     }
 }
 

@@ -2,7 +2,8 @@
 
 use serde::Serialize;
 
-use crate::pool::{PoolEntry, short_zone};
+use crate::pool::short_zone;
+use crate::store::PoolEntry;
 
 /// A successful checkout: exactly the fields the travis worker reads, zone always short.
 #[derive(Serialize)]

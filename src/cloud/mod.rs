@@ -42,6 +42,17 @@ pub enum BootError {
     Halfway { zone: String, reason: String },
 }
 
+impl BootError {
+    /// `quota`, `not_created` or `halfway`, as `boot.failed` events say.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BootError::Quota(_) => "quota",
+            BootError::NotCreated(_) => "not_created",
+            BootError::Halfway { .. } => "halfway",
+        }
+    }
+}
+
 /// A VM as the cloud lists it.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct CloudVm {

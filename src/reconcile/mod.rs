@@ -12,20 +12,18 @@
 
 pub mod plan;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use redis::AsyncCommands;
-use serde_json::json;
 
 use crate::amqp::{self, Publisher};
 use crate::cloud::{CHECKED_OUT_AT, COOLED, Cloud, CloudVm, DEPLOYMENT, label_value};
 use crate::context::Context;
-use crate::pool::{PoolEntry, PoolName};
+use crate::events::{Event, Events, FillCommand};
 use crate::shutdown::Shutdown;
-use crate::store::now_ms;
-use plan::{LeasedVm, ReadyVm};
+use crate::store::{LeaseState, now_ms};
+use crate::topology;
+use plan::LeasedVm;
 pub use plan::{Limits, Plan, Snapshot};
 
 /// What a pass did.
@@ -121,7 +119,7 @@ impl Reconciler {
     async fn connect_broker(&self) -> anyhow::Result<(lapin::Connection, Publisher)> {
         let connection = self.ctx.amqp("reconcile").await?;
         let channel = connection.create_channel().await?;
-        amqp::declare_topology(&channel, &self.ctx.names).await?;
+        topology::declare(&channel, &self.ctx.names).await?;
         let _ = channel.close(200, "declared".into()).await;
         let publisher = Publisher::open(&connection).await?;
         Ok((connection, publisher))
@@ -160,124 +158,63 @@ impl Reconciler {
 
     /// Reads Redis in one MULTI (a consistent view), then lists the cloud.
     pub async fn snapshot(&self) -> anyhow::Result<Snapshot> {
-        let names = &self.ctx.names;
-        let store = &self.ctx.store;
-        let mut redis = store.connection();
-        let targets: BTreeMap<String, u64> = store
-            .targets()
-            .await?
-            .into_iter()
-            .filter(|(pool, _)| pool.parse::<PoolName>().is_ok())
-            .filter_map(|(pool, target)| Some((pool, crate::pool::parse_target(&target)?)))
-            .collect();
-        // Pool lists, including those whose target was removed behind warmer's back.
-        let mut pools: Vec<String> = targets.keys().cloned().collect();
-        let prefix = names.pool_key_prefix();
-        // Lists and boot reservations of pools whose target is gone are read too.
-        let booting_prefix = names.booting_key_prefix();
-        let mut found = Vec::new();
-        for pattern in [format!("{prefix}*:*"), format!("{booting_prefix}*")] {
-            let mut keys: redis::AsyncIter<String> = redis
-                .scan_match(pattern)
-                .await
-                .context("scanning pool keys")?;
-            while let Some(key) = futures_lite::StreamExt::next(&mut keys).await {
-                found.push(key?);
-            }
-        }
-        for key in found {
-            let pool = key
-                .strip_prefix(&booting_prefix)
-                .or_else(|| key.strip_prefix(&prefix))
-                .unwrap_or_default();
-            if !pool.starts_with('_')
-                && pool.parse::<PoolName>().is_ok()
-                && !pools.iter().any(|p| p == pool)
-            {
-                pools.push(pool.to_string());
-            }
-        }
-
         let now = now_ms();
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for pool in &pools {
-            pipe.lrange(format!("{prefix}{pool}"), 0, -1);
-            pipe.zrangebyscore(format!("{booting_prefix}{pool}"), now, "+inf");
-        }
-        pipe.hgetall(names.leases())
-            .lrange(names.orphaned(), 0, -1)
-            .smembers(names.suspects())
-            .exists(names.brake());
-        let mut values: Vec<redis::Value> = pipe
-            .query_async(&mut redis)
-            .await
-            .context("reading the snapshot")?;
-        let tail = values.split_off(pools.len() * 2);
-        let mut snapshot = Snapshot {
-            now: now / 1000,
-            targets,
-            ..Snapshot::default()
-        };
-        for (pool, pair) in pools.iter().zip(values.chunks(2)) {
-            let entries: Vec<String> = redis::from_redis_value_ref(&pair[0])?;
-            let booting: Vec<String> = redis::from_redis_value_ref(&pair[1])?;
-            let ready = entries
-                .into_iter()
-                .map(|raw| {
-                    let entry = serde_json::from_str::<PoolEntry>(&raw).ok();
-                    ReadyVm {
-                        name: entry.as_ref().map(|e| e.name.clone()).unwrap_or_default(),
-                        zone: entry.as_ref().map(|e| e.zone.clone()).unwrap_or_default(),
-                        booted_at: entry.and_then(|e| e.booted_at),
-                        raw,
-                    }
+        let view = self.ctx.store.reconcile_view(now).await?;
+        let leases = view
+            .leases
+            .iter()
+            .filter_map(|lease| {
+                Some(LeasedVm {
+                    name: lease.vm_name()?,
+                    pool: lease.pool.clone(),
+                    handed: lease.state == LeaseState::Handed,
+                    at: lease.at / 1000,
                 })
-                .collect();
-            snapshot.pools.insert(pool.clone(), ready);
-            if !booting.is_empty() {
-                snapshot.booting.insert(pool.clone(), booting);
-            }
-        }
-        let leases: BTreeMap<String, String> = redis::from_redis_value_ref(&tail[0])?;
-        snapshot.leases = leases.values().filter_map(|raw| parse_lease(raw)).collect();
-        let orphans: Vec<String> = redis::from_redis_value_ref(&tail[1])?;
-        snapshot.orphans = orphans
-            .into_iter()
-            .map(crate::store::Orphan::parse)
+            })
             .collect();
-        snapshot.suspects = redis::from_redis_value_ref(&tail[2])?;
-        snapshot.brake_on = redis::from_redis_value_ref(&tail[3])?;
-        snapshot.cloud = self
+        let cloud = self
             .cloud
-            .list(names.namespace())
+            .list(self.ctx.names.namespace())
             .await
             .context("listing the cloud's VMs")?;
-        Ok(snapshot)
+        Ok(Snapshot {
+            now: now / 1000,
+            targets: view.targets,
+            pools: view.pools,
+            booting: view.booting,
+            leases,
+            orphans: view.orphans,
+            suspects: view.suspects,
+            brake_on: view.brake,
+            cloud,
+        })
     }
 
     async fn apply(&self, plan: Plan, publisher: Option<&Publisher>) -> anyhow::Result<Report> {
         let store = &self.ctx.store;
         let names = &self.ctx.names;
+        let events = Events::new(names.clone());
+        if let Some(publisher) = publisher {
+            events.attach(publisher.clone());
+        }
         let mut report = Report::default();
-        let event = |key: &'static str, body: serde_json::Value| async move {
-            if let Some(publisher) = publisher
-                && let Err(error) = publisher.event(names, key, &body).await
-            {
-                tracing::warn!(error = %format!("{error:#}"), key, "event not published");
-            }
-        };
 
         for eviction in &plan.evict {
-            let key = format!("{}{}", names.pool_key_prefix(), eviction.pool);
             let vm = &eviction.vm;
             if store
-                .evict(&key, &vm.raw, &vm.name, &vm.zone, eviction.reason)
+                .evict(&eviction.pool, &vm.raw, &vm.name, &vm.zone, eviction.reason)
                 .await?
             {
                 report.evicted += 1;
                 tracing::info!(pool = %eviction.pool, vm = %vm.name, reason = eviction.reason, "evicted");
-                event("instance.evicted", json!({"pool": eviction.pool, "instance": vm.name, "zone": vm.zone, "reason": eviction.reason})).await;
+                events
+                    .emit(Event::InstanceEvicted {
+                        pool: eviction.pool.clone(),
+                        instance: vm.name.clone(),
+                        zone: vm.zone.clone(),
+                        reason: eviction.reason.into(),
+                    })
+                    .await;
             }
         }
         // Evicted VMs are now orphans, deleted below with the rest; direct deletions join them.
@@ -329,42 +266,31 @@ impl Reconciler {
                     continue;
                 }
             };
-            let key = format!("{}{}", names.pool_key_prefix(), pool);
             if store
-                .evict(&key, &vm.raw, &vm.name, &vm.zone, reason)
+                .evict(pool, &vm.raw, &vm.name, &vm.zone, reason)
                 .await?
             {
                 report.evicted += 1;
                 tracing::info!(%pool, vm = %vm.name, reason, "evicted");
-                event(
-                    "instance.evicted",
-                    json!({"pool": pool, "instance": vm.name, "zone": vm.zone, "reason": reason}),
-                )
-                .await;
+                events
+                    .emit(Event::InstanceEvicted {
+                        pool: pool.clone(),
+                        instance: vm.name.clone(),
+                        zone: vm.zone.clone(),
+                        reason: reason.into(),
+                    })
+                    .await;
             }
         }
-        for (name, zone, reason) in &plan.delete {
-            let record = json!({"name": name, "zone": zone, "reason": reason}).to_string();
-            let _: () = store.connection().rpush(names.orphaned(), record).await?;
-        }
-        let mut redis = store.connection();
+        store.record_orphans(&plan.delete).await?;
         if !plan.mark.is_empty() {
-            let _: () = redis.sadd(names.suspects(), &plan.mark).await?;
+            store.mark_suspects(&plan.mark).await?;
             tracing::warn!(vms = ?plan.mark, "unaccounted VMs: deleted next pass unless accounted for by then");
         }
-        let confirmed: Vec<&String> = plan.delete.iter().map(|(name, _, _)| name).collect();
+        let confirmed = plan.delete.iter().filter_map(|r| r.name.as_ref());
         let unmark: Vec<&String> = plan.unmark.iter().chain(confirmed).collect();
-        if !unmark.is_empty() {
-            let _: () = redis.srem(names.suspects(), unmark).await?;
-        }
-        for deleted in crate::deletion::delete_orphans(store, &self.cloud, 500).await {
-            report.deleted += 1;
-            event(
-                "instance.deleted",
-                json!({"instance": deleted.name, "zone": deleted.zone, "reason": deleted.reason}),
-            )
-            .await;
-        }
+        store.unmark_suspects(&unmark).await?;
+        report.deleted = crate::deletion::delete_orphans(store, &self.cloud, &events, 500).await;
         for (vm, checked_out_at) in &plan.label {
             let labels = [
                 (COOLED.0, COOLED.1.to_string()),
@@ -375,11 +301,24 @@ impl Reconciler {
             }
         }
         if let Some(publisher) = publisher {
+            let token = self
+                .ctx
+                .config
+                .auth_tokens
+                .first()
+                .map(|t| t.expose().to_string());
             for pool in &plan.fill {
-                let command = json!({"command": "fill", "pool": pool, "token": self.ctx.config.auth_tokens.first().map(|t| t.expose())});
-                let body = serde_json::to_vec(&command)?;
+                let command = FillCommand {
+                    pool: pool.parse().ok(),
+                    token: token.clone(),
+                };
                 if let Err(error) = publisher
-                    .publish("", &names.refill_queue(), &body, amqp::json_properties())
+                    .publish(
+                        "",
+                        &names.refill_queue(),
+                        &command.body(),
+                        amqp::json_properties(),
+                    )
                     .await
                 {
                     tracing::warn!(error = %format!("{error:#}"), %pool, "fill not published");
@@ -388,33 +327,31 @@ impl Reconciler {
         }
         match plan.brake {
             Some(true) => {
-                let _: () = redis.set(names.brake(), plan.unaccounted).await?;
+                store.engage_brake(plan.unaccounted).await?;
                 tracing::error!(
                     unaccounted = plan.unaccounted,
                     threshold = self.ctx.config.orphan_threshold,
                     "safety brake ON: boots paused while unaccounted VMs exceed WARMER_ORPHAN_THRESHOLD"
                 );
-                event("brake.engaged", json!({"unaccounted": plan.unaccounted, "threshold": self.ctx.config.orphan_threshold})).await;
+                events
+                    .emit(Event::BrakeEngaged {
+                        unaccounted: plan.unaccounted,
+                        threshold: self.ctx.config.orphan_threshold,
+                    })
+                    .await;
             }
             Some(false) => {
-                let _: () = redis.del(names.brake()).await?;
+                store.release_brake().await?;
                 tracing::warn!(unaccounted = plan.unaccounted, "safety brake released");
-                event("brake.released", json!({"unaccounted": plan.unaccounted})).await;
+                events
+                    .emit(Event::BrakeReleased {
+                        unaccounted: plan.unaccounted,
+                    })
+                    .await;
             }
             None => {}
         }
         report.plan = plan;
         Ok(report)
     }
-}
-
-fn parse_lease(raw: &str) -> Option<LeasedVm> {
-    let lease: serde_json::Value = serde_json::from_str(raw).ok()?;
-    let entry: PoolEntry = serde_json::from_str(lease["entry"].as_str()?).ok()?;
-    Some(LeasedVm {
-        name: entry.name,
-        pool: lease["pool"].as_str()?.to_string(),
-        handed: lease["state"] == "handed",
-        at: lease["at"].as_u64().unwrap_or(0) / 1000,
-    })
 }

@@ -4,31 +4,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::cloud::{CHECKED_OUT_AT, COOLED, CloudVm};
-use crate::store::Orphan;
+use crate::store::reconcile::WarmedVm;
+use crate::store::{Orphan, OrphanRecord};
 
 /// A pool entry whose VM was just booted is not evicted as "gone" for this long (seconds): the
 /// cloud's list may lag behind a fresh VM.
 pub const FRESH_GRACE_SECS: u64 = 60;
-
-/// A warmed VM in a pool list. `Debug` leaves the stored entry (and its key) out.
-#[derive(Clone, PartialEq)]
-pub struct ReadyVm {
-    /// The entry exactly as stored (needed to remove it atomically).
-    pub raw: String,
-    pub name: String,
-    pub zone: String,
-    pub booted_at: Option<u64>,
-}
-
-impl std::fmt::Debug for ReadyVm {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReadyVm")
-            .field("name", &self.name)
-            .field("zone", &self.zone)
-            .field("booted_at", &self.booted_at)
-            .finish_non_exhaustive()
-    }
-}
 
 /// A lease: a VM taken for a request, pending its reply or handed out.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,7 +29,7 @@ pub struct Snapshot {
     pub now: u64,
     pub targets: BTreeMap<String, u64>,
     /// Pool lists, including lists whose pool has no target any more.
-    pub pools: BTreeMap<String, Vec<ReadyVm>>,
+    pub pools: BTreeMap<String, Vec<WarmedVm>>,
     pub booting: BTreeMap<String, Vec<String>>,
     pub leases: Vec<LeasedVm>,
     pub orphans: Vec<Orphan>,
@@ -70,7 +51,7 @@ pub struct Limits {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Eviction {
     pub pool: String,
-    pub vm: ReadyVm,
+    pub vm: WarmedVm,
     pub reason: &'static str,
 }
 
@@ -81,9 +62,9 @@ pub struct Plan {
     /// Pool entries whose VM the listing does not show (gone, or not labelled for this
     /// deployment, e.g. booted by travis-ci/warmer): looked up one by one, then evicted or
     /// adopted (labelled).
-    pub verify: Vec<(String, ReadyVm)>,
-    /// VMs to delete directly: (name, zone, reason).
-    pub delete: Vec<(String, String, &'static str)>,
+    pub verify: Vec<(String, WarmedVm)>,
+    /// VMs to delete directly.
+    pub delete: Vec<OrphanRecord>,
     /// Unaccounted VMs seen for the first time; deleted next pass if still unaccounted.
     pub mark: Vec<String>,
     /// Suspects that are accounted for (or gone) now.
@@ -133,7 +114,7 @@ pub fn decide(snapshot: &Snapshot, limits: Limits) -> Plan {
     accounted.extend(snapshot.pools.values().flatten().map(|vm| vm.name.as_str()));
     accounted.extend(snapshot.booting.values().flatten().map(String::as_str));
     accounted.extend(snapshot.leases.iter().map(|l| l.name.as_str()));
-    accounted.extend(snapshot.orphans.iter().filter_map(|o| o.name.as_deref()));
+    accounted.extend(snapshot.orphans.iter().filter_map(Orphan::name));
 
     // Rules 2 and 5 (cloud side): unaccounted VMs, and handed-out VMs past their age.
     let unaccounted_total = snapshot
@@ -153,8 +134,11 @@ pub fn decide(snapshot: &Snapshot, limits: Limits) -> Plan {
                 .and_then(|t| t.parse::<u64>().ok());
             let expired = at.is_none_or(|at| now.saturating_sub(at) > limits.max_handout_age_secs);
             if expired && !accounted.contains(vm.name.as_str()) {
-                plan.delete
-                    .push((vm.name.clone(), vm.zone.clone(), "handout_expired"));
+                plan.delete.push(OrphanRecord::new(
+                    &vm.name,
+                    Some(&vm.zone),
+                    "handout_expired",
+                ));
             }
             continue;
         }
@@ -164,7 +148,7 @@ pub fn decide(snapshot: &Snapshot, limits: Limits) -> Plan {
         unaccounted.insert(vm.name.as_str());
         if snapshot.suspects.contains(&vm.name) && !hold {
             plan.delete
-                .push((vm.name.clone(), vm.zone.clone(), "unaccounted"));
+                .push(OrphanRecord::new(&vm.name, Some(&vm.zone), "unaccounted"));
         } else if !snapshot.suspects.contains(&vm.name) {
             plan.mark.push(vm.name.clone());
         }
@@ -260,8 +244,8 @@ mod tests {
     };
     const POOL: &str = "img:n1-standard-2";
 
-    fn ready(name: &str, age: u64) -> ReadyVm {
-        ReadyVm {
+    fn ready(name: &str, age: u64) -> WarmedVm {
+        WarmedVm {
             raw: format!(r#"{{"name":"{name}"}}"#),
             name: name.into(),
             zone: "z".into(),
@@ -279,7 +263,7 @@ mod tests {
         }
     }
 
-    fn world(vms: &[ReadyVm]) -> Snapshot {
+    fn world(vms: &[WarmedVm]) -> Snapshot {
         Snapshot {
             now: NOW,
             targets: [(POOL.to_string(), vms.len() as u64)].into(),
@@ -313,7 +297,7 @@ mod tests {
         let second = decide(&snapshot, LIMITS);
         assert_eq!(
             second.delete,
-            [("stray".to_string(), "z".to_string(), "unaccounted")]
+            [OrphanRecord::new("stray", Some("z"), "unaccounted")]
         );
         assert_eq!(second.unmark, ["gone-meanwhile"]);
     }
@@ -398,7 +382,7 @@ mod tests {
         );
         assert_eq!(
             plan.delete,
-            [("old".to_string(), "z".to_string(), "handout_expired")]
+            [OrphanRecord::new("old", Some("z"), "handout_expired")]
         );
         assert!(
             plan.mark.is_empty(),

@@ -7,13 +7,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::Refill;
 use crate::cloud::{BootError, VmSpec};
-use crate::pool::{PoolEntry, PoolName};
-use crate::store::now_ms;
+use crate::events::Event;
+use crate::pool::PoolName;
+use crate::store::PoolEntry;
+use crate::store::{Finished, now_ms};
 
 /// A new VM's name, `travis-job-<uuid>` like travis-ci/warmer's.
 fn vm_name() -> String {
@@ -105,18 +106,21 @@ impl Refill {
         let store = &self.ctx.store;
         let success = match result {
             Ok(entry) => match store.finish_boot(&pool, &entry).await {
-                Ok(outcome) if outcome == "ready" => {
+                Ok(Finished::Ready) => {
                     let boot_ms = started.elapsed().as_millis() as u64;
                     tracing::info!(%pool, vm = %name, zone = %entry.zone, boot_ms, "VM ready");
-                    self.event(
-                        "instance.booted",
-                        json!({"pool": pool.to_string(), "instance": name, "zone": entry.zone, "boot_ms": boot_ms}),
-                    )
-                    .await;
+                    self.events
+                        .emit(Event::InstanceBooted {
+                            pool: pool.to_string(),
+                            instance: name,
+                            zone: entry.zone,
+                            boot_ms,
+                        })
+                        .await;
                     true
                 }
-                Ok(reason) => {
-                    tracing::info!(%pool, vm = %name, %reason, "booted VM not needed any more: deleting it");
+                Ok(outcome) => {
+                    tracing::info!(%pool, vm = %name, ?outcome, "booted VM not needed any more: deleting it");
                     false
                 }
                 Err(error) => {
@@ -130,11 +134,6 @@ impl Refill {
                     BootError::Halfway { zone, .. } => (Some(zone.as_str()), Some("boot_failed")),
                     _ => (None, None),
                 };
-                let kind = match &error {
-                    BootError::Quota(_) => "quota",
-                    BootError::NotCreated(_) => "not_created",
-                    BootError::Halfway { .. } => "halfway",
-                };
                 if matches!(error, BootError::Quota(_)) {
                     tracing::error!(%error, %pool, "boot stopped: quota exceeded; raise the quota or lower the target");
                 } else {
@@ -143,17 +142,23 @@ impl Refill {
                 if let Err(e) = store.abandon_boot(&pool, &name, zone, reason).await {
                     tracing::error!(error = %e, %pool, vm = %name, "could not release a boot slot; it expires");
                 }
-                self.event(
-                    "boot.failed",
-                    json!({"pool": pool.to_string(), "instance": name, "kind": kind, "error": error.to_string()}),
-                )
-                .await;
-                if reason.is_some() {
-                    self.event(
-                        "instance.orphaned",
-                        json!({"pool": pool.to_string(), "instance": name, "zone": zone, "reason": "boot_failed"}),
-                    )
+                self.events
+                    .emit(Event::BootFailed {
+                        pool: pool.to_string(),
+                        instance: name.clone(),
+                        kind: error.kind(),
+                        error: error.to_string(),
+                    })
                     .await;
+                if let Some(reason) = reason {
+                    self.events
+                        .emit(Event::InstanceOrphaned {
+                            pool: pool.to_string(),
+                            instance: name,
+                            zone: zone.map(String::from),
+                            reason: reason.into(),
+                        })
+                        .await;
                 }
                 false
             }
@@ -207,12 +212,6 @@ impl Refill {
 
     /// Deletes the VMs recorded in `orphaned` and announces each deletion.
     pub async fn delete_orphans(&self) {
-        for deleted in crate::deletion::delete_orphans(&self.ctx.store, &self.cloud, 50).await {
-            self.event(
-                "instance.deleted",
-                json!({"instance": deleted.name, "zone": deleted.zone, "reason": deleted.reason}),
-            )
-            .await;
-        }
+        crate::deletion::delete_orphans(&self.ctx.store, &self.cloud, &self.events, 50).await;
     }
 }

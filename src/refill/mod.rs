@@ -15,7 +15,7 @@ mod boot;
 pub mod command;
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
@@ -24,9 +24,11 @@ use crate::amqp::{self, Disposition, Incoming, Publisher};
 use crate::cloud::Cloud;
 use crate::config::Secret;
 use crate::context::Context;
+use crate::events::Events;
 use crate::pool::PoolName;
 use crate::shutdown::Shutdown;
 use crate::sshkey::KeyStock;
+use crate::topology;
 use command::Work;
 
 /// Refill messages handled at once per process.
@@ -61,8 +63,8 @@ pub struct Refill {
     /// Pools that may want boots, in the order they get the next free slot; each at most once.
     wanting: Mutex<VecDeque<PoolName>>,
     keys: KeyStock,
-    /// The current broker session's publisher, for events (`None` while disconnected).
-    publisher: RwLock<Option<Publisher>>,
+    /// Events, through the current broker session's publisher.
+    events: Events,
     shutdown: Shutdown,
 }
 
@@ -86,9 +88,9 @@ impl Refill {
             permits: Arc::new(Semaphore::new(concurrency)),
             wanting: Mutex::default(),
             keys: KeyStock::new(passphrase, concurrency),
+            events: Events::new(ctx.names.clone()),
             ctx,
             cloud,
-            publisher: RwLock::new(None),
             shutdown,
         }))
     }
@@ -139,17 +141,6 @@ impl Refill {
             .await
             .is_ok()
     }
-
-    async fn event(&self, routing_key: &str, body: serde_json::Value) {
-        let publisher = self.publisher.read().ok().and_then(|p| p.clone());
-        let Some(publisher) = publisher else {
-            tracing::warn!(routing_key, "no broker connection: event not published");
-            return;
-        };
-        if let Err(error) = publisher.event(&self.ctx.names, routing_key, &body).await {
-            tracing::warn!(error = %format!("{error:#}"), routing_key, "event not published");
-        }
-    }
 }
 
 /// Resolves once the broker connection is gone.
@@ -165,11 +156,8 @@ pub async fn run(ctx: Context, cloud: Cloud, shutdown: Shutdown) -> anyhow::Resu
     amqp::supervise("refill", &shutdown, || async {
         let connection = ctx.amqp("refill").await?;
         let channel = connection.create_channel().await?;
-        amqp::declare_topology(&channel, &ctx.names).await?;
-        let publisher = Publisher::open(&connection).await?;
-        if let Ok(mut current) = refill.publisher.write() {
-            *current = Some(publisher);
-        }
+        topology::declare(&channel, &ctx.names).await?;
+        refill.events.attach(Publisher::open(&connection).await?);
         let queue = ctx.names.refill_queue();
         let consuming = amqp::consume(
             &channel,
@@ -192,8 +180,7 @@ pub async fn run(ctx: Context, cloud: Cloud, shutdown: Shutdown) -> anyhow::Resu
                 _ = connection_lost(&connection) => {}
             }
         });
-        let publisher = refill.publisher.write().ok().and_then(|mut p| p.take());
-        if let Some(publisher) = publisher {
+        if let Some(publisher) = refill.events.detach() {
             let _ = publisher.channel().close(200, "bye".into()).await;
         }
         let _ = connection.close(200, "bye".into()).await;

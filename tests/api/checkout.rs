@@ -371,7 +371,13 @@ async fn a_lease_never_answered_becomes_an_orphan_not_a_pool_entry() {
 
     let swept = app.ctx.store.sweep_leases(now + 3).await.unwrap();
 
-    assert_eq!(swept, (1, 0));
+    assert_eq!(
+        swept,
+        store::Swept {
+            pending: 1,
+            handed: 0
+        }
+    );
     assert_eq!(app.orphaned().await, ["unknown-fate"]);
     assert_eq!(app.pool_vms(POOL).await, ["other"]);
     assert!(app.leases().await.is_empty());
@@ -570,7 +576,7 @@ async fn a_request_that_keeps_failing_is_dead_lettered_after_the_delivery_limit(
         letter.properties.message_id().as_ref().unwrap().as_str(),
         "poison"
     );
-    assert_eq!(deliveries, warmer::amqp::DELIVERY_LIMIT as usize + 1);
+    assert_eq!(deliveries, warmer::topology::DELIVERY_LIMIT as usize + 1);
 }
 
 #[tokio::test]

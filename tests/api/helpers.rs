@@ -142,7 +142,7 @@ async fn spawn_app_reading(
         .await
         .expect("RabbitMQ is up");
     let channel = amqp.create_channel().await.unwrap();
-    warmer::amqp::declare_topology(&channel, &ctx.names)
+    warmer::topology::declare(&channel, &ctx.names)
         .await
         .expect("topology");
     let redis = redis::aio::ConnectionManager::new(redis::Client::open(own_redis_url).unwrap())

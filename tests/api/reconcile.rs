@@ -210,7 +210,11 @@ async fn handed_out_vms_are_labelled_cooled_and_deleted_past_the_handout_age() {
     );
     assert_eq!(
         report.plan.delete,
-        [("abandoned".to_string(), ZONE.to_string(), "handout_expired")]
+        [warmer::store::OrphanRecord::new(
+            "abandoned",
+            Some(ZONE),
+            "handout_expired"
+        )]
     );
     assert!(!compute.instances().contains("abandoned"));
     let again = reconciler.pass(None).await.unwrap().plan;

@@ -159,10 +159,17 @@ async fn three_refill_consumers_and_a_hundred_events_never_overshoot() {
 
     let mut sends = tokio::task::JoinSet::new();
     for i in 0..100 {
-        let (publisher, names) = (publisher.clone(), app.names.clone());
+        let (publisher, exchange) = (publisher.clone(), app.names.events_exchange());
         sends.spawn(async move {
-            let event = json!({"pool": POOL, "instance": format!("gone-{i}"), "zone": "z"});
-            publisher.event(&names, "pool.dropped", &event).await
+            let event = warmer::events::Event::PoolDropped {
+                pool: POOL.into(),
+                instance: format!("gone-{i}"),
+                zone: "z".into(),
+            };
+            let properties = warmer::amqp::json_properties();
+            publisher
+                .publish(&exchange, event.routing_key(), &event.body(), properties)
+                .await
         });
     }
     while let Some(sent) = sends.join_next().await {

@@ -10,8 +10,6 @@
 -- Returns 1 if the reservation was still held.
 local held = redis.call('ZREM', KEYS[1], ARGV[1])
 if held == 1 and ARGV[3] ~= '' then
-  local zone = cjson.null
-  if ARGV[2] ~= '' then zone = ARGV[2] end
-  redis.call('RPUSH', KEYS[2], cjson.encode({name = ARGV[1], zone = zone, reason = ARGV[3]}))
+  orphan(KEYS[2], ARGV[1], ARGV[2], ARGV[3])
 end
 return held

@@ -7,12 +7,7 @@
 local existed = redis.call('HDEL', KEYS[1], ARGV[1])
 local entries = redis.call('LRANGE', KEYS[2], 0, -1)
 for _, entry in ipairs(entries) do
-  local ok, vm = pcall(cjson.decode, entry)
-  if ok and type(vm) == 'table' then
-    redis.call('RPUSH', KEYS[3], cjson.encode({name = vm.name, zone = vm.zone}))
-  else
-    redis.call('RPUSH', KEYS[3], entry)
-  end
+  orphan_entry(KEYS[3], entry, 'pool_deleted')
 end
 redis.call('DEL', KEYS[2])
 if existed == 0 and #entries == 0 then

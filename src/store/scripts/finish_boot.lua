@@ -11,8 +11,8 @@
 -- again (a retry after a dropped connection), it finds its entry in the pool and says "ready"
 -- instead of recording a pooled VM as an orphan.
 -- Returns "ready", "expired", "no_pool" or "surplus".
-local function orphan(reason)
-  redis.call('RPUSH', KEYS[4], cjson.encode({name = ARGV[2], zone = ARGV[4], reason = reason}))
+local function orphaned(reason)
+  orphan(KEYS[4], ARGV[2], ARGV[4], reason)
   return reason
 end
 -- A reservation past its expiry no longer protects the VM: the reconciler may have deleted it.
@@ -22,14 +22,14 @@ if not expires and redis.call('LPOS', KEYS[2], ARGV[3]) then
 end
 redis.call('ZREM', KEYS[3], ARGV[2])
 if not expires or expires < tonumber(ARGV[5]) then
-  return orphan('expired')
+  return orphaned('expired')
 end
 local target = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
 if not target then
-  return orphan('no_pool')
+  return orphaned('no_pool')
 end
 if redis.call('LLEN', KEYS[2]) + redis.call('ZCARD', KEYS[3]) >= target then
-  return orphan('surplus')
+  return orphaned('surplus')
 end
 redis.call('RPUSH', KEYS[2], ARGV[3])
 return 'ready'

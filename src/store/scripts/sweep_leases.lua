@@ -5,21 +5,22 @@
 --
 -- A lease still pending at its deadline belongs to a request that was never answered for sure
 -- (its consumer crashed and the request was dead-lettered): the VM's fate is unknown, so it is
--- deleted, never reused. A handed-out lease past WARMER_MAX_HANDOUT_AGE belongs to a worker that
--- never deleted its VM. Returns {pending orphaned, handed expired}.
+-- deleted, never reused (reason "lease_expired"). A handed-out lease past WARMER_MAX_HANDOUT_AGE
+-- belongs to a worker that never deleted its VM ("handout_expired").
+-- Returns {pending orphaned, handed expired}.
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 local pending, handed = 0, 0
 for _, identity in ipairs(due) do
   local raw = redis.call('HGET', KEYS[1], identity)
   if raw then
     local lease = cjson.decode(raw)
-    local ok, vm = pcall(cjson.decode, lease.entry)
-    if ok and type(vm) == 'table' then
-      redis.call('RPUSH', KEYS[3], cjson.encode({name = vm.name, zone = vm.zone}))
+    if lease.state == 'pending' then
+      orphan_entry(KEYS[3], lease.entry, 'lease_expired')
+      pending = pending + 1
     else
-      redis.call('RPUSH', KEYS[3], lease.entry)
+      orphan_entry(KEYS[3], lease.entry, 'handout_expired')
+      handed = handed + 1
     end
-    if lease.state == 'pending' then pending = pending + 1 else handed = handed + 1 end
     redis.call('HDEL', KEYS[1], identity)
   end
   redis.call('ZREM', KEYS[2], identity)

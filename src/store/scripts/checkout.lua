@@ -20,12 +20,7 @@ if existing then
   if lease.state == 'pending' and now > deadline then
     -- The requester's deadline passed while its reply may or may not have gone out: the VM's
     -- fate is unknown, so it is never reused.
-    local ok, vm = pcall(cjson.decode, lease.entry)
-    if ok and type(vm) == 'table' then
-      redis.call('RPUSH', KEYS[5], cjson.encode({name = vm.name, zone = vm.zone}))
-    else
-      redis.call('RPUSH', KEYS[5], lease.entry)
-    end
+    orphan_entry(KEYS[5], lease.entry, 'checkout_unsettled')
     redis.call('HDEL', KEYS[3], identity)
     redis.call('ZREM', KEYS[4], identity)
     return {'orphaned', lease.entry}

@@ -17,12 +17,7 @@ local trimmed = 0
 while trimmed < surplus do
   local entry = redis.call('LPOP', KEYS[2])
   if not entry then break end
-  local ok, vm = pcall(cjson.decode, entry)
-  if ok and type(vm) == 'table' then
-    redis.call('RPUSH', KEYS[4], cjson.encode({name = vm.name, zone = vm.zone, reason = 'surplus'}))
-  else
-    redis.call('RPUSH', KEYS[4], entry)
-  end
+  orphan_entry(KEYS[4], entry, 'surplus')
   trimmed = trimmed + 1
 end
 return trimmed

@@ -13,7 +13,7 @@
 -- Returns {target (-1: no pool), ready, booting, braked (0/1), reserved names...}.
 local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[2])
 for _, name in ipairs(expired) do
-  redis.call('RPUSH', KEYS[4], cjson.encode({name = name, zone = cjson.null, reason = 'boot_abandoned'}))
+  orphan(KEYS[4], name, nil, 'boot_abandoned')
 end
 if #expired > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[2])

@@ -6,7 +6,7 @@
 -- Invariant: the VM is either still in the pool (a checkout took it meanwhile: then it is not
 -- evicted) or recorded in orphaned; never both, never neither. Returns 1 if evicted.
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
-  redis.call('RPUSH', KEYS[2], cjson.encode({name = ARGV[2], zone = ARGV[3], reason = ARGV[4]}))
+  orphan(KEYS[2], ARGV[2], ARGV[3], ARGV[4])
   return 1
 end
 return 0

@@ -33,10 +33,5 @@ if reason == 'head' then
     return {'head', lease.entry}
   end
 end
-local ok, vm = pcall(cjson.decode, lease.entry)
-if ok and type(vm) == 'table' then
-  redis.call('RPUSH', KEYS[5], cjson.encode({name = vm.name, zone = vm.zone, reason = reason}))
-else
-  redis.call('RPUSH', KEYS[5], lease.entry)
-end
+orphan_entry(KEYS[5], lease.entry, reason)
 return {'orphaned', lease.entry, reason}

@@ -1,0 +1,125 @@
+//! RabbitMQ transport, written once: connections, publishing with confirms, the consume loop
+//! every consumer runs, and direct reply-to. What is declared, and why, is the
+//! [topology](crate::topology)'s business.
+//!
+//! - [`consume`]: handlers never touch acks; they return a [`Disposition`] and the loop acks,
+//!   dead-letters or requeues. It stops on shutdown with `basic.cancel`, waits up to [`DRAIN`]
+//!   for in-flight handlers, and closes the channel so anything unfinished is requeued. A broken
+//!   connection ends the session with an error; [`supervise`] reconnects with backoff, and the
+//!   broker redelivers whatever was unacknowledged.
+//! - [`Publisher`] (events, never returned) and [`Courier`] (replies and commands, `mandatory`,
+//!   one publish per channel at a time so that a return is pinned on its own message).
+//! - [`Prober`]: whether a direct reply-to requester is there, on a connection of its own.
+
+mod consume;
+mod publish;
+mod reply_to;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow};
+use lapin::options::QueueDeclareOptions;
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties};
+
+use crate::config::ServerUrl;
+
+pub use consume::{DRAIN, Disposition, Incoming, consume, supervise};
+pub use publish::{CONFIRM_TIMEOUT, Courier, Published, Publisher, json_properties};
+pub use reply_to::{DIRECT_REPLY_TO, PROBE_TIMEOUT, Presence, Prober, consume_direct_replies};
+
+/// Connects to RabbitMQ, naming the connection so operators can find it.
+pub async fn connect(url: &ServerUrl, name: &str) -> anyhow::Result<Connection> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    tokio::time::timeout(
+        Duration::from_secs(15),
+        Connection::connect(url.expose(), properties),
+    )
+    .await
+    .map_err(|_| anyhow!("connecting to RabbitMQ at {url} timed out"))?
+    .with_context(|| format!("connecting to RabbitMQ at {url}"))
+}
+
+/// A connection opened on first use and reopened once lost, for work that is not consuming
+/// (queue depths, presence probes) and must not take a consumer's connection down with it.
+pub struct LazyConnection {
+    url: ServerUrl,
+    name: String,
+    connection: tokio::sync::Mutex<Option<Arc<Connection>>>,
+}
+
+impl LazyConnection {
+    /// `name` names the connection in RabbitMQ.
+    pub fn new(url: ServerUrl, name: String) -> Self {
+        Self {
+            url,
+            name,
+            connection: tokio::sync::Mutex::default(),
+        }
+    }
+
+    /// The open connection, connecting (again) if there is none.
+    pub async fn get(&self) -> anyhow::Result<Arc<Connection>> {
+        let mut guard = self.connection.lock().await;
+        if let Some(connection) = guard.as_ref()
+            && connection.status().connected()
+        {
+            return Ok(connection.clone());
+        }
+        let connection = Arc::new(connect(&self.url, &self.name).await?);
+        *guard = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// Drops the connection (closing it in the background), so that the next [`Self::get`]
+    /// opens a new one: for a connection that failed or stopped answering.
+    pub async fn reset(&self) {
+        if let Some(connection) = self.connection.lock().await.take() {
+            tokio::spawn(async move {
+                let closing = connection.close(200, "reset".into());
+                let _ = tokio::time::timeout(Duration::from_secs(2), closing).await;
+            });
+        }
+    }
+
+    /// Closes the connection, waiting at most 2 s for the broker (a dead link never answers).
+    pub async fn close(&self) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            if let Some(connection) = self.connection.lock().await.take() {
+                let _ = connection.close(200, "bye".into()).await;
+            }
+        })
+        .await;
+    }
+}
+
+/// Declares `queue` passively: its counts if it exists; NOT_FOUND (see [`is_not_found`]), which
+/// also closes `channel`, if it does not.
+pub async fn passive_declare(channel: &Channel, queue: &str) -> lapin::Result<lapin::Queue> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+}
+
+/// Whether the broker closed the connection (a hard error), not just a channel.
+fn is_hard(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(e) if matches!(e.kind(), AMQPErrorKind::Hard(_))
+    )
+}
+
+/// Whether the broker answered NOT_FOUND (no such queue or reply-to).
+pub fn is_not_found(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(e)
+            if *e.kind() == AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)
+    )
+}

@@ -1,0 +1,194 @@
+//! Leases (`<ns>:_leases`, `<ns>:_lease_deadlines`): the VM popped for a request, from the pop
+//! to its handout, and the sweep of those whose time is up.
+
+use std::collections::HashMap;
+
+use redis::AsyncCommands;
+
+use super::{Lease, PoolEntry, Store, now_ms, unexpected};
+use crate::pool::PoolName;
+
+/// What [`Store::checkout`] found for a request (see `checkout.lua`).
+#[derive(Debug, PartialEq)]
+pub enum Checkout {
+    /// A VM was taken from the pool for this request (its entry, as stored).
+    Popped(String),
+    /// This request already holds a lease (a redelivery): the same VM again.
+    Leased(String),
+    /// This request's lease was pending past its deadline: the VM was recorded for deletion.
+    Orphaned(String),
+    /// The request's deadline has passed; nothing was taken.
+    Expired,
+    NoPool,
+    Empty,
+}
+
+/// What [`Store::settle`] did (see `settle.lua`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// The lease is handed out now.
+    Now,
+    /// It already was (a repeated settle).
+    Already,
+    /// The lease is gone: it was swept before its reply was confirmed.
+    Swept,
+}
+
+/// Where a pending lease's VM should go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposal {
+    /// Back to the head of its pool: its reply provably reached nobody.
+    Head,
+    /// To orphaned, for this reason: it must not be handed out again.
+    Orphan(&'static str),
+}
+
+/// Where a given-back VM went (see `give_back.lua`).
+#[derive(Debug, PartialEq)]
+pub enum GiveBack {
+    Head,
+    /// Recorded in orphaned, for this reason.
+    Orphaned(String),
+    NothingPending,
+}
+
+/// What one [`Store::sweep_leases`] recorded for deletion.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Leases still pending at their deadline.
+    pub pending: u64,
+    /// Handed-out leases past `WARMER_MAX_HANDOUT_AGE`.
+    pub handed: u64,
+}
+
+/// Leases swept per script call, so one call never blocks Redis for long.
+const SWEEP_BATCH: u64 = 100;
+
+impl Store {
+    /// Takes the oldest VM of `pool` for the request `identity` (see `checkout.lua`).
+    pub async fn checkout(
+        &self,
+        identity: &str,
+        pool: &PoolName,
+        now: u64,
+        deadline: u64,
+        give_up_at: u64,
+    ) -> redis::RedisResult<Checkout> {
+        let n = &self.names;
+        let mut invocation = self.scripts.checkout.prepare_invoke();
+        invocation
+            .key(n.pool_configs())
+            .key(n.pool(pool))
+            .key(n.leases())
+            .key(n.lease_deadlines())
+            .key(n.orphaned())
+            .arg(identity)
+            .arg(pool.to_string())
+            .arg(now)
+            .arg(deadline)
+            .arg(give_up_at);
+        let reply: Vec<String> = self.invoke(&invocation).await?;
+        let mut reply = reply.into_iter();
+        Ok(match (reply.next().as_deref(), reply.next()) {
+            (Some("popped"), Some(e)) => Checkout::Popped(e),
+            (Some("lease"), Some(e)) => Checkout::Leased(e),
+            (Some("orphaned"), Some(e)) => Checkout::Orphaned(e),
+            (Some("expired"), _) => Checkout::Expired,
+            (Some("no_pool"), _) => Checkout::NoPool,
+            (Some("empty"), _) => Checkout::Empty,
+            (other, _) => return Err(unexpected("checkout.lua", other)),
+        })
+    }
+
+    /// Marks a lease handed out, to be swept at `keep_until` (see `settle.lua`).
+    pub async fn settle(&self, identity: &str, keep_until: u64) -> redis::RedisResult<Settled> {
+        let mut invocation = self.scripts.settle.prepare_invoke();
+        invocation
+            .key(self.names.leases())
+            .key(self.names.lease_deadlines())
+            .arg(identity)
+            .arg(now_ms())
+            .arg(keep_until);
+        match self.invoke::<i64>(&invocation).await? {
+            1 => Ok(Settled::Now),
+            2 => Ok(Settled::Already),
+            0 => Ok(Settled::Swept),
+            other => Err(unexpected("settle.lua", other)),
+        }
+    }
+
+    /// Returns a pending lease's VM to the head of its pool, or records it as an orphan (see
+    /// `give_back.lua`). Also returns the VM's name.
+    pub async fn give_back(
+        &self,
+        identity: &str,
+        pool: &PoolName,
+        disposal: Disposal,
+    ) -> redis::RedisResult<(GiveBack, String)> {
+        let n = &self.names;
+        let mut invocation = self.scripts.give_back.prepare_invoke();
+        invocation
+            .key(n.pool_configs())
+            .key(n.pool(pool))
+            .key(n.leases())
+            .key(n.lease_deadlines())
+            .key(n.orphaned())
+            .key(n.booting(pool))
+            .arg(identity)
+            .arg(pool.to_string())
+            .arg(match disposal {
+                Disposal::Head => "head",
+                Disposal::Orphan(reason) => reason,
+            });
+        let reply: Vec<String> = self.invoke(&invocation).await?;
+        let mut reply = reply.into_iter();
+        let (outcome, entry, reason) = (reply.next(), reply.next(), reply.next());
+        let outcome = match outcome.as_deref() {
+            Some("head") => GiveBack::Head,
+            Some("orphaned") => GiveBack::Orphaned(reason.unwrap_or_default()),
+            Some("none") => GiveBack::NothingPending,
+            other => return Err(unexpected("give_back.lua", other)),
+        };
+        let name = entry
+            .map(|e| serde_json::from_str::<PoolEntry>(&e).map_or(e, |vm| vm.name))
+            .unwrap_or_default();
+        Ok((outcome, name))
+    }
+
+    /// Turns every lease whose time is up into an orphan (see `sweep_leases.lua`).
+    pub async fn sweep_leases(&self, now: u64) -> redis::RedisResult<Swept> {
+        let mut swept = Swept::default();
+        loop {
+            let mut invocation = self.scripts.sweep_leases.prepare_invoke();
+            invocation
+                .key(self.names.leases())
+                .key(self.names.lease_deadlines())
+                .key(self.names.orphaned())
+                .arg(now)
+                .arg(SWEEP_BATCH);
+            let (pending, handed): (u64, u64) = self.invoke(&invocation).await?;
+            swept.pending += pending;
+            swept.handed += handed;
+            if pending + handed < SWEEP_BATCH {
+                return Ok(swept);
+            }
+        }
+    }
+
+    /// Every lease, by request identity; an unreadable one is left out.
+    pub async fn leases_by_identity(&self) -> redis::RedisResult<HashMap<String, Lease>> {
+        let key = &self.names.leases();
+        let raw: HashMap<String, String> = self
+            .call(|mut conn| async move { conn.hgetall(key).await })
+            .await?;
+        Ok(raw
+            .into_iter()
+            .filter_map(|(identity, lease)| Some((identity, serde_json::from_str(&lease).ok()?)))
+            .collect())
+    }
+
+    /// Every readable lease.
+    pub async fn leases(&self) -> redis::RedisResult<Vec<Lease>> {
+        Ok(self.leases_by_identity().await?.into_values().collect())
+    }
+}

@@ -1,0 +1,172 @@
+//! Redis: the one owner of warmer's data layout and record formats. Nothing outside this
+//! module issues a Redis command.
+//!
+//! | key (`<ns>` = `WARMER_REDIS_NAMESPACE`) | type | held by | meaning |
+//! |---|---|---|---|
+//! | `<ns>:poolconfigs` | hash | [`pools`] | pool → target (legacy, decimal string) |
+//! | `<ns>:<pool>` | list | [`pools`] | warmed VMs as [`PoolEntry`] JSON, oldest at the head (legacy) |
+//! | `<ns>:orphaned` | list | [`orphans`] | [`OrphanRecord`]s: VMs to delete (legacy, `reason` added) |
+//! | `<ns>:_leases` | hash | [`leases`] | request identity → [`Lease`] |
+//! | `<ns>:_lease_deadlines` | zset | [`leases`] | request identity → when its lease is swept (ms) |
+//! | `<ns>:_booting:<pool>` | zset | [`boots`] | VM name → when its boot reservation expires (ms) |
+//! | `<ns>:_brake` | string | [`reconcile`] | present while the safety brake holds every boot |
+//! | `<ns>:_suspects` | set | [`reconcile`] | cloud VMs the last reconcile pass found unaccounted |
+//! | `<ns>:_reconciler` | string | [`lock`] | owner of the active reconciler's lock |
+//!
+//! Key names are built by [`Names`]. Every step that must be atomic is a Lua script in
+//! `scripts/`, loaded once behind `scripts/prelude.lua` (the orphan record, written once), whose
+//! header states its keys, arguments and invariant; each answers with an enum here.
+//!
+//! Failures: `ConnectionManager` reconnects in the background and a command that hit a dropped
+//! connection returns its error, so [`Store::call`] runs it once more (a server that closed an
+//! idle connection, a failover); every command and script passed through it is safe to repeat.
+//! Other errors go to the caller, which decides whether to retry.
+
+pub mod boots;
+pub mod leases;
+pub mod lock;
+pub mod orphans;
+pub mod pools;
+pub mod reconcile;
+pub mod records;
+
+use std::future::Future;
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::config::ServerUrl;
+use crate::names::Names;
+
+pub use boots::{Finished, Reservation};
+pub use leases::{Checkout, Disposal, GiveBack, Settled, Swept};
+pub use pools::{PoolLevel, PoolStatus};
+pub use reconcile::RedisView;
+pub use records::{Lease, LeaseState, Orphan, OrphanRecord, PoolEntry};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Redis with warmer's layout.
+#[derive(Clone)]
+pub struct Store {
+    conn: ConnectionManager,
+    names: Names,
+    scripts: &'static Scripts,
+}
+
+/// Every Lua script, each behind the shared prelude.
+struct Scripts {
+    checkout: redis::Script,
+    settle: redis::Script,
+    give_back: redis::Script,
+    sweep_leases: redis::Script,
+    delete_pool: redis::Script,
+    reserve_boots: redis::Script,
+    finish_boot: redis::Script,
+    abandon_boot: redis::Script,
+    trim_pool: redis::Script,
+    evict: redis::Script,
+    lock: redis::Script,
+    unlock: redis::Script,
+}
+
+fn scripts() -> &'static Scripts {
+    static SCRIPTS: OnceLock<Scripts> = OnceLock::new();
+    SCRIPTS.get_or_init(|| {
+        let script = |body: &str| {
+            redis::Script::new(&format!("{}{body}", include_str!("scripts/prelude.lua")))
+        };
+        Scripts {
+            checkout: script(include_str!("scripts/checkout.lua")),
+            settle: script(include_str!("scripts/settle.lua")),
+            give_back: script(include_str!("scripts/give_back.lua")),
+            sweep_leases: script(include_str!("scripts/sweep_leases.lua")),
+            delete_pool: script(include_str!("scripts/delete_pool.lua")),
+            reserve_boots: script(include_str!("scripts/reserve_boots.lua")),
+            finish_boot: script(include_str!("scripts/finish_boot.lua")),
+            abandon_boot: script(include_str!("scripts/abandon_boot.lua")),
+            trim_pool: script(include_str!("scripts/trim_pool.lua")),
+            evict: script(include_str!("scripts/evict.lua")),
+            lock: script(include_str!("scripts/lock.lua")),
+            unlock: script(include_str!("scripts/unlock.lua")),
+        }
+    })
+}
+
+impl Store {
+    /// Connects (waiting at most 10 s for the first connection).
+    pub async fn connect(url: &ServerUrl, names: Names) -> anyhow::Result<Self> {
+        let client = redis::Client::open(url.expose())
+            .with_context(|| format!("WARMER_REDIS_URL {url} is not a valid Redis URL"))?;
+        let config = ConnectionManagerConfig::new()
+            // The default 500 ms response timeout fails slow scripts on a busy server.
+            .set_response_timeout(Some(Duration::from_secs(5)))
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2));
+        let conn = tokio::time::timeout(
+            Duration::from_secs(10),
+            ConnectionManager::new_with_config(client, config),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("connecting to Redis at {url} timed out"))?
+        .with_context(|| format!("connecting to Redis at {url}"))?;
+        Ok(Self {
+            conn,
+            names,
+            scripts: scripts(),
+        })
+    }
+
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// Whether Redis answers.
+    pub async fn ping(&self) -> redis::RedisResult<()> {
+        self.call(|mut conn| async move { redis::cmd("PING").query_async(&mut conn).await })
+            .await
+    }
+
+    /// Runs `command`, and once more if the connection had been dropped (a server-side idle
+    /// close, a failover): the manager reconnects, and every command passed here is safe to
+    /// repeat (each script is idempotent; see its header).
+    async fn call<T, F, Fut>(&self, command: F) -> redis::RedisResult<T>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        match command(self.conn.clone()).await {
+            Err(error) if error.is_connection_dropped() => {
+                tracing::debug!(%error, "Redis connection dropped; trying once more");
+                command(self.conn.clone()).await
+            }
+            result => result,
+        }
+    }
+
+    /// Runs a script (see [`Self::call`]).
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> redis::RedisResult<T> {
+        self.call(|mut conn| async move { invocation.invoke_async(&mut conn).await })
+            .await
+    }
+}
+
+/// An error for a script that answered something this code does not know.
+fn unexpected(script: &str, answer: impl std::fmt::Debug) -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::Client,
+        "unexpected answer from a script",
+        format!("{script}: {answer:?}"),
+    ))
+}

@@ -1,0 +1,181 @@
+//! Pools: targets (`<ns>:poolconfigs`), warmed VMs (`<ns>:<pool>`), their levels, trimming and
+//! eviction.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context as _;
+use redis::AsyncCommands;
+
+use super::{PoolEntry, Store, now_ms};
+use crate::pool::{PoolName, parse_target};
+
+/// One pool's level: what HireFire and the autoscaler decide on. No pool entry is read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolLevel {
+    pub pool: String,
+    /// As stored (a decimal string; see [`Self::target`]).
+    pub target: String,
+    pub ready: u64,
+    /// Unexpired boot reservations.
+    pub booting: u64,
+}
+
+impl PoolLevel {
+    /// The target as a number, `None` if what is stored is not one.
+    pub fn target(&self) -> Option<u64> {
+        parse_target(&self.target)
+    }
+}
+
+/// One pool's state for `warmer status` and `/metrics`.
+#[derive(Debug, Clone)]
+pub struct PoolStatus {
+    pub level: PoolLevel,
+    /// Leases handed out and not yet swept.
+    pub handed_out: u64,
+    /// The oldest warmed VM (the head of the list).
+    pub oldest: Option<PoolEntry>,
+}
+
+impl Store {
+    /// Pool name → target, as stored (legacy values are decimal strings).
+    pub async fn targets(&self) -> redis::RedisResult<BTreeMap<String, String>> {
+        let key = &self.names.pool_configs();
+        self.call(|mut conn| async move { conn.hgetall(key).await })
+            .await
+    }
+
+    /// Sets a pool's target (creating the pool).
+    pub async fn set_target(&self, pool: &PoolName, target: u32) -> redis::RedisResult<()> {
+        let (key, pool) = (&self.names.pool_configs(), &pool.to_string());
+        self.call(|mut conn| async move { conn.hset(key, pool, target).await })
+            .await
+    }
+
+    /// Deletes a pool; its warmed VMs are recorded as orphans (see `delete_pool.lua`). `None` if
+    /// it did not exist. Not repeated on a dropped connection: a second run would report the
+    /// pool as missing.
+    pub async fn delete_pool(&self, pool: &PoolName) -> redis::RedisResult<Option<u64>> {
+        let n = &self.names;
+        let mut invocation = self.scripts.delete_pool.prepare_invoke();
+        invocation
+            .key(n.pool_configs())
+            .key(n.pool(pool))
+            .key(n.orphaned())
+            .arg(pool.to_string());
+        let moved: i64 = invocation.invoke_async(&mut self.conn.clone()).await?;
+        Ok(u64::try_from(moved).ok())
+    }
+
+    /// Every pool's target, ready and booting counts, and whether the safety brake is on: a few
+    /// dozen bytes per pool, cheap enough for a loop.
+    pub async fn levels(&self) -> anyhow::Result<(Vec<PoolLevel>, bool)> {
+        let targets = self.targets().await.context("reading pool targets")?;
+        let now = now_ms();
+        let mut pipe = redis::pipe();
+        for pool in targets.keys() {
+            pipe.llen(format!("{}{pool}", self.names.pool_key_prefix()));
+            pipe.zcount(
+                format!("{}{pool}", self.names.booting_key_prefix()),
+                now,
+                "+inf",
+            );
+        }
+        pipe.exists(self.names.brake());
+        let pipe = &pipe;
+        let mut values: Vec<redis::Value> = self
+            .call(|mut conn| async move { pipe.query_async(&mut conn).await })
+            .await
+            .context("reading pool levels")?;
+        let brake: bool = match values.pop() {
+            Some(value) => redis::from_redis_value(value)?,
+            None => false,
+        };
+        let counts: Vec<u64> = values
+            .into_iter()
+            .map(redis::from_redis_value)
+            .collect::<Result<_, _>>()?;
+        let levels = targets
+            .into_iter()
+            .zip(counts.chunks(2))
+            .map(|((pool, target), counts)| PoolLevel {
+                pool,
+                target,
+                ready: counts[0],
+                booting: counts[1],
+            })
+            .collect();
+        Ok((levels, brake))
+    }
+
+    /// [`Self::levels`] with each pool's oldest VM and handed-out count. These read every lease
+    /// and each pool's head entry, so this is for `warmer status` and `/metrics`, not for
+    /// tight loops.
+    pub async fn status(&self) -> anyhow::Result<(Vec<PoolStatus>, bool)> {
+        let (levels, brake) = self.levels().await?;
+        let prefix = self.names.pool_key_prefix();
+        let mut pipe = redis::pipe();
+        for level in &levels {
+            pipe.lindex(format!("{prefix}{}", level.pool), 0);
+        }
+        let pipe = &pipe;
+        let oldest: Vec<Option<String>> = if levels.is_empty() {
+            Vec::new() // an empty pipeline is refused by the client
+        } else {
+            self.call(|mut conn| async move { pipe.query_async(&mut conn).await })
+                .await
+                .context("reading the oldest VMs")?
+        };
+        let mut handed: BTreeMap<String, u64> = BTreeMap::new();
+        for lease in self.leases().await.context("reading leases")? {
+            if lease.state == super::LeaseState::Handed {
+                *handed.entry(lease.pool).or_default() += 1;
+            }
+        }
+        let pools = levels
+            .into_iter()
+            .zip(oldest)
+            .map(|(level, oldest)| PoolStatus {
+                handed_out: handed.get(&level.pool).copied().unwrap_or(0),
+                oldest: oldest.and_then(|e| serde_json::from_str(&e).ok()),
+                level,
+            })
+            .collect();
+        Ok((pools, brake))
+    }
+
+    /// Moves a pool's surplus warmed VMs to orphaned (see `trim_pool.lua`); returns how many.
+    pub async fn trim_pool(&self, pool: &PoolName) -> redis::RedisResult<u64> {
+        let n = &self.names;
+        let mut invocation = self.scripts.trim_pool.prepare_invoke();
+        invocation
+            .key(n.pool_configs())
+            .key(n.pool(pool))
+            .key(n.booting(pool))
+            .key(n.orphaned())
+            .arg(pool.to_string());
+        self.invoke(&invocation).await
+    }
+
+    /// Moves one pool entry, exactly as stored, to orphaned (see `evict.lua`); false if it was
+    /// no longer there (a checkout took it meanwhile).
+    pub async fn evict(
+        &self,
+        pool: &str,
+        raw: &str,
+        name: &str,
+        zone: &str,
+        reason: &str,
+    ) -> redis::RedisResult<bool> {
+        let mut invocation = self.scripts.evict.prepare_invoke();
+        invocation
+            .key(format!("{}{pool}", self.names.pool_key_prefix()))
+            .key(self.names.orphaned())
+            .arg(raw)
+            .arg(name)
+            .arg(zone)
+            .arg(reason);
+        let evicted: i64 = self.invoke(&invocation).await?;
+        Ok(evicted == 1)
+    }
+}
