@@ -21,18 +21,14 @@ use lapin::options::{BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use redis::AsyncCommands;
-use warmer::config::Config;
-use warmer::context::Context;
-use warmer::names::Names;
-use warmer::pool::PoolName;
+use warmer::Config;
+use warmer::Context;
+use warmer::Names;
+use warmer::PoolName;
 use warmer::shutdown;
 
-#[allow(dead_code)]
-mod common;
-use common::{
-    AMQP_URL, POOL, REDIS_URL, check_out, env_or, fresh_prefix, median, remove_deployment,
-    wait_for_consumer,
-};
+use warmer_testkit::bench::{POOL, check_out, env_or, fresh_prefix, median, wait_for_consumer};
+use warmer_testkit::{AMQP_URL, REDIS_URL, remove_deployment};
 
 const VM: &str = r#"{"name":"travis-job-00000000-0000-0000-0000-000000000000","zone":"us-central1-c","ip":"10.10.42.86","public_ip":null,"ssh_private_key":"-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-256-CBC,0123456789ABCDEF0123456789ABCDEF\n\nMIIEpAIBAAKCAQEA...about 1.7 kB of base64 in a real key...\n-----END RSA PRIVATE KEY-----\n","booted_at":1700000000}"#;
 
@@ -232,10 +228,10 @@ async fn run(
     let ctx = Context::new(Config::from_vars(vars)?).await?;
     let names = ctx.names.clone();
     let channel = amqp.create_channel().await?;
-    warmer::topology::declare(&channel, &names).await?;
+    warmer::declare_topology(&channel, &names).await?;
     let pool: PoolName = POOL.parse().map_err(anyhow::Error::msg)?;
     ctx.store.set_target(&pool, requests as u32).await?;
-    let mut redis = common::redis().await?;
+    let mut redis = warmer_testkit::bench::redis().await?;
     let warmup = 20 * concurrency;
     let entries = vec![VM.to_string(); requests + warmup];
     let _: () = redis.rpush(names.pool(&pool), entries).await?;
@@ -262,7 +258,7 @@ async fn run(
     consumer.await??;
     let _ = requesters.close(200, "bye".into()).await;
     let _ = channel.close(200, "ok".into()).await;
-    remove_deployment(amqp, &names, &mut redis).await?;
+    remove_deployment(&names).await;
     Ok(Sample {
         latencies,
         elapsed,
@@ -284,7 +280,7 @@ async fn load(
         let queue = names.checkout_queue();
         let count = total / concurrency;
         tasks.push(tokio::spawn(async move {
-            let mut replies = warmer::amqp::consume_direct_replies(&channel).await?;
+            let mut replies = warmer::consume_direct_replies(&channel).await?;
             let mut latencies = Vec::with_capacity(count);
             for _ in 0..count {
                 let patience = Duration::from_secs(30);

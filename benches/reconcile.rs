@@ -10,25 +10,20 @@
 //! - `busy pass`: the same world where 10 % of the pool entries' VMs are gone and 10 % more VMs
 //!   are unaccounted for (evict 100, mark 100), rebuilt before each round.
 
-#[allow(dead_code)]
-mod common;
-#[allow(dead_code)]
-#[path = "../tests/api/compute.rs"]
-mod compute;
-
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 use serde_json::json;
-use warmer::cloud::Cloud;
-use warmer::config::Config;
-use warmer::context::Context;
-use warmer::pool::PoolName;
+use warmer::Cloud;
+use warmer::Config;
+use warmer::Context;
+use warmer::PoolName;
+use warmer::now_ms;
 use warmer::reconcile::Reconciler;
-use warmer::store::now_ms;
 
-use common::env_or;
-use compute::ComputeStandIn;
+use warmer_testkit::ComputeStandIn;
+use warmer_testkit::bench::env_or;
+use warmer_testkit::compute;
 
 const POOLS: usize = 10;
 const ZONE: &str = "us-central1-a";
@@ -69,7 +64,7 @@ async fn main() -> anyhow::Result<()> {
     for _ in 0..rounds {
         build_world(&ctx, &compute, &pools, vms, 0).await?;
         let started = Instant::now();
-        let mut redis = common::redis().await?;
+        let mut redis = warmer_testkit::bench::redis().await?;
         let mut pipe = redis::pipe();
         pipe.atomic();
         for pool in &pools {
@@ -94,9 +89,12 @@ async fn main() -> anyhow::Result<()> {
         );
         busy.push(report.elapsed);
     }
-    let keys: Vec<String> = common::redis().await?.keys(format!("{prefix}:*")).await?;
+    let keys: Vec<String> = warmer_testkit::bench::redis()
+        .await?
+        .keys(format!("{prefix}:*"))
+        .await?;
     if !keys.is_empty() {
-        let _: () = common::redis().await?.del(keys).await?;
+        let _: () = warmer_testkit::bench::redis().await?.del(keys).await?;
     }
 
     let median = |mut d: Vec<Duration>| {
@@ -127,7 +125,7 @@ async fn build_world(
     vms: usize,
     faults: usize,
 ) -> anyhow::Result<()> {
-    let mut redis = common::redis().await?;
+    let mut redis = warmer_testkit::bench::redis().await?;
     let keys: Vec<String> = redis.keys(format!("{}:*", ctx.names.namespace())).await?;
     if !keys.is_empty() {
         let _: () = redis.del(keys).await?;

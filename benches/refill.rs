@@ -18,12 +18,6 @@
 //! The stand-in records insert calls without times, so a thread samples the number of insert
 //! calls every 200 µs and stamps each new one; the resolution is printed with the table.
 
-#[allow(dead_code)]
-mod common;
-#[allow(dead_code)]
-#[path = "../tests/api/compute.rs"]
-mod compute;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,17 +25,16 @@ use std::time::{Duration, Instant};
 use lapin::{Connection, ConnectionProperties};
 use redis::AsyncCommands;
 use tokio::task::JoinHandle;
-use warmer::config::{Config, Secret};
-use warmer::context::Context;
-use warmer::names::Names;
-use warmer::pool::PoolName;
+use warmer::Context;
+use warmer::Names;
+use warmer::PoolName;
 use warmer::shutdown::{self, Shutdown, Trigger};
+use warmer::{Config, Secret};
 
-use common::{
-    AMQP_URL, POOL, REDIS_URL, check_out, env_or, fresh_prefix, median, remove_deployment,
-    wait_for_consumer,
-};
-use compute::ComputeStandIn;
+use warmer_testkit::ComputeStandIn;
+use warmer_testkit::bench::{POOL, check_out, env_or, fresh_prefix, median, wait_for_consumer};
+use warmer_testkit::compute;
+use warmer_testkit::{AMQP_URL, REDIS_URL, remove_deployment};
 
 /// Pool target of the replacement scenario.
 const TARGET: u32 = 4;
@@ -162,8 +155,7 @@ async fn keygen_ms(n: usize) -> anyhow::Result<Vec<Duration>> {
     for _ in 0..n {
         let passphrase = passphrase.clone();
         let started = Instant::now();
-        tokio::task::spawn_blocking(move || warmer::sshkey::generate_blocking(&passphrase))
-            .await??;
+        tokio::task::spawn_blocking(move || warmer::generate_ssh_key(&passphrase)).await??;
         times.push(started.elapsed());
     }
     Ok(times)
@@ -209,11 +201,11 @@ impl Deployment {
         let ctx = Context::new(Config::from_vars(vars)?).await?;
         let names = ctx.names.clone();
         let channel = amqp.create_channel().await?;
-        warmer::topology::declare(&channel, &names).await?;
+        warmer::declare_topology(&channel, &names).await?;
         let _ = channel.close(200, "ok".into()).await;
         let (trigger, stop) = shutdown::channel();
         Ok(Deployment {
-            redis: common::redis().await?,
+            redis: warmer_testkit::bench::redis().await?,
             pool: POOL.parse().map_err(anyhow::Error::msg)?,
             ctx,
             names,
@@ -224,7 +216,7 @@ impl Deployment {
     }
 
     async fn start_refill(&mut self, amqp: &Connection) -> anyhow::Result<()> {
-        let cloud = warmer::cloud::Cloud::from_config(&self.ctx.config).await?;
+        let cloud = warmer::Cloud::from_config(&self.ctx.config).await?;
         let run = warmer::refill::run(self.ctx.clone(), cloud, self.stop.clone());
         self.consumers.push(tokio::spawn(run));
         wait_for_consumer(amqp, &self.names.refill_queue()).await
@@ -259,7 +251,7 @@ impl Deployment {
 
     /// Stops the consumers (as SIGTERM would), waits for them, and removes the queues, the
     /// events exchange and the namespace's keys.
-    async fn tear_down(mut self, amqp: &Connection) -> anyhow::Result<()> {
+    async fn tear_down(mut self) -> anyhow::Result<()> {
         self.trigger.fire();
         let mut result = Ok(());
         for consumer in self.consumers.drain(..) {
@@ -271,7 +263,7 @@ impl Deployment {
                 }
             }
         }
-        remove_deployment(amqp, &self.names, &mut self.redis).await?;
+        remove_deployment(&self.names).await;
         result
     }
 }
@@ -341,7 +333,7 @@ async fn replacement(amqp: &Connection, checkouts: usize) -> anyhow::Result<Repl
     let compute = ComputeStandIn::start(SHORT_BOOT).await;
     let mut deployment = Deployment::new(amqp, &compute, &[]).await?;
     let result = measure_replacement(amqp, &compute, &mut deployment, checkouts).await;
-    let torn_down = deployment.tear_down(amqp).await;
+    let torn_down = deployment.tear_down().await;
     let result = result?;
     torn_down?;
     Ok(result)
@@ -365,7 +357,7 @@ async fn measure_replacement(
     deployment.wait_for_ready(target).await?;
 
     let channel = amqp.create_channel().await?;
-    let mut replies = warmer::amqp::consume_direct_replies(&channel).await?;
+    let mut replies = warmer::consume_direct_replies(&channel).await?;
     let sampler = InsertSampler::start(compute);
     let queue = deployment.names.checkout_queue();
     let mut out = Replacement {
@@ -420,7 +412,7 @@ async fn fill(amqp: &Connection, n: usize) -> anyhow::Result<FillSample> {
     let mut deployment =
         Deployment::new(amqp, &compute, &[("WARMER_BOOT_CONCURRENCY", "8")]).await?;
     let result = measure_fill(amqp, &compute, &mut deployment, n).await;
-    let torn_down = deployment.tear_down(amqp).await;
+    let torn_down = deployment.tear_down().await;
     let result = result?;
     torn_down?;
     Ok(result)

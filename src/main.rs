@@ -1,10 +1,10 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use warmer::Cloud;
+use warmer::Config;
+use warmer::Context;
 use warmer::cli::{Cli, Command, PoolCommand};
-use warmer::cloud::Cloud;
-use warmer::config::Config;
-use warmer::context::Context;
 use warmer::telemetry::Redactor;
 use warmer::{autoscale, checkout, dev, operator, reconcile, refill, shutdown, web};
 

@@ -27,8 +27,8 @@ use lapin::{Channel, Connection, ConnectionProperties};
 use crate::config::ServerUrl;
 
 pub use consume::{DRAIN, Disposition, Incoming, consume, supervise};
-pub use publish::{CONFIRM_TIMEOUT, Courier, Published, Publisher, json_properties};
-pub use reply_to::{DIRECT_REPLY_TO, PROBE_TIMEOUT, Presence, Prober, consume_direct_replies};
+pub use publish::{Courier, Published, Publisher, json_properties};
+pub use reply_to::{DIRECT_REPLY_TO, Presence, Prober, consume_direct_replies};
 
 /// Connects to RabbitMQ, naming the connection so operators can find it.
 pub async fn connect(url: &ServerUrl, name: &str) -> anyhow::Result<Connection> {

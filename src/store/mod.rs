@@ -43,7 +43,6 @@ use crate::names::Names;
 pub use boots::{Finished, Reservation};
 pub use leases::{Checkout, Disposal, GiveBack, Settled, Swept};
 pub use pools::{PoolLevel, PoolStatus};
-pub use reconcile::RedisView;
 pub use records::{Lease, LeaseState, Orphan, OrphanRecord, PoolEntry};
 
 /// Milliseconds since the Unix epoch.

@@ -4,22 +4,20 @@ use serde_json::json;
 use warmer::autoscale::Autoscaler;
 use warmer::autoscale::plan::SCALE_DOWN_AFTER;
 
-use crate::helpers::*;
-use crate::heroku::{APP, HerokuStandIn, TOKEN};
+use warmer_testkit::heroku::{APP, HerokuStandIn, TOKEN};
+use warmer_testkit::*;
 
 async fn spawn_autoscaled_app(heroku: &HerokuStandIn, token: &str) -> TestApp {
     let url = heroku.url();
-    spawn_app_configured(
-        AMQP_URL,
-        REDIS_URL,
-        &[
+    TestApp::builder()
+        .envs(&[
             ("HEROKU_API_TOKEN", token),
             ("HEROKU_APP_NAME", APP),
             ("WARMER_HEROKU_API_URL", url.as_str()),
             ("WARMER_AUTOSCALE_MAX", "4"),
-        ],
-    )
-    .await
+        ])
+        .start()
+        .await
 }
 
 async fn publish_requests(app: &TestApp, n: usize) {
@@ -29,10 +27,8 @@ async fn publish_requests(app: &TestApp, n: usize) {
             .publish(TRAVIS_REQUEST.as_bytes(), Requester::properties())
             .await;
     }
-    within("the requests to be queued", async {
-        while (app.queue_counts(&app.names.checkout_queue()).await.0 as usize) < n {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+    eventually("the requests to be queued", || async {
+        app.queue_counts(&app.names.checkout_queue()).await.0 as usize >= n
     })
     .await;
 }
@@ -178,7 +174,7 @@ async fn a_rejected_token_is_reported_without_the_token() {
 
 #[tokio::test]
 async fn autoscale_without_heroku_settings_names_what_is_missing() {
-    let app = spawn_app_without_consumer().await;
+    let app = TestApp::builder().start().await;
     let error = Autoscaler::new(app.ctx.clone()).err().unwrap().to_string();
     assert!(error.contains("HEROKU_API_TOKEN"), "{error}");
 }
@@ -190,10 +186,8 @@ async fn the_autoscale_process_scales_and_exits_zero_on_sigterm() {
     publish_requests(&app, 5).await;
     let mut child = crate::lifecycle::spawn_process(&app, "autoscale");
 
-    within("the first scaling", async {
-        while heroku.quantity("checkout") != 2 {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+    eventually("the first scaling", || async {
+        heroku.quantity("checkout") == 2
     })
     .await;
     let status = crate::lifecycle::terminate(&mut child).await;

@@ -5,10 +5,10 @@ use std::collections::HashSet;
 use lapin::BasicProperties;
 use lapin::types::FieldTable;
 use serde_json::{Value, json};
-use warmer::pool::PoolName;
-use warmer::store::{self, now_ms};
+use warmer::PoolName;
+use warmer::{CheckoutOutcome, Swept, now_ms};
 
-use crate::helpers::*;
+use warmer_testkit::*;
 
 #[tokio::test]
 async fn a_checkout_returns_the_oldest_warmed_vm_first() {
@@ -332,7 +332,7 @@ async fn a_consumer_that_died_between_pop_and_reply_leaves_the_vm_to_the_redeliv
         .checkout("m:crashed-request", &pool, now, now + 30_000, now + 60_000)
         .await
         .unwrap();
-    assert!(matches!(popped, store::Checkout::Popped(_)));
+    assert!(matches!(popped, CheckoutOutcome::Popped(_)));
     assert_eq!(app.pool_vms(POOL).await, ["other"]);
 
     // The broker redelivers the request to a live consumer.
@@ -373,7 +373,7 @@ async fn a_lease_never_answered_becomes_an_orphan_not_a_pool_entry() {
 
     assert_eq!(
         swept,
-        store::Swept {
+        Swept {
             pending: 1,
             handed: 0
         }
@@ -424,7 +424,7 @@ fn deadline_header(deadline_ms: u64) -> FieldTable {
 
 #[tokio::test]
 async fn a_request_past_its_deadline_pops_nothing() {
-    let mut app = spawn_app_without_consumer().await;
+    let mut app = TestApp::builder().start().await;
     app.seed(POOL, 1, &[vm("kept")]).await;
     let mut requester = app.requester().await;
     let properties = Requester::properties()
@@ -484,7 +484,7 @@ async fn a_reply_queue_that_is_gone_sends_the_vm_back_to_the_head() {
 
 #[tokio::test]
 async fn a_direct_reply_to_requester_that_left_gets_nothing_and_its_vm_stays_first() {
-    let mut app = spawn_app_without_consumer().await;
+    let mut app = TestApp::builder().start().await;
     app.seed(POOL, 2, &[vm("oldest"), vm("younger")]).await;
     {
         // A worker asks, then gives up and disconnects before anyone answers.
@@ -534,7 +534,7 @@ async fn a_redis_fault_is_answered_internal_and_dead_lettered() {
 
 #[tokio::test]
 async fn a_request_that_keeps_failing_is_dead_lettered_after_the_delivery_limit() {
-    let app = spawn_app_without_consumer().await;
+    let app = TestApp::builder().start().await;
     let requester = app.requester().await;
     requester
         .publish(
@@ -576,12 +576,12 @@ async fn a_request_that_keeps_failing_is_dead_lettered_after_the_delivery_limit(
         letter.properties.message_id().as_ref().unwrap().as_str(),
         "poison"
     );
-    assert_eq!(deliveries, warmer::topology::DELIVERY_LIMIT as usize + 1);
+    assert_eq!(deliveries, warmer::DELIVERY_LIMIT as usize + 1);
 }
 
 #[tokio::test]
 async fn a_redelivered_request_whose_requester_left_has_its_vm_deleted_not_reused() {
-    let mut app = spawn_app_without_consumer().await;
+    let mut app = TestApp::builder().start().await;
     app.seed(POOL, 2, &[vm("maybe-delivered"), vm("other")])
         .await;
     // A consumer popped a VM for this request, may have replied, and died before acking.
@@ -631,7 +631,7 @@ async fn a_request_without_any_id_is_refused_as_it_could_share_a_vm() {
     app.seed(POOL, 1, &[vm("kept")]).await;
     let mut requester = app.requester().await;
     // Without message_id and correlation_id, every request of this channel would look alike.
-    let properties = BasicProperties::default().with_reply_to(warmer::amqp::DIRECT_REPLY_TO.into());
+    let properties = BasicProperties::default().with_reply_to(warmer::DIRECT_REPLY_TO.into());
     requester
         .publish(TRAVIS_REQUEST.as_bytes(), properties)
         .await;
@@ -686,7 +686,7 @@ async fn a_given_back_vm_does_not_push_its_pool_over_target() {
 
 #[tokio::test]
 async fn a_timestamp_from_the_future_does_not_skip_the_presence_probe() {
-    let mut app = spawn_app_without_consumer().await;
+    let mut app = TestApp::builder().start().await;
     app.seed(POOL, 1, &[vm("oldest")]).await;
     {
         let quitter = app.requester().await;
@@ -708,7 +708,7 @@ async fn a_timestamp_from_the_future_does_not_skip_the_presence_probe() {
 
 #[tokio::test]
 async fn a_request_really_redelivered_after_its_consumer_died_gets_the_vm_of_its_lease() {
-    let mut app = spawn_app_without_consumer().await;
+    let mut app = TestApp::builder().start().await;
     app.seed(POOL, 2, &[vm("leased"), vm("other")]).await;
     let mut requester = app.requester().await;
     let properties = Requester::properties().with_message_id("real-redelivery".into());
@@ -749,7 +749,7 @@ async fn a_request_really_redelivered_after_its_consumer_died_gets_the_vm_of_its
         )
         .await
         .unwrap();
-    assert!(matches!(popped, store::Checkout::Popped(_)));
+    assert!(matches!(popped, CheckoutOutcome::Popped(_)));
     channel.close(200, "died".into()).await.unwrap();
     app.wait_for_no_consumers(&app.names.checkout_queue()).await;
 
@@ -828,12 +828,7 @@ async fn mixed_reply_modes_under_load_never_share_a_vm_and_give_back_only_undeli
         task.await.unwrap();
     }
     // Every request handled: nothing waits, and stopping drains whatever is in flight.
-    within("the checkout queue to drain", async {
-        while app.queue_counts(&app.names.checkout_queue()).await.0 > 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    })
-    .await;
+    app.wait_for_empty(&app.names.checkout_queue()).await;
     app.stop_consumers().await;
 
     let distinct: HashSet<&String> = received.iter().collect();

@@ -6,15 +6,15 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::helpers::*;
 use crate::lifecycle::{signal, spawn_binary};
+use warmer_testkit::*;
 
 #[tokio::test]
 async fn a_consumer_killed_mid_flight_hands_no_vm_twice_and_leaks_none() {
     const VMS: usize = 150;
     const REQUESTERS: usize = 16;
     const EACH: usize = 6; // 96 requests
-    let app = spawn_app_without_consumer().await;
+    let app = TestApp::builder().start().await;
     let vms: Vec<Value> = (0..VMS).map(|i| vm(&format!("vm-{i:04}"))).collect();
     app.seed(POOL, VMS as u32, &vms).await;
     let mut doomed = spawn_binary(&app);
@@ -41,10 +41,8 @@ async fn a_consumer_killed_mid_flight_hands_no_vm_twice_and_leaks_none() {
         }));
     }
     // Kill it while it serves, then let a fresh process take the redeliveries.
-    within("the first checkouts", async {
-        while app.leases().await.len() < 10 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    eventually("the first checkouts", || async {
+        app.leases().await.len() >= 10
     })
     .await;
     signal(&doomed, "KILL");
@@ -60,15 +58,11 @@ async fn a_consumer_killed_mid_flight_hands_no_vm_twice_and_leaks_none() {
 
     // A requester may have its reply before the survivor has settled the redelivery of its
     // request: wait until no lease is still pending (popped, reply not yet settled).
-    within("the redeliveries to settle", async {
-        while app
-            .leases()
+    eventually("the redeliveries to settle", || async {
+        app.leases()
             .await
             .values()
-            .any(|(_, state)| state == "pending")
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            .all(|(_, state)| state != "pending")
     })
     .await;
 
@@ -111,7 +105,10 @@ async fn a_consumer_killed_mid_flight_hands_no_vm_twice_and_leaks_none() {
 #[tokio::test]
 async fn rabbitmq_going_away_and_coming_back_is_survived() {
     let proxy = Proxy::start("127.0.0.1:5672").await;
-    let mut app = spawn_app_with(&format!("amqp://127.0.0.1:{}/%2f", proxy.port), REDIS_URL).await;
+    let mut app = TestApp::builder()
+        .amqp_url(&format!("amqp://127.0.0.1:{}/%2f", proxy.port))
+        .start()
+        .await;
     app.start_consumer().await;
     app.seed(POOL, 2, &[vm("before"), vm("after")]).await;
     assert_eq!(app.checkout().await["name"], "before");
@@ -137,34 +134,50 @@ async fn rabbitmq_going_away_and_coming_back_is_survived() {
 #[tokio::test]
 async fn redis_going_away_and_coming_back_is_survived() {
     let proxy = Proxy::start("127.0.0.1:6379").await;
-    let mut app = spawn_app_with(AMQP_URL, &format!("redis://127.0.0.1:{}/0", proxy.port)).await;
-    app.start_consumer().await;
+    let url = format!("redis://127.0.0.1:{}/0", proxy.port);
+    let app = TestApp::builder()
+        .redis_url(&url)
+        .checkout_consumers(1)
+        .start()
+        .await;
     app.seed(POOL, 2, &[vm("before"), vm("after")]).await;
     assert_eq!(app.checkout().await["name"], "before");
 
     proxy.cut();
     let mut requester = app.requester().await;
-    let properties = Requester::properties();
+    let properties = requester.fresh_properties();
     let correlation = properties.correlation_id().clone().unwrap();
     requester
         .publish(TRAVIS_REQUEST.as_bytes(), properties)
         .await;
-    // The consumer retries within the request's budget; Redis comes back meanwhile.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Redis stays away for 3 s, longer than one try takes to fail (the client's own reconnect
+    // attempts included): no answer may come meanwhile, as the consumer keeps trying within the
+    // request's 10 s budget, and the VM comes once Redis is back.
+    app.wait_for_empty(&app.names.checkout_queue()).await;
+    let early = tokio::time::timeout(
+        Duration::from_secs(3),
+        requester.reply_to(correlation.as_str()),
+    )
+    .await;
+    assert!(early.is_err(), "answered during the outage: {early:?}");
+    assert!(
+        proxy.refused() > 0,
+        "the consumer tried Redis during the outage"
+    );
     proxy.restore();
 
-    assert_eq!(
-        requester.reply_to(correlation.as_str()).await["name"],
-        "after"
-    );
+    let reply = requester.reply_to(correlation.as_str()).await;
+    assert_eq!(reply["name"], "after", "{reply}");
     assert_eq!(app.checkout().await["code"], "pool_empty");
-    app.stop_consumers().await;
 }
 
 #[tokio::test]
 async fn a_refill_message_that_keeps_failing_is_dead_lettered_not_retried_forever() {
     let proxy = Proxy::start("127.0.0.1:6379").await;
-    let mut app = spawn_app_with(AMQP_URL, &format!("redis://127.0.0.1:{}/0", proxy.port)).await;
+    let mut app = TestApp::builder()
+        .redis_url(&format!("redis://127.0.0.1:{}/0", proxy.port))
+        .start()
+        .await;
     app.start_refill().await;
     let mut dead = app.dead_letters().await;
 
@@ -197,7 +210,7 @@ async fn a_refill_message_that_keeps_failing_is_dead_lettered_not_retried_foreve
 #[tokio::test]
 async fn a_stalled_redis_gets_an_internal_reply_within_the_requests_budget() {
     let redis = PrivateRedis::start(&[]).await;
-    let app = spawn_app_on(&redis, &[]).await;
+    let app = TestApp::builder().on_redis(&redis).start().await;
     app.seed(POOL, 1, &[vm("kept")]).await;
     let mut app = app;
     app.start_consumer().await;
@@ -234,19 +247,14 @@ async fn a_stalled_redis_gets_an_internal_reply_within_the_requests_budget() {
 /// Waits until `redis` has closed every connection but the one asking (its idle `timeout`).
 async fn idle_connections_closed(redis: &PrivateRedis) {
     let client = redis::Client::open(redis.url()).unwrap();
-    within("the server to close idle connections", async {
-        loop {
-            let mut asking = client.get_multiplexed_async_connection().await.unwrap();
-            let clients: String = redis::cmd("CLIENT")
-                .arg("LIST")
-                .query_async(&mut asking)
-                .await
-                .unwrap();
-            if clients.lines().count() <= 1 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    eventually("the server to close idle connections", || async {
+        let mut asking = client.get_multiplexed_async_connection().await.unwrap();
+        let clients: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut asking)
+            .await
+            .unwrap();
+        clients.lines().count() <= 1
     })
     .await
 }
@@ -256,16 +264,18 @@ async fn connections_the_redis_server_closed_for_idleness_cost_no_failed_answer_
     // Heroku Redis closes connections idle for 300 s; this one after 1 s.
     let redis = PrivateRedis::start(&["--timeout", "1"]).await;
     let token = "hirefire-token";
-    let mut app = spawn_app_on(&redis, &[("HIREFIRE_TOKEN", token)]).await;
+    let mut app = TestApp::builder()
+        .on_redis(&redis)
+        .envs(&[("HIREFIRE_TOKEN", token)])
+        .start()
+        .await;
     app.seed(POOL, 1, &[]).await;
     let web = app.start_web().await;
-    let cloud = warmer::cloud::Cloud::from_config(&app.ctx.config)
-        .await
-        .unwrap();
+    let cloud = warmer::Cloud::from_config(&app.ctx.config).await.unwrap();
     let (_trigger, shutdown) = warmer::shutdown::channel();
     let refill = warmer::refill::Refill::new(app.ctx.clone(), cloud.clone(), shutdown).unwrap();
     let reconciler = warmer::reconcile::Reconciler::new(app.ctx.clone(), cloud);
-    let fill = || warmer::amqp::Incoming {
+    let fill = || warmer::Incoming {
         data: br#"{"command":"fill"}"#.to_vec(),
         properties: lapin::BasicProperties::default(),
         redelivered: false,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-use crate::helpers::*;
+use warmer_testkit::*;
 
 /// Starts `warmer checkout` as its own process with the app's environment.
 pub fn spawn_binary(app: &TestApp) -> Child {
@@ -49,7 +49,7 @@ pub async fn terminate(child: &mut Child) -> std::process::ExitStatus {
 
 #[tokio::test]
 async fn sigterm_stops_consuming_and_exits_zero() {
-    let app = spawn_app_without_consumer().await;
+    let app = TestApp::builder().start().await;
     app.seed(POOL, 1, &[vm("vm-1")]).await;
     let mut child = spawn_binary(&app);
     app.wait_for_consumers(1).await;
@@ -64,10 +64,8 @@ async fn sigterm_stops_consuming_and_exits_zero() {
     requester
         .publish(TRAVIS_REQUEST.as_bytes(), Requester::properties())
         .await;
-    within("the request to be queued", async {
-        while app.queue_counts(&app.names.checkout_queue()).await != (1, 0) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    eventually("the request to be queued", || async {
+        app.queue_counts(&app.names.checkout_queue()).await == (1, 0)
     })
     .await;
 }
@@ -94,8 +92,8 @@ async fn a_stopped_consumer_leaves_unanswered_requests_for_the_next_one() {
 
 #[tokio::test]
 async fn sigterm_stops_a_refill_process_with_exit_zero() {
-    let compute = crate::compute::ComputeStandIn::start(Duration::from_millis(200)).await;
-    let app = spawn_gce_app(&compute, &[]).await;
+    let compute = warmer_testkit::compute::ComputeStandIn::start(Duration::from_millis(200)).await;
+    let app = TestApp::builder().gce(&compute).start().await;
     app.seed(POOL, 2, &[]).await;
     let mut child = spawn_process(&app, "refill");
     app.wait_for_queue_consumers(&app.names.refill_queue(), 1)
@@ -116,19 +114,14 @@ async fn the_web_process_serves_port_and_exits_zero_on_sigterm() {
         .local_addr()
         .unwrap()
         .port();
-    let mut app = spawn_app_without_consumer().await;
+    let mut app = TestApp::builder().start().await;
     app.env.insert("PORT".into(), port.to_string());
     let mut child = spawn_process(&app, "web");
     let health = format!("http://127.0.0.1:{port}/health");
-    within("warmer web to answer", async {
-        loop {
-            if let Ok(response) = reqwest::get(&health).await
-                && response.status() == 200
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    eventually("warmer web to answer", || async {
+        reqwest::get(&health)
+            .await
+            .is_ok_and(|response| response.status() == 200)
     })
     .await;
 

@@ -1,14 +1,11 @@
 //! warmer's integration tests, against the real Redis and RabbitMQ on this machine.
 //!
 //! One binary (builds are slow); each module is one capability. Every test gets its own AMQP
-//! prefix and Redis namespace from [`helpers::spawn_app`] and removes them when it ends.
+//! prefix and Redis namespace from `warmer_testkit::TestApp` and removes them when it ends.
 
 mod autoscale;
 mod checkout;
-mod compute;
 mod faults;
-mod helpers;
-mod heroku;
 mod lifecycle;
 mod operator;
 mod reconcile;

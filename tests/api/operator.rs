@@ -1,14 +1,14 @@
 //! Operator commands: pool targets, deletion without leaks, fill commands, status.
 
 use serde_json::json;
+use warmer::PoolName;
 use warmer::operator;
-use warmer::pool::PoolName;
 
-use crate::helpers::*;
+use warmer_testkit::*;
 
 #[tokio::test]
 async fn pools_are_set_listed_and_deleted_without_leaking_their_vms() {
-    let app = spawn_app_without_consumer().await;
+    let app = TestApp::builder().start().await;
     let pool: PoolName = POOL.parse().unwrap();
 
     operator::pool_set(&app.ctx, &pool, 3).await.unwrap();
@@ -30,9 +30,9 @@ async fn pools_are_set_listed_and_deleted_without_leaking_their_vms() {
 
 #[tokio::test]
 async fn status_shows_target_ready_and_the_oldest_age() {
-    let app = spawn_app_without_consumer().await;
+    let app = TestApp::builder().start().await;
     let mut old = vm("old");
-    old["booted_at"] = json!(warmer::store::now_ms() / 1000 - 3 * 3600);
+    old["booted_at"] = json!(warmer::now_ms() / 1000 - 3 * 3600);
     app.seed(POOL, 5, &[old, vm("new")]).await;
 
     let status = operator::status(&app.ctx).await.unwrap();
@@ -43,7 +43,7 @@ async fn status_shows_target_ready_and_the_oldest_age() {
 
 #[tokio::test]
 async fn status_without_pools_says_how_to_add_one() {
-    let app = spawn_app_without_consumer().await;
+    let app = TestApp::builder().start().await;
 
     let status = operator::status(&app.ctx).await.unwrap();
 
@@ -52,7 +52,7 @@ async fn status_without_pools_says_how_to_add_one() {
 
 #[tokio::test]
 async fn a_fill_command_reaches_the_refill_queue() {
-    let app = spawn_app_without_consumer().await;
+    let app = TestApp::builder().start().await;
     let pool: PoolName = POOL.parse().unwrap();
 
     operator::fill(&app.ctx, Some(&pool), Some("tok"))
@@ -73,16 +73,14 @@ async fn a_fill_command_reaches_the_refill_queue() {
 
 #[tokio::test]
 async fn warmer_dev_hands_out_a_vm_and_refills_the_pool() {
-    let app = spawn_app_configured(
-        AMQP_URL,
-        REDIS_URL,
-        &[
+    let app = TestApp::builder()
+        .envs(&[
             ("WARMER_LOCAL_BOOT_DELAY", "100ms"),
             ("WARMER_RECONCILE_INTERVAL", "1"),
             ("PORT", "0"), // its web server on any free port
-        ],
-    )
-    .await;
+        ])
+        .start()
+        .await;
     let mut booted = app.listen("instance.booted").await;
     let (trigger, shutdown) = warmer::shutdown::channel();
     let dev = tokio::spawn(warmer::dev::run(app.ctx.clone(), shutdown));

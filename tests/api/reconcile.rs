@@ -4,31 +4,17 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 use serde_json::{Value, json};
-use warmer::amqp::Publisher;
-use warmer::cloud::Cloud;
-use warmer::pool::PoolName;
-use warmer::reconcile::Reconciler;
-use warmer::store::now_ms;
+use warmer::PoolName;
+use warmer::now_ms;
 
-use crate::compute::ComputeStandIn;
-use crate::helpers::*;
+use warmer_testkit::compute::ComputeStandIn;
+use warmer_testkit::*;
 
 const ZONE: &str = "us-central1-a";
 
-impl TestApp {
-    async fn reconciler(&self) -> Reconciler {
-        let cloud = Cloud::from_config(&self.ctx.config).await.unwrap();
-        Reconciler::new(self.ctx.clone(), cloud)
-    }
-
-    async fn publisher(&self) -> Publisher {
-        Publisher::open(&self.amqp).await.unwrap()
-    }
-
-    /// Labels this deployment's VMs carry.
-    fn labels(&self) -> Value {
-        json!({"warmth": "warmed", "warmer": self.names.namespace()})
-    }
+/// Labels this deployment's VMs carry.
+fn labels(app: &TestApp) -> Value {
+    json!({"warmth": "warmed", "warmer": app.names.namespace()})
 }
 
 /// A pool entry for a VM that exists at the stand-in, booted `age` seconds ago.
@@ -42,8 +28,8 @@ fn entry(name: &str, age: u64) -> Value {
 #[tokio::test]
 async fn recorded_orphans_are_deleted_and_a_missing_vm_counts_as_deleted() {
     let compute = ComputeStandIn::start(Duration::ZERO).await;
-    let app = spawn_gce_app(&compute, &[]).await;
-    compute.add_instance("orphan-1", ZONE, app.labels());
+    let app = TestApp::builder().gce(&compute).start().await;
+    compute.add_instance("orphan-1", ZONE, labels(&app));
     for name in ["orphan-1", "already-gone"] {
         let record = json!({"name": name, "zone": format!("https://www.googleapis.com/compute/v1/projects/p/zones/{ZONE}")});
         let _: () = app
@@ -71,10 +57,10 @@ async fn recorded_orphans_are_deleted_and_a_missing_vm_counts_as_deleted() {
 #[tokio::test]
 async fn an_unaccounted_vm_is_deleted_on_the_second_pass_but_a_boot_in_progress_never() {
     let compute = ComputeStandIn::start(Duration::ZERO).await;
-    let app = spawn_gce_app(&compute, &[]).await;
+    let app = TestApp::builder().gce(&compute).start().await;
     app.seed(POOL, 1, &[]).await;
-    compute.add_instance("stray", ZONE, app.labels());
-    compute.add_instance("booting-now", ZONE, app.labels());
+    compute.add_instance("stray", ZONE, labels(&app));
+    compute.add_instance("booting-now", ZONE, labels(&app));
     let pool: PoolName = POOL.parse().unwrap();
     let _: () = app
         .redis
@@ -100,10 +86,10 @@ async fn an_unaccounted_vm_is_deleted_on_the_second_pass_but_a_boot_in_progress_
 #[tokio::test]
 async fn dead_and_stopped_vms_leave_their_pool_before_anyone_checks_them_out() {
     let compute = ComputeStandIn::start(Duration::ZERO).await;
-    let app = spawn_gce_app(&compute, &[]).await;
-    compute.add_instance("stopped", ZONE, app.labels());
+    let app = TestApp::builder().gce(&compute).start().await;
+    compute.add_instance("stopped", ZONE, labels(&app));
     compute.with(|s| s.instances.get_mut("stopped").unwrap()["status"] = json!("TERMINATED"));
-    compute.add_instance("healthy", ZONE, app.labels());
+    compute.add_instance("healthy", ZONE, labels(&app));
     app.seed(
         POOL,
         3,
@@ -138,9 +124,13 @@ async fn dead_and_stopped_vms_leave_their_pool_before_anyone_checks_them_out() {
 #[tokio::test]
 async fn stale_surplus_and_poolless_vms_are_evicted_and_deleted() {
     let compute = ComputeStandIn::start(Duration::ZERO).await;
-    let app = spawn_gce_app(&compute, &[("WARMER_MAX_VM_AGE", "1h")]).await;
+    let app = TestApp::builder()
+        .gce(&compute)
+        .envs(&[("WARMER_MAX_VM_AGE", "1h")])
+        .start()
+        .await;
     for name in ["stale", "a", "b", "c", "lonely"] {
-        compute.add_instance(name, ZONE, app.labels());
+        compute.add_instance(name, ZONE, labels(&app));
     }
     app.seed(
         POOL,
@@ -177,9 +167,9 @@ async fn stale_surplus_and_poolless_vms_are_evicted_and_deleted() {
 #[tokio::test]
 async fn handed_out_vms_are_labelled_cooled_and_deleted_past_the_handout_age() {
     let compute = ComputeStandIn::start(Duration::ZERO).await;
-    let mut app = spawn_gce_app(&compute, &[]).await;
+    let mut app = TestApp::builder().gce(&compute).start().await;
     app.start_consumer().await;
-    compute.add_instance("handed", ZONE, app.labels());
+    compute.add_instance("handed", ZONE, labels(&app));
     app.seed(POOL, 1, &[entry("handed", 100)]).await;
     let reply = app.checkout().await;
     assert_eq!(reply["name"], "handed");
@@ -210,7 +200,7 @@ async fn handed_out_vms_are_labelled_cooled_and_deleted_past_the_handout_age() {
     );
     assert_eq!(
         report.plan.delete,
-        [warmer::store::OrphanRecord::new(
+        [warmer::OrphanRecord::new(
             "abandoned",
             Some(ZONE),
             "handout_expired"
@@ -227,7 +217,7 @@ async fn handed_out_vms_are_labelled_cooled_and_deleted_past_the_handout_age() {
 #[tokio::test]
 async fn a_pool_below_target_with_nothing_booting_gets_a_fill() {
     let compute = ComputeStandIn::start(Duration::ZERO).await;
-    let app = spawn_gce_app(&compute, &[]).await;
+    let app = TestApp::builder().gce(&compute).start().await;
     app.seed(POOL, 2, &[]).await;
 
     app.reconciler()
@@ -244,9 +234,13 @@ async fn a_pool_below_target_with_nothing_booting_gets_a_fill() {
 #[tokio::test]
 async fn the_brake_stops_boots_everywhere_and_releases_them() {
     let compute = ComputeStandIn::start(Duration::from_millis(50)).await;
-    let mut app = spawn_gce_app(&compute, &[("WARMER_ORPHAN_THRESHOLD", "1")]).await;
-    compute.add_instance("leak-1", ZONE, app.labels());
-    compute.add_instance("leak-2", ZONE, app.labels());
+    let mut app = TestApp::builder()
+        .gce(&compute)
+        .envs(&[("WARMER_ORPHAN_THRESHOLD", "1")])
+        .start()
+        .await;
+    compute.add_instance("leak-1", ZONE, labels(&app));
+    compute.add_instance("leak-2", ZONE, labels(&app));
     app.seed(POOL, 1, &[]).await;
     let reconciler = app.reconciler().await;
     let publisher = app.publisher().await;
@@ -258,12 +252,7 @@ async fn the_brake_stops_boots_everywhere_and_releases_them() {
     assert_eq!(engaged.next().await["unaccounted"], 2);
     app.start_refill().await;
     app.fill(POOL).await;
-    within("the fill to be delivered", async {
-        while app.queue_counts(&app.names.refill_queue()).await.0 != 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    app.wait_for_empty(&app.names.refill_queue()).await;
     // Stopping drains in-flight work: the fill has been handled, and acked (not requeued).
     app.stop_consumers().await;
     assert_eq!(app.queue_counts(&app.names.refill_queue()).await.0, 0);
@@ -298,7 +287,7 @@ async fn the_brake_stops_boots_everywhere_and_releases_them() {
 #[tokio::test]
 async fn vms_booted_by_travis_ci_warmer_are_adopted_not_evicted() {
     let compute = ComputeStandIn::start(Duration::ZERO).await;
-    let app = spawn_gce_app(&compute, &[]).await;
+    let app = TestApp::builder().gce(&compute).start().await;
     // The Ruby service labelled its VMs warmth=warmed only, and wrote full-URL zones.
     compute.add_instance("travis-job-legacy", ZONE, json!({"warmth": "warmed"}));
     let legacy = json!({"name": "travis-job-legacy", "zone": format!("https://www.googleapis.com/compute/v1/projects/p/zones/{ZONE}"),
@@ -333,7 +322,11 @@ async fn vms_booted_by_travis_ci_warmer_are_adopted_not_evicted() {
 #[tokio::test]
 async fn only_one_reconciler_is_active_and_another_takes_over_when_it_dies() {
     let compute = ComputeStandIn::start(Duration::ZERO).await;
-    let app = spawn_gce_app(&compute, &[("WARMER_RECONCILE_INTERVAL", "1")]).await;
+    let app = TestApp::builder()
+        .gce(&compute)
+        .envs(&[("WARMER_RECONCILE_INTERVAL", "1")])
+        .start()
+        .await;
     let (first, second) = (app.reconciler().await, app.reconciler().await);
     let owners = [first.owner().to_string(), second.owner().to_string()];
     let (trigger, shutdown) = warmer::shutdown::channel();
@@ -350,24 +343,14 @@ async fn only_one_reconciler_is_active_and_another_takes_over_when_it_dies() {
             .unwrap();
         owner
     };
-    let active = within("a reconciler to take the lock", async {
-        loop {
-            if let Some(owner) = holder().await {
-                return owner;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
+    let active = eventually_found("a reconciler to take the lock", holder).await;
     let index = owners.iter().position(|o| *o == active).unwrap();
     // Both keep running while the holder makes four more passes, one a second: longer than the
     // lock's 3 s expiry, so the holder renews it, and the lock never moves meanwhile.
     let passes = compute.with(|s| s.listings);
-    within("four more passes", async {
-        while compute.with(|s| s.listings) < passes + 4 {
-            assert_eq!(holder().await.as_deref(), Some(active.as_str()));
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    eventually("four more passes", || async {
+        assert_eq!(holder().await.as_deref(), Some(active.as_str()));
+        compute.with(|s| s.listings) >= passes + 4
     })
     .await;
     assert_eq!(holder().await.as_deref(), Some(active.as_str()));
@@ -381,13 +364,8 @@ async fn only_one_reconciler_is_active_and_another_takes_over_when_it_dies() {
         .await
         .unwrap();
 
-    let successor = within("the other reconciler to take over", async {
-        loop {
-            match holder().await {
-                Some(owner) if owner != active => return owner,
-                _ => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
+    let successor = eventually_found("the other reconciler to take over", || async {
+        holder().await.filter(|owner| *owner != active)
     })
     .await;
     assert_eq!(successor, owners[1 - index]);
@@ -412,9 +390,9 @@ async fn only_one_reconciler_is_active_and_another_takes_over_when_it_dies() {
 #[tokio::test]
 async fn a_second_pass_over_an_unchanged_world_does_nothing() {
     let compute = ComputeStandIn::start(Duration::ZERO).await;
-    let app = spawn_gce_app(&compute, &[]).await;
+    let app = TestApp::builder().gce(&compute).start().await;
     for name in ["a", "b", "c", "dead-orphan"] {
-        compute.add_instance(name, ZONE, app.labels());
+        compute.add_instance(name, ZONE, labels(&app));
     }
     app.seed(POOL, 2, &[entry("a", 100), entry("b", 50), entry("c", 10)])
         .await;
@@ -444,24 +422,22 @@ async fn after_faults_every_labelled_vm_is_accounted_for_or_deleted_within_two_p
         s.insert_faults.extend([503, 429]);
         s.stockout_zones.insert("us-central1-b".into());
     });
-    let mut app = spawn_gce_app(
-        &compute,
-        &[("WARMER_GOOGLE_CLOUD_ZONES", "us-central1-a,us-central1-b")],
-    )
-    .await;
+    let mut app = TestApp::builder()
+        .gce(&compute)
+        .envs(&[("WARMER_GOOGLE_CLOUD_ZONES", "us-central1-a,us-central1-b")])
+        .start()
+        .await;
     app.seed(POOL, 3, &[]).await;
     app.start_refill().await;
     app.start_consumer().await;
     app.fill(POOL).await;
-    within("the pool to fill", async {
-        while app.pool_vms(POOL).await.len() < 3 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    eventually("the pool to fill", || async {
+        app.pool_vms(POOL).await.len() >= 3
     })
     .await;
     let handed = app.checkout().await["name"].as_str().unwrap().to_string();
     // Faults: a VM leaked by a crashed booter, an entry whose VM died, a target lowered.
-    compute.add_instance("leaked", "us-central1-a", app.labels());
+    compute.add_instance("leaked", "us-central1-a", labels(&app));
     let died = app.pool_vms(POOL).await[0].clone();
     compute.with(|s| s.instances.remove(&died));
     warmer::operator::pool_set(&app.ctx, &POOL.parse().unwrap(), 1)

@@ -2,76 +2,22 @@
 
 use std::time::Duration;
 
-use redis::AsyncCommands;
 use serde_json::{Value, json};
 use warmer::operator;
-use warmer::pool::PoolName;
 
-use crate::compute::ComputeStandIn;
-use crate::helpers::*;
+use warmer_testkit::compute::ComputeStandIn;
+use warmer_testkit::*;
 
 const BOOT: Duration = Duration::from_millis(300);
-
-impl TestApp {
-    pub async fn fill(&self, pool: &str) {
-        operator::fill(&self.ctx, Some(&pool.parse().unwrap()), None)
-            .await
-            .unwrap();
-    }
-
-    async fn booting(&self, pool: &str) -> u64 {
-        let pool: PoolName = pool.parse().unwrap();
-        self.redis
-            .clone()
-            .zcard(self.names.booting(&pool))
-            .await
-            .unwrap()
-    }
-
-    /// Waits until `pool` holds `ready` VMs with nothing booting and the refill queue is drained.
-    async fn wait_until_settled(&self, pool: &str, ready: usize) {
-        within("the pool to settle", async {
-            loop {
-                if self.pool_vms(pool).await.len() == ready
-                    && self.booting(pool).await == 0
-                    && self.queue_counts(&self.names.refill_queue()).await.0 == 0
-                {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-    }
-
-    async fn entries(&self, pool: &str) -> Vec<Value> {
-        let pool: PoolName = pool.parse().unwrap();
-        let raw: Vec<String> = self
-            .redis
-            .clone()
-            .lrange(self.names.pool(&pool), 0, -1)
-            .await
-            .unwrap();
-        raw.iter()
-            .map(|e| serde_json::from_str(e).unwrap())
-            .collect()
-    }
-}
-
-impl Listener {
-    async fn take(&mut self, n: usize) -> Vec<Value> {
-        let mut events = Vec::new();
-        for _ in 0..n {
-            events.push(self.next().await);
-        }
-        events
-    }
-}
 
 #[tokio::test]
 async fn a_fill_command_boots_the_pool_to_its_target_as_spec_section_7_describes() {
     let compute = ComputeStandIn::start(BOOT).await;
-    let mut app = spawn_gce_app(&compute, &[("WARMER_GOOGLE_CLOUD_ZONES", "us-central1-b")]).await;
+    let mut app = TestApp::builder()
+        .gce(&compute)
+        .envs(&[("WARMER_GOOGLE_CLOUD_ZONES", "us-central1-b")])
+        .start()
+        .await;
     let public = format!("{POOL}:public");
     app.seed(POOL, 2, &[]).await;
     app.seed(&public, 1, &[]).await;
@@ -131,7 +77,7 @@ async fn a_fill_command_boots_the_pool_to_its_target_as_spec_section_7_describes
 #[tokio::test]
 async fn a_checkout_leads_to_a_replacement() {
     let compute = ComputeStandIn::start(BOOT).await;
-    let mut app = spawn_gce_app(&compute, &[]).await;
+    let mut app = TestApp::builder().gce(&compute).start().await;
     app.seed(POOL, 2, &[]).await;
     app.start_refill().await;
     app.start_consumer().await;
@@ -150,23 +96,27 @@ async fn a_checkout_leads_to_a_replacement() {
 #[tokio::test]
 async fn three_refill_consumers_and_a_hundred_events_never_overshoot() {
     let compute = ComputeStandIn::start(BOOT).await;
-    let mut app = spawn_gce_app(&compute, &[("WARMER_BOOT_CONCURRENCY", "4")]).await;
+    let mut app = TestApp::builder()
+        .gce(&compute)
+        .envs(&[("WARMER_BOOT_CONCURRENCY", "4")])
+        .start()
+        .await;
     app.seed(POOL, 10, &[]).await;
     for _ in 0..3 {
         app.start_refill().await;
     }
-    let publisher = warmer::amqp::Publisher::open(&app.amqp).await.unwrap();
+    let publisher = warmer::Publisher::open(&app.amqp).await.unwrap();
 
     let mut sends = tokio::task::JoinSet::new();
     for i in 0..100 {
         let (publisher, exchange) = (publisher.clone(), app.names.events_exchange());
         sends.spawn(async move {
-            let event = warmer::events::Event::PoolDropped {
+            let event = warmer::Event::PoolDropped {
                 pool: POOL.into(),
                 instance: format!("gone-{i}"),
                 zone: "z".into(),
             };
-            let properties = warmer::amqp::json_properties();
+            let properties = warmer::json_properties();
             publisher
                 .publish(&exchange, event.routing_key(), &event.body(), properties)
                 .await
@@ -192,7 +142,11 @@ async fn three_refill_consumers_and_a_hundred_events_never_overshoot() {
 async fn boots_run_in_parallel_up_to_the_boot_concurrency() {
     // Boots long enough to overlap however slowly keys are generated on a loaded machine.
     let compute = ComputeStandIn::start(Duration::from_secs(3)).await;
-    let mut app = spawn_gce_app(&compute, &[("WARMER_BOOT_CONCURRENCY", "6")]).await;
+    let mut app = TestApp::builder()
+        .gce(&compute)
+        .envs(&[("WARMER_BOOT_CONCURRENCY", "6")])
+        .start()
+        .await;
     app.seed(POOL, 9, &[]).await;
     app.start_refill().await;
 
@@ -210,7 +164,7 @@ async fn boots_run_in_parallel_up_to_the_boot_concurrency() {
 async fn rate_limits_and_server_errors_are_retried_with_the_same_request_id() {
     let compute = ComputeStandIn::start(BOOT).await;
     compute.with(|s| s.insert_faults.extend([429, 503]));
-    let mut app = spawn_gce_app(&compute, &[]).await;
+    let mut app = TestApp::builder().gce(&compute).start().await;
     app.seed(POOL, 1, &[]).await;
     app.start_refill().await;
 
@@ -227,11 +181,11 @@ async fn rate_limits_and_server_errors_are_retried_with_the_same_request_id() {
 async fn a_stockout_in_one_zone_falls_back_to_another() {
     let compute = ComputeStandIn::start(BOOT).await;
     compute.with(|s| s.stockout_zones.insert("us-central1-a".into()));
-    let mut app = spawn_gce_app(
-        &compute,
-        &[("WARMER_GOOGLE_CLOUD_ZONES", "us-central1-a,us-central1-b")],
-    )
-    .await;
+    let mut app = TestApp::builder()
+        .gce(&compute)
+        .envs(&[("WARMER_GOOGLE_CLOUD_ZONES", "us-central1-a,us-central1-b")])
+        .start()
+        .await;
     app.seed(POOL, 3, &[]).await;
     app.start_refill().await;
 
@@ -255,7 +209,11 @@ async fn a_stockout_in_one_zone_falls_back_to_another() {
 async fn an_operation_that_never_finishes_ends_as_a_deleted_orphan() {
     let compute = ComputeStandIn::start(BOOT).await;
     compute.with(|s| s.never_finish = true);
-    let mut app = spawn_gce_app(&compute, &[("WARMER_VM_CREATION_TIMEOUT", "2")]).await;
+    let mut app = TestApp::builder()
+        .gce(&compute)
+        .envs(&[("WARMER_VM_CREATION_TIMEOUT", "2")])
+        .start()
+        .await;
     app.seed(POOL, 1, &[]).await;
     let mut orphaned = app.listen("instance.orphaned").await;
     let mut deleted = app.listen("instance.deleted").await;
@@ -282,7 +240,11 @@ async fn an_operation_that_never_finishes_ends_as_a_deleted_orphan() {
 async fn a_quota_error_stops_the_boots_and_is_reported() {
     let compute = ComputeStandIn::start(BOOT).await;
     compute.with(|s| s.quota_exhausted = true);
-    let mut app = spawn_gce_app(&compute, &[("WARMER_BOOT_CONCURRENCY", "2")]).await;
+    let mut app = TestApp::builder()
+        .gce(&compute)
+        .envs(&[("WARMER_BOOT_CONCURRENCY", "2")])
+        .start()
+        .await;
     app.seed(POOL, 5, &[]).await;
     let mut failed = app.listen("boot.failed").await;
     app.start_refill().await;
@@ -304,7 +266,7 @@ async fn a_quota_error_stops_the_boots_and_is_reported() {
 #[tokio::test]
 async fn lowering_a_target_deletes_the_surplus() {
     let compute = ComputeStandIn::start(BOOT).await;
-    let mut app = spawn_gce_app(&compute, &[]).await;
+    let mut app = TestApp::builder().gce(&compute).start().await;
     app.seed(POOL, 3, &[]).await;
     app.start_refill().await;
     app.fill(POOL).await;
@@ -329,7 +291,7 @@ async fn lowering_a_target_deletes_the_surplus() {
 #[tokio::test]
 async fn deleting_a_pool_deletes_its_vms() {
     let compute = ComputeStandIn::start(BOOT).await;
-    let mut app = spawn_gce_app(&compute, &[]).await;
+    let mut app = TestApp::builder().gce(&compute).start().await;
     app.seed(POOL, 2, &[]).await;
     app.start_refill().await;
     app.fill(POOL).await;
@@ -349,7 +311,7 @@ async fn deleting_a_pool_deletes_its_vms() {
 #[tokio::test]
 async fn the_worker_can_decrypt_the_key_and_it_matches_the_vms_metadata() {
     let compute = ComputeStandIn::start(BOOT).await;
-    let mut app = spawn_gce_app(&compute, &[]).await;
+    let mut app = TestApp::builder().gce(&compute).start().await;
     app.seed(POOL, 1, &[]).await;
     app.start_refill().await;
     app.start_consumer().await;
@@ -406,11 +368,11 @@ async fn the_worker_can_decrypt_the_key_and_it_matches_the_vms_metadata() {
 #[tokio::test]
 async fn a_fill_command_without_a_valid_token_is_dead_lettered_and_boots_nothing() {
     let compute = ComputeStandIn::start(BOOT).await;
-    let mut app = spawn_gce_app(
-        &compute,
-        &[("WARMER_AUTH_TOKENS", "ops-token-1,ops-token-2")],
-    )
-    .await;
+    let mut app = TestApp::builder()
+        .gce(&compute)
+        .envs(&[("WARMER_AUTH_TOKENS", "ops-token-1,ops-token-2")])
+        .start()
+        .await;
     app.seed(POOL, 1, &[]).await;
     let mut dead = app.dead_letters().await;
     app.start_refill().await;
@@ -437,15 +399,13 @@ async fn a_fill_command_without_a_valid_token_is_dead_lettered_and_boots_nothing
 async fn vms_that_finish_booting_after_the_target_was_lowered_are_deleted_not_pooled() {
     // Boots long enough that both are still in flight when the target drops.
     let compute = ComputeStandIn::start(Duration::from_secs(3)).await;
-    let mut app = spawn_gce_app(&compute, &[]).await;
+    let mut app = TestApp::builder().gce(&compute).start().await;
     app.seed(POOL, 2, &[]).await;
     let mut deleted = app.listen("instance.deleted").await;
     app.start_refill().await;
     app.fill(POOL).await;
-    within("both boots to start", async {
-        while compute.with(|s| s.inserts.len()) < 2 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    eventually("both boots to start", || async {
+        compute.with(|s| s.inserts.len()) >= 2
     })
     .await;
 
@@ -471,7 +431,11 @@ async fn pools_short_at_the_same_moment_all_start_booting_at_once() {
     // Boots that outlast the test's wait: only a fair share of the slots can explain a boot in
     // every pool, not a slot freed by a finished boot.
     let compute = ComputeStandIn::start(Duration::from_secs(60)).await;
-    let mut app = spawn_gce_app(&compute, &[("WARMER_BOOT_CONCURRENCY", "8")]).await;
+    let mut app = TestApp::builder()
+        .gce(&compute)
+        .envs(&[("WARMER_BOOT_CONCURRENCY", "8")])
+        .start()
+        .await;
     let pools: Vec<String> = (0..4).map(|i| format!("image-{i}:n1-standard-2")).collect();
     for pool in &pools {
         app.seed(pool, 1, &[]).await;
@@ -483,17 +447,12 @@ async fn pools_short_at_the_same_moment_all_start_booting_at_once() {
 
     app.start_refill().await;
 
-    within("a boot in every pool", async {
-        loop {
-            let mut booting = 0;
-            for pool in &pools {
-                booting += app.booting(pool).await.min(1);
-            }
-            if booting == pools.len() as u64 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    eventually("a boot in every pool", || async {
+        let mut booting = 0;
+        for pool in &pools {
+            booting += app.booting(pool).await.min(1);
         }
+        booting == pools.len() as u64
     })
     .await;
     for pool in &pools {

@@ -7,9 +7,9 @@ use redis::AsyncCommands;
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
 
-use crate::compute::{self, ComputeStandIn};
-use crate::helpers::*;
 use crate::lifecycle::terminate;
+use warmer_testkit::compute::{self, ComputeStandIn};
+use warmer_testkit::*;
 
 /// A RabbitMQ user (made with `rabbitmqctl`) and a Redis ACL user, removed on drop.
 struct Users {
@@ -130,10 +130,10 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port().to_string();
     drop(listener);
-    let app = spawn_app_configured(
-        &amqp_url,
-        &redis_url,
-        &[
+    let app = TestApp::builder()
+        .amqp_url(&amqp_url)
+        .redis_url(&redis_url)
+        .envs(&[
             ("WARMER_PROVIDER", "gce"),
             ("WARMER_GOOGLE_CLOUD_PROJECT", compute::PROJECT),
             ("WARMER_GOOGLE_CLOUD_REGION", compute::REGION),
@@ -145,9 +145,9 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
             ("HEROKU_API_TOKEN", &heroku_token),
             ("WARMER_RECONCILE_INTERVAL", "1s"),
             ("PORT", &port),
-        ],
-    )
-    .await;
+        ])
+        .start()
+        .await;
     app.seed(POOL, 1, &[]).await;
 
     let processes: Vec<Traced> = ["checkout", "refill", "reconcile", "web"]
@@ -158,10 +158,8 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
     app.wait_for_queue_consumers(&app.names.refill_queue(), 1)
         .await;
     let mut logs = vec![Traced::start(&app, &["fill", POOL]).finish().await];
-    within("a VM booted on the stand-in", async {
-        while app.pool_vms(POOL).await.is_empty() {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+    eventually("a VM booted on the stand-in", || async {
+        !app.pool_vms(POOL).await.is_empty()
     })
     .await;
     let request = [

@@ -1,10 +1,8 @@
 //! `warmer web`: health, Prometheus metrics and the HireFire endpoint, over real HTTP.
 
-use std::time::Duration;
-
 use serde_json::{Value, json};
 
-use crate::helpers::*;
+use warmer_testkit::*;
 
 async fn get(url: &str, header: Option<(&str, &str)>) -> (u16, String, String) {
     let mut request = reqwest::Client::new().get(url);
@@ -23,25 +21,21 @@ async fn get(url: &str, header: Option<(&str, &str)>) -> (u16, String, String) {
 
 /// Polls `url` until its JSON body equals `expected` (queue counts settle asynchronously).
 async fn wait_for_json(url: &str, header: Option<(&str, &str)>, expected: Value) {
-    within(&format!("{url} to answer {expected}"), async {
-        loop {
-            let (status, content_type, body) = get(url, header).await;
-            if status == 200
-                && content_type == "application/json"
-                && serde_json::from_str::<Value>(&body).ok().as_ref() == Some(&expected)
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    eventually(&format!("{url} to answer {expected}"), || async {
+        let (status, content_type, body) = get(url, header).await;
+        status == 200
+            && content_type == "application/json"
+            && serde_json::from_str::<Value>(&body).ok().as_ref() == Some(&expected)
     })
     .await
 }
 
 #[tokio::test]
 async fn hirefire_gets_the_backlog_of_each_process_type_for_the_right_token_only() {
-    let mut app =
-        spawn_app_configured(AMQP_URL, REDIS_URL, &[("HIREFIRE_TOKEN", "hf-s3cret")]).await;
+    let mut app = TestApp::builder()
+        .envs(&[("HIREFIRE_TOKEN", "hf-s3cret")])
+        .start()
+        .await;
     let requester = app.requester().await;
     for _ in 0..3 {
         requester
@@ -84,7 +78,7 @@ async fn hirefire_gets_the_backlog_of_each_process_type_for_the_right_token_only
 
 #[tokio::test]
 async fn without_a_hirefire_token_the_hirefire_routes_do_not_exist() {
-    let mut app = spawn_app_without_consumer().await;
+    let mut app = TestApp::builder().start().await;
     let url = app.start_web().await;
 
     let (status, _, _) = get(&format!("{url}/hirefire//info"), None).await;
@@ -133,7 +127,7 @@ async fn metrics_show_every_pool_the_orphans_the_brake_and_the_queues() {
         .unwrap_or_else(|| panic!("no oldest age in\n{body}"))
         .parse()
         .unwrap();
-    let expected = (warmer::store::now_ms() / 1000 - 1_700_000_000) as f64;
+    let expected = (warmer::now_ms() / 1000 - 1_700_000_000) as f64;
     assert!(
         (age - expected).abs() < 60.0,
         "age {age}, expected about {expected}"
@@ -145,7 +139,10 @@ async fn metrics_show_every_pool_the_orphans_the_brake_and_the_queues() {
 #[tokio::test]
 async fn health_names_the_dependency_that_is_down_and_recovers_with_it() {
     let proxy = Proxy::start("127.0.0.1:6379").await;
-    let mut app = spawn_app_with(AMQP_URL, &format!("redis://127.0.0.1:{}/0", proxy.port)).await;
+    let mut app = TestApp::builder()
+        .redis_url(&format!("redis://127.0.0.1:{}/0", proxy.port))
+        .start()
+        .await;
     let url = app.start_web().await;
     let health = format!("{url}/health");
     wait_for_json(&health, None, json!({"redis": "ok", "rabbitmq": "ok"})).await;
@@ -173,7 +170,10 @@ async fn health_names_the_dependency_that_is_down_and_recovers_with_it() {
 #[tokio::test]
 async fn without_rabbitmq_health_fails_and_metrics_keep_the_pools_until_it_returns() {
     let proxy = Proxy::start("127.0.0.1:5672").await;
-    let mut app = spawn_app_with(&format!("amqp://127.0.0.1:{}/%2f", proxy.port), REDIS_URL).await;
+    let mut app = TestApp::builder()
+        .amqp_url(&format!("amqp://127.0.0.1:{}/%2f", proxy.port))
+        .start()
+        .await;
     app.seed(POOL, 2, &[vm("a")]).await;
     let url = app.start_web().await;
     let health = format!("{url}/health");

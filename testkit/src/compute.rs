@@ -14,6 +14,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+use crate::serve_http;
+
 pub const PROJECT: &str = "warmer-test";
 pub const REGION: &str = "us-central1";
 pub const TOKEN: &str = "standin-access-token";
@@ -73,29 +75,6 @@ impl Drop for ComputeStandIn {
     fn drop(&mut self) {
         self.server.abort();
     }
-}
-
-/// Serves HTTP/1 on `listener` with `handler` until the returned task is aborted: the transport
-/// of the stand-ins for external APIs.
-pub fn serve_http<H, F>(listener: TcpListener, handler: H) -> tokio::task::JoinHandle<()>
-where
-    H: Fn(hyper::Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = hyper::Response<http_body_util::Full<hyper::body::Bytes>>> + Send + 'static,
-{
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let handler = handler.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request| {
-                    let response = handler(request);
-                    async move { Ok::<_, std::convert::Infallible>(response.await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    })
 }
 
 impl ComputeStandIn {
@@ -302,10 +281,21 @@ async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Respons
     }
 }
 
-/// Checks an insert body against what the API requires and what SPEC §7 promises.
+/// A resource name as the API reference defines it: `[a-z]([-a-z0-9]{0,61}[a-z0-9])?`.
+fn is_resource_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (1..=63).contains(&bytes.len())
+        && bytes[0].is_ascii_lowercase()
+        && bytes[bytes.len() - 1] != b'-'
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+/// Checks an insert body against what the API requires and what warmer promises of its VMs.
 fn check_insert_body(zone: &str, body: &Value) -> Result<(), String> {
     let name = body["name"].as_str().ok_or("name is required")?;
-    if !warmer::pool::is_gce_name(name) {
+    if !is_resource_name(name) {
         return Err(format!("Invalid value for field 'resource.name': '{name}'"));
     }
     let machine_type = body["machineType"]

@@ -1,18 +1,16 @@
-//! What the benchmarks share: the local servers, the travis-shaped request, a fresh
-//! deployment's names, waiting for a consumer, and removing a deployment's queues and keys.
+//! What the benchmarks share besides the app: settings from the environment, medians, a fresh
+//! deployment's names, one checkout as a worker does it, and waiting for a consumer.
 
 use std::time::{Duration, Instant};
 
 use futures_lite::StreamExt;
-use lapin::options::{BasicPublishOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel, Connection};
-use redis::AsyncCommands;
-use warmer::amqp::DIRECT_REPLY_TO;
-use warmer::names::Names;
-use warmer::store::now_ms;
+use warmer::DIRECT_REPLY_TO;
 
-pub const AMQP_URL: &str = "amqp://127.0.0.1:5672/%2f";
-pub const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+use crate::REDIS_URL;
+use warmer::now_ms;
+
 pub const POOL: &str = "bench-image:n1-standard-2";
 /// The travis worker's request for [`POOL`].
 pub const REQUEST: &[u8] = br#"{"site":"org","zone":"us-central1-c","image_name":"https://www.googleapis.com/compute/v1/projects/p/global/images/bench-image","machine_type":"https://www.googleapis.com/compute/v1/projects/p/zones/us-central1-c/machineTypes/n1-standard-2","public_ip":false}"#;
@@ -79,7 +77,7 @@ pub async fn check_out(
 pub async fn wait_for_consumer(amqp: &Connection, queue: &str) -> anyhow::Result<()> {
     let channel = amqp.create_channel().await?;
     for _ in 0..1000 {
-        if warmer::amqp::passive_declare(&channel, queue)
+        if warmer::passive_declare(&channel, queue)
             .await?
             .consumer_count()
             > 0
@@ -90,36 +88,6 @@ pub async fn wait_for_consumer(amqp: &Connection, queue: &str) -> anyhow::Result
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     anyhow::bail!("no consumer on {queue}")
-}
-
-/// Removes a deployment's queues, events exchange and Redis keys.
-pub async fn remove_deployment(
-    amqp: &Connection,
-    names: &Names,
-    redis: &mut redis::aio::ConnectionManager,
-) -> anyhow::Result<()> {
-    let channel = amqp.create_channel().await?;
-    for queue in [
-        names.checkout_queue(),
-        names.refill_queue(),
-        names.dead_letter_queue(),
-    ] {
-        channel
-            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-            .await?;
-    }
-    channel
-        .exchange_delete(
-            names.events_exchange().as_str().into(),
-            ExchangeDeleteOptions::default(),
-        )
-        .await?;
-    let _ = channel.close(200, "ok".into()).await;
-    let keys: Vec<String> = redis.keys(format!("{}:*", names.namespace())).await?;
-    if !keys.is_empty() {
-        let _: () = redis.del(keys).await?;
-    }
-    Ok(())
 }
 
 /// A connection of the bench's own to the local Redis, to seed and clean up.

@@ -13,7 +13,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-use crate::compute::serve_http;
+use crate::serve_http;
 
 pub const APP: &str = "warmer-test-app";
 pub const TOKEN: &str = "heroku-standin-token";

@@ -1,0 +1,89 @@
+//! What warmer's integration tests (`tests/api`) and benches share.
+//!
+//! - [`TestApp`]: one deployment of warmer on the real Redis and RabbitMQ of this machine, with
+//!   its own AMQP prefix and Redis namespace, removed when it is dropped; built with
+//!   [`TestApp::builder`] (or [`spawn_app`]).
+//! - Clients of it: a [`Requester`] speaking the travis worker's protocol, a [`Listener`] for
+//!   events.
+//! - Servers around it: a [`Proxy`] that cuts warmer off a server, a [`PrivateRedis`] to stall
+//!   or configure, and stand-ins for the external HTTP APIs ([`ComputeStandIn`],
+//!   [`HerokuStandIn`]), written from their API references.
+//! - Waiting: [`eventually`] polls a condition, [`within`] bounds a future; both fail the test
+//!   after [`PATIENCE`], naming what was awaited.
+
+mod app;
+pub mod bench;
+mod clients;
+pub mod compute;
+pub mod heroku;
+mod servers;
+
+use std::future::Future;
+use std::time::Duration;
+
+pub use app::{AppBuilder, TestApp, remove_deployment, spawn_app, vm};
+pub use clients::{Listener, Requester};
+pub use compute::ComputeStandIn;
+pub use heroku::HerokuStandIn;
+pub use servers::{PrivateRedis, Proxy, serve_http};
+
+pub const AMQP_URL: &str = "amqp://127.0.0.1:5672/%2f";
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+/// Every wait in a test is bounded by this.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+pub const POOL: &str = "travis-ci-garnet-trusty-1503417006:n1-standard-2";
+/// The travis worker's request for [`POOL`], byte for byte as the protocol shows it.
+pub const TRAVIS_REQUEST: &str = r#"{"site":"org","zone":"us-central1-c",
+ "image_name":"https://www.googleapis.com/compute/v1/projects/p/global/images/travis-ci-garnet-trusty-1503417006",
+ "machine_type":"https://www.googleapis.com/compute/v1/projects/p/zones/us-central1-c/machineTypes/n1-standard-2",
+ "public_ip":false}"#;
+/// The SSH key passphrase of deployments on the Compute Engine stand-in.
+pub const PASSPHRASE: &str = "test passphrase";
+
+/// Awaits `future` for at most [`PATIENCE`], failing the test with `what` otherwise.
+pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(PATIENCE, future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// Waits until `condition` holds, asking every 20 ms for at most [`PATIENCE`]; fails the test
+/// with `what` otherwise.
+pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    within(what, async {
+        while !condition().await {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+/// Waits until `probe` finds something, asking every 20 ms for at most [`PATIENCE`]; returns it.
+pub async fn eventually_found<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    within(what, async {
+        loop {
+            if let Some(found) = probe().await {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+/// A free TCP port on loopback (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
