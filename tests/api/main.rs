@@ -10,5 +10,6 @@ mod lifecycle;
 mod operator;
 mod reconcile;
 mod refill;
+mod scripts;
 mod secrets;
 mod web;

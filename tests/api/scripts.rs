@@ -1,0 +1,371 @@
+//! Each Lua script's stated invariant, checked directly through the store on the real Redis.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use warmer::{CheckoutOutcome, Disposal, Finished, GiveBack, PoolEntry, PoolName, Settled, now_ms};
+use warmer_testkit::*;
+
+fn pool() -> &'static PoolName {
+    static PARSED: std::sync::LazyLock<PoolName> =
+        std::sync::LazyLock::new(|| POOL.parse().unwrap());
+    &PARSED
+}
+
+/// The orphan records' (name, reason) pairs, in order.
+async fn orphan_reasons(app: &TestApp) -> Vec<(String, String)> {
+    app.orphan_records()
+        .await
+        .iter()
+        .map(|r| {
+            let text = |field: &str| r[field].as_str().unwrap_or_default().to_string();
+            (text("name"), text("reason"))
+        })
+        .collect()
+}
+
+fn entry(name: &str) -> PoolEntry {
+    serde_json::from_value(vm(name)).unwrap()
+}
+
+#[tokio::test]
+async fn checkout_pops_the_oldest_into_the_requests_lease_once() {
+    let app = TestApp::builder().start().await;
+    app.seed(POOL, 3, &[vm("old"), vm("young")]).await;
+    let store = &app.ctx.store;
+    let now = now_ms();
+
+    let first = store.checkout("m:a", pool(), now, now + 30_000, now + 60_000);
+    let again = store.checkout("m:a", pool(), now, now + 30_000, now + 60_000);
+    let (first, again) = (first.await.unwrap(), again.await.unwrap());
+
+    assert!(matches!(&first, CheckoutOutcome::Popped(e) if e.contains("\"old\"")));
+    assert!(matches!(&again, CheckoutOutcome::Leased(e) if e.contains("\"old\"")));
+    assert_eq!(app.pool_vms(POOL).await, ["young"], "one VM left the pool");
+    let late = store.checkout("m:b", pool(), now + 5, now, now + 60_000);
+    assert_eq!(late.await.unwrap(), CheckoutOutcome::Expired);
+    let missing: PoolName = "other-image:n1-standard-1".parse().unwrap();
+    let none = store.checkout("m:c", &missing, now, now + 30_000, now + 60_000);
+    assert_eq!(none.await.unwrap(), CheckoutOutcome::NoPool);
+    store
+        .checkout("m:d", pool(), now, now + 30_000, now + 60_000)
+        .await
+        .unwrap();
+    let empty = store.checkout("m:e", pool(), now, now + 30_000, now + 60_000);
+    assert_eq!(empty.await.unwrap(), CheckoutOutcome::Empty);
+    // A pending lease found past its deadline: its fate is unknown, the VM is deleted.
+    let past = store.checkout("m:a", pool(), now + 40_000, now + 30_000, now + 60_000);
+    assert!(matches!(past.await.unwrap(), CheckoutOutcome::Orphaned(_)));
+    assert_eq!(
+        orphan_reasons(&app).await,
+        [("old".to_string(), "checkout_unsettled".to_string())]
+    );
+}
+
+#[tokio::test]
+async fn settle_hands_out_once_and_says_when_the_lease_was_swept() {
+    let app = TestApp::builder().start().await;
+    app.seed(POOL, 1, &[vm("vm")]).await;
+    let store = &app.ctx.store;
+    let now = now_ms();
+    store
+        .checkout("m:a", pool(), now, now + 30_000, now + 60_000)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        store.settle("m:a", now + 1_000).await.unwrap(),
+        Settled::Now
+    );
+    assert_eq!(
+        store.settle("m:a", now + 1_000).await.unwrap(),
+        Settled::Already
+    );
+    assert_eq!(store.settle("m:never", now).await.unwrap(), Settled::Swept);
+    assert_eq!(
+        app.leases().await["m:a"],
+        ("vm".to_string(), "handed".to_string())
+    );
+}
+
+#[tokio::test]
+async fn give_back_returns_only_a_pending_lease_and_never_past_the_target() {
+    let app = TestApp::builder().start().await;
+    app.seed(POOL, 2, &[vm("a"), vm("b"), vm("c")]).await;
+    let store = &app.ctx.store;
+    let now = now_ms();
+    for id in ["m:a", "m:b", "m:c"] {
+        store
+            .checkout(id, pool(), now, now + 30_000, now + 60_000)
+            .await
+            .unwrap();
+    }
+    store.settle("m:c", now + 1_000).await.unwrap();
+
+    let head = store
+        .give_back("m:a", pool(), Disposal::Head)
+        .await
+        .unwrap();
+    assert_eq!(head, (GiveBack::Head, "a".to_string()));
+    let handed = store
+        .give_back("m:c", pool(), Disposal::Head)
+        .await
+        .unwrap();
+    assert_eq!(
+        handed.0,
+        GiveBack::NothingPending,
+        "a handed-out VM stays out"
+    );
+    app.ctx.store.set_target(pool(), 1).await.unwrap();
+    let surplus = store
+        .give_back("m:b", pool(), Disposal::Head)
+        .await
+        .unwrap();
+    assert_eq!(
+        surplus,
+        (GiveBack::Orphaned("surplus".into()), "b".to_string())
+    );
+    assert_eq!(app.pool_vms(POOL).await, ["a"]);
+    assert_eq!(
+        orphan_reasons(&app).await,
+        [("b".to_string(), "surplus".to_string())]
+    );
+    let again = store
+        .give_back("m:b", pool(), Disposal::Head)
+        .await
+        .unwrap();
+    assert_eq!(
+        again.0,
+        GiveBack::NothingPending,
+        "a give-back happens once"
+    );
+}
+
+#[tokio::test]
+async fn sweep_records_pending_and_handed_leases_past_their_time_with_their_reasons() {
+    let app = TestApp::builder().start().await;
+    app.seed(POOL, 2, &[vm("pending"), vm("handed")]).await;
+    let store = &app.ctx.store;
+    let now = now_ms();
+    store
+        .checkout("m:p", pool(), now, now + 1, now + 2)
+        .await
+        .unwrap();
+    store
+        .checkout("m:h", pool(), now, now + 1, now + 2)
+        .await
+        .unwrap();
+    store.settle("m:h", now + 3).await.unwrap();
+
+    let swept = store.sweep_leases(now + 10).await.unwrap();
+
+    assert_eq!((swept.pending, swept.handed), (1, 1));
+    let mut reasons = orphan_reasons(&app).await;
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        [
+            ("handed".to_string(), "handout_expired".to_string()),
+            ("pending".to_string(), "lease_expired".to_string())
+        ]
+    );
+    assert!(app.leases().await.is_empty());
+    let quiet = store.sweep_leases(now + 10).await.unwrap();
+    assert_eq!((quiet.pending, quiet.handed), (0, 0));
+}
+
+#[tokio::test]
+async fn a_deleted_pools_vms_are_recorded_and_an_unreadable_entry_is_kept_for_an_operator() {
+    let app = TestApp::builder().start().await;
+    app.seed(POOL, 2, &[vm("vm-1"), json!("not an entry")])
+        .await;
+    let store = &app.ctx.store;
+
+    assert_eq!(store.delete_pool(pool()).await.unwrap(), Some(2));
+    assert_eq!(store.delete_pool(pool()).await.unwrap(), None);
+
+    let records = app.orphan_records().await;
+    assert_eq!(
+        records[0],
+        json!({"name": "vm-1", "zone": "us-central1-c", "reason": "pool_deleted"})
+    );
+    assert_eq!(records[1]["name"], Value::Null);
+    assert_eq!(records[1]["reason"], "unreadable");
+    assert_eq!(records[1]["entry"], "\"not an entry\"");
+    assert!(app.pool_vms(POOL).await.is_empty());
+}
+
+#[tokio::test]
+async fn reservations_never_exceed_the_target_repeat_safely_and_expire_into_orphans() {
+    let app = TestApp::builder().start().await;
+    app.seed(POOL, 3, &[vm("ready")]).await;
+    let store = &app.ctx.store;
+    let names: Vec<String> = (0..5).map(|i| format!("boot-{i}")).collect();
+    let later = now_ms() + 60_000;
+
+    let first = store.reserve_boots(pool(), &names, later).await.unwrap();
+    assert_eq!(first.names, ["boot-0", "boot-1"], "ready + booting <= 3");
+    // The same call again (its answer lost with a connection): the same names, nothing more.
+    let again = store.reserve_boots(pool(), &names, later).await.unwrap();
+    assert_eq!(again.names, ["boot-0", "boot-1"]);
+    assert_eq!(app.booting(POOL).await, 2);
+    let full = store
+        .reserve_boots(pool(), &["boot-9".to_string()], later)
+        .await
+        .unwrap();
+    assert!(full.names.is_empty());
+
+    // Past their expiry, reservations belong to a booter that died: their VMs are recorded.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let soon = now_ms() + 1;
+    let orphaned: PoolName = "expiring-image:n1-standard-1".parse().unwrap();
+    store.set_target(&orphaned, 1).await.unwrap();
+    store
+        .reserve_boots(&orphaned, &["doomed".to_string()], soon)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let after = store
+        .reserve_boots(&orphaned, &["next".to_string()], later)
+        .await
+        .unwrap();
+    assert_eq!(after.names, ["next"]);
+    assert_eq!(
+        orphan_reasons(&app).await,
+        [("doomed".to_string(), "boot_abandoned".to_string())]
+    );
+}
+
+#[tokio::test]
+async fn a_finished_boot_joins_its_pool_once_or_is_recorded_never_both() {
+    let app = TestApp::builder().start().await;
+    app.seed(POOL, 1, &[]).await;
+    let store = &app.ctx.store;
+    let later = now_ms() + 60_000;
+    store
+        .reserve_boots(pool(), &["vm-1".to_string()], later)
+        .await
+        .unwrap();
+
+    let ready = store.finish_boot(pool(), &entry("vm-1")).await.unwrap();
+    // Run again (a retry after a dropped connection): still ready, not an orphan as well.
+    let repeated = store.finish_boot(pool(), &entry("vm-1")).await.unwrap();
+
+    assert_eq!((ready, repeated), (Finished::Ready, Finished::Ready));
+    assert_eq!(app.pool_vms(POOL).await, ["vm-1"]);
+    assert!(app.orphaned().await.is_empty());
+    // Without a reservation: recorded, not pooled.
+    let unreserved = store.finish_boot(pool(), &entry("vm-2")).await.unwrap();
+    assert_eq!(unreserved, Finished::Expired);
+    // Target reached meanwhile: the late boot is surplus.
+    store.set_target(pool(), 2).await.unwrap();
+    store
+        .reserve_boots(pool(), &["vm-3".to_string()], later)
+        .await
+        .unwrap();
+    store.set_target(pool(), 1).await.unwrap();
+    let surplus = store.finish_boot(pool(), &entry("vm-3")).await.unwrap();
+    assert_eq!(surplus, Finished::Surplus);
+    assert_eq!(app.pool_vms(POOL).await, ["vm-1"]);
+    assert_eq!(
+        orphan_reasons(&app).await,
+        [
+            ("vm-2".to_string(), "expired".to_string()),
+            ("vm-3".to_string(), "surplus".to_string())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_abandoned_boot_frees_its_slot_and_is_recorded_once() {
+    let app = TestApp::builder().start().await;
+    app.seed(POOL, 2, &[]).await;
+    let store = &app.ctx.store;
+    let names = ["halfway".to_string(), "never-created".to_string()];
+    store
+        .reserve_boots(pool(), &names, now_ms() + 60_000)
+        .await
+        .unwrap();
+
+    let zone = Some("us-central1-b");
+    let first = store.abandon_boot(pool(), "halfway", zone, Some("boot_failed"));
+    assert!(first.await.unwrap());
+    let repeated = store.abandon_boot(pool(), "halfway", zone, Some("boot_failed"));
+    assert!(!repeated.await.unwrap());
+    let nothing = store.abandon_boot(pool(), "never-created", None, None);
+    assert!(nothing.await.unwrap());
+
+    assert_eq!(app.booting(POOL).await, 0);
+    assert_eq!(
+        app.orphan_records().await,
+        [json!({"name": "halfway", "zone": "us-central1-b", "reason": "boot_failed"})]
+    );
+}
+
+#[tokio::test]
+async fn trimming_gives_up_the_oldest_surplus_and_no_more() {
+    let app = TestApp::builder().start().await;
+    app.seed(POOL, 4, &[vm("a"), vm("b"), vm("c"), vm("d")])
+        .await;
+    let store = &app.ctx.store;
+    store.set_target(pool(), 2).await.unwrap();
+    store
+        .reserve_boots(pool(), &[], now_ms() + 60_000)
+        .await
+        .unwrap();
+
+    assert_eq!(store.trim_pool(pool()).await.unwrap(), 2);
+    assert_eq!(store.trim_pool(pool()).await.unwrap(), 0);
+    assert_eq!(app.pool_vms(POOL).await, ["c", "d"]);
+    assert_eq!(
+        orphan_reasons(&app).await,
+        [
+            ("a".to_string(), "surplus".to_string()),
+            ("b".to_string(), "surplus".to_string())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_eviction_moves_an_entry_to_orphaned_once() {
+    let app = TestApp::builder().start().await;
+    app.seed(POOL, 1, &[vm("dead")]).await;
+    let raw = vm("dead").to_string();
+    let store = &app.ctx.store;
+
+    let evicted = store.evict(POOL, &raw, "dead", "us-central1-c", "gone");
+    assert!(evicted.await.unwrap());
+    let again = store.evict(POOL, &raw, "dead", "us-central1-c", "gone");
+    assert!(!again.await.unwrap(), "no longer in the pool");
+
+    assert!(app.pool_vms(POOL).await.is_empty());
+    assert_eq!(
+        orphan_reasons(&app).await,
+        [("dead".to_string(), "gone".to_string())]
+    );
+}
+
+#[tokio::test]
+async fn one_owner_holds_the_lock_until_it_releases_or_lets_it_expire() {
+    let app = TestApp::builder().start().await;
+    let store = &app.ctx.store;
+    let ttl = Duration::from_millis(300);
+
+    assert!(store.lock("first", ttl).await.unwrap());
+    assert!(!store.lock("second", ttl).await.unwrap());
+    assert!(
+        store.lock("first", ttl).await.unwrap(),
+        "renewed by its owner"
+    );
+    store.unlock("second").await.unwrap();
+    assert!(
+        !store.lock("second", ttl).await.unwrap(),
+        "only its owner releases it"
+    );
+    store.unlock("first").await.unwrap();
+    assert!(store.lock("second", ttl).await.unwrap());
+    eventually("the lock to expire", || async {
+        store.lock("first", ttl).await.unwrap()
+    })
+    .await;
+}
