@@ -4,7 +4,11 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use crate::cloud::Cloud;
+use crate::config::Config;
+use crate::context::Context;
 use crate::pool::PoolName;
+use crate::{autoscale, checkout, dev, operator, reconcile, refill, shutdown, web};
 
 /// Pools of pre-warmed cloud VMs, handed out over AMQP.
 ///
@@ -90,6 +94,102 @@ pub enum PoolCommand {
         /// `<image>:<machine_type>` or `<image>:<machine_type>:public`.
         pool: PoolName,
     },
+}
+
+/// What a command leaves for `main` to print, and whether it failed (`warmer request` got an
+/// error reply). Processes print nothing: they log.
+pub struct Output {
+    pub text: String,
+    pub failed: bool,
+}
+
+impl From<String> for Output {
+    fn from(text: String) -> Self {
+        Output {
+            text,
+            failed: false,
+        }
+    }
+}
+
+/// Runs the command: a process until SIGTERM, or an operator command once.
+pub async fn run(command: Command, config: Config) -> anyhow::Result<Output> {
+    let token = config.auth_tokens.first().map(|t| t.expose().to_string());
+    let ctx = Context::new(config).await?;
+    let quiet = Output::from(String::new());
+    Ok(match command {
+        Command::Checkout => {
+            checkout::run(ctx, shutdown::on_signals()?).await?;
+            quiet
+        }
+        Command::Refill => {
+            let cloud = Cloud::from_config(&ctx.config).await?;
+            refill::run(ctx, cloud, shutdown::on_signals()?).await?;
+            quiet
+        }
+        Command::Reconcile => {
+            let cloud = Cloud::from_config(&ctx.config).await?;
+            let reconciler = reconcile::Reconciler::new(ctx, cloud);
+            reconciler.run(shutdown::on_signals()?).await?;
+            quiet
+        }
+        Command::Web => {
+            web::run(ctx, shutdown::on_signals()?).await?;
+            quiet
+        }
+        Command::Autoscale => {
+            let autoscaler = autoscale::Autoscaler::new(ctx)?;
+            autoscaler.run(shutdown::on_signals()?).await?;
+            quiet
+        }
+        Command::Dev => {
+            dev::run(ctx, shutdown::on_signals()?).await?;
+            quiet
+        }
+        Command::Pool(PoolCommand::List) => operator::pool_list(&ctx).await?.into(),
+        Command::Pool(PoolCommand::Set { pool, target }) => {
+            let mut output = operator::pool_set(&ctx, &pool, target).await?;
+            // Apply it now rather than at the next event or reconcile pass.
+            match operator::fill(&ctx, Some(&pool), token.as_deref()).await {
+                Ok(filled) => output.push_str(&filled),
+                Err(error) => output.push_str(&format!(
+                    "(no fill published: {}; the next reconcile pass applies the target)\n",
+                    crate::telemetry::report(&error)
+                )),
+            }
+            output.into()
+        }
+        Command::Pool(PoolCommand::Delete { pool }) => {
+            operator::pool_delete(&ctx, &pool).await?.into()
+        }
+        Command::Fill { pool, token: given } => {
+            let token = given.or(token);
+            operator::fill(&ctx, pool.as_ref(), token.as_deref())
+                .await?
+                .into()
+        }
+        Command::Request {
+            image,
+            machine_type,
+            public_ip,
+            site,
+            timeout,
+        } => {
+            let request = operator::Request {
+                image,
+                machine_type,
+                public_ip,
+                site,
+                timeout,
+            };
+            let (reply, failed) = operator::request(&ctx, &request).await?;
+            Output {
+                text: format!("{reply}\n"),
+                failed,
+            }
+        }
+        Command::Status => operator::status(&ctx).await?.into(),
+    })
 }
 
 fn parse_duration(value: &str) -> Result<Duration, String> {

@@ -148,6 +148,8 @@ pub struct Config {
     pub autoscale_interval: Duration,
     /// The most dynos `warmer autoscale` runs of each consumer type (`WARMER_AUTOSCALE_MAX`).
     pub autoscale_max: u32,
+    /// What was set but is not read, e.g. a misspelt `WARMER_*` variable: logged at start.
+    pub warnings: Vec<String>,
 }
 
 /// The raw variables, as strings; `envy` reads them, [`Config::from_vars`] validates them.
@@ -192,6 +194,91 @@ impl fmt::Debug for Raw {
     }
 }
 
+/// Variables warmer reads that [`Raw`] does not: `warmer fill --token` reads it through clap.
+const READ_ELSEWHERE: [&str; 1] = ["WARMER_TOKEN"];
+
+impl Raw {
+    /// Every variable [`Raw`] reads, upper case, as serde knows its fields.
+    fn variables() -> Vec<String> {
+        let fields = field_names::<Raw>();
+        fields.iter().map(|f| f.to_ascii_uppercase()).collect()
+    }
+}
+
+/// `WARMER_*` variables that nothing reads, each with the closest known name when one is near.
+fn unknown_variables(vars: &HashMap<String, String>) -> Vec<String> {
+    let known: Vec<String> = Raw::variables()
+        .into_iter()
+        .chain(READ_ELSEWHERE.map(String::from))
+        .collect();
+    let mut unknown: Vec<String> = vars
+        .keys()
+        .filter(|var| var.starts_with("WARMER_") && !known.contains(var))
+        .map(|var| {
+            let closest = known
+                .iter()
+                .map(|k| (edit_distance(var, k), k))
+                .min()
+                .filter(|(distance, _)| *distance <= 3);
+            match closest {
+                Some((_, k)) => {
+                    format!("{var} is not a warmer variable (did you mean {k}?); it is ignored")
+                }
+                None => format!("{var} is not a warmer variable; it is ignored (see example.env)"),
+            }
+        })
+        .collect();
+    unknown.sort();
+    unknown
+}
+
+/// Levenshtein distance, for suggesting a variable's right spelling.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous + usize::from(ca != *cb);
+            previous = row[j + 1];
+            row[j + 1] = substitution.min(previous + 1).min(row[j] + 1);
+        }
+    }
+    row[b.len()]
+}
+
+/// The field names serde uses for `T` (a struct), asked of `T`'s `Deserialize` itself.
+fn field_names<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    struct Fields(&'static [&'static str]);
+    impl<'de> serde::Deserializer<'de> for &mut Fields {
+        type Error = serde::de::value::Error;
+        fn deserialize_any<V: serde::de::Visitor<'de>>(
+            self,
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            Err(serde::de::Error::custom("only structs"))
+        }
+        fn deserialize_struct<V: serde::de::Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            self.0 = fields;
+            Err(serde::de::Error::custom("fields read"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+            option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+            ignored_any
+        }
+    }
+    let mut fields = Fields(&[]);
+    let _ = T::deserialize(&mut fields);
+    fields.0
+}
+
 impl Config {
     /// Reads and validates the process environment.
     pub fn from_env() -> anyhow::Result<Self> {
@@ -203,6 +290,7 @@ impl Config {
 
     /// Validates a set of variables (the environment, or a test's map).
     pub fn from_vars(vars: HashMap<String, String>) -> anyhow::Result<Self> {
+        let warnings = unknown_variables(&vars);
         let raw: Raw = envy::from_iter(vars.into_iter().filter(|(_, v)| !v.trim().is_empty()))
             .context("reading the environment")?;
 
@@ -352,6 +440,7 @@ impl Config {
                 30,
             )?,
             autoscale_max: number("WARMER_AUTOSCALE_MAX", raw.warmer_autoscale_max, 4)?,
+            warnings,
         })
     }
 
@@ -628,6 +717,44 @@ mod tests {
         assert!(printed.contains("amqps://user:***@host/vh"));
         assert!(printed.contains("rediss://:***@host:6380"));
         assert!(!printed.contains("#insecure"));
+    }
+
+    #[test]
+    fn a_misspelt_variable_is_reported_with_the_name_meant() {
+        let config = Config::from_vars(vars(&[
+            ("WARMER_RECONCILE_INTERVALL", "10s"),
+            ("WARMER_SOMETHING_ELSE", "1"),
+            ("WARMER_TOKEN", "t"),
+            ("PATH", "/bin"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            config.warnings,
+            [
+                "WARMER_RECONCILE_INTERVALL is not a warmer variable (did you mean WARMER_RECONCILE_INTERVAL?); it is ignored",
+                "WARMER_SOMETHING_ELSE is not a warmer variable; it is ignored (see example.env)",
+            ]
+        );
+        assert_eq!(config.reconcile_interval, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn example_env_documents_exactly_the_variables_warmer_reads() {
+        let documented: std::collections::BTreeSet<String> = include_str!("../example.env")
+            .lines()
+            .map(|line| line.trim_start_matches('#'))
+            .filter_map(|line| line.split_once('='))
+            .map(|(var, _)| var.to_string())
+            .filter(|var| {
+                !var.is_empty() && var.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+            })
+            .collect();
+        let read: std::collections::BTreeSet<String> = Raw::variables()
+            .into_iter()
+            .chain(READ_ELSEWHERE.map(String::from))
+            .chain(["RUST_LOG".to_string()])
+            .collect();
+        assert_eq!(documented, read);
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub async fn delete_orphans(store: &Store, cloud: &Cloud, events: &Events, limit
             let zone = orphan.record.zone.clone();
             if let Err(error) = cloud.delete(&name, zone.as_deref()).await {
                 tracing::warn!(
-                    error = %format!("{error:#}"),
+                    error = %crate::telemetry::report(&error),
                     vm = %name,
                     "deleting an orphan failed; retried later"
                 );

@@ -141,7 +141,7 @@ impl Events {
             .publish(&exchange, key, &event.body(), properties)
             .await
         {
-            tracing::warn!(error = %format!("{error:#}"), key, "event not published");
+            tracing::warn!(error = %crate::telemetry::report(&error), key, "event not published");
         }
     }
 }

@@ -52,7 +52,7 @@ impl KeyStock {
                             }
                         }
                         Err(error) => {
-                            tracing::error!(error = %format!("{error:#}"), "key generation failed");
+                            tracing::error!(error = %crate::telemetry::report(&error), "key generation failed");
                             return;
                         }
                     }

@@ -91,6 +91,23 @@ impl Redactor {
     }
 }
 
+/// An error and its causes on one line, `outer: cause: root`, leaving out a cause whose text
+/// the line already holds (many errors repeat their source in their own message).
+pub fn report(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 const PEM_BEGIN: &str = "-----BEGIN";
 const PEM_END: &str = "-----END";
 
@@ -160,6 +177,35 @@ impl Drop for RedactingWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "refused (os error 111)",
+        );
+        #[derive(Debug)]
+        struct Repeats(std::io::Error);
+        impl std::fmt::Display for Repeats {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "IO error: {}", self.0)
+            }
+        }
+        impl std::error::Error for Repeats {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let error = anyhow::Error::new(Repeats(io)).context("connecting to RabbitMQ");
+        assert_eq!(
+            report(&error),
+            "connecting to RabbitMQ: IO error: refused (os error 111)"
+        );
+        assert_eq!(
+            report(&anyhow::anyhow!("root").context("outer")),
+            "outer: root"
+        );
+    }
 
     #[test]
     fn secrets_their_byte_lists_and_pem_blocks_are_redacted() {

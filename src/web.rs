@@ -207,7 +207,7 @@ impl Web {
         let rabbitmq = match rabbitmq {
             Ok(_) => "ok",
             Err(error) => {
-                tracing::warn!(error = %format!("{error:#}"), "health: RabbitMQ failed");
+                tracing::warn!(error = %crate::telemetry::report(&error), "health: RabbitMQ failed");
                 "unavailable"
             }
         };
@@ -235,13 +235,13 @@ impl Web {
         let (pools, brake, orphaned) = match redis {
             Ok(state) => state,
             Err(error) => {
-                tracing::warn!(error = %format!("{error:#}"), "metrics: Redis failed");
+                tracing::warn!(error = %crate::telemetry::report(&error), "metrics: Redis failed");
                 return text(StatusCode::SERVICE_UNAVAILABLE, "Redis unavailable\n");
             }
         };
         // Queue depths are optional: pool metrics are still worth a scrape without RabbitMQ.
         let depths = depths.unwrap_or_else(|error| {
-            tracing::warn!(error = %format!("{error:#}"), "metrics: RabbitMQ failed");
+            tracing::warn!(error = %crate::telemetry::report(&error), "metrics: RabbitMQ failed");
             Vec::new()
         });
         let body = exposition(&pools, brake, orphaned, &depths, now_ms());
@@ -267,7 +267,7 @@ impl Web {
                 json_response(StatusCode::OK, &hirefire_body(&backlogs))
             }
             (Err(error), _) | (_, Err(error)) => {
-                tracing::warn!(error = %format!("{error:#}"), "hirefire: a dependency failed");
+                tracing::warn!(error = %crate::telemetry::report(&error), "hirefire: a dependency failed");
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "Redis or RabbitMQ unavailable\n",

@@ -153,7 +153,7 @@ where
         let result = session().await;
         if shutdown.is_triggered() {
             return result.or_else(|error| {
-                tracing::warn!(error = %format!("{error:#}"), "{what}: stopped while degraded");
+                tracing::warn!(error = %crate::telemetry::report(&error), "{what}: stopped while degraded");
                 Ok(())
             });
         }
@@ -166,7 +166,7 @@ where
         }
         let delay = backoff.next().unwrap_or(Duration::from_secs(30));
         tracing::error!(
-            error = %format!("{error:#}"),
+            error = %crate::telemetry::report(&error),
             retry_in = ?delay,
             "{what}: degraded, reconnecting"
         );

@@ -82,7 +82,7 @@ impl Autoscaler {
                 {
                     pause = pause.max(*after);
                 }
-                tracing::error!(error = %format!("{error:#}"), next_in = ?pause, "autoscale check failed; trying again later");
+                tracing::error!(error = %crate::telemetry::report(&error), next_in = ?pause, "autoscale check failed; trying again later");
             }
             if !shutdown.sleep(pause).await {
                 break;

@@ -307,7 +307,7 @@ impl Checkout {
                 return self.give_back(&identity, pool, gone).await;
             }
             Err(error) => {
-                tracing::warn!(error = %format!("{error:#}"), %pool, vm = %vm.name, "reply not confirmed; the request will be redelivered and get the same VM");
+                tracing::warn!(error = %crate::telemetry::report(&error), %pool, vm = %vm.name, "reply not confirmed; the request will be redelivered and get the same VM");
                 return Outcome::ReplyFailed;
             }
         }
@@ -439,7 +439,7 @@ impl Checkout {
         match self.reply(reply_to, presence, props, &body).await {
             Ok(_) => Outcome::Refused(code),
             Err(error) => {
-                tracing::warn!(error = %format!("{error:#}"), ?code, "error reply not confirmed; requeued");
+                tracing::warn!(error = %crate::telemetry::report(&error), ?code, "error reply not confirmed; requeued");
                 Outcome::ReplyFailed
             }
         }

@@ -86,7 +86,7 @@ impl Reconciler {
                         broker = match self.connect_broker().await {
                             Ok(broker) => Some(broker),
                             Err(error) => {
-                                tracing::warn!(error = %format!("{error:#}"), "RabbitMQ unreachable: this pass publishes no events or fills");
+                                tracing::warn!(error = %crate::telemetry::report(&error), "RabbitMQ unreachable: this pass publishes no events or fills");
                                 None
                             }
                         };
@@ -138,7 +138,9 @@ impl Reconciler {
                 "reconciled"
             ),
             Ok(_) => {}
-            Err(error) => tracing::warn!(error = %format!("{error:#}"), "reconcile pass failed"),
+            Err(error) => {
+                tracing::warn!(error = %crate::telemetry::report(&error), "reconcile pass failed")
+            }
         }
     }
 
@@ -242,7 +244,7 @@ impl Reconciler {
             let found = match found.unwrap_or_else(|| Err(anyhow::anyhow!("lookup task failed"))) {
                 Ok(found) => found,
                 Err(error) => {
-                    tracing::warn!(error = %format!("{error:#}"), vm = %vm.name, "cannot look a VM up; retried next pass");
+                    tracing::warn!(error = %crate::telemetry::report(&error), vm = %vm.name, "cannot look a VM up; retried next pass");
                     continue;
                 }
             };
@@ -260,7 +262,7 @@ impl Reconciler {
                             tracing::info!(%pool, vm = %vm.name, "adopted a VM without this deployment's label")
                         }
                         Err(error) => {
-                            tracing::warn!(error = %format!("{error:#}"), vm = %vm.name, "adopting failed; retried next pass")
+                            tracing::warn!(error = %crate::telemetry::report(&error), vm = %vm.name, "adopting failed; retried next pass")
                         }
                     }
                     continue;
@@ -297,7 +299,7 @@ impl Reconciler {
                 (CHECKED_OUT_AT, checked_out_at.to_string()),
             ];
             if let Err(error) = self.cloud.set_labels(vm, &labels).await {
-                tracing::warn!(error = %format!("{error:#}"), vm = %vm.name, "labelling failed; retried next pass");
+                tracing::warn!(error = %crate::telemetry::report(&error), vm = %vm.name, "labelling failed; retried next pass");
             }
         }
         if let Some(publisher) = publisher {
@@ -321,7 +323,7 @@ impl Reconciler {
                     )
                     .await
                 {
-                    tracing::warn!(error = %format!("{error:#}"), %pool, "fill not published");
+                    tracing::warn!(error = %crate::telemetry::report(&error), %pool, "fill not published");
                 }
             }
         }

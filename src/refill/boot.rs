@@ -125,7 +125,7 @@ impl Refill {
                 }
                 Err(error) => {
                     // The reservation expires and records the VM as an orphan.
-                    tracing::error!(error = %format!("{error:#}"), %pool, vm = %name, "could not add a booted VM to its pool");
+                    tracing::error!(error = %crate::telemetry::report(&error), %pool, vm = %name, "could not add a booted VM to its pool");
                     false
                 }
             },
@@ -180,7 +180,7 @@ impl Refill {
     fn dispatch_later(self: Arc<Self>) {
         let again: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
             if let Err(error) = self.dispatch().await {
-                tracing::warn!(error = %format!("{error:#}"), "starting boots after a boot failed");
+                tracing::warn!(error = %crate::telemetry::report(&error), "starting boots after a boot failed");
             }
         });
         tokio::spawn(again);

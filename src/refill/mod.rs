@@ -116,14 +116,14 @@ impl Refill {
         };
         for pool in &pools {
             if let Err(error) = self.want(pool).await {
-                tracing::warn!(error = %format!("{error:#}"), %pool, "refill failed; requeued");
+                tracing::warn!(error = %crate::telemetry::report(&error), %pool, "refill failed; requeued");
                 return Outcome::Failed;
             }
         }
         let boots = match self.dispatch().await {
             Ok(started) => started,
             Err(error) => {
-                tracing::warn!(error = %format!("{error:#}"), "refill failed; requeued");
+                tracing::warn!(error = %crate::telemetry::report(&error), "refill failed; requeued");
                 return Outcome::Failed;
             }
         };
