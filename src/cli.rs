@@ -1,4 +1,4 @@
-//! The command line (SPEC §5): one subcommand per process type and the operator commands.
+//! The command line: one subcommand per process type and the operator commands.
 
 use std::time::Duration;
 

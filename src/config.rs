@@ -1,4 +1,4 @@
-//! Configuration, read once from the environment (SPEC §6) and validated before anything starts.
+//! Configuration, read once from the environment and validated before anything starts.
 //!
 //! Every variable is read here and nowhere else. An invalid value is an error that names the
 //! variable and what was expected; secrets (passwords in URLs, the SSH passphrase) are wrapped so

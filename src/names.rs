@@ -1,4 +1,4 @@
-//! The one place that builds every AMQP name and Redis key (SPEC §2, §3).
+//! The one place that builds every AMQP name and Redis key (docs/protocol.md).
 //!
 //! Everything is derived from `WARMER_AMQP_PREFIX` and `WARMER_REDIS_NAMESPACE`, so a test (or a
 //! second deployment on the same servers) isolates itself by choosing other values. Keys that

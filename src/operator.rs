@@ -1,4 +1,4 @@
-//! Operator commands (SPEC §5): pool targets, fill commands, one-off checkout requests, status.
+//! Operator commands: pool targets, fill commands, one-off checkout requests, status.
 //!
 //! Each command does its work and returns what to print; `main` prints it. Errors say what was
 //! wrong and what to try.

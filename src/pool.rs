@@ -1,4 +1,4 @@
-//! Pool names and the VM entries kept in a pool (SPEC §1, §2).
+//! Pool names and Compute Engine resource names.
 //!
 //! Everything here is pure: parsing what a worker or an operator sent into a [`PoolName`], a
 //! stored target, a zone URL.

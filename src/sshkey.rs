@@ -1,4 +1,4 @@
-//! Per-VM SSH keys (SPEC §7): RSA-2048, the private half as PKCS#1 PEM in OpenSSL's legacy
+//! Per-VM SSH keys: RSA-2048, the private half as PKCS#1 PEM in OpenSSL's legacy
 //! encryption (AES-256-CBC, `DEK-Info`), which the travis worker decrypts with Go's
 //! `x509.DecryptPEMBlock`; the public half in OpenSSH format for the VM's `ssh-keys` metadata.
 //!

@@ -1,10 +1,10 @@
-//! `warmer web`: HTTP on `$PORT` (SPEC §5) for whoever watches and scales warmer.
+//! `warmer web`: HTTP on `$PORT` for whoever watches and scales warmer.
 //!
 //! | route | answer |
 //! |---|---|
 //! | `GET /health` | 200 when Redis and RabbitMQ answer, else 503; JSON naming each dependency |
 //! | `GET /metrics` | Prometheus text: every pool's target, ready, booting, handed out, oldest age; orphans; the brake; queue depths |
-//! | `GET /hirefire/<HIREFIRE_TOKEN>/info`, or `GET /hirefire` with header `HireFire-Token` | HireFire's job-queue format: each process type's [backlog](crate::load) |
+//! | `GET /hirefire/<HIREFIRE_TOKEN>/info`, or `GET /hirefire` with header `HireFire-Token` | HireFire's job-queue format: each process type's backlog (`load.rs`) |
 //!
 //! Reads only: it declares nothing and changes nothing, so it can run anywhere. Without
 //! `HIREFIRE_TOKEN` the HireFire routes answer 404. Every dependency is asked for at most

@@ -95,7 +95,7 @@ impl LazyConnection {
     }
 }
 
-/// Declares `queue` passively: its counts if it exists; NOT_FOUND (see [`is_not_found`]), which
+/// Declares `queue` passively: its counts if it exists; NOT_FOUND, which
 /// also closes `channel`, if it does not.
 pub async fn passive_declare(channel: &Channel, queue: &str) -> lapin::Result<lapin::Queue> {
     let passive = QueueDeclareOptions {

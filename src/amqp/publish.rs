@@ -24,7 +24,7 @@ pub enum Published {
 
 /// A channel in confirm mode for events and commands, shared by every task of a process. Its
 /// publishes are never `mandatory`, so the broker never returns one: a confirm says all there is
-/// to say. Replies and commands, whose returns matter, go through a [`Courier`].
+/// to say. Replies and commands, whose returns matter, go through a `Courier`.
 #[derive(Clone)]
 pub struct Publisher {
     channel: Channel,

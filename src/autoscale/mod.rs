@@ -1,7 +1,7 @@
 //! `warmer autoscale`: scales the consumer process types on Heroku by the length of their queues
-//! (SPEC §5), through the Platform API.
+//! through the Platform API.
 //!
-//! Every `WARMER_AUTOSCALE_INTERVAL` it reads each consumer type's [backlog](crate::load)
+//! Every `WARMER_AUTOSCALE_INTERVAL` it reads each consumer type's backlog (`load.rs`)
 //! (requests waiting in `<prefix>.checkout`; VMs the pools lack with no boot reserved) and the
 //! app's formation, decides each type's dynos with the pure [`plan::desired`], and sends one
 //! `PATCH` with the types that change. Types absent from the formation (not in the Procfile's

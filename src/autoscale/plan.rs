@@ -1,5 +1,5 @@
 //! How many dynos a consumer process type should run: a pure decision, from its
-//! [backlog](crate::load), the dynos it runs now, and how long nothing has been waiting.
+//! backlog (`load.rs`), the dynos it runs now, and how long nothing has been waiting.
 //!
 //! - A backlog adds one dyno per `per_dyno` of it (what one more dyno takes on at once), rounded
 //!   up, at once.

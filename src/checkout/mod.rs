@@ -1,4 +1,4 @@
-//! `warmer checkout`: the checkout RPC consumer (SPEC §3.1–§3.3, §4 guarantees 1, 2, 3, 5, 6).
+//! `warmer checkout`: the checkout RPC consumer (guarantees 1, 2, 3, 5 and 6 of docs/design.md).
 //!
 //! A request names a pool; [`Checkout::handle`] takes the pool's oldest VM into a *lease* keyed
 //! by the request's identity (`checkout.lua`), replies, and only once the broker has confirmed

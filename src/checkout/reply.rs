@@ -1,4 +1,4 @@
-//! Checkout replies (SPEC §3.2): what the travis worker decodes, and the error codes.
+//! Checkout replies: what the travis worker decodes, and the error codes.
 
 use serde::Serialize;
 
@@ -27,7 +27,7 @@ impl<'a> From<&'a PoolEntry> for Vm<'a> {
     }
 }
 
-/// The stable error codes of SPEC §3.2.
+/// The stable error codes of a failed checkout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Code {

@@ -1,4 +1,4 @@
-//! A checkout request as the travis worker sends it (SPEC §3.1), validated field by field.
+//! A checkout request as the travis worker sends it, validated field by field.
 //!
 //! Pure: bytes and AMQP properties in, a [`CheckoutRequest`] or a message saying what was wrong
 //! out. Nothing from outside can make this panic.

@@ -1,4 +1,4 @@
-//! Compute Engine v1 over REST (SPEC §7): `instances.insert` with a `requestId`, waiting on the
+//! Compute Engine v1 over REST: `instances.insert` with a `requestId`, waiting on the
 //! zone operation until `DONE`, IPs from `instances.get`, deletion, and listing by label.
 //!
 //! Errors are classified into [`GceError`]: rate limits, 5xx and transport errors are retried

@@ -1,4 +1,4 @@
-//! What arrives on the refill queue (SPEC §3.3): pool-drop events and operator fill commands,
+//! What arrives on the refill queue (docs/protocol.md): pool-drop events and operator fill commands,
 //! validated. Pure.
 
 use serde_json::Value;

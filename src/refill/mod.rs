@@ -1,4 +1,4 @@
-//! `warmer refill`: keeps every pool at its target (SPEC §3.3, §4 guarantee 4, §7).
+//! `warmer refill`: keeps every pool at its target (guarantee 4, "no overshoot").
 //!
 //! Messages on the refill queue are hints: whatever they say, [`Refill::want`] trims the pool's
 //! surplus and queues the pool, and [`Refill::dispatch`] hands this process's free boot slots

@@ -1,4 +1,4 @@
-//! Checkout: SPEC §3.1–§3.3 and §4 guarantees 1, 2, 3 and 5.
+//! Checkout: the request and reply, and guarantees 1, 2, 3 and 5.
 
 use std::collections::HashSet;
 

@@ -1,4 +1,4 @@
-//! SPEC §4 guarantees 2, 3 and 6 under faults: a consumer killed mid-flight, RabbitMQ and
+//! Guarantees 2, 3 and 6 under faults: a consumer killed mid-flight, RabbitMQ and
 //! Redis going away and coming back.
 
 use std::collections::{HashMap, HashSet};

@@ -1,4 +1,4 @@
-//! SPEC §4 guarantee 6: SIGTERM stops consuming, finishes in-flight work and exits 0.
+//! Guarantee 6: SIGTERM stops consuming, finishes in-flight work and exits 0.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -38,7 +38,7 @@ pub fn signal(child: &Child, signal: &str) {
     assert!(status.success());
 }
 
-/// Sends SIGTERM and waits for the exit, which must come within 25 s (SPEC §4.6).
+/// Sends SIGTERM and waits for the exit, which must come within 25 s (guarantee 6).
 pub async fn terminate(child: &mut Child) -> std::process::ExitStatus {
     signal(child, "TERM");
     tokio::time::timeout(Duration::from_secs(25), child.wait())

@@ -1,4 +1,4 @@
-//! Refill on the Compute Engine stand-in: SPEC §3.3, §4 guarantee 4, §7.
+//! Refill on the Compute Engine stand-in: refill messages, guarantee 4, booting on Compute Engine.
 
 use std::time::Duration;
 
