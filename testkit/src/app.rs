@@ -4,8 +4,7 @@
 use std::collections::HashMap;
 
 use lapin::options::{
-    BasicConsumeOptions, BasicGetOptions, ExchangeDeleteOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
+    BasicConsumeOptions, BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
@@ -413,19 +412,12 @@ impl TestApp {
     /// The name of a reply queue that existed and is gone.
     pub async fn vanished_queue(&self) -> lapin::types::ShortString {
         let channel = self.amqp.create_channel().await.expect("a channel");
-        let options = QueueDeclareOptions {
-            exclusive: true,
-            ..Default::default()
-        };
-        let queue = channel
-            .queue_declare("".into(), options, FieldTable::default())
-            .await
-            .expect("a queue");
+        let (queue, _) = crate::clients::exclusive_queue(&channel).await;
         channel
-            .queue_delete(queue.name().clone(), QueueDeleteOptions::default())
+            .queue_delete(queue.clone(), QueueDeleteOptions::default())
             .await
             .expect("queue deleted");
-        queue.name().clone()
+        queue
     }
 
     /// The next message waiting in the refill queue (a fill command), taken off it.

@@ -4,7 +4,7 @@ use futures_lite::StreamExt;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
 use serde_json::Value;
 use warmer::Names;
@@ -36,32 +36,12 @@ impl Requester {
     /// A requester whose replies come to an exclusive, server-named queue of its own.
     pub async fn with_reply_queue(amqp: &Connection, names: &Names) -> Self {
         let channel = amqp.create_channel().await.unwrap();
-        let options = QueueDeclareOptions {
-            exclusive: true,
-            auto_delete: true,
-            ..Default::default()
-        };
-        let queue = channel
-            .queue_declare("".into(), options, FieldTable::default())
-            .await
-            .unwrap();
-        let replies = channel
-            .basic_consume(
-                queue.name().clone(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        let (queue, replies) = exclusive_queue(&channel).await;
         Requester {
             channel,
             replies,
             checkout_queue: names.checkout_queue(),
-            reply_to: queue.name().clone(),
+            reply_to: queue,
         }
     }
 
@@ -145,36 +125,13 @@ pub struct Listener {
 impl Listener {
     pub(crate) async fn bind(amqp: &Connection, exchange: &str, routing_key: &str) -> Self {
         let channel = amqp.create_channel().await.unwrap();
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        let (queue, consumer) = exclusive_queue(&channel).await;
         channel
             .queue_bind(
-                queue.name().clone(),
+                queue,
                 exchange.into(),
                 routing_key.into(),
                 QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let consumer = channel
-            .basic_consume(
-                queue.name().clone(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
                 FieldTable::default(),
             )
             .await
@@ -199,4 +156,31 @@ impl Listener {
         }
         events
     }
+}
+
+/// A server-named queue that lives as long as `channel`, and a no-ack consumer of it.
+pub(crate) async fn exclusive_queue(channel: &Channel) -> (ShortString, lapin::Consumer) {
+    let options = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    let queue = channel
+        .queue_declare("".into(), options, FieldTable::default())
+        .await
+        .expect("a queue");
+    let no_ack = BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    };
+    let consumer = channel
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            no_ack,
+            FieldTable::default(),
+        )
+        .await
+        .expect("consuming it");
+    (queue.name().clone(), consumer)
 }
