@@ -228,7 +228,7 @@ async fn run(
     let ctx = Context::new(Config::from_vars(vars)?).await?;
     let names = ctx.names.clone();
     let channel = amqp.create_channel().await?;
-    warmer::declare_topology(&channel, &names).await?;
+    warmer::declare_topology(amqp, &names).await?;
     let pool: PoolName = POOL.parse().map_err(anyhow::Error::msg)?;
     ctx.store.set_target(&pool, requests as u32).await?;
     let mut redis = warmer_testkit::bench::redis().await?;

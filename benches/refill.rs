@@ -201,7 +201,7 @@ impl Deployment {
         let ctx = Context::new(Config::from_vars(vars)?).await?;
         let names = ctx.names.clone();
         let channel = amqp.create_channel().await?;
-        warmer::declare_topology(&channel, &names).await?;
+        warmer::declare_topology(amqp, &names).await?;
         let _ = channel.close(200, "ok".into()).await;
         let (trigger, stop) = shutdown::channel();
         Ok(Deployment {

@@ -27,9 +27,7 @@ pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
         "try: warmer request --image warmer-example-image --machine-type n1-standard-1   (and `warmer status`)"
     );
     let connection = ctx.amqp("dev").await?;
-    let channel = connection.create_channel().await?;
-    crate::topology::declare(&channel, &ctx.names).await?;
-    let _ = channel.close(200, "declared".into()).await;
+    crate::topology::declare(&connection, &ctx.names).await?;
     let _ = connection.close(200, "declared".into()).await;
     let cloud = Cloud::Local(Local::new(ctx.config.local_boot_delay));
     let checkout = tokio::spawn(crate::checkout::run(ctx.clone(), shutdown.clone()));

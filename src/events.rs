@@ -1,12 +1,18 @@
-//! The messages warmer sends besides replies: events on `<prefix>.events` and the fill command.
+//! The messages warmer sends besides replies: events on `<prefix>.events`, and refill messages
+//! (hints and fill commands) on `<prefix>.refill`.
 //!
 //! Every event is a variant of [`Event`], which knows its routing key and its JSON body; adding
-//! an event is adding a variant. [`Events`] publishes them best effort (a failure is logged, the
-//! caller carries on): events tell outside listeners what happened, and the refill queue's only
-//! bound events (`pool.dropped`, `pool.empty`) are hints that the reconciler backs up.
+//! an event is adding a variant. [`Events`] publishes them transient and unconfirmed, best
+//! effort (a failure is logged, the caller carries on): they tell outside listeners what
+//! happened, and nothing of warmer's depends on them. What the refill consumer must hear goes to
+//! its queue as a [`RefillMessage`], persistent and confirmed: a hint when a pool may want VMs
+//! (coalesced in Redis to one pending per pool), or a fill command.
 
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
+use lapin::options::BasicPublishOptions;
+use lapin::{BasicProperties, Channel};
 use serde::Serialize;
 
 use crate::amqp::{Publisher, json_properties};
@@ -73,14 +79,15 @@ pub enum Event {
 }
 
 impl Event {
-    /// The events the refill queue is bound to: hints that a pool may need VMs.
-    pub const REFILL_HINTS: [&'static str; 2] = ["pool.dropped", "pool.empty"];
+    /// The routing keys the refill queue was bound to before hints went to it directly: unbound
+    /// when the topology is declared.
+    pub const FORMER_REFILL_BINDINGS: [&'static str; 2] = ["pool.dropped", "pool.empty"];
 
     /// The routing key on `<prefix>.events`.
     pub fn routing_key(&self) -> &'static str {
         match self {
-            Event::PoolDropped { .. } => Self::REFILL_HINTS[0],
-            Event::PoolEmpty { .. } => Self::REFILL_HINTS[1],
+            Event::PoolDropped { .. } => Self::FORMER_REFILL_BINDINGS[0],
+            Event::PoolEmpty { .. } => Self::FORMER_REFILL_BINDINGS[1],
             Event::InstanceReturned { .. } => "instance.returned",
             Event::InstanceOrphaned { .. } => "instance.orphaned",
             Event::InstanceBooted { .. } => "instance.booted",
@@ -98,51 +105,102 @@ impl Event {
     }
 }
 
-/// Publishes events through the current broker session's publisher, if there is one.
+/// Publishes events on the current broker session's channel, if there is one: transient and
+/// without confirms, so an event costs the broker no disk write and the caller no round trip.
 #[derive(Clone)]
 pub struct Events {
     names: Names,
-    publisher: Arc<RwLock<Option<Publisher>>>,
+    channel: Arc<RwLock<Option<Channel>>>,
 }
 
 impl Events {
-    /// No publisher yet: events are dropped (and logged) until [`Self::attach`].
+    /// No channel yet: events are dropped (logged at debug) until [`Self::attach`].
     pub fn new(names: Names) -> Self {
         Self {
             names,
-            publisher: Arc::default(),
+            channel: Arc::default(),
         }
     }
 
-    /// Publishes through `publisher` from now on.
-    pub fn attach(&self, publisher: Publisher) {
-        if let Ok(mut current) = self.publisher.write() {
-            *current = Some(publisher);
+    /// Publishes on `channel` (one without confirms) from now on.
+    pub fn attach(&self, channel: Channel) {
+        if let Ok(mut current) = self.channel.write() {
+            *current = Some(channel);
         }
     }
 
-    /// Stops publishing; returns the publisher, to close its channel.
-    pub fn detach(&self) -> Option<Publisher> {
-        self.publisher.write().ok().and_then(|mut p| p.take())
+    /// Stops publishing; returns the channel, to close it.
+    pub fn detach(&self) -> Option<Channel> {
+        self.channel.write().ok().and_then(|mut c| c.take())
     }
 
     /// Publishes `event`; a failure is logged, never returned.
     pub async fn emit(&self, event: Event) {
         let key = event.routing_key();
-        let publisher = self.publisher.read().ok().and_then(|p| p.clone());
-        let Some(publisher) = publisher else {
+        let channel = self.channel.read().ok().and_then(|c| c.clone());
+        let Some(channel) = channel else {
             // Whoever runs without a broker (a reconcile pass while RabbitMQ is away) says so.
             tracing::debug!(key, "no broker connection: event not published");
             return;
         };
-        let properties = json_properties().with_timestamp(now_ms() / 1000);
-        let exchange = self.names.events_exchange();
-        if let Err(error) = publisher
-            .publish(&exchange, key, &event.body(), properties)
-            .await
-        {
-            tracing::warn!(error = %crate::telemetry::report(&error), key, "event not published");
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_timestamp(now_ms() / 1000);
+        let published = channel
+            .basic_publish(
+                self.names.events_exchange().as_str().into(),
+                key.into(),
+                BasicPublishOptions::default(),
+                &event.body(),
+                properties,
+            )
+            .await;
+        if let Err(error) = published {
+            tracing::warn!(%error, key, "event not published");
         }
+    }
+}
+
+/// How long a fill command may wait in the refill queue: after that the reconciler has sent
+/// another for any pool still short, so an old one is dead-lettered (as `expired`) unread.
+pub const FILL_TTL: Duration = Duration::from_secs(600);
+
+/// What the refill consumer reads from its queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RefillMessage {
+    /// `{"pool":…}`: the pool may want VMs (a checkout took one, or found none). Coalesced: at
+    /// most one is pending per pool (`<ns>:_hints`).
+    Hint(PoolName),
+    /// An operator's or the reconciler's fill command.
+    Fill(FillCommand),
+}
+
+impl RefillMessage {
+    /// The JSON body.
+    pub fn body(&self) -> Vec<u8> {
+        match self {
+            RefillMessage::Hint(pool) => serde_json::json!({"pool": pool.to_string()})
+                .to_string()
+                .into_bytes(),
+            RefillMessage::Fill(command) => command.body(),
+        }
+    }
+
+    /// Persistent JSON; a fill expires after [`FILL_TTL`].
+    pub fn properties(&self) -> BasicProperties {
+        match self {
+            RefillMessage::Hint(_) => json_properties(),
+            RefillMessage::Fill(_) => {
+                json_properties().with_expiration(FILL_TTL.as_millis().to_string().as_str().into())
+            }
+        }
+    }
+
+    /// Publishes to the refill queue and waits for the broker's confirm.
+    pub async fn send(&self, publisher: &Publisher, names: &Names) -> anyhow::Result<()> {
+        publisher
+            .publish("", &names.refill_queue(), &self.body(), self.properties())
+            .await
     }
 }
 

@@ -67,7 +67,7 @@ pub use amqp::{
 pub use cloud::Cloud;
 pub use config::{Config, Secret, ServerUrl};
 pub use context::Context;
-pub use events::{Event, FillCommand};
+pub use events::{Event, FillCommand, RefillMessage};
 pub use names::Names;
 pub use pool::PoolName;
 pub use sshkey::generate_blocking as generate_ssh_key;
@@ -75,4 +75,6 @@ pub use store::{
     Checkout as CheckoutOutcome, Disposal, Finished, GiveBack, Lease, LeaseState, Orphan,
     OrphanRecord, PoolEntry, Reservation, Settled, Store, Swept, now_ms,
 };
-pub use topology::{DELIVERY_LIMIT, declare as declare_topology};
+pub use topology::{
+    DEAD_LETTER_LIMIT, DELIVERY_LIMIT, REFILL_QUEUE_LIMIT, declare as declare_topology,
+};

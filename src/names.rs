@@ -109,6 +109,11 @@ impl Names {
         format!("{}:_reconciler", self.namespace)
     }
 
+    /// Sorted set: pools with a refill hint pending → when it was sent (ms).
+    pub fn hints(&self) -> String {
+        format!("{}:_hints", self.namespace)
+    }
+
     /// Set: cloud VMs found unaccounted by the last reconcile pass (deleted if still so).
     pub fn suspects(&self) -> String {
         format!("{}:_suspects", self.namespace)

@@ -15,6 +15,7 @@ use serde_json::json;
 
 use crate::amqp::{self, Courier, DIRECT_REPLY_TO, Published};
 use crate::context::Context;
+use crate::events::{FillCommand, RefillMessage};
 use crate::pool::PoolName;
 use crate::store::now_ms;
 
@@ -58,22 +59,16 @@ pub async fn fill(
     pool: Option<&PoolName>,
     token: Option<&str>,
 ) -> anyhow::Result<String> {
-    let mut command = json!({"command": "fill"});
-    if let Some(pool) = pool {
-        command["pool"] = json!(pool.to_string());
-    }
-    if let Some(token) = token {
-        command["token"] = json!(token);
-    }
+    let fill = RefillMessage::Fill(FillCommand {
+        pool: pool.cloned(),
+        token: token.map(String::from),
+    });
     let connection = Arc::new(ctx.amqp("fill").await?);
     let courier = Courier::new(connection.clone());
     let published = courier
-        .publish(
-            &ctx.names.refill_queue(),
-            &serde_json::to_vec(&command)?,
-            amqp::json_properties(),
-        )
-        .await?;
+        .publish(&ctx.names.refill_queue(), &fill.body(), fill.properties())
+        .await
+        .context("publishing the fill command (refused when the refill queue is full)")?;
     courier.close().await;
     let _ = connection.close(200, "bye".into()).await;
     if published != Published::Routed {

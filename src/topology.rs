@@ -3,20 +3,29 @@
 //! | name | kind | purpose |
 //! |---|---|---|
 //! | `<prefix>.checkout` | durable quorum queue | checkout requests |
-//! | `<prefix>.refill` | durable quorum queue, bound to `<prefix>.events` for [`Event::REFILL_HINTS`] | refill hints: events and fill commands |
+//! | `<prefix>.refill` | durable quorum queue, at most [`REFILL_QUEUE_LIMIT`] messages (further publishes are refused; a few more get in when many arrive in the same instant, as a quorum queue learns its length as its log commits) | refill hints and fill commands ([`RefillMessage`](crate::events::RefillMessage)) |
 //! | `<prefix>.events` | durable topic exchange | [`Event`]s |
-//! | `<prefix>.dead` | durable queue | dead letters |
+//! | `<prefix>.dead` | durable queue, at most [`DEAD_LETTER_LIMIT`] messages (the oldest go first) | dead letters |
 //!
 //! Both quorum queues redeliver a message at most [`DELIVERY_LIMIT`] times, then dead-letter it
 //! to `<prefix>.dead` through the default exchange. Every consuming process declares all of it,
 //! idempotently; `web` and `autoscale` only read queue depths ([`QueueMonitor`]).
+//!
+//! Why the limits lose nothing that matters: refill messages are hints, idempotent and coalesced
+//! (one pending per pool), so the refill queue holds about one message per pool; a hint refused
+//! because the queue is full is cleared, so the next checkout sends it again, and the reconciler
+//! sends a fill for any pool short with nothing booting. Dead letters are kept for inspection;
+//! past the limit the oldest are dropped, never the newest. A queue declared by an older warmer
+//! without these arguments keeps working as it is (RabbitMQ refuses to change a queue's
+//! arguments): warmer says so at start, and the arguments apply once it is deleted.
 
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::Connection;
+use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Connection};
 
 use crate::amqp::{LazyConnection, is_not_found, passive_declare};
 use crate::config::ServerUrl;
@@ -25,6 +34,10 @@ use crate::names::Names;
 
 /// Deliveries of one message before it is dead-lettered instead of redelivered again.
 pub const DELIVERY_LIMIT: i64 = 5;
+/// Messages the refill queue holds at most; a publish beyond is refused (nacked).
+pub const REFILL_QUEUE_LIMIT: i64 = 20_000;
+/// Dead letters kept at most; beyond, the oldest are dropped.
+pub const DEAD_LETTER_LIMIT: i64 = 10_000;
 
 fn quorum_queue_arguments(names: &Names) -> FieldTable {
     let mut args = FieldTable::default();
@@ -47,30 +60,28 @@ fn quorum_queue_arguments(names: &Names) -> FieldTable {
     args
 }
 
-/// Declares every queue, exchange and binding (idempotent).
-pub async fn declare(channel: &Channel, names: &Names) -> anyhow::Result<()> {
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
-    channel
-        .queue_declare(
-            names.dead_letter_queue().as_str().into(),
-            durable,
-            FieldTable::default(),
-        )
+fn bounded(mut args: FieldTable, limit: i64, overflow: &str) -> FieldTable {
+    args.insert("x-max-length".into(), AMQPValue::LongLongInt(limit));
+    args.insert("x-overflow".into(), AMQPValue::LongString(overflow.into()));
+    args
+}
+
+/// Declares every queue, exchange and binding (idempotent), on channels of `connection`.
+pub async fn declare(connection: &Connection, names: &Names) -> anyhow::Result<()> {
+    let dead = bounded(FieldTable::default(), DEAD_LETTER_LIMIT, "drop-head");
+    declare_queue(connection, &names.dead_letter_queue(), dead).await?;
+    let checkout = quorum_queue_arguments(names);
+    declare_queue(connection, &names.checkout_queue(), checkout).await?;
+    let refill = bounded(
+        quorum_queue_arguments(names),
+        REFILL_QUEUE_LIMIT,
+        "reject-publish",
+    );
+    declare_queue(connection, &names.refill_queue(), refill).await?;
+    let channel = connection
+        .create_channel()
         .await
-        .context("declaring the dead-letter queue")?;
-    for queue in [names.checkout_queue(), names.refill_queue()] {
-        channel
-            .queue_declare(
-                queue.as_str().into(),
-                durable,
-                quorum_queue_arguments(names),
-            )
-            .await
-            .with_context(|| format!("declaring queue {queue}"))?;
-    }
+        .context("opening a channel")?;
     channel
         .exchange_declare(
             names.events_exchange().as_str().into(),
@@ -83,19 +94,70 @@ pub async fn declare(channel: &Channel, names: &Names) -> anyhow::Result<()> {
         )
         .await
         .context("declaring the events exchange")?;
-    for key in Event::REFILL_HINTS {
+    // Hints reach the refill queue directly now: per-checkout events no longer go through it.
+    for key in Event::FORMER_REFILL_BINDINGS {
         channel
-            .queue_bind(
+            .queue_unbind(
                 names.refill_queue().as_str().into(),
                 names.events_exchange().as_str().into(),
                 key.into(),
-                QueueBindOptions::default(),
                 FieldTable::default(),
             )
             .await
-            .with_context(|| format!("binding {} to {key}", names.refill_queue()))?;
+            .with_context(|| format!("unbinding {} from {key}", names.refill_queue()))?;
     }
+    let _ = channel.close(200, "declared".into()).await;
     Ok(())
+}
+
+/// Declares a durable queue with `arguments`; if it exists with others (declared by an older
+/// warmer), it is used as it is, with a warning.
+async fn declare_queue(
+    connection: &Connection,
+    queue: &str,
+    arguments: FieldTable,
+) -> anyhow::Result<()> {
+    let channel = connection
+        .create_channel()
+        .await
+        .context("opening a channel")?;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    match channel
+        .queue_declare(queue.into(), durable, arguments)
+        .await
+    {
+        Ok(_) => {
+            let _ = channel.close(200, "declared".into()).await;
+            Ok(())
+        }
+        Err(error) if is_precondition_failed(&error) => {
+            let channel = connection
+                .create_channel()
+                .await
+                .context("opening a channel")?;
+            passive_declare(&channel, queue)
+                .await
+                .with_context(|| format!("declaring queue {queue}"))?;
+            let _ = channel.close(200, "declared".into()).await;
+            tracing::warn!(
+                queue,
+                "the queue exists with other arguments (declared by an older warmer): used as it is, without a length limit; delete it while it is empty to have it declared anew"
+            );
+            Ok(())
+        }
+        Err(error) => Err(anyhow!(error).context(format!("declaring queue {queue}"))),
+    }
+}
+
+fn is_precondition_failed(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(e)
+            if *e.kind() == AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
+    )
 }
 
 /// The consumer process types and the queue each consumes: what HireFire and

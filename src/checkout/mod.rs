@@ -21,6 +21,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::{mpsc, oneshot};
+
 use anyhow::Context as _;
 use backon::{ExponentialBuilder, Retryable};
 use lapin::BasicProperties;
@@ -29,7 +31,7 @@ use crate::amqp::{
     self, Courier, DIRECT_REPLY_TO, Disposition, Incoming, Presence, Prober, Published, Publisher,
 };
 use crate::context::Context;
-use crate::events::{Event, Events};
+use crate::events::{Event, Events, RefillMessage};
 use crate::pool::{PoolName, short_zone};
 use crate::shutdown::Shutdown;
 use crate::store::PoolEntry;
@@ -83,8 +85,12 @@ pub struct Checkout {
     ctx: Context,
     events: Events,
     replies: Courier,
+    /// Refill hints, confirmed.
+    hints: Publisher,
     /// Asks whether direct reply-to requesters are there, on a connection of its own.
     prober: Arc<Prober>,
+    /// Settles leases in batches.
+    settler: Settler,
 }
 
 /// Consumes checkout requests until `shutdown`, reconnecting to RabbitMQ when needed.
@@ -94,18 +100,21 @@ pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
         ctx.config.amqp_url.clone(),
         format!("{}.checkout.probe", ctx.names.prefix()),
     ));
+    let settler = Settler::start(ctx.store.clone());
     let result = amqp::supervise("checkout", &shutdown, || async {
         let connection = Arc::new(ctx.amqp("checkout").await?);
+        topology::declare(&connection, &ctx.names).await?;
         let channel = connection.create_channel().await?;
-        topology::declare(&channel, &ctx.names).await?;
         let events = Events::new(ctx.names.clone());
-        events.attach(Publisher::open(&connection).await?);
+        events.attach(connection.create_channel().await?);
         let checkout = Arc::new(Checkout {
             store: ctx.store.clone(),
             events,
             replies: Courier::new(connection.clone()),
+            hints: Publisher::open(&connection).await?,
             ctx: ctx.clone(),
             prober: prober.clone(),
+            settler: settler.clone(),
         });
         let result = amqp::consume(
             &channel,
@@ -150,9 +159,10 @@ impl Checkout {
     /// Closes this session's channels (before the connection, so lapin has nothing left to
     /// close behind our back).
     async fn close_channels(&self) {
-        if let Some(publisher) = self.events.detach() {
-            let _ = publisher.channel().close(200, "bye".into()).await;
+        if let Some(channel) = self.events.detach() {
+            let _ = channel.close(200, "bye".into()).await;
         }
+        let _ = self.hints.channel().close(200, "bye".into()).await;
         self.replies.close().await;
     }
 
@@ -207,7 +217,12 @@ impl Checkout {
             self.presence(reply_to)
         );
         let (entry, again) = match found {
-            Ok(store::Checkout::Popped(entry)) => (entry, false),
+            Ok(store::Checkout::Popped { entry, hint }) => {
+                if hint {
+                    self.hint(pool);
+                }
+                (entry, false)
+            }
             Ok(store::Checkout::Leased(entry)) => (entry, true),
             Ok(store::Checkout::Expired) => {
                 tracing::info!(%pool, "request past its deadline: nothing popped");
@@ -237,7 +252,7 @@ impl Checkout {
                     )
                     .await;
             }
-            Ok(store::Checkout::Empty) => {
+            Ok(store::Checkout::Empty { hint }) => {
                 let outcome = self
                     .refuse(
                         reply_to,
@@ -252,6 +267,9 @@ impl Checkout {
                         pool: pool.to_string(),
                     })
                     .await;
+                if hint {
+                    self.hint(pool);
+                }
                 return outcome;
             }
             Err(error) => {
@@ -319,7 +337,7 @@ impl Checkout {
         let budget = give_up_at.saturating_sub(now_ms() + 1_000);
         let settled = redis_within(
             Duration::from_millis(budget),
-            (|| self.store.settle(&identity, keep_until))
+            (|| self.settler.settle(&identity, keep_until))
                 .retry(
                     ExponentialBuilder::default()
                         .with_jitter()
@@ -378,6 +396,26 @@ impl Checkout {
                 }),
         )
         .await
+    }
+
+    /// Sends the refill hint `checkout.lua` recorded for `pool`, off the request's path; if it
+    /// cannot be sent, clears it, so the next checkout records and sends it again.
+    fn hint(&self, pool: &PoolName) {
+        let (hints, store, names, pool) = (
+            self.hints.clone(),
+            self.store.clone(),
+            self.ctx.names.clone(),
+            pool.clone(),
+        );
+        tokio::spawn(async move {
+            let hint = RefillMessage::Hint(pool.clone());
+            if let Err(error) = hint.send(&hints, &names).await {
+                tracing::warn!(error = %crate::telemetry::report(&error), %pool, "refill hint not sent; the next checkout sends it");
+                if let Err(error) = store.clear_hint(&pool).await {
+                    tracing::warn!(%error, %pool, "refill hint not cleared; the reconciler sends a fill once it is stale");
+                }
+            }
+        });
     }
 
     /// Whether a direct-reply-to requester is there (see [`Prober`]); ordinary reply queues
@@ -472,6 +510,69 @@ impl Checkout {
             .publish(reply_to, body, properties)
             .await
             .context("publishing the reply")
+    }
+}
+
+/// Settles leases in batches: each call to `settle.lua` takes every request answered since the
+/// previous call was sent (at most [`SETTLE_BATCH`]), so under load a checkout costs less than
+/// one Redis round trip of its own for its settle, and alone it costs one, as before.
+#[derive(Clone)]
+struct Settler {
+    requests: mpsc::UnboundedSender<SettleRequest>,
+}
+
+type SettleRequest = (String, u64, oneshot::Sender<redis::RedisResult<Settled>>);
+
+/// Leases settled by one script call at most.
+const SETTLE_BATCH: usize = 64;
+
+impl Settler {
+    /// Starts the batching task; it ends when every [`Settler`] is dropped.
+    fn start(store: Store) -> Self {
+        let (requests, mut queue) = mpsc::unbounded_channel::<SettleRequest>();
+        tokio::spawn(async move {
+            while let Some(first) = queue.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < SETTLE_BATCH {
+                    match queue.try_recv() {
+                        Ok(request) => batch.push(request),
+                        Err(_) => break,
+                    }
+                }
+                let leases: Vec<(String, u64)> = batch
+                    .iter()
+                    .map(|(identity, keep_until, _)| (identity.clone(), *keep_until))
+                    .collect();
+                match store.settle(&leases).await {
+                    Ok(settled) => {
+                        for ((_, _, answer), settled) in batch.into_iter().zip(settled) {
+                            let _ = answer.send(Ok(settled));
+                        }
+                    }
+                    Err(error) => {
+                        for (_, _, answer) in batch {
+                            let _ = answer.send(Err(error.clone()));
+                        }
+                    }
+                }
+            }
+        });
+        Self { requests }
+    }
+
+    /// Marks the lease of `identity` handed out, to be swept at `keep_until` (ms).
+    async fn settle(&self, identity: &str, keep_until: u64) -> redis::RedisResult<Settled> {
+        let (answer, settled) = oneshot::channel();
+        let stopped = || {
+            redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the settling task stopped",
+            ))
+        };
+        self.requests
+            .send((identity.to_string(), keep_until, answer))
+            .map_err(|_| stopped())?;
+        settled.await.map_err(|_| stopped())?
     }
 }
 

@@ -16,15 +16,40 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use crate::amqp::{self, Publisher};
+use crate::amqp::Publisher;
 use crate::cloud::{CHECKED_OUT_AT, COOLED, Cloud, CloudVm, DEPLOYMENT, label_value};
 use crate::context::Context;
-use crate::events::{Event, Events, FillCommand};
+use crate::events::{Event, Events, FillCommand, RefillMessage};
+use crate::names::Names;
 use crate::shutdown::Shutdown;
 use crate::store::{LeaseState, now_ms};
 use crate::topology;
 use plan::LeasedVm;
 pub use plan::{Limits, Plan, Snapshot};
+
+/// What a pass publishes through: events, and fills for pools left short.
+pub struct Broker {
+    events: Events,
+    fills: Publisher,
+}
+
+impl Broker {
+    /// Channels of `connection` for events (unconfirmed) and fills (confirmed).
+    pub async fn open(connection: &lapin::Connection, names: &Names) -> anyhow::Result<Self> {
+        let events = Events::new(names.clone());
+        events.attach(connection.create_channel().await?);
+        let fills = Publisher::open(connection).await?;
+        Ok(Self { events, fills })
+    }
+
+    /// Closes its channels.
+    pub async fn close(&self) {
+        if let Some(channel) = self.events.detach() {
+            let _ = channel.close(200, "bye".into()).await;
+        }
+        let _ = self.fills.channel().close(200, "bye".into()).await;
+    }
+}
 
 /// What a pass did.
 #[derive(Debug, Default)]
@@ -73,7 +98,7 @@ impl Reconciler {
     /// only for events and fills: while it is away, passes go on without them.
     pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
         let interval = self.ctx.config.reconcile_interval;
-        let mut broker: Option<(lapin::Connection, Publisher)> = None;
+        let mut broker: Option<(lapin::Connection, Broker)> = None;
         let mut active = false;
         loop {
             match self.ctx.store.lock(&self.owner, self.lock_ttl()).await {
@@ -91,7 +116,7 @@ impl Reconciler {
                             }
                         };
                     }
-                    self.logged_pass(broker.as_ref().map(|(_, p)| p)).await;
+                    self.logged_pass(broker.as_ref().map(|(_, b)| b)).await;
                 }
                 Ok(false) => {
                     if active {
@@ -109,24 +134,22 @@ impl Reconciler {
             }
         }
         let _ = self.ctx.store.unlock(&self.owner).await;
-        if let Some((connection, publisher)) = broker {
-            let _ = publisher.channel().close(200, "bye".into()).await;
+        if let Some((connection, broker)) = broker {
+            broker.close().await;
             let _ = connection.close(200, "bye".into()).await;
         }
         Ok(())
     }
 
-    async fn connect_broker(&self) -> anyhow::Result<(lapin::Connection, Publisher)> {
+    async fn connect_broker(&self) -> anyhow::Result<(lapin::Connection, Broker)> {
         let connection = self.ctx.amqp("reconcile").await?;
-        let channel = connection.create_channel().await?;
-        topology::declare(&channel, &self.ctx.names).await?;
-        let _ = channel.close(200, "declared".into()).await;
-        let publisher = Publisher::open(&connection).await?;
-        Ok((connection, publisher))
+        topology::declare(&connection, &self.ctx.names).await?;
+        let broker = Broker::open(&connection, &self.ctx.names).await?;
+        Ok((connection, broker))
     }
 
-    async fn logged_pass(&self, publisher: Option<&Publisher>) {
-        match self.pass(publisher).await {
+    async fn logged_pass(&self, broker: Option<&Broker>) {
+        match self.pass(broker).await {
             Ok(report) if !report.plan.is_idle() => tracing::info!(
                 deleted = report.deleted,
                 evicted = report.evicted,
@@ -144,8 +167,8 @@ impl Reconciler {
         }
     }
 
-    /// One pass: snapshot, decide, apply. Events and fills need `publisher`.
-    pub async fn pass(&self, publisher: Option<&Publisher>) -> anyhow::Result<Report> {
+    /// One pass: snapshot, decide, apply. Events and fills need the `broker`.
+    pub async fn pass(&self, broker: Option<&Broker>) -> anyhow::Result<Report> {
         let started = Instant::now();
         let snapshot = self.snapshot().await?;
         let plan = plan::decide(&snapshot, self.limits());
@@ -153,7 +176,7 @@ impl Reconciler {
         if !self.ctx.store.lock(&self.owner, self.lock_ttl()).await? {
             anyhow::bail!("lost the reconciler lock before applying");
         }
-        let mut report = self.apply(plan, publisher).await?;
+        let mut report = self.apply(plan, broker).await?;
         report.elapsed = started.elapsed();
         Ok(report)
     }
@@ -188,17 +211,16 @@ impl Reconciler {
             orphans: view.orphans,
             suspects: view.suspects,
             brake_on: view.brake,
+            hints: view.hints,
             cloud,
         })
     }
 
-    async fn apply(&self, plan: Plan, publisher: Option<&Publisher>) -> anyhow::Result<Report> {
+    async fn apply(&self, plan: Plan, broker: Option<&Broker>) -> anyhow::Result<Report> {
         let store = &self.ctx.store;
         let names = &self.ctx.names;
-        let events = Events::new(names.clone());
-        if let Some(publisher) = publisher {
-            events.attach(publisher.clone());
-        }
+        let unconnected = Events::new(names.clone());
+        let events = broker.map_or(&unconnected, |b| &b.events);
         let mut report = Report::default();
 
         for eviction in &plan.evict {
@@ -292,7 +314,7 @@ impl Reconciler {
         let confirmed = plan.delete.iter().filter_map(|r| r.name.as_ref());
         let unmark: Vec<&String> = plan.unmark.iter().chain(confirmed).collect();
         store.unmark_suspects(&unmark).await?;
-        report.deleted = crate::deletion::delete_orphans(store, &self.cloud, &events, 500).await;
+        report.deleted = crate::deletion::delete_orphans(store, &self.cloud, events, 500).await;
         for (vm, checked_out_at) in &plan.label {
             let labels = [
                 (COOLED.0, COOLED.1.to_string()),
@@ -302,27 +324,21 @@ impl Reconciler {
                 tracing::warn!(error = %crate::telemetry::report(&error), vm = %vm.name, "labelling failed; retried next pass");
             }
         }
-        if let Some(publisher) = publisher {
+        if let Some(broker) = broker {
             let token = self
                 .ctx
                 .config
                 .auth_tokens
                 .first()
                 .map(|t| t.expose().to_string());
+            // Coalesced with checkouts' hints: a checkout meanwhile sends none of its own.
+            store.set_hints(&plan.fill, now_ms()).await?;
             for pool in &plan.fill {
-                let command = FillCommand {
+                let fill = RefillMessage::Fill(FillCommand {
                     pool: pool.parse().ok(),
                     token: token.clone(),
-                };
-                if let Err(error) = publisher
-                    .publish(
-                        "",
-                        &names.refill_queue(),
-                        &command.body(),
-                        amqp::json_properties(),
-                    )
-                    .await
-                {
+                });
+                if let Err(error) = fill.send(&broker.fills, names).await {
                     tracing::warn!(error = %crate::telemetry::report(&error), %pool, "fill not published");
                 }
             }

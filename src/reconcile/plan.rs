@@ -10,6 +10,8 @@ use crate::store::{Orphan, OrphanRecord};
 /// A pool entry whose VM was just booted is not evicted as "gone" for this long (seconds): the
 /// cloud's list may lag behind a fresh VM.
 pub const FRESH_GRACE_SECS: u64 = 60;
+/// A refill hint pending longer than this (seconds) is taken as lost: the pool gets a fill.
+pub const HINT_STALE_SECS: u64 = 300;
 
 /// A lease: a VM taken for a request, pending its reply or handed out.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +38,8 @@ pub struct Snapshot {
     /// Unaccounted VMs marked by the previous pass.
     pub suspects: BTreeSet<String>,
     pub brake_on: bool,
+    /// Pools with a refill hint pending → since when (Unix ms).
+    pub hints: BTreeMap<String, u64>,
     pub cloud: Vec<CloudVm>,
 }
 
@@ -71,7 +75,8 @@ pub struct Plan {
     pub unmark: Vec<String>,
     /// Handed-out VMs to label `warmth=cooled`, with their checkout time.
     pub label: Vec<(CloudVm, u64)>,
-    /// Pools below target with nothing booting: publish a fill for each.
+    /// Pools below target with nothing booting and no fresh refill hint pending: publish a fill
+    /// for each.
     pub fill: Vec<String>,
     /// `Some(true)`: engage the brake; `Some(false)`: release it.
     pub brake: Option<bool>,
@@ -211,12 +216,16 @@ pub fn decide(snapshot: &Snapshot, limits: Limits) -> Plan {
         }
     }
 
-    // Rule 6: a safety net for lost events.
+    // Rule 6: a safety net for lost hints, unless one is on its way.
     for (pool, target) in &snapshot.targets {
         let booting = snapshot.booting.get(pool).map_or(0, Vec::len);
         let evicted = plan.evict.iter().filter(|e| &e.pool == pool).count();
         let ready = snapshot.pools.get(pool).map_or(0, Vec::len) - evicted;
-        if booting == 0 && (ready as u64) < *target {
+        let hinted = snapshot
+            .hints
+            .get(pool)
+            .is_some_and(|at| now.saturating_sub(at / 1000) < HINT_STALE_SECS);
+        if booting == 0 && !hinted && (ready as u64) < *target {
             plan.fill.push(pool.clone());
         }
     }
@@ -398,6 +407,21 @@ mod tests {
         snapshot.booting.insert("other:n1".into(), vec!["b".into()]);
         snapshot.cloud.push(running("b"));
         assert_eq!(decide(&snapshot, LIMITS).fill, [POOL]);
+    }
+
+    #[test]
+    fn a_pool_with_a_fresh_hint_on_its_way_gets_no_fill_and_a_stale_one_does() {
+        let mut snapshot = world(&[ready("a", 10)]);
+        snapshot.targets.insert(POOL.into(), 3);
+        snapshot.hints.insert(POOL.into(), (NOW - 10) * 1000);
+        assert!(
+            decide(&snapshot, LIMITS).fill.is_empty(),
+            "the hint gets there"
+        );
+        snapshot
+            .hints
+            .insert(POOL.into(), (NOW - HINT_STALE_SECS - 1) * 1000);
+        assert_eq!(decide(&snapshot, LIMITS).fill, [POOL], "taken as lost");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
-use crate::amqp::{self, Disposition, Incoming, Publisher};
+use crate::amqp::{self, Disposition, Incoming};
 use crate::cloud::Cloud;
 use crate::config::Secret;
 use crate::context::Context;
@@ -155,9 +155,9 @@ pub async fn run(ctx: Context, cloud: Cloud, shutdown: Shutdown) -> anyhow::Resu
     let refill = Refill::new(ctx.clone(), cloud, shutdown.clone())?;
     amqp::supervise("refill", &shutdown, || async {
         let connection = ctx.amqp("refill").await?;
+        topology::declare(&connection, &ctx.names).await?;
         let channel = connection.create_channel().await?;
-        topology::declare(&channel, &ctx.names).await?;
-        refill.events.attach(Publisher::open(&connection).await?);
+        refill.events.attach(connection.create_channel().await?);
         let queue = ctx.names.refill_queue();
         let consuming = amqp::consume(
             &channel,
@@ -180,8 +180,8 @@ pub async fn run(ctx: Context, cloud: Cloud, shutdown: Shutdown) -> anyhow::Resu
                 _ = connection_lost(&connection) => {}
             }
         });
-        if let Some(publisher) = refill.events.detach() {
-            let _ = publisher.channel().close(200, "bye".into()).await;
+        if let Some(events) = refill.events.detach() {
+            let _ = events.close(200, "bye".into()).await;
         }
         let _ = connection.close(200, "bye".into()).await;
         result

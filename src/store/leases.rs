@@ -11,8 +11,12 @@ use crate::pool::PoolName;
 /// What [`Store::checkout`] found for a request (see `checkout.lua`).
 #[derive(Debug, PartialEq)]
 pub enum Checkout {
-    /// A VM was taken from the pool for this request (its entry, as stored).
-    Popped(String),
+    /// A VM was taken from the pool for this request (its entry, as stored); `hint`: no refill
+    /// hint was pending for the pool, one must be sent (see `checkout.lua`).
+    Popped {
+        entry: String,
+        hint: bool,
+    },
     /// This request already holds a lease (a redelivery): the same VM again.
     Leased(String),
     /// This request's lease was pending past its deadline: the VM was recorded for deletion.
@@ -20,7 +24,10 @@ pub enum Checkout {
     /// The request's deadline has passed; nothing was taken.
     Expired,
     NoPool,
-    Empty,
+    /// The pool has no warmed VM; `hint` as for [`Checkout::Popped`].
+    Empty {
+        hint: bool,
+    },
 }
 
 /// What [`Store::settle`] did (see `settle.lua`).
@@ -82,6 +89,7 @@ impl Store {
             .key(n.leases())
             .key(n.lease_deadlines())
             .key(n.orphaned())
+            .key(n.hints())
             .arg(identity)
             .arg(pool.to_string())
             .arg(now)
@@ -89,32 +97,65 @@ impl Store {
             .arg(give_up_at);
         let reply: Vec<String> = self.invoke(&invocation).await?;
         let mut reply = reply.into_iter();
-        Ok(match (reply.next().as_deref(), reply.next()) {
-            (Some("popped"), Some(e)) => Checkout::Popped(e),
-            (Some("lease"), Some(e)) => Checkout::Leased(e),
-            (Some("orphaned"), Some(e)) => Checkout::Orphaned(e),
-            (Some("expired"), _) => Checkout::Expired,
-            (Some("no_pool"), _) => Checkout::NoPool,
-            (Some("empty"), _) => Checkout::Empty,
-            (other, _) => return Err(unexpected("checkout.lua", other)),
-        })
+        Ok(
+            match (reply.next().as_deref(), reply.next(), reply.next()) {
+                (Some("popped"), Some(entry), Some(hint)) => Checkout::Popped {
+                    entry,
+                    hint: hint == "1",
+                },
+                (Some("lease"), Some(e), _) => Checkout::Leased(e),
+                (Some("orphaned"), Some(e), _) => Checkout::Orphaned(e),
+                (Some("expired"), ..) => Checkout::Expired,
+                (Some("no_pool"), ..) => Checkout::NoPool,
+                (Some("empty"), Some(hint), _) => Checkout::Empty { hint: hint == "1" },
+                (other, ..) => return Err(unexpected("checkout.lua", other)),
+            },
+        )
     }
 
-    /// Marks a lease handed out, to be swept at `keep_until` (see `settle.lua`).
-    pub async fn settle(&self, identity: &str, keep_until: u64) -> redis::RedisResult<Settled> {
+    /// Marks leases handed out, each to be swept at its `keep_until` (see `settle.lua`): one
+    /// call for a batch of requests.
+    pub async fn settle(&self, leases: &[(String, u64)]) -> redis::RedisResult<Vec<Settled>> {
         let mut invocation = self.scripts.settle.prepare_invoke();
         invocation
             .key(self.names.leases())
             .key(self.names.lease_deadlines())
-            .arg(identity)
-            .arg(now_ms())
-            .arg(keep_until);
-        match self.invoke::<i64>(&invocation).await? {
-            1 => Ok(Settled::Now),
-            2 => Ok(Settled::Already),
-            0 => Ok(Settled::Swept),
-            other => Err(unexpected("settle.lua", other)),
+            .arg(now_ms());
+        for (identity, keep_until) in leases {
+            invocation.arg(identity).arg(keep_until);
         }
+        let answers: Vec<i64> = self.invoke(&invocation).await?;
+        if answers.len() != leases.len() {
+            return Err(unexpected("settle.lua", answers));
+        }
+        answers
+            .into_iter()
+            .map(|answer| match answer {
+                1 => Ok(Settled::Now),
+                2 => Ok(Settled::Already),
+                0 => Ok(Settled::Swept),
+                other => Err(unexpected("settle.lua", other)),
+            })
+            .collect()
+    }
+
+    /// Clears `pool`'s pending refill hint (one was recorded but could not be sent).
+    pub async fn clear_hint(&self, pool: &PoolName) -> redis::RedisResult<()> {
+        let (key, pool) = (&self.names.hints(), &pool.to_string());
+        self.call(|mut conn| async move { conn.zrem(key, pool).await })
+            .await
+    }
+
+    /// Records refill hints as pending for `pools` since `now` (ms): the reconciler's fills.
+    pub async fn set_hints(&self, pools: &[String], now: u64) -> redis::RedisResult<()> {
+        if pools.is_empty() {
+            return Ok(());
+        }
+        let key = &self.names.hints();
+        let members: Vec<(u64, &String)> = pools.iter().map(|p| (now, p)).collect();
+        let members = &members;
+        self.call(|mut conn| async move { conn.zadd_multiple(key, members).await })
+            .await
     }
 
     /// Returns a pending lease's VM to the head of its pool, or records it as an orphan (see

@@ -144,7 +144,8 @@ impl Store {
         Ok((pools, brake))
     }
 
-    /// Moves a pool's surplus warmed VMs to orphaned (see `trim_pool.lua`); returns how many.
+    /// Clears the pool's refill hint and moves its surplus warmed VMs to orphaned (see
+    /// `trim_pool.lua`); returns how many.
     pub async fn trim_pool(&self, pool: &PoolName) -> redis::RedisResult<u64> {
         let n = &self.names;
         let mut invocation = self.scripts.trim_pool.prepare_invoke();
@@ -153,6 +154,7 @@ impl Store {
             .key(n.pool(pool))
             .key(n.booting(pool))
             .key(n.orphaned())
+            .key(n.hints())
             .arg(pool.to_string());
         self.invoke(&invocation).await
     }

@@ -57,6 +57,8 @@ pub struct RedisView {
     pub orphans: Vec<Orphan>,
     pub suspects: BTreeSet<String>,
     pub brake: bool,
+    /// Pools with a refill hint pending → since when (ms).
+    pub hints: BTreeMap<String, u64>,
 }
 
 impl Store {
@@ -109,7 +111,8 @@ impl Store {
         pipe.hvals(names.leases())
             .lrange(names.orphaned(), 0, -1)
             .smembers(names.suspects())
-            .exists(names.brake());
+            .exists(names.brake())
+            .zrange_withscores(names.hints(), 0, -1);
         let pipe = &pipe;
         let mut values: Vec<redis::Value> = self
             .call(|mut conn| async move { pipe.query_async(&mut conn).await })
@@ -140,6 +143,8 @@ impl Store {
         view.orphans = orphans.into_iter().map(Orphan::parse).collect();
         view.suspects = redis::from_redis_value_ref(&tail[2])?;
         view.brake = redis::from_redis_value_ref(&tail[3])?;
+        let hints: Vec<(String, f64)> = redis::from_redis_value_ref(&tail[4])?;
+        view.hints = hints.into_iter().map(|(p, at)| (p, at as u64)).collect();
         Ok(view)
     }
 

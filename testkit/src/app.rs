@@ -112,8 +112,7 @@ impl AppBuilder {
         let amqp = Connection::connect(AMQP_URL, ConnectionProperties::default())
             .await
             .expect("RabbitMQ is up");
-        let channel = amqp.create_channel().await.expect("a channel");
-        warmer::declare_topology(&channel, &ctx.names)
+        warmer::declare_topology(&amqp, &ctx.names)
             .await
             .expect("topology");
         let redis_client = redis::Client::open(self.own_redis_url.as_str()).expect("Redis URL");
@@ -227,9 +226,16 @@ impl TestApp {
         warmer::reconcile::Reconciler::new(self.ctx.clone(), self.cloud().await)
     }
 
-    /// A publisher on the test's connection (for events and fills a pass publishes).
+    /// A publisher on the test's connection.
     pub async fn publisher(&self) -> Publisher {
         Publisher::open(&self.amqp).await.expect("a publisher")
+    }
+
+    /// What a reconcile pass publishes through (events and fills), on the test's connection.
+    pub async fn broker(&self) -> warmer::reconcile::Broker {
+        warmer::reconcile::Broker::open(&self.amqp, &self.names)
+            .await
+            .expect("channels")
     }
 
     /// Stops every process (as SIGTERM would) and waits for them to return `Ok`.

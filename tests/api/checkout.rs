@@ -332,7 +332,7 @@ async fn a_consumer_that_died_between_pop_and_reply_leaves_the_vm_to_the_redeliv
         .checkout("m:crashed-request", &pool, now, now + 30_000, now + 60_000)
         .await
         .unwrap();
-    assert!(matches!(popped, CheckoutOutcome::Popped(_)));
+    assert!(matches!(popped, CheckoutOutcome::Popped { .. }));
     assert_eq!(app.pool_vms(POOL).await, ["other"]);
 
     // The broker redelivers the request to a live consumer.
@@ -749,7 +749,7 @@ async fn a_request_really_redelivered_after_its_consumer_died_gets_the_vm_of_its
         )
         .await
         .unwrap();
-    assert!(matches!(popped, CheckoutOutcome::Popped(_)));
+    assert!(matches!(popped, CheckoutOutcome::Popped { .. }));
     channel.close(200, "died".into()).await.unwrap();
     app.wait_for_no_consumers(&app.names.checkout_queue()).await;
 

@@ -12,4 +12,5 @@ mod reconcile;
 mod refill;
 mod scripts;
 mod secrets;
+mod topology;
 mod web;

@@ -44,7 +44,7 @@ async fn recorded_orphans_are_deleted_and_a_missing_vm_counts_as_deleted() {
     let report = app
         .reconciler()
         .await
-        .pass(Some(&app.publisher().await))
+        .pass(Some(&app.broker().await))
         .await
         .unwrap();
 
@@ -104,7 +104,7 @@ async fn dead_and_stopped_vms_leave_their_pool_before_anyone_checks_them_out() {
 
     app.reconciler()
         .await
-        .pass(Some(&app.publisher().await))
+        .pass(Some(&app.broker().await))
         .await
         .unwrap();
 
@@ -222,7 +222,7 @@ async fn a_pool_below_target_with_nothing_booting_gets_a_fill() {
 
     app.reconciler()
         .await
-        .pass(Some(&app.publisher().await))
+        .pass(Some(&app.broker().await))
         .await
         .unwrap();
 
@@ -243,12 +243,12 @@ async fn the_brake_stops_boots_everywhere_and_releases_them() {
     compute.add_instance("leak-2", ZONE, labels(&app));
     app.seed(POOL, 1, &[]).await;
     let reconciler = app.reconciler().await;
-    let publisher = app.publisher().await;
+    let broker = app.broker().await;
     let mut engaged = app.listen("brake.engaged").await;
     let mut released = app.listen("brake.released").await;
     let mut booted = app.listen("instance.booted").await;
 
-    reconciler.pass(Some(&publisher)).await.unwrap();
+    reconciler.pass(Some(&broker)).await.unwrap();
     assert_eq!(engaged.next().await["unaccounted"], 2);
     app.start_refill().await;
     app.fill(POOL).await;
@@ -267,7 +267,7 @@ async fn the_brake_stops_boots_everywhere_and_releases_them() {
             .contains("SAFETY BRAKE ON")
     );
 
-    reconciler.pass(Some(&publisher)).await.unwrap();
+    reconciler.pass(Some(&broker)).await.unwrap();
     assert!(
         compute.with(|s| s.deleted.is_empty()),
         "so many unaccounted VMs are held, not deleted"
@@ -278,7 +278,7 @@ async fn the_brake_stops_boots_everywhere_and_releases_them() {
         s.instances.remove("leak-2");
     });
     app.start_refill().await;
-    reconciler.pass(Some(&publisher)).await.unwrap(); // sees none: releases, and fills
+    reconciler.pass(Some(&broker)).await.unwrap(); // sees none: releases, and fills
     assert_eq!(released.next().await["unaccounted"], 0);
     booted.next().await;
     assert_eq!(compute.with(|s| s.inserts.len()), 1);

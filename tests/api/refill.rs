@@ -94,7 +94,7 @@ async fn a_checkout_leads_to_a_replacement() {
 }
 
 #[tokio::test]
-async fn three_refill_consumers_and_a_hundred_events_never_overshoot() {
+async fn three_refill_consumers_and_a_hundred_messages_never_overshoot() {
     let compute = ComputeStandIn::start(BOOT).await;
     let mut app = TestApp::builder()
         .gce(&compute)
@@ -105,21 +105,23 @@ async fn three_refill_consumers_and_a_hundred_events_never_overshoot() {
     for _ in 0..3 {
         app.start_refill().await;
     }
-    let publisher = warmer::Publisher::open(&app.amqp).await.unwrap();
+    let publisher = app.publisher().await;
 
+    // A hundred refill messages at once (hints and fills, as checkouts and the reconciler send).
     let mut sends = tokio::task::JoinSet::new();
     for i in 0..100 {
-        let (publisher, exchange) = (publisher.clone(), app.names.events_exchange());
+        let (publisher, names) = (publisher.clone(), app.names.clone());
         sends.spawn(async move {
-            let event = warmer::Event::PoolDropped {
-                pool: POOL.into(),
-                instance: format!("gone-{i}"),
-                zone: "z".into(),
+            let pool: warmer::PoolName = POOL.parse().unwrap();
+            let message = if i % 2 == 0 {
+                warmer::RefillMessage::Hint(pool)
+            } else {
+                warmer::RefillMessage::Fill(warmer::FillCommand {
+                    pool: Some(pool),
+                    token: None,
+                })
             };
-            let properties = warmer::json_properties();
-            publisher
-                .publish(&exchange, event.routing_key(), &event.body(), properties)
-                .await
+            message.send(&publisher, &names).await
         });
     }
     while let Some(sent) = sends.join_next().await {
@@ -458,4 +460,39 @@ async fn pools_short_at_the_same_moment_all_start_booting_at_once() {
     for pool in &pools {
         assert_eq!(app.booting(pool).await, 1, "{pool}: exactly its deficit");
     }
+}
+
+#[tokio::test]
+async fn checkouts_send_one_refill_hint_per_pool_until_the_refill_consumer_looks() {
+    let mut app = TestApp::builder()
+        .env("WARMER_LOCAL_BOOT_DELAY", "100ms")
+        .start()
+        .await;
+    let vms: Vec<Value> = (0..10).map(|i| vm(&format!("vm-{i}"))).collect();
+    app.seed(POOL, 10, &vms).await;
+    app.start_consumer().await;
+    let mut dropped = app.listen("pool.dropped").await;
+
+    for _ in 0..5 {
+        assert!(app.checkout().await["name"].is_string());
+    }
+
+    // Every checkout is announced to listeners, but the refill queue holds one hint.
+    assert_eq!(dropped.take(5).await.len(), 5);
+    eventually("the hint to arrive", || async {
+        app.queue_counts(&app.names.refill_queue()).await.0 == 1
+    })
+    .await;
+    assert_eq!(app.take_refill_message().await, json!({"pool": POOL}));
+    // The refill consumer clears the hint when it looks at the pool: the next checkout hints.
+    app.fill(POOL).await;
+    app.start_refill().await;
+    app.wait_until_settled(POOL, 10).await;
+    app.stop_consumers().await;
+    app.start_consumer().await;
+    assert!(app.checkout().await["name"].is_string());
+    eventually("a new hint", || async {
+        app.queue_counts(&app.names.refill_queue()).await.0 == 1
+    })
+    .await;
 }

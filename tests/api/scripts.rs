@@ -39,7 +39,7 @@ async fn checkout_pops_the_oldest_into_the_requests_lease_once() {
     let again = store.checkout("m:a", pool(), now, now + 30_000, now + 60_000);
     let (first, again) = (first.await.unwrap(), again.await.unwrap());
 
-    assert!(matches!(&first, CheckoutOutcome::Popped(e) if e.contains("\"old\"")));
+    assert!(matches!(&first, CheckoutOutcome::Popped { entry, .. } if entry.contains("\"old\"")));
     assert!(matches!(&again, CheckoutOutcome::Leased(e) if e.contains("\"old\"")));
     assert_eq!(app.pool_vms(POOL).await, ["young"], "one VM left the pool");
     let late = store.checkout("m:b", pool(), now + 5, now, now + 60_000);
@@ -52,7 +52,10 @@ async fn checkout_pops_the_oldest_into_the_requests_lease_once() {
         .await
         .unwrap();
     let empty = store.checkout("m:e", pool(), now, now + 30_000, now + 60_000);
-    assert_eq!(empty.await.unwrap(), CheckoutOutcome::Empty);
+    assert!(matches!(
+        empty.await.unwrap(),
+        CheckoutOutcome::Empty { .. }
+    ));
     // A pending lease found past its deadline: its fate is unknown, the VM is deleted.
     let past = store.checkout("m:a", pool(), now + 40_000, now + 30_000, now + 60_000);
     assert!(matches!(past.await.unwrap(), CheckoutOutcome::Orphaned(_)));
@@ -60,6 +63,39 @@ async fn checkout_pops_the_oldest_into_the_requests_lease_once() {
         orphan_reasons(&app).await,
         [("old".to_string(), "checkout_unsettled".to_string())]
     );
+}
+
+#[tokio::test]
+async fn a_pool_has_at_most_one_refill_hint_pending_until_the_refill_consumer_looks() {
+    let app = TestApp::builder().start().await;
+    app.seed(POOL, 3, &[vm("a"), vm("b")]).await;
+    let store = &app.ctx.store;
+    let now = now_ms();
+    let hint = |outcome: CheckoutOutcome| match outcome {
+        CheckoutOutcome::Popped { hint, .. } | CheckoutOutcome::Empty { hint } => hint,
+        other => panic!("{other:?}"),
+    };
+
+    let first = store.checkout("m:1", pool(), now, now + 30_000, now + 60_000);
+    let second = store.checkout("m:2", pool(), now, now + 30_000, now + 60_000);
+    let miss = store.checkout("m:3", pool(), now, now + 30_000, now + 60_000);
+    assert_eq!(
+        [
+            hint(first.await.unwrap()),
+            hint(second.await.unwrap()),
+            hint(miss.await.unwrap())
+        ],
+        [true, false, false],
+        "one hint for a pool, however many pops and misses"
+    );
+    // The refill consumer clears it before it looks at the pool: the next drop sends one.
+    store.trim_pool(pool()).await.unwrap();
+    let after = store.checkout("m:4", pool(), now, now + 30_000, now + 60_000);
+    assert!(hint(after.await.unwrap()));
+    // A hint that could not be sent is cleared, so the next drop sends it.
+    store.clear_hint(pool()).await.unwrap();
+    let next = store.checkout("m:5", pool(), now, now + 30_000, now + 60_000);
+    assert!(hint(next.await.unwrap()));
 }
 
 #[tokio::test]
@@ -73,15 +109,15 @@ async fn settle_hands_out_once_and_says_when_the_lease_was_swept() {
         .await
         .unwrap();
 
+    let batch = [
+        ("m:a".to_string(), now + 1_000),
+        ("m:never".to_string(), now + 1_000),
+    ];
     assert_eq!(
-        store.settle("m:a", now + 1_000).await.unwrap(),
-        Settled::Now
+        store.settle(&batch).await.unwrap(),
+        [Settled::Now, Settled::Swept]
     );
-    assert_eq!(
-        store.settle("m:a", now + 1_000).await.unwrap(),
-        Settled::Already
-    );
-    assert_eq!(store.settle("m:never", now).await.unwrap(), Settled::Swept);
+    assert_eq!(store.settle(&batch[..1]).await.unwrap(), [Settled::Already]);
     assert_eq!(
         app.leases().await["m:a"],
         ("vm".to_string(), "handed".to_string())
@@ -100,7 +136,10 @@ async fn give_back_returns_only_a_pending_lease_and_never_past_the_target() {
             .await
             .unwrap();
     }
-    store.settle("m:c", now + 1_000).await.unwrap();
+    store
+        .settle(&[("m:c".to_string(), now + 1_000)])
+        .await
+        .unwrap();
 
     let head = store
         .give_back("m:a", pool(), Disposal::Head)
@@ -155,7 +194,7 @@ async fn sweep_records_pending_and_handed_leases_past_their_time_with_their_reas
         .checkout("m:h", pool(), now, now + 1, now + 2)
         .await
         .unwrap();
-    store.settle("m:h", now + 3).await.unwrap();
+    store.settle(&[("m:h".to_string(), now + 3)]).await.unwrap();
 
     let swept = store.sweep_leases(now + 10).await.unwrap();
 

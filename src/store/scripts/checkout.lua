@@ -1,7 +1,7 @@
 -- checkout.lua: take the oldest warmed VM of a pool for one request, at most once.
 --
 -- KEYS[1] poolconfigs hash   KEYS[2] the pool's list   KEYS[3] leases hash
--- KEYS[4] lease deadlines zset   KEYS[5] orphaned list
+-- KEYS[4] lease deadlines zset   KEYS[5] orphaned list   KEYS[6] refill hints zset
 -- ARGV[1] request identity   ARGV[2] pool name   ARGV[3] now (ms)
 -- ARGV[4] the request's deadline (ms)   ARGV[5] when an unsettled lease is given up (ms)
 --
@@ -9,8 +9,13 @@
 -- step. A request that comes again (redelivery, retry after an I/O error) finds its lease and
 -- gets the same VM: no request ever takes two, no VM ever goes to two requests.
 --
--- Returns {"popped", entry} | {"lease", entry} | {"orphaned", entry} | {"expired"}
---       | {"no_pool"} | {"empty"}
+-- A pop or a miss means the pool may want VMs: unless a refill hint for the pool is pending
+-- already (the refill consumer clears it before it looks at the pool, so no drop is missed), the
+-- hint is recorded and the answer says to send one ("hint" = 1): at most one pending hint per
+-- pool, however many checkouts.
+--
+-- Returns {"popped", entry, hint} | {"lease", entry} | {"orphaned", entry} | {"expired"}
+--       | {"no_pool"} | {"empty", hint}
 local identity, pool = ARGV[1], ARGV[2]
 local now, deadline = tonumber(ARGV[3]), tonumber(ARGV[4])
 
@@ -34,11 +39,15 @@ end
 if redis.call('HEXISTS', KEYS[1], pool) == 0 then
   return {'no_pool'}
 end
+local function hint()
+  if redis.call('ZADD', KEYS[6], 'NX', now, pool) == 1 then return '1' end
+  return '0'
+end
 local entry = redis.call('LPOP', KEYS[2])
 if not entry then
-  return {'empty'}
+  return {'empty', hint()}
 end
 redis.call('HSET', KEYS[3], identity,
   cjson.encode({state = 'pending', pool = pool, entry = entry, at = now}))
 redis.call('ZADD', KEYS[4], ARGV[5], identity)
-return {'popped', entry}
+return {'popped', entry, hint()}

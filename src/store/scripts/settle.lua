@@ -1,21 +1,32 @@
--- settle.lua: record that a lease's reply reached the broker: the VM is handed out.
+-- settle.lua: record that leases' replies reached the broker: their VMs are handed out. One call
+-- settles a batch of requests (every request answered since the last call).
 --
 -- KEYS[1] leases hash   KEYS[2] lease deadlines zset
--- ARGV[1] request identity   ARGV[2] now (ms)   ARGV[3] when the handed-out record expires (ms)
+-- ARGV[1] now (ms)   then pairs: ARGV[2k] request identity, ARGV[2k+1] when its handed-out
+-- record expires (ms)
 --
--- The record is kept (state "handed") so that a redelivered request gets the same VM again, and
--- until WARMER_MAX_HANDOUT_AGE, after which sweep.lua records the VM for deletion.
--- Returns 1 when settled now, 2 when it already was, 0 when the lease is gone (swept).
-local raw = redis.call('HGET', KEYS[1], ARGV[1])
-if not raw then
-  return 0
+-- Each record is kept (state "handed") so that a redelivered request gets the same VM again, and
+-- until WARMER_MAX_HANDOUT_AGE, after which sweep_leases.lua records the VM for deletion.
+-- Idempotent: a lease already handed out is left as it is.
+-- Returns, per identity: 1 settled now, 2 already settled, 0 the lease is gone (swept).
+local now = tonumber(ARGV[1])
+local results = {}
+for i = 2, #ARGV, 2 do
+  local identity = ARGV[i]
+  local raw = redis.call('HGET', KEYS[1], identity)
+  if not raw then
+    table.insert(results, 0)
+  else
+    local lease = cjson.decode(raw)
+    if lease.state == 'handed' then
+      table.insert(results, 2)
+    else
+      lease.state = 'handed'
+      lease.at = now
+      redis.call('HSET', KEYS[1], identity, cjson.encode(lease))
+      redis.call('ZADD', KEYS[2], ARGV[i + 1], identity)
+      table.insert(results, 1)
+    end
+  end
 end
-local lease = cjson.decode(raw)
-if lease.state == 'handed' then
-  return 2
-end
-lease.state = 'handed'
-lease.at = tonumber(ARGV[2])
-redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(lease))
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-return 1
+return results
