@@ -1,17 +1,20 @@
-//! Checkout latency and throughput against a bare baseline, on the real Redis and RabbitMQ.
+//! Checkout latency and throughput against minimal consumers, on the real Redis and RabbitMQ.
 //!
 //!     cargo bench --bench checkout            # BENCH_ROUNDS=3 BENCH_REQUESTS=2000 by default
 //!
 //! Scenarios, measured in the same run and interleaved round by round (this machine is noisy,
 //! so the ratios are what count):
-//! - `baseline`: a minimal consumer on an identically declared queue that does one Redis round
-//!   trip (LPOP) and one reply per request, then acks;
-//! - `warmer`: `warmer::checkout::run`, requests carrying a fresh `timestamp`;
-//! - `warmer, no timestamp`: the same, but requests carry no `timestamp`, so each one pays the
-//!   direct reply-to presence check.
+//! - `quorum baseline`: a minimal consumer on warmer's checkout queue (quorum, declared by
+//!   warmer) that does one Redis round trip (LPOP) and one reply per request, then acks: the
+//!   reference the ratios are taken against;
+//! - `classic baseline`: the same on a classic durable queue;
+//! - `warmer`: `warmer::checkout::run` on its own queue.
 //!
 //! Each requester uses direct reply-to and sends its requests one after another; latency is
-//! from publish to reply. The table is printed as Markdown for the README.
+//! from publish to reply. Besides latency and throughput it reports the messages the broker
+//! writes to a queue per checkout (the request, and refill hints, counted in the refill queue,
+//! which no consumer empties during the run) and the CPU time per checkout of RabbitMQ, Redis
+//! and the bench process. The table is printed as Markdown for docs/benchmarks.md.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +26,6 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use redis::AsyncCommands;
 use warmer::Config;
 use warmer::Context;
-use warmer::Names;
 use warmer::PoolName;
 use warmer::shutdown;
 
@@ -34,17 +36,17 @@ const VM: &str = r#"{"name":"travis-job-00000000-0000-0000-0000-000000000000","z
 
 #[derive(Clone, Copy, PartialEq)]
 enum Scenario {
-    Baseline,
+    QuorumBaseline,
+    ClassicBaseline,
     Warmer,
-    WarmerNoTimestamp,
 }
 
 impl Scenario {
     fn label(self) -> &'static str {
         match self {
-            Scenario::Baseline => "baseline (1 Redis round trip + 1 reply)",
+            Scenario::QuorumBaseline => "quorum baseline (LPOP + reply)",
+            Scenario::ClassicBaseline => "classic baseline (LPOP + reply)",
             Scenario::Warmer => "warmer checkout",
-            Scenario::WarmerNoTimestamp => "warmer checkout, no `timestamp`",
         }
     }
 }
@@ -52,6 +54,8 @@ impl Scenario {
 struct Sample {
     latencies: Vec<Duration>,
     elapsed: Duration,
+    /// Messages written to a queue during the measured run (requests, refill hints).
+    queue_writes: usize,
     /// CPU ticks spent during the measured run by RabbitMQ, Redis and this process.
     cpu: Cpu,
 }
@@ -127,9 +131,9 @@ async fn main() -> anyhow::Result<()> {
     for concurrency in concurrencies {
         let requests = if concurrency == 1 { total / 4 } else { total };
         let mut results: Vec<(Scenario, Vec<Sample>)> = [
-            Scenario::Baseline,
+            Scenario::QuorumBaseline,
+            Scenario::ClassicBaseline,
             Scenario::Warmer,
-            Scenario::WarmerNoTimestamp,
         ]
         .into_iter()
         .map(|s| (s, Vec::new()))
@@ -143,13 +147,15 @@ async fn main() -> anyhow::Result<()> {
         for (scenario, samples) in &results {
             let s = summarize(samples);
             table.push(format!(
-                "| {} | {concurrency} | {:.2} | {:.2} | {:.0} | {:.2}× | {:.2}× | {:.0} / {:.0} / {:.0} |",
+                "| {} | {concurrency} | {:.2} | {:.2} | {:.0} | {:.2}× | {:.2}× | {:.2}× | {:.2} | {:.0} / {:.0} / {:.0} |",
                 scenario.label(),
                 s.p50_ms,
                 s.p99_ms,
                 s.throughput,
                 s.p50_ms / baseline.p50_ms,
+                s.p99_ms / baseline.p99_ms,
                 s.throughput / baseline.throughput,
+                s.queue_writes,
                 s.cpu_us[0],
                 s.cpu_us[1],
                 s.cpu_us[2],
@@ -161,9 +167,9 @@ async fn main() -> anyhow::Result<()> {
         total / 4
     );
     println!(
-        "| scenario | concurrent requesters | p50 ms | p99 ms | checkouts/s | p50 vs baseline | throughput vs baseline | CPU µs per checkout: RabbitMQ / Redis / bench process |"
+        "| scenario | concurrent requesters | p50 ms | p99 ms | checkouts/s | p50 vs quorum | p99 vs quorum | throughput vs quorum | queue writes per checkout | CPU µs per checkout: RabbitMQ / Redis / bench process |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in table {
         println!("{row}");
     }
@@ -173,6 +179,7 @@ async fn main() -> anyhow::Result<()> {
 struct Summary {
     p50_ms: f64,
     p99_ms: f64,
+    queue_writes: f64,
     throughput: f64,
     /// CPU µs per checkout: RabbitMQ, Redis, this process (requesters and consumer).
     cpu_us: [f64; 3],
@@ -195,6 +202,12 @@ fn summarize(samples: &[Sample]) -> Summary {
             samples
                 .iter()
                 .map(|s| s.latencies.len() as f64 / s.elapsed.as_secs_f64())
+                .collect(),
+        ),
+        queue_writes: median(
+            samples
+                .iter()
+                .map(|s| s.queue_writes as f64 / s.latencies.len() as f64)
                 .collect(),
         ),
         cpu_us: [|c: Cpu| c.broker, |c: Cpu| c.redis, |c: Cpu| c.bench].map(|of| {
@@ -236,48 +249,79 @@ async fn run(
     let entries = vec![VM.to_string(); requests + warmup];
     let _: () = redis.rpush(names.pool(&pool), entries).await?;
 
+    let queue = match scenario {
+        Scenario::ClassicBaseline => {
+            let classic = format!("{prefix}.classic");
+            let durable = lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            };
+            channel
+                .queue_declare(classic.as_str().into(), durable, FieldTable::default())
+                .await?;
+            classic
+        }
+        _ => names.checkout_queue(),
+    };
     let (trigger, stop) = shutdown::channel();
     let consumer = match scenario {
-        Scenario::Baseline => tokio::spawn(baseline(names.clone(), pool.clone(), stop)),
-        _ => tokio::spawn(warmer::checkout::run(ctx.clone(), stop)),
+        Scenario::Warmer => tokio::spawn(warmer::checkout::run(ctx.clone(), stop)),
+        _ => tokio::spawn(baseline(queue.clone(), names.pool(&pool), stop)),
     };
-    wait_for_consumer(amqp, &names.checkout_queue()).await?;
+    wait_for_consumer(amqp, &queue).await?;
 
-    let with_timestamp = scenario != Scenario::WarmerNoTimestamp;
     let requesters =
         Arc::new(Connection::connect(AMQP_URL, ConnectionProperties::default()).await?);
     // Warm-up, then the measured run.
-    load(&requesters, &names, concurrency, warmup, with_timestamp).await?;
+    load(&requesters, &queue, concurrency, warmup).await?;
+    let hints_before = queue_length(amqp, &names.refill_queue()).await?;
     let started = Instant::now();
     let cpu = Cpu::now();
-    let latencies = load(&requesters, &names, concurrency, requests, with_timestamp).await?;
+    let latencies = load(&requesters, &queue, concurrency, requests).await?;
     let cpu = Cpu::now().since(cpu);
     let elapsed = started.elapsed();
 
     trigger.fire();
     consumer.await??;
+    // Hints are published off the request's path: count them once the consumer has stopped.
+    let hints = queue_length(amqp, &names.refill_queue()).await? - hints_before;
     let _ = requesters.close(200, "bye".into()).await;
+    if scenario == Scenario::ClassicBaseline {
+        let _ = channel
+            .queue_delete(queue.as_str().into(), Default::default())
+            .await;
+    }
     let _ = channel.close(200, "ok".into()).await;
     remove_deployment(&names).await;
     Ok(Sample {
+        queue_writes: latencies.len() + hints,
         latencies,
         elapsed,
         cpu,
     })
 }
 
+/// Ready messages in `queue`.
+async fn queue_length(amqp: &Connection, queue: &str) -> anyhow::Result<usize> {
+    let channel = amqp.create_channel().await?;
+    let length = warmer::passive_declare(&channel, queue)
+        .await?
+        .message_count();
+    let _ = channel.close(200, "ok".into()).await;
+    Ok(length as usize)
+}
+
 /// `concurrency` requesters sending `total` requests between them; returns every latency.
 async fn load(
     amqp: &Arc<Connection>,
-    names: &Names,
+    queue: &str,
     concurrency: usize,
     total: usize,
-    with_timestamp: bool,
 ) -> anyhow::Result<Vec<Duration>> {
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
         let channel = amqp.create_channel().await?;
-        let queue = names.checkout_queue();
+        let queue = queue.to_string();
         let count = total / concurrency;
         tasks.push(tokio::spawn(async move {
             let mut replies = warmer::consume_direct_replies(&channel).await?;
@@ -285,7 +329,7 @@ async fn load(
             for _ in 0..count {
                 let patience = Duration::from_secs(30);
                 let (sent, replied) =
-                    check_out(&channel, &mut replies, &queue, with_timestamp, patience).await?;
+                    check_out(&channel, &mut replies, &queue, true, patience).await?;
                 latencies.push(replied - sent);
             }
             anyhow::Ok(latencies)
@@ -299,7 +343,7 @@ async fn load(
 }
 
 /// The baseline: one Redis round trip and one reply per request, nothing else.
-async fn baseline(names: Names, pool: PoolName, stop: shutdown::Shutdown) -> anyhow::Result<()> {
+async fn baseline(queue: String, key: String, stop: shutdown::Shutdown) -> anyhow::Result<()> {
     let amqp = Connection::connect(AMQP_URL, ConnectionProperties::default()).await?;
     let channel = amqp.create_channel().await?;
     let publisher = amqp.create_channel().await?;
@@ -307,10 +351,9 @@ async fn baseline(names: Names, pool: PoolName, stop: shutdown::Shutdown) -> any
         .basic_qos(warmer::checkout::PREFETCH, BasicQosOptions::default())
         .await?;
     let redis = redis::aio::ConnectionManager::new(redis::Client::open(REDIS_URL)?).await?;
-    let key = names.pool(&pool);
     let mut consumer = channel
         .basic_consume(
-            names.checkout_queue().as_str().into(),
+            queue.as_str().into(),
             "baseline".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),

@@ -3,7 +3,7 @@
 //! | name | kind | purpose |
 //! |---|---|---|
 //! | `<prefix>.checkout` | durable quorum queue | checkout requests |
-//! | `<prefix>.refill` | durable quorum queue, at most [`REFILL_QUEUE_LIMIT`] messages (further publishes are refused; a few more get in when many arrive in the same instant, as a quorum queue learns its length as its log commits) | refill hints and fill commands ([`RefillMessage`](crate::events::RefillMessage)) |
+//! | `<prefix>.refill` | durable quorum queue, at most [`REFILL_QUEUE_LIMIT`] messages (further publishes are refused; those already in flight when it fills may still get in, as a quorum queue learns its length as its log commits) | refill hints and fill commands ([`RefillMessage`](crate::events::RefillMessage)) |
 //! | `<prefix>.events` | durable topic exchange | [`Event`]s |
 //! | `<prefix>.dead` | durable queue, at most [`DEAD_LETTER_LIMIT`] messages (the oldest go first) | dead letters |
 //!

@@ -78,9 +78,15 @@ impl Publisher {
 /// checked against the returned message: a return that is not ours (which the discipline rules
 /// out) is never read as "not routed" but as an unknown outcome. A channel whose publish ended
 /// in an error or a timeout is closed, never reused, so nothing late can surface on it.
+///
+/// Publishes that are not `mandatory` (direct reply-to) can never be returned, so they share one
+/// confirm channel, many in flight, whose confirms the broker acknowledges in batches; that
+/// channel carries nothing else, so no return can ever surface on it either.
 pub struct Courier {
     connection: Arc<Connection>,
     idle: Mutex<Vec<Channel>>,
+    /// The channel of publishes that cannot be returned, opened on first use.
+    unreturnable: tokio::sync::Mutex<Option<Channel>>,
 }
 
 impl Courier {
@@ -88,7 +94,21 @@ impl Courier {
         Self {
             connection,
             idle: Mutex::default(),
+            unreturnable: tokio::sync::Mutex::default(),
         }
+    }
+
+    /// The shared channel for publishes that cannot be returned, (re)opened when needed.
+    async fn unreturnable_channel(&self) -> anyhow::Result<Channel> {
+        let mut shared = self.unreturnable.lock().await;
+        if let Some(channel) = shared.as_ref()
+            && channel.status().connected()
+        {
+            return Ok(channel.clone());
+        }
+        let channel = confirm_channel(&self.connection).await?;
+        *shared = Some(channel.clone());
+        Ok(channel)
     }
 
     /// Publishes to `queue`, `mandatory` unless it is direct reply-to. An error means the outcome
@@ -104,6 +124,16 @@ impl Courier {
         let mandatory = !queue.starts_with(DIRECT_REPLY_TO);
         let id = uuid::Uuid::new_v4().simple().to_string();
         let properties = properties.with_message_id(id.as_str().into());
+        if !mandatory {
+            let channel = self.unreturnable_channel().await?;
+            return match publish_confirmed(&channel, "", queue, body, properties, false).await? {
+                Confirmation::Ack(None) | Confirmation::NotRequested => Ok(Published::Routed),
+                Confirmation::Ack(Some(_)) => Err(anyhow!(
+                    "a message returned on a channel of unreturnable publishes"
+                )),
+                Confirmation::Nack(_) => Err(anyhow!("the broker nacked the message")),
+            };
+        }
         let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
         let channel = match idle {
             Some(channel) if channel.status().connected() => channel,
@@ -142,8 +172,11 @@ impl Courier {
         published
     }
 
-    /// Closes the idle channels.
+    /// Closes the idle channels and the shared one.
     pub async fn close(&self) {
+        if let Some(channel) = self.unreturnable.lock().await.take() {
+            let _ = channel.close(200, "bye".into()).await;
+        }
         let idle: Vec<Channel> = self
             .idle
             .lock()

@@ -1,7 +1,8 @@
 //! Direct reply-to: consuming replies as a requester, and asking whether a requester is there.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lapin::Channel;
 use lapin::options::BasicConsumeOptions;
@@ -57,19 +58,47 @@ pub struct Prober {
     connection: LazyConnection,
     /// Channels kept while their probes succeed (a failed passive declare closes its channel).
     idle: Mutex<Vec<Channel>>,
+    /// Names the broker confirmed within the last [`PRESENCE_MEMORY`]: a requester sending
+    /// requests one after another on its channel is asked about once a second, not once a
+    /// request. Only confirmations are remembered: a name that is gone or unknown is asked again.
+    present: Mutex<HashMap<String, Instant>>,
 }
+
+/// How long a confirmed name counts as present without asking again. A requester that leaves
+/// within it loses its reply: the VM is handed out and deleted after `WARMER_MAX_HANDOUT_AGE`.
+pub const PRESENCE_MEMORY: Duration = Duration::from_secs(1);
+/// Names remembered at most; the memory is cleared of expired names when it is full.
+const REMEMBERED_NAMES: usize = 10_000;
 
 impl Prober {
     pub fn new(url: ServerUrl, name: String) -> Self {
         Self {
             connection: LazyConnection::new(url, name),
             idle: Mutex::default(),
+            present: Mutex::default(),
         }
     }
 
     /// Whether `reply_to` (a direct reply-to name) has a requester; at most [`PROBE_TIMEOUT`].
     pub async fn probe(&self, reply_to: &str) -> Presence {
+        let remembered = self
+            .present
+            .lock()
+            .ok()
+            .and_then(|present| present.get(reply_to).copied());
+        if remembered.is_some_and(|at| at.elapsed() < PRESENCE_MEMORY) {
+            return Presence::Here;
+        }
         match tokio::time::timeout(PROBE_TIMEOUT, self.probe_once_or_twice(reply_to)).await {
+            Ok(Presence::Here) => {
+                if let Ok(mut present) = self.present.lock() {
+                    if present.len() >= REMEMBERED_NAMES {
+                        present.retain(|_, at| at.elapsed() < PRESENCE_MEMORY);
+                    }
+                    present.insert(reply_to.to_string(), Instant::now());
+                }
+                Presence::Here
+            }
             Ok(presence) => presence,
             Err(_) => {
                 tracing::warn!("presence probe timed out; reconnecting");

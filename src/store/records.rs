@@ -60,7 +60,7 @@ pub struct Lease {
     pub pool: String,
     /// The pool entry, exactly as it was stored (it goes back to the head as it is).
     pub entry: String,
-    /// When it was popped, then when it was handed out (ms since the epoch).
+    /// When it was popped (ms since the epoch); its handout follows within the request's budget.
     pub at: u64,
 }
 
