@@ -79,6 +79,11 @@ impl Names {
 
     // --- Redis (warmer's own keys) ----------------------------------------------------------
 
+    /// Sorted set: orphan records a deleter has claimed → when the claim expires (ms).
+    pub fn deleting(&self) -> String {
+        format!("{}:_deleting", self.namespace)
+    }
+
     /// Hash: request identity → lease (the VM popped for it, pending or handed out).
     pub fn leases(&self) -> String {
         format!("{}:_leases", self.namespace)

@@ -18,7 +18,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
-use super::{BootError, Booted, CloudVm, VmSpec, label_value};
+use super::{BootError, Booted, CloudVm, DeleteError, VmSpec, label_value};
 use crate::config::GoogleConfig;
 use crate::pool::short_zone;
 
@@ -485,10 +485,15 @@ impl Gce {
     }
 
     /// Deletes a VM (404 counts as deleted); with no zone, every zone of the region is tried.
-    pub async fn delete(&self, name: &str, zone: Option<&str>) -> anyhow::Result<()> {
+    /// One call per zone, no retry: a rate limit is the caller's to pace.
+    pub async fn delete(&self, name: &str, zone: Option<&str>) -> Result<(), DeleteError> {
         let zones: Vec<String> = match zone {
             Some(zone) => vec![short_zone(zone).to_string()],
-            None => self.zones().await?.to_vec(),
+            None => self
+                .zones()
+                .await
+                .map_err(|e| anyhow::anyhow!("listing the region's zones: {e}"))?
+                .to_vec(),
         };
         for zone in zones {
             let path = format!(
@@ -496,9 +501,21 @@ impl Gce {
                 self.inner.project,
                 uuid::Uuid::new_v4()
             );
-            match self.call_retrying(Method::DELETE, &path, None).await {
+            match self.call(Method::DELETE, &path, None).await {
                 Ok(_) | Err(GceError::NotFound) => {}
-                Err(error) => return Err(anyhow::anyhow!("deleting {name} in {zone}: {error}")),
+                Err(GceError::RateLimited {
+                    retry_after,
+                    per_minute,
+                    ..
+                }) => {
+                    return Err(DeleteError::RateLimited {
+                        retry_after,
+                        per_minute,
+                    });
+                }
+                Err(error) => {
+                    return Err(anyhow::anyhow!("deleting {name} in {zone}: {error}").into());
+                }
             }
         }
         Ok(())
@@ -605,7 +622,8 @@ fn cloud_vm(vm: &Value) -> CloudVm {
     }
 }
 
-fn until_next_minute() -> Duration {
+/// How long until the next minute starts (and a per-minute quota refills), plus a margin.
+pub fn until_next_minute() -> Duration {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();

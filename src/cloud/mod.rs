@@ -42,6 +42,21 @@ pub enum BootError {
     Halfway { zone: String, reason: String },
 }
 
+/// Why a deletion did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum DeleteError {
+    /// Compute Engine refused for its rate limit: try again after `pause` (`per_minute`: the
+    /// quota refills at the next minute).
+    #[error("rate limited")]
+    RateLimited {
+        retry_after: Option<Duration>,
+        per_minute: bool,
+    },
+    /// Anything else; the VM may still exist.
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
 impl BootError {
     /// `quota`, `not_created` or `halfway`, as `boot.failed` events say.
     pub fn kind(&self) -> &'static str {
@@ -86,8 +101,9 @@ impl Cloud {
         }
     }
 
-    /// Deletes a VM; one that does not exist counts as deleted. `zone` may be unknown.
-    pub async fn delete(&self, name: &str, zone: Option<&str>) -> anyhow::Result<()> {
+    /// Deletes a VM, one call per zone and no retry: a rate limit goes to the caller, which
+    /// paces itself. A VM that does not exist counts as deleted. `zone` may be unknown.
+    pub async fn delete(&self, name: &str, zone: Option<&str>) -> Result<(), DeleteError> {
         match self {
             Cloud::Gce(gce) => gce.delete(name, zone).await,
             Cloud::Local(local) => {

@@ -19,6 +19,7 @@ use anyhow::Context as _;
 use crate::amqp::Publisher;
 use crate::cloud::{CHECKED_OUT_AT, COOLED, Cloud, CloudVm, DEPLOYMENT, label_value};
 use crate::context::Context;
+use crate::deletion::Deleter;
 use crate::events::{Event, Events, FillCommand, RefillMessage};
 use crate::names::Names;
 use crate::shutdown::Shutdown;
@@ -65,11 +66,13 @@ pub struct Reconciler {
     ctx: Context,
     cloud: Cloud,
     owner: String,
+    deleter: tokio::sync::Mutex<Deleter>,
 }
 
 impl Reconciler {
     pub fn new(ctx: Context, cloud: Cloud) -> Self {
         Self {
+            deleter: tokio::sync::Mutex::new(Deleter::new(ctx.store.clone(), cloud.clone())),
             ctx,
             cloud,
             owner: format!("reconciler-{}", uuid::Uuid::new_v4().simple()),
@@ -314,7 +317,9 @@ impl Reconciler {
         let confirmed = plan.delete.iter().filter_map(|r| r.name.as_ref());
         let unmark: Vec<&String> = plan.unmark.iter().chain(confirmed).collect();
         store.unmark_suspects(&unmark).await?;
-        report.deleted = crate::deletion::delete_orphans(store, &self.cloud, events, 500).await;
+        // Deletion goes as fast as the cloud takes, until the next pass is due at the latest.
+        let deadline = Instant::now() + self.ctx.config.reconcile_interval;
+        report.deleted = self.deleter.lock().await.drain(events, deadline).await;
         for (vm, checked_out_at) in &plan.label {
             let labels = [
                 (COOLED.0, COOLED.1.to_string()),

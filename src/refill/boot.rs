@@ -11,10 +11,15 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::Refill;
 use crate::cloud::{BootError, VmSpec};
+use crate::deletion::Deleter;
 use crate::events::Event;
+use crate::shutdown::Shutdown;
 use crate::pool::PoolName;
 use crate::store::PoolEntry;
 use crate::store::{Finished, now_ms};
+
+/// How long one drain of the refill process's deleter runs before it looks at shutdown again.
+const DELETION_SLICE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A new VM's name, `travis-job-<uuid>` like travis-ci/warmer's.
 fn vm_name() -> String {
@@ -164,7 +169,7 @@ impl Refill {
             }
         };
         drop(permit);
-        self.delete_orphans().await;
+        self.deletions.notify_one();
         // A pool fills up by itself: after a success, it is looked at again. After a failure, it
         // waits for the next event or fill command rather than hammer a failing cloud. Either
         // way the freed slot goes to whichever pool waits.
@@ -210,8 +215,24 @@ impl Refill {
         })
     }
 
-    /// Deletes the VMs recorded in `orphaned` and announces each deletion.
-    pub async fn delete_orphans(&self) {
-        crate::deletion::delete_orphans(&self.ctx.store, &self.cloud, &self.events, 50).await;
+    /// Deletes the VMs recorded in `orphaned` whenever woken (after each message and each
+    /// boot), as fast as the cloud takes, until `shutdown`.
+    pub(super) async fn delete_orphans(self: Arc<Self>, shutdown: Shutdown) {
+        let mut deleter = Deleter::new(self.ctx.store.clone(), self.cloud.clone());
+        loop {
+            tokio::select! {
+                _ = self.deletions.notified() => {}
+                _ = shutdown.wait() => return,
+            }
+            let slice = Instant::now() + DELETION_SLICE;
+            tokio::select! {
+                _ = deleter.drain(&self.events, slice) => {}
+                // Claims of calls cut short expire and go back to orphaned.
+                _ = shutdown.wait() => return,
+            }
+            if Instant::now() >= slice {
+                self.deletions.notify_one(); // more may wait: go on
+            }
+        }
     }
 }

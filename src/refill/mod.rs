@@ -63,8 +63,10 @@ pub struct Refill {
     /// Pools that may want boots, in the order they get the next free slot; each at most once.
     wanting: Mutex<VecDeque<PoolName>>,
     keys: KeyStock,
-    /// Events, through the current broker session's publisher.
+    /// Events, through the current broker session's channel.
     events: Events,
+    /// Wakes the deleter (see [`Refill::delete_orphans`]).
+    deletions: tokio::sync::Notify,
     shutdown: Shutdown,
 }
 
@@ -89,6 +91,7 @@ impl Refill {
             wanting: Mutex::default(),
             keys: KeyStock::new(passphrase, concurrency),
             events: Events::new(ctx.names.clone()),
+            deletions: tokio::sync::Notify::new(),
             ctx,
             cloud,
             shutdown,
@@ -127,7 +130,7 @@ impl Refill {
                 return Outcome::Failed;
             }
         };
-        self.delete_orphans().await;
+        self.deletions.notify_one();
         Outcome::Refilled {
             pools: pools.len(),
             boots,
@@ -153,7 +156,9 @@ async fn connection_lost(connection: &lapin::Connection) {
 /// Consumes the refill queue until `shutdown`, then waits for boots in flight.
 pub async fn run(ctx: Context, cloud: Cloud, shutdown: Shutdown) -> anyhow::Result<()> {
     let refill = Refill::new(ctx.clone(), cloud, shutdown.clone())?;
-    amqp::supervise("refill", &shutdown, || async {
+    let deleter = tokio::spawn(refill.clone().delete_orphans(shutdown.clone()));
+    refill.deletions.notify_one(); // what an earlier process left
+    let result = amqp::supervise("refill", &shutdown, || async {
         let connection = ctx.amqp("refill").await?;
         topology::declare(&connection, &ctx.names).await?;
         let channel = connection.create_channel().await?;
@@ -186,5 +191,7 @@ pub async fn run(ctx: Context, cloud: Cloud, shutdown: Shutdown) -> anyhow::Resu
         let _ = connection.close(200, "bye".into()).await;
         result
     })
-    .await
+    .await;
+    let _ = deleter.await;
+    result
 }

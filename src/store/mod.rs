@@ -6,6 +6,7 @@
 //! | `<ns>:poolconfigs` | hash | [`pools`] | pool → target (legacy, decimal string) |
 //! | `<ns>:<pool>` | list | [`pools`] | warmed VMs as [`PoolEntry`] JSON, oldest at the head (legacy) |
 //! | `<ns>:orphaned` | list | [`orphans`] | [`OrphanRecord`]s: VMs to delete (legacy, `reason` added) |
+//! | `<ns>:_deleting` | zset | [`orphans`] | records a deleter claimed → when the claim expires (ms) |
 //! | `<ns>:_leases` | hash | [`leases`] | request identity → [`Lease`] |
 //! | `<ns>:_lease_deadlines` | zset | [`leases`] | request identity → when its lease is swept (ms) |
 //! | `<ns>:_booting:<pool>` | zset | [`boots`] | VM name → when its boot reservation expires (ms) |
@@ -72,6 +73,8 @@ struct Scripts {
     abandon_boot: redis::Script,
     trim_pool: redis::Script,
     evict: redis::Script,
+    claim_orphans: redis::Script,
+    release_orphans: redis::Script,
     lock: redis::Script,
     unlock: redis::Script,
 }
@@ -93,6 +96,8 @@ fn scripts() -> &'static Scripts {
             abandon_boot: script(include_str!("scripts/abandon_boot.lua")),
             trim_pool: script(include_str!("scripts/trim_pool.lua")),
             evict: script(include_str!("scripts/evict.lua")),
+            claim_orphans: script(include_str!("scripts/claim_orphans.lua")),
+            release_orphans: script(include_str!("scripts/release_orphans.lua")),
             lock: script(include_str!("scripts/lock.lua")),
             unlock: script(include_str!("scripts/unlock.lua")),
         }

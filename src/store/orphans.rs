@@ -1,25 +1,55 @@
 //! Orphans (`<ns>:orphaned`): VMs that may exist in the cloud but belong to no pool, recorded
-//! until their deletion is confirmed.
+//! until their deletion is confirmed; a deleter claims records (`<ns>:_deleting`) while it
+//! deletes their VMs, so that deleters in several processes share the work.
 
 use redis::AsyncCommands;
 
-use super::{Orphan, OrphanRecord, Store};
+use super::{Orphan, OrphanRecord, Store, now_ms};
 
 impl Store {
-    /// How many VMs wait in `orphaned` for deletion.
+    /// How many VMs wait for deletion (recorded, or claimed by a deleter).
     pub async fn orphan_count(&self) -> redis::RedisResult<u64> {
-        let key = &self.names.orphaned();
-        self.call(|mut conn| async move { conn.llen(key).await })
-            .await
+        let (list, claims) = (&self.names.orphaned(), &self.names.deleting());
+        let (recorded, claimed): (u64, u64) = self
+            .call(|mut conn| async move {
+                redis::pipe()
+                    .llen(list)
+                    .zcard(claims)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(recorded + claimed)
     }
 
-    /// The first `limit` records of `orphaned`.
-    pub async fn orphans(&self, limit: isize) -> redis::RedisResult<Vec<Orphan>> {
-        let key = &self.names.orphaned();
-        let raw: Vec<String> = self
-            .call(|mut conn| async move { conn.lrange(key, 0, limit - 1).await })
-            .await?;
+    /// Claims up to `limit` records to delete their VMs, each until `expires_at` (ms); returns
+    /// the expired claims of others to orphaned first (see `claim_orphans.lua`).
+    pub async fn claim_orphans(&self, limit: usize, expires_at: u64) -> redis::RedisResult<Vec<Orphan>> {
+        let mut invocation = self.scripts.claim_orphans.prepare_invoke();
+        invocation
+            .key(self.names.orphaned())
+            .key(self.names.deleting())
+            .arg(now_ms())
+            .arg(expires_at)
+            .arg(limit);
+        let raw: Vec<String> = self.invoke(&invocation).await?;
         Ok(raw.into_iter().map(Orphan::parse).collect())
+    }
+
+    /// Gives claimed records back to orphaned (see `release_orphans.lua`).
+    pub async fn release_orphans(&self, orphans: &[Orphan]) -> redis::RedisResult<()> {
+        if orphans.is_empty() {
+            return Ok(());
+        }
+        let mut invocation = self.scripts.release_orphans.prepare_invoke();
+        invocation
+            .key(self.names.orphaned())
+            .key(self.names.deleting());
+        for orphan in orphans {
+            invocation.arg(&orphan.raw);
+        }
+        let _: i64 = self.invoke(&invocation).await?;
+        Ok(())
     }
 
     /// Records VMs for deletion.
@@ -40,11 +70,11 @@ impl Store {
         Ok(())
     }
 
-    /// Removes one record once its VM is deleted.
+    /// Forgets a claimed record once its VM is deleted.
     pub async fn forget_orphan(&self, orphan: &Orphan) -> redis::RedisResult<()> {
-        let (key, raw) = (&self.names.orphaned(), &orphan.raw);
+        let (key, raw) = (&self.names.deleting(), &orphan.raw);
         let _: i64 = self
-            .call(|mut conn| async move { conn.lrem(key, 1, raw).await })
+            .call(|mut conn| async move { conn.zrem(key, raw).await })
             .await?;
         Ok(())
     }

@@ -54,6 +54,7 @@ pub struct RedisView {
     /// Unexpired boot reservations, per pool.
     pub booting: BTreeMap<String, Vec<String>>,
     pub leases: Vec<Lease>,
+    /// Recorded orphans, and those a deleter has claimed.
     pub orphans: Vec<Orphan>,
     pub suspects: BTreeSet<String>,
     pub brake: bool,
@@ -110,6 +111,7 @@ impl Store {
         }
         pipe.hvals(names.leases())
             .lrange(names.orphaned(), 0, -1)
+            .zrange(names.deleting(), 0, -1)
             .smembers(names.suspects())
             .exists(names.brake())
             .zrange_withscores(names.hints(), 0, -1);
@@ -139,11 +141,13 @@ impl Store {
             .iter()
             .filter_map(|raw| serde_json::from_str(raw).ok())
             .collect();
-        let orphans: Vec<String> = redis::from_redis_value_ref(&tail[1])?;
+        let mut orphans: Vec<String> = redis::from_redis_value_ref(&tail[1])?;
+        let claimed: Vec<String> = redis::from_redis_value_ref(&tail[2])?;
+        orphans.extend(claimed);
         view.orphans = orphans.into_iter().map(Orphan::parse).collect();
-        view.suspects = redis::from_redis_value_ref(&tail[2])?;
-        view.brake = redis::from_redis_value_ref(&tail[3])?;
-        let hints: Vec<(String, f64)> = redis::from_redis_value_ref(&tail[4])?;
+        view.suspects = redis::from_redis_value_ref(&tail[3])?;
+        view.brake = redis::from_redis_value_ref(&tail[4])?;
+        let hints: Vec<(String, f64)> = redis::from_redis_value_ref(&tail[5])?;
         view.hints = hints.into_iter().map(|(p, at)| (p, at as u64)).collect();
         Ok(view)
     }

@@ -116,7 +116,10 @@ impl AppBuilder {
             .await
             .expect("topology");
         let redis_client = redis::Client::open(self.own_redis_url.as_str()).expect("Redis URL");
-        let redis = redis::aio::ConnectionManager::new(redis_client)
+        // The client's default 500 ms answer timeout fails reads on a machine loaded by the suite.
+        let patient = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(std::time::Duration::from_secs(10)));
+        let redis = redis::aio::ConnectionManager::new_with_config(redis_client, patient)
             .await
             .expect("Redis is up");
         let (trigger, shutdown) = shutdown::channel();

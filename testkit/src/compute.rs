@@ -53,6 +53,21 @@ pub struct State {
     pub set_labels_calls: usize,
     /// Listings started (first pages of `aggregated/instances`): one per reconcile pass.
     pub listings: usize,
+    /// Every `instances.delete` call, refused ones included.
+    pub delete_calls: usize,
+    /// How long a delete takes to answer.
+    pub delete_delay: Duration,
+    pub deletes_in_flight: usize,
+    pub peak_deletes_in_flight: usize,
+    /// Deletes accepted per wall-clock minute before the rest of the minute answers 403
+    /// `rateLimitExceeded` (Compute Engine's per-minute write quota).
+    pub delete_quota_per_minute: Option<usize>,
+    delete_minute: (u64, usize),
+    /// Deletes per second, with a burst: beyond, 429 without a reason (a per-second limit).
+    pub delete_rate: Option<(f64, f64)>,
+    delete_tokens: Option<(f64, Instant)>,
+    /// Calls refused for the rate.
+    pub rate_limited: usize,
     next_ip: u32,
 }
 
@@ -256,7 +271,20 @@ async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Respons
             }
         }
         (Method::DELETE, ["zones", zone, "instances", name]) => {
+            let delay = {
+                let mut state = state.lock().unwrap();
+                state.delete_calls += 1;
+                if let Some(refused) = state.refuse_for_rate() {
+                    return refused;
+                }
+                state.deletes_in_flight += 1;
+                state.peak_deletes_in_flight =
+                    state.peak_deletes_in_flight.max(state.deletes_in_flight);
+                state.delete_delay
+            };
+            tokio::time::sleep(delay).await;
             let mut state = state.lock().unwrap();
+            state.deletes_in_flight -= 1;
             match state.instances.get(*name) {
                 Some(instance) if instance["zone"] == zone_url(zone) => {
                     state.instances.remove(*name);
@@ -278,6 +306,46 @@ async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Respons
             set_labels(&state, zone, name, &body)
         }
         _ => error(404, "notFound", "no such method in the stand-in"),
+    }
+}
+
+impl State {
+    /// The answer to a delete refused for a rate limit, if it is.
+    fn refuse_for_rate(&mut self) -> Option<Response<Full<Bytes>>> {
+        if let Some(quota) = self.delete_quota_per_minute {
+            let minute = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs()
+                / 60;
+            if self.delete_minute.0 != minute {
+                self.delete_minute = (minute, 0);
+            }
+            if self.delete_minute.1 >= quota {
+                self.rate_limited += 1;
+                return Some(error(
+                    403,
+                    "rateLimitExceeded",
+                    "Quota exceeded for quota metric 'Write requests' and limit 'Write requests per minute'",
+                ));
+            }
+            self.delete_minute.1 += 1;
+        }
+        if let Some((rate, burst)) = self.delete_rate {
+            let now = Instant::now();
+            let (tokens, at) = self.delete_tokens.unwrap_or((burst, now));
+            let tokens = (tokens + now.duration_since(at).as_secs_f64() * rate).min(burst);
+            if tokens < 1.0 {
+                self.delete_tokens = Some((tokens, now));
+                self.rate_limited += 1;
+                return Some(respond(
+                    429,
+                    json!({"error": {"code": 429, "message": "Too many requests"}}),
+                ));
+            }
+            self.delete_tokens = Some((tokens - 1.0, now));
+        }
+        None
     }
 }
 

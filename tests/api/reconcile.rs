@@ -465,3 +465,41 @@ async fn after_faults_every_labelled_vm_is_accounted_for_or_deleted_within_two_p
     assert!(pool.len() <= 1, "the surplus went: {pool:?}");
     assert!(!compute.instances().contains("leaked"));
 }
+
+#[tokio::test]
+async fn orphans_are_deleted_at_the_pace_the_rate_limit_allows_and_never_twice() {
+    const ORPHANS: usize = 300;
+    let compute = ComputeStandIn::start(Duration::ZERO).await;
+    // A per-second write limit and calls that take a while: the pace must learn both.
+    compute.with(|s| {
+        s.delete_rate = Some((150.0, 10.0));
+        s.delete_delay = Duration::from_millis(20);
+    });
+    let mut app = TestApp::builder().gce(&compute).start().await;
+    let records: Vec<warmer::OrphanRecord> = (0..ORPHANS)
+        .map(|i| {
+            let name = format!("orphan-{i:03}");
+            compute.add_instance(&name, ZONE, labels(&app));
+            warmer::OrphanRecord::new(&name, Some(ZONE), "surplus")
+        })
+        .collect();
+    app.ctx.store.record_orphans(&records).await.unwrap();
+
+    // Two deleters at once, in two processes' roles: the refill consumer's and a reconcile
+    // pass's. Their claims keep them off each other's VMs.
+    app.start_refill().await;
+    let report = app.reconciler().await.pass(None).await.unwrap();
+    eventually("every orphan deleted", || async {
+        compute.instances().is_empty() && app.ctx.store.orphan_count().await.unwrap() == 0
+    })
+    .await;
+
+    assert!(report.deleted > 0, "the pass deleted its share");
+    let (calls, refused) = compute.with(|s| (s.delete_calls, s.rate_limited));
+    assert!(refused > 0, "the rate limit was met");
+    assert_eq!(calls - refused, ORPHANS, "each VM deleted once, by one deleter");
+    let mut deleted = compute.with(|s| s.deleted.clone());
+    deleted.sort();
+    deleted.dedup();
+    assert_eq!(deleted.len(), ORPHANS);
+}
