@@ -6,7 +6,7 @@
 //! delete the same VM at once, and deletes their VMs with as many calls in flight as
 //! Compute Engine takes: [`Pace`] adds one call per window of successes and halves after a rate
 //! limit (once per window), and pauses until the limit's `Retry-After`, the next minute for a
-//! per-minute quota, or a second. A record is forgotten only once its VM is gone (404 counts);
+//! per-minute quota, or a quarter of a second. A record is forgotten only once its VM is gone (404 counts);
 //! a deletion that fails otherwise keeps its claim until the claim expires, so it is tried again
 //! a few minutes later, never in a tight loop. Claims a deleter did not start when it stops go
 //! back to `orphaned` at once.
@@ -26,7 +26,7 @@ const MAX_IN_FLIGHT: f64 = 64.0;
 /// How long a claim protects a record from other deleters: a failed deletion is retried after it.
 pub const CLAIM_TTL: Duration = Duration::from_secs(300);
 /// The pause after a rate limit that says nothing of when to come back.
-const RATE_LIMIT_PAUSE: Duration = Duration::from_secs(1);
+const RATE_LIMIT_PAUSE: Duration = Duration::from_millis(250);
 
 /// How many deletions may be in flight, learnt from the cloud's answers (additive increase,
 /// multiplicative decrease), and whether a rate limit asks to wait. Pure.
@@ -148,8 +148,7 @@ impl Deleter {
             }
             let ended = match self.pace.paused_for(now) {
                 Some(pause) if open && calls.is_empty() => {
-                    tokio::time::sleep(pause.min(deadline.saturating_duration_since(now)))
-                        .await;
+                    tokio::time::sleep(pause.min(deadline.saturating_duration_since(now))).await;
                     continue;
                 }
                 _ => calls.join_next().await,
@@ -229,7 +228,11 @@ mod tests {
         for _ in 0..9 {
             pace.succeeded();
         }
-        assert_eq!(pace.allowed(now), 9, "about one more per window of successes");
+        assert_eq!(
+            pace.allowed(now),
+            9,
+            "about one more per window of successes"
+        );
 
         // Eight calls of the same window refused at once: one halving, not eight.
         let window = pace.window();

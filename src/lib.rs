@@ -67,10 +67,12 @@ pub use amqp::{
 pub use cloud::Cloud;
 pub use config::{Config, Secret, ServerUrl};
 pub use context::Context;
-pub use events::{Event, FillCommand, RefillMessage};
+pub use deletion::Deleter;
+pub use events::{Event, Events, FillCommand, RefillMessage};
 pub use names::Names;
 pub use pool::PoolName;
 pub use sshkey::generate_blocking as generate_ssh_key;
+pub use store::reconcile::{LeaseView, RedisView, WarmedVm};
 pub use store::{
     Checkout as CheckoutOutcome, Disposal, Finished, GiveBack, Lease, LeaseState, Orphan,
     OrphanRecord, PoolEntry, Reservation, Settled, Store, Swept, now_ms,

@@ -79,6 +79,11 @@ impl Names {
 
     // --- Redis (warmer's own keys) ----------------------------------------------------------
 
+    /// List: scratch space of `evict.lua`, empty between its runs.
+    pub fn scratch(&self) -> String {
+        format!("{}:_scratch", self.namespace)
+    }
+
     /// Sorted set: orphan records a deleter has claimed → when the claim expires (ms).
     pub fn deleting(&self) -> String {
         format!("{}:_deleting", self.namespace)

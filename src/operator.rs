@@ -180,11 +180,9 @@ pub async fn status(ctx: &Context) -> anyhow::Result<String> {
         "POOL", "TARGET", "READY", "BOOTING", "HANDED OUT", "OLDEST"
     );
     for pool in &pools {
-        let oldest = match &pool.oldest {
+        let oldest = match pool.oldest_booted_at {
             None => "-".to_string(),
-            Some(entry) => entry
-                .booted_at
-                .map_or("unknown".into(), |t| age(now.saturating_sub(t))),
+            Some(booted_at) => booted_at.map_or("unknown".into(), |t| age(now.saturating_sub(t))),
         };
         let _ = writeln!(
             out,

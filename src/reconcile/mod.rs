@@ -12,6 +12,7 @@
 
 pub mod plan;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -23,7 +24,7 @@ use crate::deletion::Deleter;
 use crate::events::{Event, Events, FillCommand, RefillMessage};
 use crate::names::Names;
 use crate::shutdown::Shutdown;
-use crate::store::{LeaseState, now_ms};
+use crate::store::now_ms;
 use crate::topology;
 use plan::LeasedVm;
 pub use plan::{Limits, Plan, Snapshot};
@@ -190,14 +191,12 @@ impl Reconciler {
         let view = self.ctx.store.reconcile_view(now).await?;
         let leases = view
             .leases
-            .iter()
-            .filter_map(|lease| {
-                Some(LeasedVm {
-                    name: lease.vm_name()?,
-                    pool: lease.pool.clone(),
-                    handed: lease.state == LeaseState::Handed,
-                    at: lease.at / 1000,
-                })
+            .into_iter()
+            .map(|lease| LeasedVm {
+                name: lease.vm,
+                pool: lease.pool,
+                handed: lease.handed,
+                at: lease.at / 1000,
             })
             .collect();
         let cloud = self
@@ -226,23 +225,15 @@ impl Reconciler {
         let events = broker.map_or(&unconnected, |b| &b.events);
         let mut report = Report::default();
 
+        // Every eviction of the pass, per pool: the plan's, and those the lookups below decide.
+        let mut evictions: BTreeMap<&str, Vec<(&str, &str, &str)>> = BTreeMap::new();
         for eviction in &plan.evict {
             let vm = &eviction.vm;
-            if store
-                .evict(&eviction.pool, &vm.raw, &vm.name, &vm.zone, eviction.reason)
-                .await?
-            {
-                report.evicted += 1;
-                tracing::info!(pool = %eviction.pool, vm = %vm.name, reason = eviction.reason, "evicted");
-                events
-                    .emit(Event::InstanceEvicted {
-                        pool: eviction.pool.clone(),
-                        instance: vm.name.clone(),
-                        zone: vm.zone.clone(),
-                        reason: eviction.reason.into(),
-                    })
-                    .await;
-            }
+            evictions.entry(&eviction.pool).or_default().push((
+                &vm.name,
+                &vm.zone,
+                eviction.reason,
+            ));
         }
         // Evicted VMs are now orphans, deleted below with the rest; direct deletions join them.
         // Look the unlisted VMs up a few at a time.
@@ -293,21 +284,34 @@ impl Reconciler {
                     continue;
                 }
             };
-            if store
-                .evict(pool, &vm.raw, &vm.name, &vm.zone, reason)
-                .await?
-            {
+            evictions
+                .entry(pool)
+                .or_default()
+                .push((&vm.name, &vm.zone, reason));
+        }
+        // Evicted VMs are now orphans, deleted below with the rest. One line for the pass, not
+        // one per VM: a mass eviction is tens of thousands.
+        let mut by_reason: BTreeMap<&str, usize> = BTreeMap::new();
+        for (pool, vms) in &evictions {
+            for name in store.evict(pool, vms).await? {
+                let Some((_, zone, reason)) = vms.iter().find(|(n, ..)| *n == name) else {
+                    continue;
+                };
                 report.evicted += 1;
-                tracing::info!(%pool, vm = %vm.name, reason, "evicted");
+                *by_reason.entry(reason).or_default() += 1;
+                tracing::debug!(%pool, vm = %name, reason, "evicted");
                 events
                     .emit(Event::InstanceEvicted {
-                        pool: pool.clone(),
-                        instance: vm.name.clone(),
-                        zone: vm.zone.clone(),
-                        reason: reason.into(),
+                        pool: pool.to_string(),
+                        instance: name,
+                        zone: zone.to_string(),
+                        reason: reason.to_string(),
                     })
                     .await;
             }
+        }
+        if report.evicted > 0 {
+            tracing::info!(evicted = report.evicted, ?by_reason, "evicted warmed VMs");
         }
         store.record_orphans(&plan.delete).await?;
         if !plan.mark.is_empty() {

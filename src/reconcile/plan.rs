@@ -255,7 +255,6 @@ mod tests {
 
     fn ready(name: &str, age: u64) -> WarmedVm {
         WarmedVm {
-            raw: format!(r#"{{"name":"{name}"}}"#),
             name: name.into(),
             zone: "z".into(),
             booted_at: Some(NOW - age),

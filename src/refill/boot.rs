@@ -13,8 +13,8 @@ use super::Refill;
 use crate::cloud::{BootError, VmSpec};
 use crate::deletion::Deleter;
 use crate::events::Event;
-use crate::shutdown::Shutdown;
 use crate::pool::PoolName;
+use crate::shutdown::Shutdown;
 use crate::store::PoolEntry;
 use crate::store::{Finished, now_ms};
 

@@ -24,7 +24,11 @@ impl Store {
 
     /// Claims up to `limit` records to delete their VMs, each until `expires_at` (ms); returns
     /// the expired claims of others to orphaned first (see `claim_orphans.lua`).
-    pub async fn claim_orphans(&self, limit: usize, expires_at: u64) -> redis::RedisResult<Vec<Orphan>> {
+    pub async fn claim_orphans(
+        &self,
+        limit: usize,
+        expires_at: u64,
+    ) -> redis::RedisResult<Vec<Orphan>> {
         let mut invocation = self.scripts.claim_orphans.prepare_invoke();
         invocation
             .key(self.names.orphaned())

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use anyhow::Context as _;
 use redis::AsyncCommands;
 
-use super::{PoolEntry, Store, now_ms};
+use super::{Store, now_ms};
 use crate::pool::{PoolName, parse_target};
 
 /// One pool's level: what HireFire and the autoscaler decide on. No pool entry is read.
@@ -33,8 +33,9 @@ pub struct PoolStatus {
     pub level: PoolLevel,
     /// Leases handed out and not yet swept.
     pub handed_out: u64,
-    /// The oldest warmed VM (the head of the list).
-    pub oldest: Option<PoolEntry>,
+    /// When the oldest warmed VM (the head of the list) was booted, Unix seconds: `None` for an
+    /// empty pool, `Some(None)` when its age is unknown (travis-ci/warmer's entries).
+    pub oldest_booted_at: Option<Option<u64>>,
 }
 
 impl Store {
@@ -108,37 +109,30 @@ impl Store {
         Ok((levels, brake))
     }
 
-    /// [`Self::levels`] with each pool's oldest VM and handed-out count. These read every lease
-    /// and each pool's head entry, so this is for `warmer status` and `/metrics`, not for
-    /// tight loops.
+    /// [`Self::levels`] with each pool's oldest VM's age and handed-out count, read without a
+    /// key (`pool_heads.lua`); it reads every lease in Redis, so it is for `warmer status` and
+    /// `/metrics`, not for tight loops.
     pub async fn status(&self) -> anyhow::Result<(Vec<PoolStatus>, bool)> {
         let (levels, brake) = self.levels().await?;
         let prefix = self.names.pool_key_prefix();
-        let mut pipe = redis::pipe();
+        let mut invocation = self.scripts.pool_heads.prepare_invoke();
+        invocation.key(self.names.leases());
         for level in &levels {
-            pipe.lindex(format!("{prefix}{}", level.pool), 0);
+            invocation
+                .key(format!("{prefix}{}", level.pool))
+                .arg(&level.pool);
         }
-        let pipe = &pipe;
-        let oldest: Vec<Option<String>> = if levels.is_empty() {
-            Vec::new() // an empty pipeline is refused by the client
-        } else {
-            self.call(|mut conn| async move { pipe.query_async(&mut conn).await })
-                .await
-                .context("reading the oldest VMs")?
-        };
-        let mut handed: BTreeMap<String, u64> = BTreeMap::new();
-        for lease in self.leases().await.context("reading leases")? {
-            if lease.state == super::LeaseState::Handed {
-                *handed.entry(lease.pool).or_default() += 1;
-            }
-        }
+        let (heads, handed): (Vec<String>, Vec<u64>) = self
+            .invoke(&invocation)
+            .await
+            .context("reading the oldest VMs and the leases")?;
         let pools = levels
             .into_iter()
-            .zip(oldest)
-            .map(|(level, oldest)| PoolStatus {
-                handed_out: handed.get(&level.pool).copied().unwrap_or(0),
-                oldest: oldest.and_then(|e| serde_json::from_str(&e).ok()),
+            .zip(heads.into_iter().zip(handed))
+            .map(|(level, (head, handed_out))| PoolStatus {
                 level,
+                handed_out,
+                oldest_booted_at: (head != "-").then(|| head.parse().ok()),
             })
             .collect();
         Ok((pools, brake))
@@ -159,25 +153,25 @@ impl Store {
         self.invoke(&invocation).await
     }
 
-    /// Moves one pool entry, exactly as stored, to orphaned (see `evict.lua`); false if it was
-    /// no longer there (a checkout took it meanwhile).
+    /// Moves warmed VMs of `pool` to orphaned, each `(name, zone, reason)`; the name `""` stands
+    /// for every entry that cannot be read (see `evict.lua`). Returns the names evicted: a VM a
+    /// checkout took meanwhile is not among them.
     pub async fn evict(
         &self,
         pool: &str,
-        raw: &str,
-        name: &str,
-        zone: &str,
-        reason: &str,
-    ) -> redis::RedisResult<bool> {
+        vms: &[(&str, &str, &str)],
+    ) -> redis::RedisResult<Vec<String>> {
+        if vms.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut invocation = self.scripts.evict.prepare_invoke();
         invocation
             .key(format!("{}{pool}", self.names.pool_key_prefix()))
             .key(self.names.orphaned())
-            .arg(raw)
-            .arg(name)
-            .arg(zone)
-            .arg(reason);
-        let evicted: i64 = self.invoke(&invocation).await?;
-        Ok(evicted == 1)
+            .key(self.names.scratch());
+        for (name, zone, reason) in vms {
+            invocation.arg(name).arg(zone).arg(reason);
+        }
+        self.invoke(&invocation).await
     }
 }

@@ -2,49 +2,34 @@
 //! VM, the suspects (`<ns>:_suspects`) and the safety brake (`<ns>:_brake`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 
 use anyhow::Context as _;
 use redis::AsyncCommands;
 
-use super::{Lease, Orphan, PoolEntry, Store};
+use super::{Orphan, Store};
 use crate::pool::{PoolName, parse_target};
 
-/// A warmed VM in a pool list, as a reconcile pass sees it. `Debug` leaves the stored entry
-/// (and its key) out.
-#[derive(Clone, PartialEq)]
+/// A warmed VM in a pool list, as a reconcile pass sees it: no more than it decides on.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WarmedVm {
-    /// The entry exactly as stored (needed to remove it atomically).
-    pub raw: String,
     /// Empty when the entry cannot be read.
     pub name: String,
     pub zone: String,
     pub booted_at: Option<u64>,
 }
 
-impl WarmedVm {
-    fn read(raw: String) -> Self {
-        let entry = serde_json::from_str::<PoolEntry>(&raw).ok();
-        WarmedVm {
-            name: entry.as_ref().map(|e| e.name.clone()).unwrap_or_default(),
-            zone: entry.as_ref().map(|e| e.zone.clone()).unwrap_or_default(),
-            booted_at: entry.and_then(|e| e.booted_at),
-            raw,
-        }
-    }
+/// A lease, as a reconcile pass sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseView {
+    pub handed: bool,
+    pub pool: String,
+    /// When its VM was popped (ms).
+    pub at: u64,
+    pub vm: String,
 }
 
-impl fmt::Debug for WarmedVm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WarmedVm")
-            .field("name", &self.name)
-            .field("zone", &self.zone)
-            .field("booted_at", &self.booted_at)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Everything in Redis that accounts for a VM, read in one `MULTI`.
+/// Everything in Redis that accounts for a VM, read in one step (`reconcile_view.lua`): names,
+/// zones and times, never an SSH key.
 #[derive(Debug, Default)]
 pub struct RedisView {
     /// Pools with a readable target.
@@ -53,7 +38,7 @@ pub struct RedisView {
     pub pools: BTreeMap<String, Vec<WarmedVm>>,
     /// Unexpired boot reservations, per pool.
     pub booting: BTreeMap<String, Vec<String>>,
-    pub leases: Vec<Lease>,
+    pub leases: Vec<LeaseView>,
     /// Recorded orphans, and those a deleter has claimed.
     pub orphans: Vec<Orphan>,
     pub suspects: BTreeSet<String>,
@@ -64,8 +49,9 @@ pub struct RedisView {
 
 impl Store {
     /// Reads every pool list and boot reservation (of pools with a target, and of pools without
-    /// one that still have a list or reservations), the leases, the orphans, the suspects and
-    /// the brake, atomically; `now` (ms) decides which reservations are unexpired.
+    /// one that still have a list or reservations), the leases, the orphans, the suspects, the
+    /// brake and the hints, atomically (`reconcile_view.lua`); `now` (ms) decides which
+    /// reservations are unexpired.
     pub async fn reconcile_view(&self, now: u64) -> anyhow::Result<RedisView> {
         let names = &self.names;
         let targets: BTreeMap<String, u64> = self
@@ -103,52 +89,73 @@ impl Store {
             }
         }
 
-        let mut pipe = redis::pipe();
-        pipe.atomic();
+        let mut invocation = self.scripts.reconcile_view.prepare_invoke();
+        invocation
+            .key(names.leases())
+            .key(names.orphaned())
+            .key(names.deleting())
+            .key(names.suspects())
+            .key(names.brake())
+            .key(names.hints());
         for pool in &pools {
-            pipe.lrange(format!("{prefix}{pool}"), 0, -1);
-            pipe.zrangebyscore(format!("{booting_prefix}{pool}"), now, "+inf");
+            invocation.key(format!("{prefix}{pool}"));
         }
-        pipe.hvals(names.leases())
-            .lrange(names.orphaned(), 0, -1)
-            .zrange(names.deleting(), 0, -1)
-            .smembers(names.suspects())
-            .exists(names.brake())
-            .zrange_withscores(names.hints(), 0, -1);
-        let pipe = &pipe;
-        let mut values: Vec<redis::Value> = self
-            .call(|mut conn| async move { pipe.query_async(&mut conn).await })
+        for pool in &pools {
+            invocation.key(format!("{booting_prefix}{pool}"));
+        }
+        invocation.arg(now).arg(pools.len());
+        let parts: Vec<redis::Value> = self
+            .invoke(&invocation)
             .await
             .context("reading the snapshot")?;
-        let tail = values.split_off(pools.len() * 2);
+        let [
+            leases,
+            orphans,
+            claimed,
+            suspects,
+            brake,
+            hints,
+            lists,
+            booting,
+        ] = <[redis::Value; 8]>::try_from(parts)
+            .map_err(|parts| super::unexpected("reconcile_view.lua", parts.len()))?;
         let mut view = RedisView {
             targets,
             ..RedisView::default()
         };
-        for (pool, pair) in pools.iter().zip(values.chunks(2)) {
-            let entries: Vec<String> = redis::from_redis_value_ref(&pair[0])?;
-            let booting: Vec<String> = redis::from_redis_value_ref(&pair[1])?;
-            view.pools.insert(
-                pool.clone(),
-                entries.into_iter().map(WarmedVm::read).collect(),
-            );
+        let leases: Vec<String> = redis::from_redis_value(leases)?;
+        view.leases = leases
+            .chunks_exact(4)
+            .map(|lease| LeaseView {
+                handed: lease[0] == "handed",
+                pool: lease[1].clone(),
+                at: lease[2].parse().unwrap_or(0),
+                vm: lease[3].clone(),
+            })
+            .collect();
+        let mut orphans: Vec<String> = redis::from_redis_value(orphans)?;
+        orphans.extend(redis::from_redis_value::<Vec<String>>(claimed)?);
+        view.orphans = orphans.into_iter().map(Orphan::parse).collect();
+        view.suspects = redis::from_redis_value(suspects)?;
+        view.brake = redis::from_redis_value(brake)?;
+        let hints: Vec<(String, f64)> = redis::from_redis_value(hints)?;
+        view.hints = hints.into_iter().map(|(p, at)| (p, at as u64)).collect();
+        let lists: Vec<Vec<String>> = redis::from_redis_value(lists)?;
+        let booting: Vec<Vec<String>> = redis::from_redis_value(booting)?;
+        for ((pool, fields), booting) in pools.iter().zip(lists).zip(booting) {
+            let vms = fields
+                .chunks_exact(3)
+                .map(|vm| WarmedVm {
+                    name: vm[0].clone(),
+                    zone: vm[1].clone(),
+                    booted_at: vm[2].parse().ok(),
+                })
+                .collect();
+            view.pools.insert(pool.clone(), vms);
             if !booting.is_empty() {
                 view.booting.insert(pool.clone(), booting);
             }
         }
-        let leases: Vec<String> = redis::from_redis_value_ref(&tail[0])?;
-        view.leases = leases
-            .iter()
-            .filter_map(|raw| serde_json::from_str(raw).ok())
-            .collect();
-        let mut orphans: Vec<String> = redis::from_redis_value_ref(&tail[1])?;
-        let claimed: Vec<String> = redis::from_redis_value_ref(&tail[2])?;
-        orphans.extend(claimed);
-        view.orphans = orphans.into_iter().map(Orphan::parse).collect();
-        view.suspects = redis::from_redis_value_ref(&tail[3])?;
-        view.brake = redis::from_redis_value_ref(&tail[4])?;
-        let hints: Vec<(String, f64)> = redis::from_redis_value_ref(&tail[5])?;
-        view.hints = hints.into_iter().map(|(p, at)| (p, at as u64)).collect();
         Ok(view)
     }
 

@@ -497,7 +497,11 @@ async fn orphans_are_deleted_at_the_pace_the_rate_limit_allows_and_never_twice()
     assert!(report.deleted > 0, "the pass deleted its share");
     let (calls, refused) = compute.with(|s| (s.delete_calls, s.rate_limited));
     assert!(refused > 0, "the rate limit was met");
-    assert_eq!(calls - refused, ORPHANS, "each VM deleted once, by one deleter");
+    assert_eq!(
+        calls - refused,
+        ORPHANS,
+        "each VM deleted once, by one deleter"
+    );
     let mut deleted = compute.with(|s| s.deleted.clone());
     deleted.sort();
     deleted.dedup();

@@ -366,22 +366,94 @@ async fn trimming_gives_up_the_oldest_surplus_and_no_more() {
 }
 
 #[tokio::test]
-async fn an_eviction_moves_an_entry_to_orphaned_once() {
+async fn an_eviction_moves_the_named_vms_to_orphaned_once_and_keeps_the_others_in_order() {
     let app = TestApp::builder().start().await;
-    app.seed(POOL, 1, &[vm("dead")]).await;
-    let raw = vm("dead").to_string();
+    let unreadable = json!("not an entry");
+    app.seed(
+        POOL,
+        5,
+        &[vm("a"), vm("dead"), unreadable.clone(), vm("b"), vm("old")],
+    )
+    .await;
     let store = &app.ctx.store;
+    let evictions = [
+        ("dead", "us-central1-c", "gone"),
+        ("old", "us-central1-c", "max_age"),
+        ("", "", "unreadable"),
+        ("taken-meanwhile", "us-central1-c", "gone"),
+    ];
 
-    let evicted = store.evict(POOL, &raw, "dead", "us-central1-c", "gone");
-    assert!(evicted.await.unwrap());
-    let again = store.evict(POOL, &raw, "dead", "us-central1-c", "gone");
-    assert!(!again.await.unwrap(), "no longer in the pool");
+    let mut evicted = store.evict(POOL, &evictions).await.unwrap();
+    evicted.sort();
+    let again = store.evict(POOL, &evictions[..2]).await.unwrap();
 
-    assert!(app.pool_vms(POOL).await.is_empty());
     assert_eq!(
-        orphan_reasons(&app).await,
-        [("dead".to_string(), "gone".to_string())]
+        evicted,
+        ["", "dead", "old"],
+        "a VM no longer there is not evicted"
     );
+    assert!(again.is_empty(), "no longer in the pool");
+    assert_eq!(app.pool_vms(POOL).await, ["a", "b"]);
+    let records = app.orphan_records().await;
+    assert_eq!(
+        records[0],
+        json!({"name": "dead", "zone": "us-central1-c", "reason": "gone"})
+    );
+    assert_eq!(records[1]["reason"], "unreadable");
+    assert_eq!(records[1]["entry"], unreadable.to_string());
+    assert_eq!(records[2]["name"], "old");
+    assert_eq!(records.len(), 3);
+}
+
+#[tokio::test]
+async fn the_reconcile_view_reads_names_zones_and_ages_without_the_keys() {
+    let app = TestApp::builder().start().await;
+    let legacy = json!({"name": "legacy", "zone": "https://www.googleapis.com/compute/v1/projects/p/zones/us-central1-b", "ip": "10.0.0.2", "public_ip": null, "ssh_private_key": "KEY"});
+    // Spaces after the colons: written by some other JSON writer.
+    let spaced: Value = serde_json::from_str(
+        r#"{ "name" : "spaced", "zone" : "us-central1-a", "ip": "10.0.0.3", "ssh_private_key": "KEY", "booted_at" : 1700000001 }"#,
+    )
+    .unwrap();
+    app.seed(POOL, 5, &[vm("ours"), legacy, spaced, json!(7)])
+        .await;
+    let store = &app.ctx.store;
+    let now = now_ms();
+    store
+        .checkout("m:1", pool(), now, now + 30_000, now + 60_000)
+        .await
+        .unwrap();
+
+    let view = store.reconcile_view(now).await.unwrap();
+
+    let vms: Vec<(String, String, Option<u64>)> = view.pools[POOL]
+        .iter()
+        .map(|vm| (vm.name.clone(), vm.zone.clone(), vm.booted_at))
+        .collect();
+    assert_eq!(
+        vms,
+        [
+            (
+                "legacy".to_string(),
+                "https://www.googleapis.com/compute/v1/projects/p/zones/us-central1-b".to_string(),
+                None
+            ),
+            ("spaced".into(), "us-central1-a".into(), Some(1_700_000_001)),
+            (String::new(), String::new(), None),
+        ],
+        "the oldest went to a lease"
+    );
+    assert_eq!(view.leases.len(), 1);
+    let lease = &view.leases[0];
+    assert_eq!(
+        (
+            lease.vm.as_str(),
+            lease.pool.as_str(),
+            lease.handed,
+            lease.at
+        ),
+        ("ours", POOL, false, now)
+    );
+    assert_eq!(view.targets[POOL], 5);
 }
 
 #[tokio::test]
