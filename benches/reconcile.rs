@@ -9,6 +9,11 @@
 //! - `idle pass`: `Reconciler::pass` over that world (nothing to do);
 //! - `busy pass`: the same world where 10 % of the pool entries' VMs are gone and 10 % more VMs
 //!   are unaccounted for (evict 100, mark 100), rebuilt before each round.
+//!
+//! Then the memory of a real `warmer reconcile` process: a busy world of `BENCH_RSS_VMS`
+//! (30,000) VMs whose entries carry a key-sized `ssh_private_key` (as real ones do, ~2 kB), one
+//! pass, and the process's peak RSS (`VmHWM`). `WARMER_BINARY` measures another build of warmer
+//! the same way (for a before/after).
 
 use std::time::{Duration, Instant};
 
@@ -97,6 +102,19 @@ async fn main() -> anyhow::Result<()> {
         let _: () = warmer_testkit::bench::redis().await?.del(keys).await?;
     }
 
+    let rss_vms = env_or("BENCH_RSS_VMS", 30_000);
+    let binary = std::env::var("WARMER_BINARY").unwrap_or(env!("CARGO_BIN_EXE_warmer").into());
+    build_world_sized(&ctx, &compute, &pools, rss_vms, rss_vms / 10, KEY_SIZED).await?;
+    let peak_kib =
+        reconcile_process_peak(&binary, &vars_of(&ctx, &compute), &ctx, rss_vms / 10).await?;
+    let keys: Vec<String> = warmer_testkit::bench::redis()
+        .await?
+        .keys(format!("{prefix}:*"))
+        .await?;
+    if !keys.is_empty() {
+        let _: () = warmer_testkit::bench::redis().await?.del(keys).await?;
+    }
+
     let median = |mut d: Vec<Duration>| {
         d.sort();
         d[d.len() / 2].as_secs_f64() * 1000.0
@@ -113,7 +131,76 @@ async fn main() -> anyhow::Result<()> {
         let ms = median(samples);
         println!("| {label} | {ms:.1} | {:.2}× |", ms / base);
     }
+    println!(
+        "\n`warmer reconcile` ({binary}), one busy pass over {rss_vms} VMs with ~2 kB entries: peak RSS {:.1} MB\n",
+        peak_kib as f64 / 1024.0
+    );
     Ok(())
+}
+
+/// An SSH key's size of base64, as in a real pool entry.
+const KEY_SIZED: usize = 1_700;
+
+/// The environment of the benchmark's deployment, for a process of its own.
+fn vars_of(ctx: &Context, compute: &ComputeStandIn) -> Vec<(String, String)> {
+    [
+        ("WARMER_AMQP_PREFIX", ctx.names.prefix().to_string()),
+        ("WARMER_REDIS_NAMESPACE", ctx.names.namespace().to_string()),
+        ("WARMER_PROVIDER", "gce".into()),
+        ("WARMER_GOOGLE_CLOUD_PROJECT", compute::PROJECT.into()),
+        ("WARMER_GOOGLE_CLOUD_REGION", compute::REGION.into()),
+        ("WARMER_GOOGLE_CLOUD_ZONES", ZONE.into()),
+        ("WARMER_GOOGLE_COMPUTE_URL", compute.compute_url()),
+        ("WARMER_GOOGLE_CLOUD_KEYFILE_JSON", compute.keyfile_json()),
+        ("WARMER_SSH_KEY_PASSPHRASE", "bench".into()),
+        ("WARMER_ORPHAN_THRESHOLD", "100000".into()),
+        ("WARMER_RECONCILE_INTERVAL", "10m".into()),
+        ("RUST_LOG", "warn".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// Runs `warmer reconcile` until its first pass has marked `marks` suspects; returns its peak
+/// RSS in KiB.
+async fn reconcile_process_peak(
+    binary: &str,
+    vars: &[(String, String)],
+    ctx: &Context,
+    marks: usize,
+) -> anyhow::Result<u64> {
+    let mut child = tokio::process::Command::new(binary)
+        .arg("reconcile")
+        .env_clear()
+        .envs(vars.iter().cloned())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().ok_or_else(|| anyhow::anyhow!("no pid"))?;
+    let mut redis = warmer_testkit::bench::redis().await?;
+    let started = Instant::now();
+    loop {
+        let marked: usize = redis.scard(ctx.names.suspects()).await?;
+        if marked >= marks {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(300),
+            "no pass in 5 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let peak = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmHWM"))?;
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+    Ok(peak)
 }
 
 /// `vms` warmed VMs, all in pools and at the stand-in; then `faults` pool entries lose their VM
@@ -125,6 +212,19 @@ async fn build_world(
     vms: usize,
     faults: usize,
 ) -> anyhow::Result<()> {
+    build_world_sized(ctx, compute, pools, vms, faults, 3).await
+}
+
+/// [`build_world`] with entries whose key is `key_size` bytes.
+async fn build_world_sized(
+    ctx: &Context,
+    compute: &ComputeStandIn,
+    pools: &[PoolName],
+    vms: usize,
+    faults: usize,
+    key_size: usize,
+) -> anyhow::Result<()> {
+    let key = "K".repeat(key_size);
     let mut redis = warmer_testkit::bench::redis().await?;
     let keys: Vec<String> = redis.keys(format!("{}:*", ctx.names.namespace())).await?;
     if !keys.is_empty() {
@@ -144,11 +244,13 @@ async fn build_world(
                     compute.add_instance(&name, ZONE, labels.clone());
                 }
                 json!({"name": name, "zone": ZONE, "ip": "10.0.0.1", "public_ip": null,
-                       "ssh_private_key": "KEY", "booted_at": booted_at})
+                       "ssh_private_key": key, "booted_at": booted_at})
                 .to_string()
             })
             .collect();
-        let _: () = redis.rpush(ctx.names.pool(pool), entries).await?;
+        for chunk in entries.chunks(1_000) {
+            let _: () = redis.rpush(ctx.names.pool(pool), chunk).await?;
+        }
     }
     for k in 0..faults {
         compute.add_instance(&format!("travis-job-stray-{k:04}"), ZONE, labels.clone());

@@ -316,7 +316,13 @@ impl Reconciler {
         store.record_orphans(&plan.delete).await?;
         if !plan.mark.is_empty() {
             store.mark_suspects(&plan.mark).await?;
-            tracing::warn!(vms = ?plan.mark, "unaccounted VMs: deleted next pass unless accounted for by then");
+            // One line however many: the first few names, and the count.
+            let first = &plan.mark[..plan.mark.len().min(10)];
+            tracing::warn!(
+                unaccounted = plan.mark.len(),
+                ?first,
+                "unaccounted VMs: deleted next pass unless accounted for by then"
+            );
         }
         let confirmed = plan.delete.iter().filter_map(|r| r.name.as_ref());
         let unmark: Vec<&String> = plan.unmark.iter().chain(confirmed).collect();

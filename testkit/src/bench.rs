@@ -92,5 +92,9 @@ pub async fn wait_for_consumer(amqp: &Connection, queue: &str) -> anyhow::Result
 
 /// A connection of the bench's own to the local Redis, to seed and clean up.
 pub async fn redis() -> anyhow::Result<redis::aio::ConnectionManager> {
-    Ok(redis::aio::ConnectionManager::new(redis::Client::open(REDIS_URL)?).await?)
+    // Seeding and removing tens of thousands of entries outlasts the client's default 500 ms.
+    let patient = redis::aio::ConnectionManagerConfig::new()
+        .set_response_timeout(Some(std::time::Duration::from_secs(30)));
+    let client = redis::Client::open(REDIS_URL)?;
+    Ok(redis::aio::ConnectionManager::new_with_config(client, patient).await?)
 }
