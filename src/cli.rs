@@ -112,9 +112,34 @@ impl From<String> for Output {
     }
 }
 
+impl Command {
+    /// The process type a long-running command is (`None` for an operator command).
+    pub fn process(&self) -> Option<&'static str> {
+        Some(match self {
+            Command::Checkout => "checkout",
+            Command::Refill => "refill",
+            Command::Reconcile => "reconcile",
+            Command::Web => "web",
+            Command::Autoscale => "autoscale",
+            Command::Dev => "dev",
+            _ => return None,
+        })
+    }
+}
+
 /// Runs the command: a process until SIGTERM, or an operator command once.
 pub async fn run(command: Command, config: Config) -> anyhow::Result<Output> {
     let token = config.auth_tokens.first().map(|t| t.expose().to_string());
+    if let Some(process) = command.process() {
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            commit = env!("WARMER_COMMIT"),
+            process,
+            prefix = config.amqp_prefix,
+            namespace = config.redis_namespace,
+            "warmer starting"
+        );
+    }
     let ctx = Context::new(config).await?;
     let quiet = Output::from(String::new());
     Ok(match command {

@@ -11,6 +11,8 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
+use crate::telemetry::LogFormat;
+
 /// A value that must never be printed: `Debug` and `Display` show `[redacted]`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -148,6 +150,7 @@ pub struct Config {
     pub autoscale_interval: Duration,
     /// The most dynos `warmer autoscale` runs of each consumer type (`WARMER_AUTOSCALE_MAX`).
     pub autoscale_max: u32,
+    pub log_format: LogFormat,
     /// What was set but is not read, e.g. a misspelt `WARMER_*` variable: logged at start.
     pub warnings: Vec<String>,
 }
@@ -186,6 +189,9 @@ struct Raw {
     warmer_heroku_api_url: Option<String>,
     warmer_autoscale_interval: Option<String>,
     warmer_autoscale_max: Option<String>,
+    warmer_log_format: Option<String>,
+    /// Set by Heroku in every dyno.
+    dyno: Option<String>,
 }
 
 impl fmt::Debug for Raw {
@@ -387,7 +393,11 @@ impl Config {
             None => None,
         };
 
+        let log_format = LogFormat::parse(raw.warmer_log_format.as_deref(), raw.dyno.is_some())
+            .map_err(anyhow::Error::msg)?;
+
         Ok(Config {
+            log_format,
             amqp_url,
             redis_url,
             amqp_prefix,

@@ -98,7 +98,8 @@ pub struct Deleter {
 enum Ended {
     Deleted(Orphan),
     RateLimited(Orphan, u64, Duration),
-    Failed,
+    /// Why, for the summary line.
+    Failed(String),
 }
 
 impl Deleter {
@@ -112,12 +113,14 @@ impl Deleter {
 
     /// Deletes recorded orphans until none is left or `deadline` passes, announcing each on
     /// `events`; returns how many were deleted. Calls in flight at the deadline are waited for;
-    /// unstarted claims are released.
+    /// unstarted claims are released. Logs one line for the whole drain (a bulk deletion is tens
+    /// of thousands of VMs), and one for its failures.
     pub async fn drain(&mut self, events: &Events, deadline: Instant) -> usize {
         let mut waiting: VecDeque<Orphan> = VecDeque::new();
         let mut calls: JoinSet<Ended> = JoinSet::new();
         let mut exhausted = false;
-        let mut deleted = 0;
+        let (mut deleted, mut failed) = (0, 0);
+        let mut last_error = None;
         loop {
             let now = Instant::now();
             let open = now < deadline;
@@ -163,11 +166,26 @@ impl Deleter {
                     self.pace.rate_limited(window, Instant::now(), pause);
                     waiting.push_front(orphan);
                 }
-                Some(Ok(Ended::Failed)) | Some(Err(_)) | None => {}
+                Some(Ok(Ended::Failed(error))) => {
+                    failed += 1;
+                    last_error = Some(error);
+                }
+                Some(Err(_)) | None => {}
             }
         }
         if let Err(error) = self.store.release_orphans(waiting.make_contiguous()).await {
             tracing::warn!(%error, "releasing unstarted claims failed; they expire");
+        }
+        if deleted > 0 {
+            tracing::info!(deleted, "count#warmer.deletions" = deleted, "deleted VMs");
+        }
+        if let Some(last_error) = last_error {
+            tracing::warn!(
+                failed,
+                last_error,
+                "count#warmer.deletions.failed" = failed,
+                "deletions failed; each is tried again once its claim expires"
+            );
         }
         deleted
     }
@@ -178,7 +196,7 @@ impl Deleter {
             tracing::warn!(%error, vm = %name, "deleted, but the claim stays until it expires; deleting again is harmless");
         }
         let reason = orphan.record.reason;
-        tracing::info!(vm = %name, %reason, "VM deleted");
+        tracing::debug!(vm = %name, %reason, "VM deleted");
         events
             .emit(Event::InstanceDeleted {
                 instance: name,
@@ -206,12 +224,9 @@ async fn delete(cloud: &Cloud, orphan: Orphan, window: u64) -> Ended {
             Ended::RateLimited(orphan, window, pause)
         }
         Err(DeleteError::Failed(error)) => {
-            tracing::warn!(
-                error = %crate::telemetry::report(&error),
-                vm = %name,
-                "deleting an orphan failed; tried again once its claim expires"
-            );
-            Ended::Failed
+            let error = format!("{name}: {}", crate::telemetry::report(&error));
+            tracing::debug!(%error, "deleting an orphan failed");
+            Ended::Failed(error)
         }
     }
 }

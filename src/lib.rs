@@ -30,6 +30,7 @@
 //! | `cloud` | where VMs come from: Compute Engine (`gce.rs`) or the local simulation (`local.rs`) |
 //! | `deletion` | deleting recorded orphans, for refill and the reconciler |
 //! | `load` | what each consumer process type has waiting (HireFire, autoscale) |
+//! | `metrics` | every metric family, how its counters are kept in Redis, the exposition |
 //! | `pool` | pool names and Compute Engine resource names, parsed |
 //! | `sshkey` | each VM's RSA key pair, encrypted the way the travis worker reads it |
 //! | `config`, `context` | the environment, read once and validated ([`Config`]); what every process is given ([`Context`]) |
@@ -55,6 +56,7 @@ mod context;
 mod deletion;
 mod events;
 mod load;
+mod metrics;
 mod names;
 mod pool;
 mod sshkey;
@@ -75,7 +77,7 @@ pub use sshkey::generate_blocking as generate_ssh_key;
 pub use store::reconcile::{LeaseView, RedisView, WarmedVm};
 pub use store::{
     Checkout as CheckoutOutcome, Disposal, Finished, GiveBack, Lease, LeaseState, Orphan,
-    OrphanRecord, PoolEntry, Reservation, Settled, Store, Swept, now_ms,
+    OrphanRecord, PoolEntry, Reservation, Settled, Store, Swept, ToSettle, now_ms,
 };
 pub use topology::{
     DEAD_LETTER_LIMIT, DELIVERY_LIMIT, REFILL_QUEUE_LIMIT, declare as declare_topology,

@@ -17,7 +17,7 @@ async fn main() -> ExitCode {
         Err(error) => return fail(&telemetry::report(&error)),
     };
     let redactor = Redactor::new(config.secrets());
-    telemetry::init(redactor.clone());
+    telemetry::init(redactor.clone(), config.log_format);
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }

@@ -124,6 +124,21 @@ impl Names {
         format!("{}:_hints", self.namespace)
     }
 
+    /// Hash: counters and histogram buckets of no pool in particular (see `store::metrics`).
+    pub fn metrics(&self) -> String {
+        format!("{}:_metrics", self.namespace)
+    }
+
+    /// Hash: the pool's counters (see `store::metrics`).
+    pub fn pool_metrics(&self, pool: &PoolName) -> String {
+        format!("{}{}", self.pool_metrics_key_prefix(), pool)
+    }
+
+    /// The prefix of every pool's counters; a pool's key is this followed by its name.
+    pub fn pool_metrics_key_prefix(&self) -> String {
+        format!("{}:_metrics:", self.namespace)
+    }
+
     /// Set: cloud VMs found unaccounted by the last reconcile pass (deleted if still so).
     pub fn suspects(&self) -> String {
         format!("{}:_suspects", self.namespace)

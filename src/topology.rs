@@ -169,7 +169,14 @@ pub fn consumer_queues(names: &Names) -> [(&'static str, String); 2] {
     ]
 }
 
-/// One consumer queue's state; `None` when the queue does not exist (not declared yet).
+/// The queues [`QueueMonitor`] reads: the consumer queues, and the dead-letter queue (as
+/// process `dead`), whose depth operators watch.
+fn monitored_queues(names: &Names) -> [(&'static str, String); 3] {
+    let [checkout, refill] = consumer_queues(names);
+    [checkout, refill, ("dead", names.dead_letter_queue())]
+}
+
+/// One monitored queue's state; `None` when the queue does not exist (not declared yet).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueDepth {
     pub process: &'static str,
@@ -178,7 +185,8 @@ pub struct QueueDepth {
     pub consumers: Option<u32>,
 }
 
-/// Reads the depths of the consumer queues on a connection of its own. Declares nothing.
+/// Reads the depths of the consumer queues and the dead-letter queue on a connection of its own.
+/// Declares nothing.
 pub struct QueueMonitor {
     connection: LazyConnection,
     names: Names,
@@ -195,12 +203,13 @@ impl QueueMonitor {
         }
     }
 
-    /// Ready messages and consumers of every consumer queue, by passive declare. A failure
+    /// Ready messages and consumers of every consumer queue and of the dead-letter queue, by
+    /// passive declare. A failure
     /// drops the connection, so a hung one does not fail every later call.
     pub async fn depths(&self) -> anyhow::Result<Vec<QueueDepth>> {
         let depths = tokio::time::timeout(self.timeout, async {
             let connection = self.connection.get().await?;
-            let queues = consumer_queues(&self.names);
+            let queues = monitored_queues(&self.names);
             let mut depths = Vec::with_capacity(queues.len());
             for (process, queue) in queues {
                 let depth = queue_depth(&connection, &queue).await?;

@@ -3,7 +3,7 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /health` | 200 when Redis and RabbitMQ answer, else 503; JSON naming each dependency |
-//! | `GET /metrics` | Prometheus text: every pool's target, ready, booting, handed out, oldest age; orphans; the brake; queue depths |
+//! | `GET /metrics` | Prometheus text (OpenMetrics if asked for): the counters and histograms every process keeps in Redis, summed, and the levels — pools, orphans, the brake, queue depths, dead letters (see `metrics.rs`) |
 //! | `GET /hirefire/<HIREFIRE_TOKEN>/info`, or `GET /hirefire` with header `HireFire-Token` | HireFire's job-queue format: each process type's backlog (`load.rs`) |
 //!
 //! Reads only: it declares nothing and changes nothing, so it can run anywhere. Without
@@ -13,14 +13,13 @@
 //! open requests finish (at most [`DRAIN`]).
 
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use hyper::header::{ACCEPT, ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
@@ -30,9 +29,10 @@ use tokio::task::JoinSet;
 use crate::config::Secret;
 use crate::context::Context;
 use crate::load::{self, Backlog};
+use crate::metrics::{self, Scrape};
 use crate::shutdown::Shutdown;
-use crate::store::{PoolStatus, now_ms};
-use crate::topology::{QueueDepth, QueueMonitor};
+use crate::store::now_ms;
+use crate::topology::QueueMonitor;
 
 /// How long open requests may take after SIGTERM.
 pub const DRAIN: Duration = Duration::from_secs(10);
@@ -173,7 +173,10 @@ impl Web {
         let mut response = match route(request.method(), request.uri().path(), header_token, token)
         {
             Route::Health => self.health().await,
-            Route::Metrics => self.metrics().await,
+            Route::Metrics => {
+                let accept = request.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
+                self.metrics(metrics::wants_openmetrics(accept)).await
+            }
             Route::HireFire => self.hirefire().await,
             // Like a missing page, so a scan learns nothing; never echoes the token.
             Route::Forbidden | Route::NotFound => text(StatusCode::NOT_FOUND, "not found\n"),
@@ -219,37 +222,59 @@ impl Web {
         json_response(status, &json!({"redis": redis, "rabbitmq": rabbitmq}))
     }
 
-    /// Pools, orphans and the brake from Redis, at most [`CHECK_TIMEOUT`].
-    async fn redis_state(&self) -> anyhow::Result<(Vec<PoolStatus>, bool, u64)> {
+    /// What a scrape exports from Redis, at most [`CHECK_TIMEOUT`].
+    async fn redis_state(&self) -> anyhow::Result<Scrape> {
         tokio::time::timeout(CHECK_TIMEOUT, async {
-            let (pools, brake) = self.ctx.store.status().await?;
-            let orphaned = self.ctx.store.orphan_count().await?;
-            anyhow::Ok((pools, brake, orphaned))
+            let store = &self.ctx.store;
+            let (pools, brake) = store.status().await?;
+            let orphaned = store.orphan_count().await?;
+            let names: Vec<&str> = pools.iter().map(|p| p.level.pool.as_str()).collect();
+            let counters = store.counters(&names).await?;
+            anyhow::Ok(Scrape {
+                pools,
+                brake,
+                orphaned,
+                queues: Vec::new(),
+                dead_letters: None,
+                counters,
+                now_ms: now_ms(),
+            })
         })
         .await
         .map_err(|_| anyhow::anyhow!("Redis timed out"))?
     }
 
-    async fn metrics(&self) -> Response<Full<Bytes>> {
+    async fn metrics(&self, openmetrics: bool) -> Response<Full<Bytes>> {
         let (redis, depths) = tokio::join!(self.redis_state(), self.queues.depths());
-        let (pools, brake, orphaned) = match redis {
-            Ok(state) => state,
+        let mut scrape = match redis {
+            Ok(scrape) => scrape,
             Err(error) => {
                 tracing::warn!(error = %crate::telemetry::report(&error), "metrics: Redis failed");
                 return text(StatusCode::SERVICE_UNAVAILABLE, "Redis unavailable\n");
             }
         };
         // Queue depths are optional: pool metrics are still worth a scrape without RabbitMQ.
-        let depths = depths.unwrap_or_else(|error| {
-            tracing::warn!(error = %crate::telemetry::report(&error), "metrics: RabbitMQ failed");
-            Vec::new()
-        });
-        let body = exposition(&pools, brake, orphaned, &depths, now_ms());
+        match depths {
+            Ok(depths) => {
+                let (dead, consumers): (Vec<_>, Vec<_>) =
+                    depths.into_iter().partition(|d| d.process == "dead");
+                scrape.dead_letters = dead.first().and_then(|d| d.ready);
+                scrape.queues = consumers;
+            }
+            Err(error) => {
+                tracing::warn!(error = %crate::telemetry::report(&error), "metrics: RabbitMQ failed")
+            }
+        }
+        let content_type = if openmetrics {
+            metrics::OPENMETRICS_CONTENT_TYPE
+        } else {
+            metrics::TEXT_CONTENT_TYPE
+        };
+        let body = metrics::render(scrape, openmetrics);
         let mut response = Response::new(Full::new(Bytes::from(body)));
-        response.headers_mut().insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-        );
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
         response
     }
 
@@ -284,96 +309,6 @@ fn hirefire_body(backlogs: &[Backlog]) -> serde_json::Value {
         .iter()
         .map(|b| json!({"name": b.process, "value": b.waiting, "quantity": b.waiting}))
         .collect()
-}
-
-/// The Prometheus text exposition of everything `warmer status` shows, plus queue depths.
-fn exposition(
-    pools: &[PoolStatus],
-    brake: bool,
-    orphaned: u64,
-    depths: &[QueueDepth],
-    now: u64,
-) -> String {
-    let mut out = String::new();
-    let mut family = |name: &str, help: &str, samples: Vec<(String, f64)>| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{labels} {value}");
-        }
-    };
-    let per_pool = |value: &dyn Fn(&PoolStatus) -> Option<f64>| {
-        pools
-            .iter()
-            .filter_map(|p| Some((format!("{{pool=\"{}\"}}", escape(&p.level.pool)), value(p)?)))
-            .collect::<Vec<_>>()
-    };
-    family(
-        "warmer_pool_target",
-        "Warmed VMs the pool should hold.",
-        per_pool(&|p| p.level.target().map(|t| t as f64)),
-    );
-    family(
-        "warmer_pool_ready",
-        "Warmed VMs ready to be checked out.",
-        per_pool(&|p| Some(p.level.ready as f64)),
-    );
-    family(
-        "warmer_pool_booting",
-        "VMs being booted for the pool.",
-        per_pool(&|p| Some(p.level.booting as f64)),
-    );
-    family(
-        "warmer_pool_handed_out",
-        "VMs checked out and not yet past WARMER_MAX_HANDOUT_AGE.",
-        per_pool(&|p| Some(p.handed_out as f64)),
-    );
-    family(
-        "warmer_pool_oldest_age_seconds",
-        "Age of the pool's oldest warmed VM (absent when the pool is empty or its age unknown).",
-        per_pool(&|p| {
-            // Whole milliseconds, saturating: a `booted_at` from outside cannot overflow.
-            let booted_ms = p.oldest_booted_at??.saturating_mul(1000);
-            Some(now.saturating_sub(booted_ms) as f64 / 1000.0)
-        }),
-    );
-    family(
-        "warmer_orphaned_vms",
-        "VMs recorded in orphaned, waiting for the reconciler to delete them.",
-        vec![(String::new(), orphaned as f64)],
-    );
-    family(
-        "warmer_safety_brake",
-        "1 while the safety brake holds every boot (too many unaccounted VMs).",
-        vec![(String::new(), if brake { 1.0 } else { 0.0 })],
-    );
-    let per_queue = |value: &dyn Fn(&QueueDepth) -> Option<u32>| {
-        depths
-            .iter()
-            .filter_map(|d| {
-                let labels = format!("{{queue=\"{}\"}}", escape(&d.queue));
-                Some((labels, value(d)? as f64))
-            })
-            .collect::<Vec<_>>()
-    };
-    family(
-        "warmer_queue_ready_messages",
-        "Messages waiting in a warmer queue.",
-        per_queue(&|d| d.ready),
-    );
-    family(
-        "warmer_queue_consumers",
-        "Consumers attached to a warmer queue.",
-        per_queue(&|d| d.consumers),
-    );
-    out
-}
-
-/// Escapes a Prometheus label value.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
@@ -444,43 +379,6 @@ mod tests {
                 {"name": "checkout", "value": 7, "quantity": 7},
                 {"name": "refill", "value": 0, "quantity": 0},
             ])
-        );
-    }
-
-    #[test]
-    fn the_exposition_has_a_sample_per_pool_and_escapes_labels() {
-        let pools = [PoolStatus {
-            level: crate::store::PoolLevel {
-                pool: "img:n1-standard-1".into(),
-                target: "3".into(),
-                ready: 2,
-                booting: 1,
-            },
-            handed_out: 4,
-            oldest_booted_at: Some(Some(100)),
-        }];
-        let text = exposition(&pools, true, 5, &[], 160_500);
-        for line in [
-            "# TYPE warmer_pool_ready gauge",
-            "warmer_pool_target{pool=\"img:n1-standard-1\"} 3",
-            "warmer_pool_ready{pool=\"img:n1-standard-1\"} 2",
-            "warmer_pool_booting{pool=\"img:n1-standard-1\"} 1",
-            "warmer_pool_handed_out{pool=\"img:n1-standard-1\"} 4",
-            "warmer_pool_oldest_age_seconds{pool=\"img:n1-standard-1\"} 60.5",
-            "warmer_orphaned_vms 5",
-            "warmer_safety_brake 1",
-        ] {
-            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
-        }
-        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
-        // A `booted_at` from outside (say, nanoseconds) cannot overflow the age.
-        let mut future = pools;
-        future[0].oldest_booted_at = Some(Some(u64::MAX));
-        let text = exposition(&future, false, 0, &[], 160_500);
-        assert!(
-            text.lines()
-                .any(|l| l == "warmer_pool_oldest_age_seconds{pool=\"img:n1-standard-1\"} 0"),
-            "{text}"
         );
     }
 }

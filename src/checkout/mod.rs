@@ -19,6 +19,7 @@ pub mod request;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -35,7 +36,7 @@ use crate::events::{Event, Events, RefillMessage};
 use crate::pool::{PoolName, short_zone};
 use crate::shutdown::Shutdown;
 use crate::store::PoolEntry;
-use crate::store::{self, Disposal, GiveBack, Settled, Store, Swept, now_ms};
+use crate::store::{self, Disposal, GiveBack, Settled, Store, Swept, ToSettle, now_ms};
 use crate::topology;
 use reply::Code;
 
@@ -69,6 +70,32 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The outcome's name in `warmer_checkouts_total` and in the logs' `count#` keys.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::HandedOut { .. } | Outcome::HandedOutAgain { .. } => "handed_out",
+            Outcome::Refused(Code::NoPool) => "no_pool",
+            Outcome::Refused(Code::PoolEmpty) => "pool_empty",
+            Outcome::Refused(Code::BadRequest) => "bad_request",
+            Outcome::Refused(Code::Internal) => "internal",
+            Outcome::NoReplyTo => "no_reply_to",
+            Outcome::Expired => "expired",
+            Outcome::RequesterGone => "requester_gone",
+            Outcome::Orphaned { .. } => "unsettled",
+            Outcome::ReplyFailed => "reply_failed",
+        }
+    }
+
+    /// Whether the process counts this outcome in Redis itself: the others are counted by the
+    /// script that decided them, or are not final (a requeued request is counted when it is
+    /// served again).
+    fn counted_here(&self) -> bool {
+        matches!(
+            self,
+            Outcome::Refused(Code::BadRequest | Code::Internal) | Outcome::NoReplyTo
+        )
+    }
+
     /// What the consume loop does with the request.
     pub fn disposition(&self) -> Disposition {
         match self {
@@ -91,6 +118,8 @@ pub struct Checkout {
     prober: Arc<Prober>,
     /// Settles leases in batches.
     settler: Settler,
+    /// This process's outcomes since the last summary line.
+    tally: Arc<Tally>,
 }
 
 /// Consumes checkout requests until `shutdown`, reconnecting to RabbitMQ when needed.
@@ -101,6 +130,8 @@ pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
         format!("{}.checkout.probe", ctx.names.prefix()),
     ));
     let settler = Settler::start(ctx.store.clone());
+    let tally = Arc::new(Tally::default());
+    let summary = tokio::spawn(tally.clone().summarize(shutdown.clone()));
     let result = amqp::supervise("checkout", &shutdown, || async {
         let connection = Arc::new(ctx.amqp("checkout").await?);
         topology::declare(&connection, &ctx.names).await?;
@@ -115,6 +146,7 @@ pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
             ctx: ctx.clone(),
             prober: prober.clone(),
             settler: settler.clone(),
+            tally: tally.clone(),
         });
         let result = amqp::consume(
             &channel,
@@ -123,7 +155,11 @@ pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
             &shutdown,
             |message| {
                 let checkout = checkout.clone();
-                async move { checkout.handle(message).await.disposition() }
+                async move {
+                    let outcome = checkout.handle(message).await;
+                    checkout.count(&outcome);
+                    outcome.disposition()
+                }
             },
         )
         .await;
@@ -133,6 +169,8 @@ pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
     })
     .await;
     sweeper.abort();
+    summary.abort();
+    tally.log();
     prober.close().await;
     result
 }
@@ -166,6 +204,18 @@ impl Checkout {
         self.replies.close().await;
     }
 
+    /// Counts a request's outcome: in the summary line, and in Redis if no script did.
+    fn count(&self, outcome: &Outcome) {
+        self.tally.add(outcome);
+        if outcome.counted_here() {
+            let (store, field) = (
+                self.store.clone(),
+                crate::metrics::CHECKOUTS.field(&[outcome.label()]),
+            );
+            tokio::spawn(async move { store.count(field).await });
+        }
+    }
+
     /// Serves one request and says what happened.
     pub async fn handle(&self, message: Incoming) -> Outcome {
         let received = now_ms();
@@ -190,7 +240,7 @@ impl Checkout {
         let (identity, request, deadline) = match parsed {
             Ok(parsed) => parsed,
             Err(why) => {
-                tracing::info!(%why, "bad checkout request");
+                tracing::debug!(%why, "bad checkout request");
                 let presence = self.presence(reply_to).await;
                 return self
                     .refuse(
@@ -225,7 +275,7 @@ impl Checkout {
             }
             Ok(store::Checkout::Leased(entry)) => (entry, true),
             Ok(store::Checkout::Expired) => {
-                tracing::info!(%pool, "request past its deadline: nothing popped");
+                tracing::debug!(%pool, "request past its deadline: nothing popped");
                 return Outcome::Expired;
             }
             Ok(store::Checkout::Orphaned(entry)) => {
@@ -298,7 +348,7 @@ impl Checkout {
             Ok(vm) => vm,
             Err(error) => {
                 tracing::error!(%error, %pool, "unreadable pool entry: recorded as orphan");
-                self.give_back(&identity, pool, Disposal::Orphan("unusable_entry"))
+                self.give_back(&identity, pool, Disposal::Orphan("unusable_entry"), None)
                     .await;
                 return self
                     .refuse(
@@ -321,8 +371,10 @@ impl Checkout {
         match self.reply(reply_to, presence, props, &body).await {
             Ok(Published::Routed) => {}
             Ok(Published::NotRouted) => {
-                tracing::info!(%pool, vm = %vm.name, "the reply cannot reach anyone: requester gone");
-                return self.give_back(&identity, pool, gone).await;
+                tracing::debug!(%pool, vm = %vm.name, "the reply cannot reach anyone: requester gone");
+                return self
+                    .give_back(&identity, pool, gone, Some("requester_gone"))
+                    .await;
             }
             Err(error) => {
                 tracing::warn!(error = %crate::telemetry::report(&error), %pool, vm = %vm.name, "reply not confirmed; the request will be redelivered and get the same VM");
@@ -337,16 +389,23 @@ impl Checkout {
         let budget = give_up_at.saturating_sub(now_ms() + 1_000);
         let settled = redis_within(
             Duration::from_millis(budget),
-            (|| self.settler.settle(&identity, keep_until))
-                .retry(
-                    ExponentialBuilder::default()
-                        .with_jitter()
-                        .with_min_delay(Duration::from_millis(50))
-                        .with_max_delay(Duration::from_secs(5))
-                        .with_total_delay(Some(Duration::from_millis(budget)))
-                        .without_max_times(),
-                )
-                .when(is_transient),
+            (|| {
+                self.settler.settle(ToSettle {
+                    identity: identity.clone(),
+                    pool: pool.clone(),
+                    keep_until,
+                    wait: Duration::from_millis(now_ms().saturating_sub(received)),
+                })
+            })
+            .retry(
+                ExponentialBuilder::default()
+                    .with_jitter()
+                    .with_min_delay(Duration::from_millis(50))
+                    .with_max_delay(Duration::from_secs(5))
+                    .with_total_delay(Some(Duration::from_millis(budget)))
+                    .without_max_times(),
+            )
+            .when(is_transient),
         )
         .await;
         match settled {
@@ -365,7 +424,7 @@ impl Checkout {
                 zone: short_zone(&vm.zone).to_string(),
             })
             .await;
-        tracing::info!(%pool, vm = %vm.name, again, wait_ms = now_ms().saturating_sub(received), "checked out");
+        tracing::debug!(%pool, vm = %vm.name, again, wait_ms = now_ms().saturating_sub(received), "checked out");
         let pool = pool.to_string();
         if again {
             Outcome::HandedOutAgain { pool, vm: vm.name }
@@ -428,11 +487,19 @@ impl Checkout {
         }
     }
 
-    async fn give_back(&self, identity: &str, pool: &PoolName, disposal: Disposal) -> Outcome {
+    /// Gives a pending lease's VM back (see [`Store::give_back`]), counting the request's
+    /// `outcome` if it is final.
+    async fn give_back(
+        &self,
+        identity: &str,
+        pool: &PoolName,
+        disposal: Disposal,
+        outcome: Option<&str>,
+    ) -> Outcome {
         let budget = Duration::from_secs(10);
         let outcome = redis_within(
             budget,
-            (|| self.store.give_back(identity, pool, disposal))
+            (|| self.store.give_back(identity, pool, disposal, outcome))
                 .retry(redis_retry(budget))
                 .when(is_transient),
         )
@@ -457,7 +524,7 @@ impl Checkout {
                 return Outcome::RequesterGone;
             }
         };
-        tracing::info!(
+        tracing::debug!(
             ?event,
             "VM given back: no reply of this delivery reached anyone"
         );
@@ -513,6 +580,67 @@ impl Checkout {
     }
 }
 
+/// Every outcome, in the order of the summary line's fields.
+const OUTCOMES: [&str; 10] = [
+    "handed_out",
+    "pool_empty",
+    "no_pool",
+    "expired",
+    "requester_gone",
+    "unsettled",
+    "bad_request",
+    "no_reply_to",
+    "internal",
+    "reply_failed",
+];
+
+/// How often the process logs its outcomes.
+const SUMMARY_EVERY: Duration = Duration::from_secs(60);
+
+/// The process's outcomes since the last summary: one log line a minute with l2met `count#`
+/// keys instead of a line per request.
+#[derive(Default)]
+struct Tally([AtomicU64; OUTCOMES.len()]);
+
+impl Tally {
+    fn add(&self, outcome: &Outcome) {
+        if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome.label()) {
+            self.0[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    async fn summarize(self: Arc<Self>, shutdown: Shutdown) {
+        while shutdown.sleep(SUMMARY_EVERY).await {
+            self.log();
+        }
+    }
+
+    /// Logs the outcomes since the last call, if there were any, and starts again from zero.
+    fn log(&self) {
+        let n: Vec<u64> = self
+            .0
+            .iter()
+            .map(|n| n.swap(0, Ordering::Relaxed))
+            .collect();
+        if n.iter().all(|n| *n == 0) {
+            return;
+        }
+        tracing::info!(
+            "count#warmer.checkouts.handed_out" = n[0],
+            "count#warmer.checkouts.pool_empty" = n[1],
+            "count#warmer.checkouts.no_pool" = n[2],
+            "count#warmer.checkouts.expired" = n[3],
+            "count#warmer.checkouts.requester_gone" = n[4],
+            "count#warmer.checkouts.unsettled" = n[5],
+            "count#warmer.checkouts.bad_request" = n[6],
+            "count#warmer.checkouts.no_reply_to" = n[7],
+            "count#warmer.checkouts.internal" = n[8],
+            "count#warmer.checkouts.reply_failed" = n[9],
+            "checkouts since the last summary"
+        );
+    }
+}
+
 /// Settles leases in batches: each call to `settle.lua` takes every request answered since the
 /// previous call was sent (at most [`SETTLE_BATCH`]), so under load a checkout costs less than
 /// one Redis round trip of its own for its settle, and alone it costs one, as before.
@@ -521,7 +649,7 @@ struct Settler {
     requests: mpsc::UnboundedSender<SettleRequest>,
 }
 
-type SettleRequest = (String, u64, oneshot::Sender<redis::RedisResult<Settled>>);
+type SettleRequest = (ToSettle, oneshot::Sender<redis::RedisResult<Settled>>);
 
 /// Leases settled by one script call at most.
 const SETTLE_BATCH: usize = 64;
@@ -539,18 +667,15 @@ impl Settler {
                         Err(_) => break,
                     }
                 }
-                let leases: Vec<(String, u64)> = batch
-                    .iter()
-                    .map(|(identity, keep_until, _)| (identity.clone(), *keep_until))
-                    .collect();
+                let (leases, answers): (Vec<ToSettle>, Vec<_>) = batch.into_iter().unzip();
                 match store.settle(&leases).await {
                     Ok(settled) => {
-                        for ((_, _, answer), settled) in batch.into_iter().zip(settled) {
+                        for (answer, settled) in answers.into_iter().zip(settled) {
                             let _ = answer.send(Ok(settled));
                         }
                     }
                     Err(error) => {
-                        for (_, _, answer) in batch {
+                        for answer in answers {
                             let _ = answer.send(Err(error.clone()));
                         }
                     }
@@ -560,8 +685,8 @@ impl Settler {
         Self { requests }
     }
 
-    /// Marks the lease of `identity` handed out, to be swept at `keep_until` (ms).
-    async fn settle(&self, identity: &str, keep_until: u64) -> redis::RedisResult<Settled> {
+    /// Marks a lease handed out (see [`Store::settle`]).
+    async fn settle(&self, lease: ToSettle) -> redis::RedisResult<Settled> {
         let (answer, settled) = oneshot::channel();
         let stopped = || {
             redis::RedisError::from(std::io::Error::new(
@@ -569,9 +694,7 @@ impl Settler {
                 "the settling task stopped",
             ))
         };
-        self.requests
-            .send((identity.to_string(), keep_until, answer))
-            .map_err(|_| stopped())?;
+        self.requests.send((lease, answer)).map_err(|_| stopped())?;
         settled.await.map_err(|_| stopped())?
     }
 }

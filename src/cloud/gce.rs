@@ -337,7 +337,10 @@ impl Gce {
             }
             Ok(Ok(operation)) => operation,
             Ok(Err(GceError::Quota(message))) => {
-                return Err(Attempt::Failed(BootError::Quota(message)));
+                return Err(Attempt::Failed(BootError::Quota {
+                    zone: zone.to_string(),
+                    message,
+                }));
             }
             Ok(Err(
                 error @ (GceError::Refused { .. } | GceError::Auth(_) | GceError::NotFound),
@@ -375,7 +378,10 @@ impl Gce {
                 return Err(Attempt::Stockout(text));
             }
             if codes.iter().any(|c| c.contains("QUOTA")) {
-                return Err(Attempt::Failed(BootError::Quota(text)));
+                return Err(Attempt::Failed(BootError::Quota {
+                    zone: zone.to_string(),
+                    message: text,
+                }));
             }
             return Err(halfway(text));
         }

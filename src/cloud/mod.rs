@@ -35,8 +35,8 @@ pub enum BootError {
     #[error("no VM was created: {0}")]
     NotCreated(String),
     /// Quota is exhausted: retrying does not help until an operator acts.
-    #[error("quota exceeded: {0}")]
-    Quota(String),
+    #[error("quota exceeded in zone {zone}: {message}")]
+    Quota { zone: String, message: String },
     /// The VM may exist (timeout, failure halfway): it must be deleted, never used.
     #[error("boot failed halfway in zone {zone}: {reason}")]
     Halfway { zone: String, reason: String },
@@ -61,9 +61,17 @@ impl BootError {
     /// `quota`, `not_created` or `halfway`, as `boot.failed` events say.
     pub fn kind(&self) -> &'static str {
         match self {
-            BootError::Quota(_) => "quota",
+            BootError::Quota { .. } => "quota",
             BootError::NotCreated(_) => "not_created",
             BootError::Halfway { .. } => "halfway",
+        }
+    }
+
+    /// The zone the failure happened in, if it was one zone's.
+    pub fn zone(&self) -> Option<&str> {
+        match self {
+            BootError::Quota { zone, .. } | BootError::Halfway { zone, .. } => Some(zone),
+            BootError::NotCreated(_) => None,
         }
     }
 }

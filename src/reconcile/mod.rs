@@ -60,6 +60,29 @@ pub struct Report {
     pub deleted: usize,
     pub evicted: usize,
     pub elapsed: Duration,
+    /// What the snapshot held: VMs in the cloud, warmed VMs in the pools, orphan records.
+    pub cloud_vms: usize,
+    pub warmed: usize,
+    pub orphans: usize,
+}
+
+/// Per-VM steps of a pass that failed, by step: logged in one line per step, each retried next
+/// pass.
+#[derive(Default)]
+struct Failures(BTreeMap<&'static str, (usize, String)>);
+
+impl Failures {
+    fn add(&mut self, step: &'static str, vm: &str, error: &anyhow::Error) {
+        let entry = self.0.entry(step).or_default();
+        entry.0 += 1;
+        entry.1 = format!("{vm}: {}", crate::telemetry::report(error));
+    }
+
+    fn log(&self) {
+        for (step, (failed, last_error)) in &self.0 {
+            tracing::warn!(failed, last_error, "{step} failed; retried next pass");
+        }
+    }
 }
 
 /// One reconciler process.
@@ -104,6 +127,7 @@ impl Reconciler {
         let interval = self.ctx.config.reconcile_interval;
         let mut broker: Option<(lapin::Connection, Broker)> = None;
         let mut active = false;
+        let mut failures = 0;
         loop {
             match self.ctx.store.lock(&self.owner, self.lock_ttl()).await {
                 Ok(true) => {
@@ -120,7 +144,8 @@ impl Reconciler {
                             }
                         };
                     }
-                    self.logged_pass(broker.as_ref().map(|(_, b)| b)).await;
+                    self.logged_pass(broker.as_ref().map(|(_, b)| b), &mut failures)
+                        .await;
                 }
                 Ok(false) => {
                     if active {
@@ -152,27 +177,65 @@ impl Reconciler {
         Ok((connection, broker))
     }
 
-    async fn logged_pass(&self, broker: Option<&Broker>) {
+    /// Runs a pass and logs it in one line: every pass, so that the logs show the reconciler is
+    /// alive; a failed one at ERROR (with how many in a row), and the first success after
+    /// failures says so. `failures` counts the failed passes in a row.
+    async fn logged_pass(&self, broker: Option<&Broker>, failures: &mut u32) {
         match self.pass(broker).await {
-            Ok(report) if !report.plan.is_idle() => tracing::info!(
-                deleted = report.deleted,
-                evicted = report.evicted,
-                marked = report.plan.mark.len(),
-                labelled = report.plan.label.len(),
-                fills = report.plan.fill.len(),
-                unaccounted = report.plan.unaccounted,
-                elapsed_ms = report.elapsed.as_millis() as u64,
-                "reconciled"
-            ),
-            Ok(_) => {}
+            Ok(report) => {
+                if *failures > 0 {
+                    tracing::info!(
+                        failures = *failures,
+                        "reconcile recovered after {failures} failed passes"
+                    );
+                }
+                *failures = 0;
+                tracing::info!(
+                    deleted = report.deleted,
+                    evicted = report.evicted,
+                    marked = report.plan.mark.len(),
+                    labelled = report.plan.label.len(),
+                    fills = report.plan.fill.len(),
+                    unaccounted = report.plan.unaccounted,
+                    "measure#warmer.reconcile.duration" =
+                        format!("{}ms", report.elapsed.as_millis()),
+                    "count#warmer.reconcile.deleted" = report.deleted,
+                    "count#warmer.reconcile.evicted" = report.evicted,
+                    "sample#warmer.cloud_vms" = report.cloud_vms,
+                    "sample#warmer.warmed" = report.warmed,
+                    "sample#warmer.orphaned" = report.orphans,
+                    "reconciled"
+                );
+            }
             Err(error) => {
-                tracing::warn!(error = %crate::telemetry::report(&error), "reconcile pass failed")
+                *failures += 1;
+                tracing::error!(
+                    error = %crate::telemetry::report(&error),
+                    failures = *failures,
+                    "count#warmer.reconcile.failed" = 1,
+                    "reconcile pass failed"
+                )
             }
         }
     }
 
     /// One pass: snapshot, decide, apply. Events and fills need the `broker`.
+    /// Its result, duration and time are recorded (`warmer_reconcile_*`).
     pub async fn pass(&self, broker: Option<&Broker>) -> anyhow::Result<Report> {
+        let started = Instant::now();
+        let report = self.unrecorded_pass(broker).await;
+        let recorded = self
+            .ctx
+            .store
+            .record_reconcile_pass(report.is_ok(), started.elapsed(), now_ms())
+            .await;
+        if let Err(error) = recorded {
+            tracing::warn!(%error, "the reconcile pass could not be recorded in the metrics");
+        }
+        report
+    }
+
+    async fn unrecorded_pass(&self, broker: Option<&Broker>) -> anyhow::Result<Report> {
         let started = Instant::now();
         let snapshot = self.snapshot().await?;
         let plan = plan::decide(&snapshot, self.limits());
@@ -182,6 +245,9 @@ impl Reconciler {
         }
         let mut report = self.apply(plan, broker).await?;
         report.elapsed = started.elapsed();
+        report.cloud_vms = snapshot.cloud.len();
+        report.warmed = snapshot.pools.values().map(Vec::len).sum();
+        report.orphans = snapshot.orphans.len();
         Ok(report)
     }
 
@@ -256,11 +322,14 @@ impl Reconciler {
         while let Some(Ok((index, found))) = lookups.join_next().await {
             found_vms[index] = Some(found);
         }
+        // Lines per kind, not per VM (a migration adopts thousands).
+        let mut adopted = Vec::new();
+        let mut failures = Failures::default();
         for ((pool, vm), found) in plan.verify.iter().zip(found_vms) {
             let found = match found.unwrap_or_else(|| Err(anyhow::anyhow!("lookup task failed"))) {
                 Ok(found) => found,
                 Err(error) => {
-                    tracing::warn!(error = %crate::telemetry::report(&error), vm = %vm.name, "cannot look a VM up; retried next pass");
+                    failures.add("looking VMs up", &vm.name, &error);
                     continue;
                 }
             };
@@ -274,12 +343,8 @@ impl Reconciler {
                         ("warmth", "warmed".to_string()),
                     ];
                     match self.cloud.set_labels(&found, &labels).await {
-                        Ok(()) => {
-                            tracing::info!(%pool, vm = %vm.name, "adopted a VM without this deployment's label")
-                        }
-                        Err(error) => {
-                            tracing::warn!(error = %crate::telemetry::report(&error), vm = %vm.name, "adopting failed; retried next pass")
-                        }
+                        Ok(()) => adopted.push(vm.name.as_str()),
+                        Err(error) => failures.add("adopting VMs", &vm.name, &error),
                     }
                     continue;
                 }
@@ -288,6 +353,14 @@ impl Reconciler {
                 .entry(pool)
                 .or_default()
                 .push((&vm.name, &vm.zone, reason));
+        }
+        if !adopted.is_empty() {
+            let first = &adopted[..adopted.len().min(10)];
+            tracing::info!(
+                adopted = adopted.len(),
+                ?first,
+                "adopted VMs without this deployment's label"
+            );
         }
         // Evicted VMs are now orphans, deleted below with the rest. One line for the pass, not
         // one per VM: a mass eviction is tens of thousands.
@@ -311,7 +384,12 @@ impl Reconciler {
             }
         }
         if report.evicted > 0 {
-            tracing::info!(evicted = report.evicted, ?by_reason, "evicted warmed VMs");
+            tracing::info!(
+                evicted = report.evicted,
+                ?by_reason,
+                "count#warmer.evictions" = report.evicted,
+                "evicted warmed VMs"
+            );
         }
         store.record_orphans(&plan.delete).await?;
         if !plan.mark.is_empty() {
@@ -336,9 +414,10 @@ impl Reconciler {
                 (CHECKED_OUT_AT, checked_out_at.to_string()),
             ];
             if let Err(error) = self.cloud.set_labels(vm, &labels).await {
-                tracing::warn!(error = %crate::telemetry::report(&error), vm = %vm.name, "labelling failed; retried next pass");
+                failures.add("labelling handed-out VMs", &vm.name, &error);
             }
         }
+        failures.log();
         if let Some(broker) = broker {
             let token = self
                 .ctx

@@ -110,10 +110,17 @@ impl Refill {
         let result = self.boot_vm(&pool, &name).await;
         let store = &self.ctx.store;
         let success = match result {
-            Ok(entry) => match store.finish_boot(&pool, &entry).await {
+            Ok(entry) => match store.finish_boot(&pool, &entry, started.elapsed()).await {
                 Ok(Finished::Ready) => {
                     let boot_ms = started.elapsed().as_millis() as u64;
-                    tracing::info!(%pool, vm = %name, zone = %entry.zone, boot_ms, "VM ready");
+                    tracing::info!(
+                        %pool,
+                        vm = %name,
+                        zone = %entry.zone,
+                        "count#warmer.boots.ready" = 1,
+                        "measure#warmer.boot.duration" = format!("{boot_ms}ms"),
+                        "VM ready"
+                    );
                     self.events
                         .emit(Event::InstanceBooted {
                             pool: pool.to_string(),
@@ -125,7 +132,7 @@ impl Refill {
                     true
                 }
                 Ok(outcome) => {
-                    tracing::info!(%pool, vm = %name, ?outcome, "booted VM not needed any more: deleting it");
+                    tracing::info!(%pool, vm = %name, ?outcome, "count#warmer.boots.unneeded" = 1, "booted VM not needed any more: deleting it");
                     false
                 }
                 Err(error) => {
@@ -135,16 +142,19 @@ impl Refill {
                 }
             },
             Err(error) => {
-                let (zone, reason) = match &error {
-                    BootError::Halfway { zone, .. } => (Some(zone.as_str()), Some("boot_failed")),
-                    _ => (None, None),
-                };
-                if matches!(error, BootError::Quota(_)) {
-                    tracing::error!(%error, %pool, "boot stopped: quota exceeded; raise the quota or lower the target");
+                let zone = error.zone();
+                // Only a boot that failed halfway may have left a VM behind.
+                let reason = matches!(error, BootError::Halfway { .. }).then_some("boot_failed");
+                if matches!(error, BootError::Quota { .. }) {
+                    tracing::error!(%error, %pool, "count#warmer.boots.failed" = 1, "boot stopped: quota exceeded; raise the quota or lower the target");
                 } else {
-                    tracing::warn!(%error, %pool, vm = %name, "boot failed");
+                    tracing::warn!(%error, %pool, vm = %name, "count#warmer.boots.failed" = 1, "boot failed");
                 }
-                if let Err(e) = store.abandon_boot(&pool, &name, zone, reason).await {
+                let result = format!("failed_{}", error.kind());
+                if let Err(e) = store
+                    .abandon_boot(&pool, &name, zone, reason, &result)
+                    .await
+                {
                     tracing::error!(error = %e, %pool, vm = %name, "could not release a boot slot; it expires");
                 }
                 self.events

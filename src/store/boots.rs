@@ -1,7 +1,10 @@
 //! Boot reservations (`<ns>:_booting:<pool>`): a slot held for each VM being booted, so that
 //! `ready + booting <= target` whatever the number of refill processes.
 
+use std::time::Duration;
+
 use super::{PoolEntry, Store, now_ms, unexpected};
+use crate::metrics;
 use crate::pool::PoolName;
 
 /// What [`Store::reserve_boots`] found and took (see `reserve_boots.lua`).
@@ -71,12 +74,13 @@ impl Store {
         })
     }
 
-    /// Pushes a booted VM into its pool and frees its slot, or records it as an orphan (see
-    /// `finish_boot.lua`).
+    /// Pushes a booted VM into its pool and frees its slot, or records it as an orphan; counts
+    /// the boot and its duration, `took` (see `finish_boot.lua`).
     pub async fn finish_boot(
         &self,
         pool: &PoolName,
         entry: &PoolEntry,
+        took: Duration,
     ) -> anyhow::Result<Finished> {
         let n = &self.names;
         let mut invocation = self.scripts.finish_boot.prepare_invoke();
@@ -85,11 +89,15 @@ impl Store {
             .key(n.pool(pool))
             .key(n.booting(pool))
             .key(n.orphaned())
+            .key(n.pool_metrics(pool))
+            .key(n.metrics())
             .arg(pool.to_string())
             .arg(&entry.name)
             .arg(serde_json::to_string(entry)?)
             .arg(&entry.zone)
-            .arg(now_ms());
+            .arg(now_ms())
+            .arg(metrics::BOOT_DURATION.index(took))
+            .arg(took.as_millis() as u64);
         let outcome: String = self.invoke(&invocation).await?;
         Ok(match outcome.as_str() {
             "ready" => Finished::Ready,
@@ -100,22 +108,26 @@ impl Store {
         })
     }
 
-    /// Frees a failed boot's slot; with a `reason`, its VM may exist and is recorded as an
-    /// orphan (see `abandon_boot.lua`). Returns whether the reservation was still held.
+    /// Frees a failed boot's slot and counts the failure as `result`; with a `reason`, its VM
+    /// may exist and is recorded as an orphan (see `abandon_boot.lua`). Returns whether the
+    /// reservation was still held.
     pub async fn abandon_boot(
         &self,
         pool: &PoolName,
         name: &str,
         zone: Option<&str>,
         reason: Option<&str>,
+        result: &str,
     ) -> redis::RedisResult<bool> {
         let mut invocation = self.scripts.abandon_boot.prepare_invoke();
         invocation
             .key(self.names.booting(pool))
             .key(self.names.orphaned())
+            .key(self.names.pool_metrics(pool))
             .arg(name)
             .arg(zone.unwrap_or(""))
-            .arg(reason.unwrap_or(""));
+            .arg(reason.unwrap_or(""))
+            .arg(result);
         let held: i64 = self.invoke(&invocation).await?;
         Ok(held == 1)
     }

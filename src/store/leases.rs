@@ -2,10 +2,12 @@
 //! to its handout, and the sweep of those whose time is up.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use redis::AsyncCommands;
 
-use super::{Lease, PoolEntry, Store, now_ms, unexpected};
+use super::{Lease, PoolEntry, Store, unexpected};
+use crate::metrics;
 use crate::pool::PoolName;
 
 /// What [`Store::checkout`] found for a request (see `checkout.lua`).
@@ -39,6 +41,17 @@ pub enum Settled {
     Already,
     /// The lease is gone: it was swept before its reply was confirmed.
     Swept,
+}
+
+/// A lease whose reply the broker confirmed (see [`Store::settle`]).
+#[derive(Debug, Clone)]
+pub struct ToSettle {
+    pub identity: String,
+    pub pool: PoolName,
+    /// When its handed-out record is swept (ms).
+    pub keep_until: u64,
+    /// From the request's delivery to its reply's confirmation.
+    pub wait: Duration,
 }
 
 /// Where a pending lease's VM should go.
@@ -90,6 +103,8 @@ impl Store {
             .key(n.lease_deadlines())
             .key(n.orphaned())
             .key(n.hints())
+            .key(n.pool_metrics(pool))
+            .key(n.metrics())
             .arg(identity)
             .arg(pool.to_string())
             .arg(now)
@@ -113,16 +128,31 @@ impl Store {
         )
     }
 
-    /// Marks leases handed out, each to be swept at its `keep_until` (see `settle.lua`): one
-    /// call for a batch of requests.
-    pub async fn settle(&self, leases: &[(String, u64)]) -> redis::RedisResult<Vec<Settled>> {
+    /// Marks leases handed out, each to be swept at its `keep_until`, and counts them with
+    /// their checkout wait (see `settle.lua`): one call for a batch of requests.
+    pub async fn settle(&self, leases: &[ToSettle]) -> redis::RedisResult<Vec<Settled>> {
         let mut invocation = self.scripts.settle.prepare_invoke();
         invocation
             .key(self.names.leases())
             .key(self.names.lease_deadlines())
-            .arg(now_ms());
-        for (identity, keep_until) in leases {
-            invocation.arg(identity).arg(keep_until);
+            .key(self.names.metrics());
+        // Each pool's metrics hash once, at its index in KEYS (Lua counts from 1; three before).
+        let mut pools: Vec<&PoolName> = Vec::new();
+        for lease in leases {
+            let index = match pools.iter().position(|p| *p == &lease.pool) {
+                Some(index) => index,
+                None => {
+                    invocation.key(self.names.pool_metrics(&lease.pool));
+                    pools.push(&lease.pool);
+                    pools.len() - 1
+                }
+            };
+            invocation
+                .arg(&lease.identity)
+                .arg(lease.keep_until)
+                .arg(index + 4)
+                .arg(metrics::CHECKOUT_WAIT.index(lease.wait))
+                .arg(lease.wait.as_millis() as u64);
         }
         let answers: Vec<i64> = self.invoke(&invocation).await?;
         if answers.len() != leases.len() {
@@ -158,13 +188,15 @@ impl Store {
             .await
     }
 
-    /// Returns a pending lease's VM to the head of its pool, or records it as an orphan (see
-    /// `give_back.lua`). Also returns the VM's name.
+    /// Returns a pending lease's VM to the head of its pool, or records it as an orphan, and
+    /// counts the request's `outcome` if there is one (see `give_back.lua`). Also returns the
+    /// VM's name.
     pub async fn give_back(
         &self,
         identity: &str,
         pool: &PoolName,
         disposal: Disposal,
+        outcome: Option<&str>,
     ) -> redis::RedisResult<(GiveBack, String)> {
         let n = &self.names;
         let mut invocation = self.scripts.give_back.prepare_invoke();
@@ -175,12 +207,14 @@ impl Store {
             .key(n.lease_deadlines())
             .key(n.orphaned())
             .key(n.booting(pool))
+            .key(n.pool_metrics(pool))
             .arg(identity)
             .arg(pool.to_string())
             .arg(match disposal {
                 Disposal::Head => "head",
                 Disposal::Orphan(reason) => reason,
-            });
+            })
+            .arg(outcome.unwrap_or(""));
         let reply: Vec<String> = self.invoke(&invocation).await?;
         let mut reply = reply.into_iter();
         let (outcome, entry, reason) = (reply.next(), reply.next(), reply.next());
@@ -205,8 +239,10 @@ impl Store {
                 .key(self.names.leases())
                 .key(self.names.lease_deadlines())
                 .key(self.names.orphaned())
+                .key(self.names.metrics())
                 .arg(now)
-                .arg(SWEEP_BATCH);
+                .arg(SWEEP_BATCH)
+                .arg(self.names.pool_metrics_key_prefix());
             let (pending, handed): (u64, u64) = self.invoke(&invocation).await?;
             swept.pending += pending;
             swept.handed += handed;

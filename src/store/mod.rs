@@ -13,6 +13,8 @@
 //! | `<ns>:_brake` | string | [`reconcile`] | present while the safety brake holds every boot |
 //! | `<ns>:_suspects` | set | [`reconcile`] | cloud VMs the last reconcile pass found unaccounted |
 //! | `<ns>:_reconciler` | string | [`lock`] | owner of the active reconciler's lock |
+//! | `<ns>:_metrics` | hash | [`metrics`] | counters and histogram buckets of no pool in particular |
+//! | `<ns>:_metrics:<pool>` | hash | [`metrics`] | the pool's counters (checkouts, boots, evictions) |
 //!
 //! Key names are built by [`Names`]. Every step that must be atomic is a Lua script in
 //! `scripts/`, loaded once behind `scripts/prelude.lua` (the orphan record, written once), whose
@@ -26,6 +28,7 @@
 pub mod boots;
 pub mod leases;
 pub mod lock;
+pub mod metrics;
 pub mod orphans;
 pub mod pools;
 pub mod reconcile;
@@ -42,7 +45,7 @@ use crate::config::ServerUrl;
 use crate::names::Names;
 
 pub use boots::{Finished, Reservation};
-pub use leases::{Checkout, Disposal, GiveBack, Settled, Swept};
+pub use leases::{Checkout, Disposal, GiveBack, Settled, Swept, ToSettle};
 pub use pools::{PoolLevel, PoolStatus};
 pub use records::{Lease, LeaseState, Orphan, OrphanRecord, PoolEntry};
 
@@ -77,6 +80,7 @@ struct Scripts {
     reconcile_view: redis::Script,
     pool_heads: redis::Script,
     release_orphans: redis::Script,
+    forget_orphan: redis::Script,
     lock: redis::Script,
     unlock: redis::Script,
 }
@@ -102,6 +106,7 @@ fn scripts() -> &'static Scripts {
             reconcile_view: script(include_str!("scripts/reconcile_view.lua")),
             pool_heads: script(include_str!("scripts/pool_heads.lua")),
             release_orphans: script(include_str!("scripts/release_orphans.lua")),
+            forget_orphan: script(include_str!("scripts/forget_orphan.lua")),
             lock: script(include_str!("scripts/lock.lua")),
             unlock: script(include_str!("scripts/unlock.lua")),
         }

@@ -74,12 +74,16 @@ impl Store {
         Ok(())
     }
 
-    /// Forgets a claimed record once its VM is deleted.
+    /// Forgets a claimed record once its VM is deleted, counting the deletion (see
+    /// `forget_orphan.lua`).
     pub async fn forget_orphan(&self, orphan: &Orphan) -> redis::RedisResult<()> {
-        let (key, raw) = (&self.names.deleting(), &orphan.raw);
-        let _: i64 = self
-            .call(|mut conn| async move { conn.zrem(key, raw).await })
-            .await?;
+        let mut invocation = self.scripts.forget_orphan.prepare_invoke();
+        invocation
+            .key(self.names.deleting())
+            .key(self.names.metrics())
+            .arg(&orphan.raw)
+            .arg(&orphan.record.reason);
+        let _: i64 = self.invoke(&invocation).await?;
         Ok(())
     }
 }

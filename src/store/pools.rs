@@ -63,6 +63,8 @@ impl Store {
             .key(n.pool_configs())
             .key(n.pool(pool))
             .key(n.orphaned())
+            .key(n.pool_metrics(pool))
+            .key(n.metrics())
             .arg(pool.to_string());
         let moved: i64 = invocation.invoke_async(&mut self.conn.clone()).await?;
         Ok(u64::try_from(moved).ok())
@@ -149,6 +151,7 @@ impl Store {
             .key(n.booting(pool))
             .key(n.orphaned())
             .key(n.hints())
+            .key(n.pool_metrics(pool))
             .arg(pool.to_string());
         self.invoke(&invocation).await
     }
@@ -168,7 +171,8 @@ impl Store {
         invocation
             .key(format!("{}{pool}", self.names.pool_key_prefix()))
             .key(self.names.orphaned())
-            .key(self.names.scratch());
+            .key(self.names.scratch())
+            .key(format!("{}{pool}", self.names.pool_metrics_key_prefix()));
         for (name, zone, reason) in vms {
             invocation.arg(name).arg(zone).arg(reason);
         }

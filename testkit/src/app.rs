@@ -1,7 +1,7 @@
 //! The app under test: one deployment of warmer with names of its own, its processes run as
 //! tasks of the test, and what the test reads of Redis and RabbitMQ directly.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use lapin::options::{
     BasicConsumeOptions, BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions,
@@ -353,6 +353,15 @@ impl TestApp {
                 && self.queue_counts(&self.names.refill_queue()).await.0 == 0
         })
         .await
+    }
+
+    /// The counters kept in Redis for `pool`, or those of no pool, as stored: field → value.
+    pub async fn counters(&self, pool: Option<&str>) -> BTreeMap<String, i64> {
+        let key = match pool {
+            Some(pool) => self.names.pool_metrics(&pool.parse().expect("a pool name")),
+            None => self.names.metrics(),
+        };
+        self.redis.clone().hgetall(key).await.expect("counters")
     }
 
     /// The records of `orphaned`, as stored.

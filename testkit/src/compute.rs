@@ -53,6 +53,8 @@ pub struct State {
     pub set_labels_calls: usize,
     /// Listings started (first pages of `aggregated/instances`): one per reconcile pass.
     pub listings: usize,
+    /// The next listings answer 403 `forbidden` (a permission withdrawn, then restored).
+    pub refused_listings: usize,
     /// Every `instances.delete` call, refused ones included.
     pub delete_calls: usize,
     /// How long a delete takes to answer.
@@ -539,6 +541,14 @@ fn aggregated(state: &Arc<Mutex<State>>, query: &HashMap<String, String>) -> Res
     let mut state = state.lock().unwrap();
     if !query.contains_key("pageToken") {
         state.listings += 1;
+    }
+    if state.refused_listings > 0 {
+        state.refused_listings -= 1;
+        return error(
+            403,
+            "forbidden",
+            "Required 'compute.instances.list' permission for 'projects/warmer-test'",
+        );
     }
     let filter = query
         .get("filter")

@@ -87,3 +87,50 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("a free port")
 }
+
+/// Counters as [`TestApp::counters`] reads them, for comparing.
+pub fn counters(fields: &[(&str, i64)]) -> std::collections::BTreeMap<String, i64> {
+    fields.iter().map(|(f, n)| (f.to_string(), *n)).collect()
+}
+
+/// The samples of a Prometheus text exposition: `name{labels}` as written → value. Panics on a
+/// line that is neither a comment nor `series value`.
+pub fn samples(exposition: &str) -> std::collections::BTreeMap<String, f64> {
+    exposition
+        .lines()
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').expect("`series value`");
+            let value = match value {
+                "+Inf" => f64::INFINITY,
+                value => value.parse().expect("a number"),
+            };
+            (series.to_string(), value)
+        })
+        .collect()
+}
+
+/// Runs Prometheus's own parser and linter (`promtool check metrics`) over an exposition and
+/// fails the test with its findings. `.ci/run` installs promtool (Debian's `prometheus`).
+pub fn promtool_check_metrics(exposition: &str) {
+    use std::io::Write;
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs (apt-get install prometheus, or run .ci/run)");
+    let mut stdin = promtool.stdin.take().expect("promtool's stdin");
+    stdin
+        .write_all(exposition.as_bytes())
+        .expect("the exposition written to promtool");
+    drop(stdin);
+    let checked = promtool.wait_with_output().expect("promtool's verdict");
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}\n{exposition}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}

@@ -7,6 +7,8 @@ mod autoscale;
 mod checkout;
 mod faults;
 mod lifecycle;
+mod logs;
+mod metrics;
 mod operator;
 mod reconcile;
 mod refill;

@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use warmer::{CheckoutOutcome, Disposal, Finished, GiveBack, PoolEntry, PoolName, Settled, now_ms};
+use warmer::{
+    CheckoutOutcome, Disposal, Finished, GiveBack, PoolEntry, PoolName, Settled, ToSettle, now_ms,
+};
 use warmer_testkit::*;
 
 fn pool() -> &'static PoolName {
@@ -22,6 +24,16 @@ async fn orphan_reasons(app: &TestApp) -> Vec<(String, String)> {
             (text("name"), text("reason"))
         })
         .collect()
+}
+
+/// A lease to settle, of [`POOL`], after a checkout wait of 30 ms.
+fn to_settle(identity: &str, keep_until: u64) -> ToSettle {
+    ToSettle {
+        identity: identity.into(),
+        pool: pool().clone(),
+        keep_until,
+        wait: Duration::from_millis(30),
+    }
 }
 
 fn entry(name: &str) -> PoolEntry {
@@ -110,8 +122,8 @@ async fn settle_hands_out_once_and_says_when_the_lease_was_swept() {
         .unwrap();
 
     let batch = [
-        ("m:a".to_string(), now + 1_000),
-        ("m:never".to_string(), now + 1_000),
+        to_settle("m:a", now + 1_000),
+        to_settle("m:never", now + 1_000),
     ];
     assert_eq!(
         store.settle(&batch).await.unwrap(),
@@ -121,6 +133,15 @@ async fn settle_hands_out_once_and_says_when_the_lease_was_swept() {
     assert_eq!(
         app.leases().await["m:a"],
         ("vm".to_string(), "handed".to_string())
+    );
+    // Counted once, with its wait (30 ms: the bucket up to 50 ms, the fourth).
+    assert_eq!(
+        app.counters(Some(POOL)).await,
+        counters(&[("checkouts|handed_out", 1)])
+    );
+    assert_eq!(
+        app.counters(None).await,
+        counters(&[("checkout_wait|3", 1), ("checkout_wait|sum_ms", 30)])
     );
 }
 
@@ -137,17 +158,17 @@ async fn give_back_returns_only_a_pending_lease_and_never_past_the_target() {
             .unwrap();
     }
     store
-        .settle(&[("m:c".to_string(), now + 1_000)])
+        .settle(&[to_settle("m:c", now + 1_000)])
         .await
         .unwrap();
 
     let head = store
-        .give_back("m:a", pool(), Disposal::Head)
+        .give_back("m:a", pool(), Disposal::Head, Some("requester_gone"))
         .await
         .unwrap();
     assert_eq!(head, (GiveBack::Head, "a".to_string()));
     let handed = store
-        .give_back("m:c", pool(), Disposal::Head)
+        .give_back("m:c", pool(), Disposal::Head, Some("requester_gone"))
         .await
         .unwrap();
     assert_eq!(
@@ -157,7 +178,7 @@ async fn give_back_returns_only_a_pending_lease_and_never_past_the_target() {
     );
     app.ctx.store.set_target(pool(), 1).await.unwrap();
     let surplus = store
-        .give_back("m:b", pool(), Disposal::Head)
+        .give_back("m:b", pool(), Disposal::Head, Some("requester_gone"))
         .await
         .unwrap();
     assert_eq!(
@@ -170,13 +191,18 @@ async fn give_back_returns_only_a_pending_lease_and_never_past_the_target() {
         [("b".to_string(), "surplus".to_string())]
     );
     let again = store
-        .give_back("m:b", pool(), Disposal::Head)
+        .give_back("m:b", pool(), Disposal::Head, Some("requester_gone"))
         .await
         .unwrap();
     assert_eq!(
         again.0,
         GiveBack::NothingPending,
         "a give-back happens once"
+    );
+    assert_eq!(
+        app.counters(Some(POOL)).await,
+        counters(&[("checkouts|handed_out", 1), ("checkouts|requester_gone", 2)]),
+        "each given-back request counted once"
     );
 }
 
@@ -194,7 +220,7 @@ async fn sweep_records_pending_and_handed_leases_past_their_time_with_their_reas
         .checkout("m:h", pool(), now, now + 1, now + 2)
         .await
         .unwrap();
-    store.settle(&[("m:h".to_string(), now + 3)]).await.unwrap();
+    store.settle(&[to_settle("m:h", now + 3)]).await.unwrap();
 
     let swept = store.sweep_leases(now + 10).await.unwrap();
 
@@ -286,15 +312,25 @@ async fn a_finished_boot_joins_its_pool_once_or_is_recorded_never_both() {
         .await
         .unwrap();
 
-    let ready = store.finish_boot(pool(), &entry("vm-1")).await.unwrap();
+    let took = Duration::from_secs(40);
+    let ready = store
+        .finish_boot(pool(), &entry("vm-1"), took)
+        .await
+        .unwrap();
     // Run again (a retry after a dropped connection): still ready, not an orphan as well.
-    let repeated = store.finish_boot(pool(), &entry("vm-1")).await.unwrap();
+    let repeated = store
+        .finish_boot(pool(), &entry("vm-1"), took)
+        .await
+        .unwrap();
 
     assert_eq!((ready, repeated), (Finished::Ready, Finished::Ready));
     assert_eq!(app.pool_vms(POOL).await, ["vm-1"]);
     assert!(app.orphaned().await.is_empty());
     // Without a reservation: recorded, not pooled.
-    let unreserved = store.finish_boot(pool(), &entry("vm-2")).await.unwrap();
+    let unreserved = store
+        .finish_boot(pool(), &entry("vm-2"), took)
+        .await
+        .unwrap();
     assert_eq!(unreserved, Finished::Expired);
     // Target reached meanwhile: the late boot is surplus.
     store.set_target(pool(), 2).await.unwrap();
@@ -303,7 +339,10 @@ async fn a_finished_boot_joins_its_pool_once_or_is_recorded_never_both() {
         .await
         .unwrap();
     store.set_target(pool(), 1).await.unwrap();
-    let surplus = store.finish_boot(pool(), &entry("vm-3")).await.unwrap();
+    let surplus = store
+        .finish_boot(pool(), &entry("vm-3"), took)
+        .await
+        .unwrap();
     assert_eq!(surplus, Finished::Surplus);
     assert_eq!(app.pool_vms(POOL).await, ["vm-1"]);
     assert_eq!(
@@ -312,6 +351,22 @@ async fn a_finished_boot_joins_its_pool_once_or_is_recorded_never_both() {
             ("vm-2".to_string(), "expired".to_string()),
             ("vm-3".to_string(), "surplus".to_string())
         ]
+    );
+    // Each boot counted once by result; each duration observed once (40 s: third bucket).
+    assert_eq!(
+        app.counters(Some(POOL)).await,
+        counters(&[
+            ("boots|us-central1-c|ready", 1),
+            ("boots|us-central1-c|expired", 1),
+            ("boots|us-central1-c|surplus", 1),
+        ])
+    );
+    assert_eq!(
+        app.counters(None).await,
+        counters(&[
+            ("boot_duration|us-central1-c|2", 3),
+            ("boot_duration|us-central1-c|sum_ms", 120_000),
+        ])
     );
 }
 
@@ -327,12 +382,21 @@ async fn an_abandoned_boot_frees_its_slot_and_is_recorded_once() {
         .unwrap();
 
     let zone = Some("us-central1-b");
-    let first = store.abandon_boot(pool(), "halfway", zone, Some("boot_failed"));
+    let failed = "failed_halfway";
+    let first = store.abandon_boot(pool(), "halfway", zone, Some("boot_failed"), failed);
     assert!(first.await.unwrap());
-    let repeated = store.abandon_boot(pool(), "halfway", zone, Some("boot_failed"));
+    let repeated = store.abandon_boot(pool(), "halfway", zone, Some("boot_failed"), failed);
     assert!(!repeated.await.unwrap());
-    let nothing = store.abandon_boot(pool(), "never-created", None, None);
+    let nothing = store.abandon_boot(pool(), "never-created", None, None, "failed_quota");
     assert!(nothing.await.unwrap());
+    assert_eq!(
+        app.counters(Some(POOL)).await,
+        counters(&[
+            ("boots|us-central1-b|failed_halfway", 1),
+            ("boots||failed_quota", 1)
+        ]),
+        "each failure counted once"
+    );
 
     assert_eq!(app.booting(POOL).await, 0);
     assert_eq!(

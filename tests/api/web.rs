@@ -107,26 +107,27 @@ async fn metrics_show_every_pool_the_orphans_the_brake_and_the_queues() {
     assert_eq!(status, 200);
     assert!(content_type.starts_with("text/plain; version=0.0.4"));
     let checkout_queue = app.names.checkout_queue();
-    for line in [
-        format!("warmer_pool_target{{pool=\"{POOL}\"}} 3"),
-        format!("warmer_pool_ready{{pool=\"{POOL}\"}} 1"),
-        format!("warmer_pool_booting{{pool=\"{POOL}\"}} 0"),
-        format!("warmer_pool_handed_out{{pool=\"{POOL}\"}} 1"),
-        "warmer_orphaned_vms 1".to_string(),
-        "warmer_safety_brake 0".to_string(),
-        format!("warmer_queue_consumers{{queue=\"{checkout_queue}\"}} 1"),
-        format!("warmer_queue_ready_messages{{queue=\"{checkout_queue}\"}} 0"),
+    let samples = samples(&body);
+    for (series, value) in [
+        (format!("warmer_pool_target{{pool=\"{POOL}\"}}"), 3.0),
+        (format!("warmer_pool_ready{{pool=\"{POOL}\"}}"), 1.0),
+        (format!("warmer_pool_booting{{pool=\"{POOL}\"}}"), 0.0),
+        (format!("warmer_pool_handed_out{{pool=\"{POOL}\"}}"), 1.0),
+        ("warmer_orphaned_vms".to_string(), 1.0),
+        ("warmer_safety_brake".to_string(), 0.0),
+        (
+            format!("warmer_queue_consumers{{queue=\"{checkout_queue}\"}}"),
+            1.0,
+        ),
+        (
+            format!("warmer_queue_ready_messages{{queue=\"{checkout_queue}\"}}"),
+            0.0,
+        ),
     ] {
-        assert!(body.lines().any(|l| l == line), "{line} missing in\n{body}");
+        assert_eq!(samples.get(&series), Some(&value), "{series} in\n{body}");
     }
     // "b" (booted at 1_700_000_000, like every test VM) is the oldest left.
-    let age_line = format!("warmer_pool_oldest_age_seconds{{pool=\"{POOL}\"}} ");
-    let age: f64 = body
-        .lines()
-        .find_map(|l| l.strip_prefix(&age_line))
-        .unwrap_or_else(|| panic!("no oldest age in\n{body}"))
-        .parse()
-        .unwrap();
+    let age = samples[&format!("warmer_pool_oldest_age_seconds{{pool=\"{POOL}\"}}")];
     let expected = (warmer::now_ms() / 1000 - 1_700_000_000) as f64;
     assert!(
         (age - expected).abs() < 60.0,
@@ -188,8 +189,8 @@ async fn without_rabbitmq_health_fails_and_metrics_keep_the_pools_until_it_retur
     );
     let (status, _, metrics) = get(&format!("{url}/metrics"), None).await;
     assert_eq!(status, 200);
-    let ready = format!("warmer_pool_ready{{pool=\"{POOL}\"}} 1");
-    assert!(metrics.lines().any(|l| l == ready), "{metrics}");
+    let ready = format!("warmer_pool_ready{{pool=\"{POOL}\"}}");
+    assert_eq!(samples(&metrics).get(&ready), Some(&1.0), "{metrics}");
     assert!(
         !metrics.contains("warmer_queue_ready_messages{"),
         "{metrics}"

@@ -2,6 +2,7 @@
 --
 -- KEYS[1] poolconfigs hash   KEYS[2] the pool's list   KEYS[3] leases hash
 -- KEYS[4] lease deadlines zset   KEYS[5] orphaned list   KEYS[6] refill hints zset
+-- KEYS[7] the pool's metrics hash   KEYS[8] the metrics hash of no pool
 -- ARGV[1] request identity   ARGV[2] pool name   ARGV[3] now (ms)
 -- ARGV[4] the request's deadline (ms)   ARGV[5] when an unsettled lease is given up (ms)
 --
@@ -13,6 +14,10 @@
 -- already (the refill consumer clears it before it looks at the pool, so no drop is missed), the
 -- hint is recorded and the answer says to send one ("hint" = 1): at most one pending hint per
 -- pool, however many checkouts.
+--
+-- Counts the request's outcome when it is decided here (checkouts|<outcome>): pool_empty,
+-- no_pool, expired (nothing popped), unsettled; a popped VM is counted handed_out by settle.lua
+-- once its reply is confirmed.
 --
 -- Returns {"popped", entry, hint} | {"lease", entry} | {"orphaned", entry} | {"expired"}
 --       | {"no_pool"} | {"empty", hint}
@@ -26,6 +31,7 @@ if existing then
     -- The requester's deadline passed while its reply may or may not have gone out: the VM's
     -- fate is unknown, so it is never reused.
     orphan_entry(KEYS[5], lease.entry, 'checkout_unsettled')
+    count(KEYS[7], 'checkouts|unsettled')
     redis.call('HDEL', KEYS[3], identity)
     redis.call('ZREM', KEYS[4], identity)
     return {'orphaned', lease.entry}
@@ -33,10 +39,13 @@ if existing then
   return {'lease', lease.entry}
 end
 
+local exists = redis.call('HEXISTS', KEYS[1], pool) == 1
 if now > deadline then
+  count(exists and KEYS[7] or KEYS[8], 'checkouts|expired')
   return {'expired'}
 end
-if redis.call('HEXISTS', KEYS[1], pool) == 0 then
+if not exists then
+  count(KEYS[8], 'checkouts|no_pool')
   return {'no_pool'}
 end
 local function hint()
@@ -45,6 +54,7 @@ local function hint()
 end
 local entry = redis.call('LPOP', KEYS[2])
 if not entry then
+  count(KEYS[7], 'checkouts|pool_empty')
   return {'empty', hint()}
 end
 redis.call('HSET', KEYS[3], identity,

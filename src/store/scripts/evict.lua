@@ -1,12 +1,13 @@
 -- evict.lua: take warmed VMs out of a pool and record them for deletion, in one step.
 --
 -- KEYS[1] the pool's list   KEYS[2] orphaned list   KEYS[3] a scratch list (warmer's own)
+-- KEYS[4] the pool's metrics hash
 -- ARGV: triples {VM name, zone, reason}; the name '' stands for every entry that cannot be read
 --
 -- Each entry is looked at once, in order: those named go to orphaned (an unreadable one whole,
 -- for an operator), the others stay, in the order they were. Invariant: a VM is either still in
 -- the pool (a checkout took it meanwhile: then it is not evicted) or recorded in orphaned; never
--- both, never neither. Its cost is one pass over the pool, whatever the number evicted.
+-- both, never neither. Each eviction counts in evictions|<reason>. Its cost is one pass over the pool, whatever the number evicted.
 -- Returns the names evicted ('' for each unreadable entry).
 local wanted = {}
 for i = 1, #ARGV, 3 do
@@ -30,6 +31,7 @@ for _ = 1, length do
     else
       orphan(KEYS[2], name, eviction.zone, eviction.reason)
     end
+    count(KEYS[4], 'evictions|' .. eviction.reason)
     table.insert(evicted, name)
   else
     redis.call('RPUSH', KEYS[3], entry)

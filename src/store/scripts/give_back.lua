@@ -4,11 +4,12 @@
 --
 -- KEYS[1] poolconfigs hash   KEYS[2] the pool's list   KEYS[3] leases hash
 -- KEYS[4] lease deadlines zset   KEYS[5] orphaned list   KEYS[6] the pool's booting zset
+-- KEYS[7] the pool's metrics hash
 -- ARGV[1] request identity   ARGV[2] pool name   ARGV[3] "head", or the reason why the VM
 -- must not be reused (an unreadable entry; a reply from an earlier delivery may have reached
--- the requester)
+-- the requester)   ARGV[4] the request's outcome to count (checkouts|<outcome>), '' for none
 --
--- Only a pending lease is given back: a handed-out VM is never returned to a pool, nor one the
+-- Only a pending lease is given back (and its outcome counted, once): a handed-out VM is never returned to a pool, nor one the
 -- pool no longer has room for (a replacement may be booting already: ready + booting <= target).
 -- Returns {"head", entry}, {"orphaned", entry, reason} or {"none"}.
 local raw = redis.call('HGET', KEYS[3], ARGV[1])
@@ -21,6 +22,9 @@ if lease.state ~= 'pending' then
 end
 redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
+if ARGV[4] ~= '' then
+  count(KEYS[7], 'checkouts|' .. ARGV[4])
+end
 local reason = ARGV[3]
 if reason == 'head' then
   local target = tonumber(redis.call('HGET', KEYS[1], ARGV[2]))

@@ -24,3 +24,21 @@ local function orphan_entry(list, entry, reason)
   end
 end
 
+
+-- Metrics: counters live in hashes, `<ns>:_metrics:<pool>` for a pool's figures and
+-- `<ns>:_metrics` for the others (and for a pool's figures when the pool does not exist: they
+-- are exported with pool=""). A field is `<family>|<label value>|...`, the label values in the
+-- order `src/metrics.rs` declares for the family; a histogram has a field per bucket (its index
+-- among the bounds, which only warmer's Rust code knows: it computes it) and `<family>|sum_ms`.
+
+-- Adds `by` (default 1) to the counter `field` of the metrics hash `hash`.
+local function count(hash, field, by)
+  redis.call('HINCRBY', hash, field, by or 1)
+end
+
+-- Records one observation of `ms` milliseconds in bucket `bucket` of the histogram `family`
+-- (its name and label values, '|'-joined) of the metrics hash `hash`.
+local function observe(hash, family, bucket, ms)
+  redis.call('HINCRBY', hash, family .. '|' .. bucket, 1)
+  redis.call('HINCRBY', hash, family .. '|sum_ms', ms)
+end

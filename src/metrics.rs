@@ -1,0 +1,677 @@
+//! Metrics: every family `/metrics` exports, how its counters are kept in Redis, and the
+//! exposition (Prometheus text 0.0.4, or OpenMetrics when the scraper asks for it).
+//!
+//! Counters and histograms are written where things happen — by the Lua script that makes the
+//! change, in the same step (so a checkout pays no extra round trip and a count is never lost
+//! or doubled by a crash or a retry), or by the process for what involves no Redis step — into
+//! hashes in Redis: `<ns>:_metrics:<pool>` for a pool's figures and `<ns>:_metrics` for the
+//! others. Every process adds to the same hashes, so `warmer web` exports the sum over every
+//! dyno, and a restart loses nothing. A field is `<key>|<label value>|...`, the label values in
+//! the order [`Family::labels`] gives; a histogram has a field per bucket (the bucket's index in
+//! [`Buckets`]) and one `…|sum_ms`.
+//!
+//! | family | type | labels | written by |
+//! |---|---|---|---|
+//! | `warmer_checkouts_total` | counter | pool, outcome | checkout.lua, settle.lua, give_back.lua, sweep_leases.lua; `bad_request`, `no_reply_to`, `internal` by the checkout process |
+//! | `warmer_checkout_wait_seconds` | histogram | | settle.lua: from a request's delivery to its reply's confirmation |
+//! | `warmer_boots_total` | counter | pool, zone, result | finish_boot.lua, abandon_boot.lua |
+//! | `warmer_boot_duration_seconds` | histogram | zone | finish_boot.lua: from the insert call to the VM's joining its pool |
+//! | `warmer_evictions_total` | counter | pool, reason | evict.lua, trim_pool.lua, delete_pool.lua |
+//! | `warmer_deletions_total` | counter | reason | forget_orphan.lua, once the cloud confirmed |
+//! | `warmer_reconcile_passes_total` | counter | result | the reconciler |
+//! | `warmer_reconcile_duration_seconds` | histogram | | the reconciler |
+//! | `warmer_reconcile_last_success_timestamp_seconds` | gauge | | the reconciler |
+//!
+//! A figure of a pool that does not exist (a checkout of an unknown pool, a boot whose pool was
+//! deleted meanwhile) is exported with `pool=""`, so names from outside cannot grow the set of
+//! series. The levels (`warmer_pool_*`, orphans, the brake, queue depths) are read when scraped.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::store::PoolStatus;
+use crate::topology::QueueDepth;
+
+/// Histogram bucket bounds, in seconds, chosen for what each measures.
+#[derive(Debug, PartialEq)]
+pub struct Buckets(&'static [f64]);
+
+/// A checkout takes milliseconds; a slow broker or Redis makes it seconds.
+pub const CHECKOUT_WAIT: Buckets = Buckets(&[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+]);
+/// A Compute Engine VM boots in 30–90 s; an image that is slow to start, in minutes.
+pub const BOOT_DURATION: Buckets =
+    Buckets(&[15.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0, 600.0]);
+/// A pass over a few pools takes a fraction of a second; one over 30,000 VMs, tens of seconds.
+pub const RECONCILE_DURATION: Buckets =
+    Buckets(&[0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]);
+
+impl Buckets {
+    /// The index of the bucket `elapsed` falls in; the bounds' length for `+Inf`.
+    pub fn index(&self, elapsed: Duration) -> usize {
+        let seconds = elapsed.as_secs_f64();
+        self.0
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(self.0.len())
+    }
+}
+
+/// How a family's values are kept and exported.
+#[derive(Debug)]
+enum Kind {
+    Counter,
+    Histogram(&'static Buckets),
+    /// A time stored in milliseconds, exported in seconds.
+    Timestamp,
+}
+
+/// A family kept in Redis.
+#[derive(Debug)]
+pub struct Family {
+    /// The field prefix in Redis.
+    key: &'static str,
+    /// The exported name, without the suffix the type adds (`_total`) or the unit's.
+    name: &'static str,
+    help: &'static str,
+    /// The labels stored in the field, in order (`pool` comes from the hash).
+    labels: &'static [&'static str],
+    /// Kept per pool, in the pool's hash.
+    per_pool: bool,
+    kind: Kind,
+}
+
+pub const CHECKOUTS: Family = Family {
+    key: "checkouts",
+    name: "warmer_checkouts",
+    help: "Checkout requests by pool and outcome: handed_out, pool_empty, no_pool, expired (past its deadline, nothing popped), requester_gone, unsettled and lease_expired (the VM's fate unknown: deleted), bad_request, no_reply_to, internal",
+    labels: &["outcome"],
+    per_pool: true,
+    kind: Kind::Counter,
+};
+pub const CHECKOUT_WAIT_SECONDS: Family = Family {
+    key: "checkout_wait",
+    name: "warmer_checkout_wait",
+    help: "Time from a checkout request's delivery to the broker's confirmation of its VM's reply",
+    labels: &[],
+    per_pool: false,
+    kind: Kind::Histogram(&CHECKOUT_WAIT),
+};
+pub const BOOTS: Family = Family {
+    key: "boots",
+    name: "warmer_boots",
+    help: "Boots by pool, zone and result: ready, surplus, expired, no_pool (the VM is deleted), failed_not_created, failed_quota, failed_halfway",
+    labels: &["zone", "result"],
+    per_pool: true,
+    kind: Kind::Counter,
+};
+pub const BOOT_SECONDS: Family = Family {
+    key: "boot_duration",
+    name: "warmer_boot_duration",
+    help: "Time from a VM's insert call to its being ready, by zone",
+    labels: &["zone"],
+    per_pool: false,
+    kind: Kind::Histogram(&BOOT_DURATION),
+};
+pub const EVICTIONS: Family = Family {
+    key: "evictions",
+    name: "warmer_evictions",
+    help: "Warmed VMs taken out of their pool to be deleted, by pool and reason",
+    labels: &["reason"],
+    per_pool: true,
+    kind: Kind::Counter,
+};
+pub const DELETIONS: Family = Family {
+    key: "deletions",
+    name: "warmer_deletions",
+    help: "VMs whose deletion the cloud confirmed, by the reason they were deleted",
+    labels: &["reason"],
+    per_pool: false,
+    kind: Kind::Counter,
+};
+pub const RECONCILE_PASSES: Family = Family {
+    key: "reconcile_passes",
+    name: "warmer_reconcile_passes",
+    help: "Reconcile passes by result: ok or failed",
+    labels: &["result"],
+    per_pool: false,
+    kind: Kind::Counter,
+};
+pub const RECONCILE_SECONDS: Family = Family {
+    key: "reconcile_duration",
+    name: "warmer_reconcile_duration",
+    help: "Duration of successful reconcile passes",
+    labels: &[],
+    per_pool: false,
+    kind: Kind::Histogram(&RECONCILE_DURATION),
+};
+pub const RECONCILE_LAST_SUCCESS: Family = Family {
+    key: "reconcile_last_success_ms",
+    name: "warmer_reconcile_last_success_timestamp",
+    help: "When the last reconcile pass succeeded (Unix time)",
+    labels: &[],
+    per_pool: false,
+    kind: Kind::Timestamp,
+};
+
+/// Every family kept in Redis, in the order they are exported.
+const STORED: [&Family; 9] = [
+    &CHECKOUTS,
+    &CHECKOUT_WAIT_SECONDS,
+    &BOOTS,
+    &BOOT_SECONDS,
+    &EVICTIONS,
+    &DELETIONS,
+    &RECONCILE_PASSES,
+    &RECONCILE_SECONDS,
+    &RECONCILE_LAST_SUCCESS,
+];
+
+impl Family {
+    /// The Redis field of this family's counter (or timestamp) with these label values.
+    pub fn field(&self, labels: &[&str]) -> String {
+        debug_assert_eq!(labels.len(), self.labels.len(), "{}", self.key);
+        std::iter::once(self.key)
+            .chain(labels.iter().copied())
+            .collect::<Vec<_>>()
+            .join("|")
+    }
+
+    /// The Redis fields that record one observation of `elapsed` in this histogram (bucket,
+    /// sum) and the milliseconds to add to the sum.
+    pub fn observation(&self, labels: &[&str], elapsed: Duration) -> [(String, u64); 2] {
+        let Kind::Histogram(buckets) = self.kind else {
+            unreachable!("{} is not a histogram", self.key)
+        };
+        let bucket = buckets.index(elapsed).to_string();
+        let family = self.field(labels);
+        [
+            (format!("{family}|{bucket}"), 1),
+            (format!("{family}|sum_ms"), elapsed.as_millis() as u64),
+        ]
+    }
+}
+
+/// One series' value, summed from Redis.
+#[derive(Debug, Clone, PartialEq)]
+enum Value {
+    Counter(u64),
+    /// Per bucket (not cumulative; the last is `+Inf`) and the sum in milliseconds.
+    Histogram(Vec<u64>, u64),
+    Seconds(f64),
+}
+
+/// The counters of one scrape: per family (index in [`STORED`]), per label values (`pool`
+/// first for a family kept per pool).
+#[derive(Debug, Default)]
+pub struct Counters(BTreeMap<usize, BTreeMap<Vec<String>, Value>>);
+
+impl Counters {
+    /// Reads the hashes as stored: `pool` is `None` for `<ns>:_metrics`. A field this version
+    /// does not know (written by a newer one) or cannot read is left out.
+    pub fn from_hashes<'a>(
+        hashes: impl IntoIterator<Item = (Option<&'a str>, HashMap<String, String>)>,
+    ) -> Self {
+        let mut counters = Counters::default();
+        for (pool, hash) in hashes {
+            for (field, value) in hash {
+                counters.add(pool, &field, &value);
+            }
+        }
+        counters
+    }
+
+    fn add(&mut self, pool: Option<&str>, field: &str, value: &str) {
+        let Ok(value) = value.parse::<i64>() else {
+            return;
+        };
+        let value = value.max(0) as u64;
+        let mut parts = field.split('|');
+        let Some(key) = parts.next() else { return };
+        let Some(index) = STORED.iter().position(|f| f.key == key) else {
+            return;
+        };
+        let family = STORED[index];
+        let mut labels: Vec<String> = Vec::with_capacity(family.labels.len() + 1);
+        if family.per_pool {
+            labels.push(pool.unwrap_or("").to_string());
+        } else if pool.is_some() {
+            return;
+        }
+        for _ in family.labels {
+            labels.push(parts.next().unwrap_or_default().to_string());
+        }
+        let series = self.0.entry(index).or_default();
+        match family.kind {
+            Kind::Counter => {
+                if parts.next().is_some() {
+                    return;
+                }
+                let Value::Counter(total) = series.entry(labels).or_insert(Value::Counter(0))
+                else {
+                    return;
+                };
+                *total += value;
+            }
+            Kind::Timestamp => {
+                series.insert(labels, Value::Seconds(value as f64 / 1000.0));
+            }
+            Kind::Histogram(buckets) => {
+                let slot = parts.next().unwrap_or_default();
+                let Value::Histogram(counts, sum) = series
+                    .entry(labels)
+                    .or_insert_with(|| Value::Histogram(vec![0; buckets.0.len() + 1], 0))
+                else {
+                    return;
+                };
+                match (slot, slot.parse::<usize>()) {
+                    ("sum_ms", _) => *sum += value,
+                    (_, Ok(i)) if i < counts.len() => counts[i] += value,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+impl Counters {
+    /// Adds, as 0, the series an alert divides by or compares, so that they exist before
+    /// the first event: every pool's hits and misses, both reconcile results.
+    fn zero_fill<'a>(&mut self, pools: impl IntoIterator<Item = &'a str>) {
+        let mut zero = |family: &Family, labels: Vec<String>| {
+            let index = STORED.iter().position(|f| f.key == family.key);
+            if let Some(index) = index {
+                let series = self.0.entry(index).or_default();
+                series.entry(labels).or_insert(Value::Counter(0));
+            }
+        };
+        for pool in pools {
+            for outcome in ["handed_out", "pool_empty"] {
+                zero(&CHECKOUTS, vec![pool.to_string(), outcome.to_string()]);
+            }
+        }
+        for result in ["ok", "failed"] {
+            zero(&RECONCILE_PASSES, vec![result.to_string()]);
+        }
+    }
+}
+
+/// Everything one scrape exports.
+#[derive(Debug)]
+pub struct Scrape {
+    pub pools: Vec<PoolStatus>,
+    pub brake: bool,
+    pub orphaned: u64,
+    /// Consumer queues; empty when RabbitMQ did not answer.
+    pub queues: Vec<QueueDepth>,
+    /// Messages in the dead-letter queue, if RabbitMQ answered.
+    pub dead_letters: Option<u32>,
+    pub counters: Counters,
+    /// Now, in milliseconds since the Unix epoch.
+    pub now_ms: u64,
+}
+
+/// The exposition of `scrape`: OpenMetrics if `openmetrics`, else Prometheus text 0.0.4.
+pub fn render(mut scrape: Scrape, openmetrics: bool) -> String {
+    let pools = scrape.pools.iter().map(|p| p.level.pool.as_str());
+    scrape.counters.zero_fill(pools);
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(scrape));
+    let mut out = String::new();
+    let encoded = if openmetrics {
+        prometheus_client::encoding::text::encode(&mut out, &registry)
+    } else {
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)
+    };
+    // Writing to a String fails only if a value's formatting does, which ours never do.
+    if encoded.is_err() {
+        tracing::error!("encoding the metrics failed; the answer is cut short");
+    }
+    out
+}
+
+/// `application/openmetrics-text` when the `Accept` header asks for it (as Prometheus does),
+/// else the Prometheus text format that every scraper reads.
+pub fn wants_openmetrics(accept: Option<&str>) -> bool {
+    accept.is_some_and(|accept| accept.contains("application/openmetrics-text"))
+}
+
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const TEXT_CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+type Encoded = Result<(), std::fmt::Error>;
+
+/// The label set of a sample without labels.
+const NO_LABELS: [(&str, &str); 0] = [];
+
+/// Writes one gauge family, a sample per label set.
+fn gauges<L: prometheus_client::encoding::EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    samples: impl IntoIterator<Item = (L, f64)>,
+) -> Encoded {
+    let mut family = encoder.encode_descriptor(name, help, unit, MetricType::Gauge)?;
+    for (labels, value) in samples {
+        family.encode_family(&labels)?.encode_gauge(&value)?;
+    }
+    Ok(())
+}
+
+impl prometheus_client::collector::Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Encoded {
+        let seconds = Unit::Seconds;
+        gauges(
+            &mut encoder,
+            "warmer_build_info",
+            "The running warmer's version and the commit it was built from",
+            None,
+            [(
+                [
+                    ("version", env!("CARGO_PKG_VERSION")),
+                    ("commit", env!("WARMER_COMMIT")),
+                ],
+                1.0,
+            )],
+        )?;
+        self.encode_pools(&mut encoder)?;
+        gauges(
+            &mut encoder,
+            "warmer_orphaned_vms",
+            "VMs recorded for deletion and not deleted yet",
+            None,
+            [(NO_LABELS, self.orphaned as f64)],
+        )?;
+        gauges(
+            &mut encoder,
+            "warmer_safety_brake",
+            "1 while the safety brake holds every boot (too many unaccounted VMs)",
+            None,
+            [(NO_LABELS, if self.brake { 1.0 } else { 0.0 })],
+        )?;
+        let queues = |value: fn(&QueueDepth) -> Option<u32>| {
+            self.queues
+                .iter()
+                .filter_map(move |q| Some(([("queue", q.queue.as_str())], f64::from(value(q)?))))
+        };
+        gauges(
+            &mut encoder,
+            "warmer_queue_ready_messages",
+            "Messages waiting in a consumer queue",
+            None,
+            queues(|q| q.ready),
+        )?;
+        gauges(
+            &mut encoder,
+            "warmer_queue_consumers",
+            "Consumers attached to a consumer queue",
+            None,
+            queues(|q| q.consumers),
+        )?;
+        gauges(
+            &mut encoder,
+            "warmer_dead_letter_messages",
+            "Messages in the dead-letter queue: requests and commands that could not be processed, kept for an operator",
+            None,
+            self.dead_letters.map(|n| (NO_LABELS, f64::from(n))),
+        )?;
+        for (index, family) in STORED.iter().enumerate() {
+            let series = self.counters.0.get(&index);
+            let (metric_type, unit) = match family.kind {
+                Kind::Counter => (MetricType::Counter, None),
+                Kind::Histogram(_) => (MetricType::Histogram, Some(&seconds)),
+                Kind::Timestamp => (MetricType::Gauge, Some(&seconds)),
+            };
+            let mut encoder =
+                encoder.encode_descriptor(family.name, family.help, unit, metric_type)?;
+            let names = family
+                .per_pool
+                .then_some("pool")
+                .into_iter()
+                .chain(family.labels.iter().copied());
+            for (values, value) in series.into_iter().flatten() {
+                let labels: Vec<(&str, &str)> = names
+                    .clone()
+                    .zip(values.iter().map(String::as_str))
+                    .collect();
+                let mut sample = encoder.encode_family(&labels)?;
+                match (value, &family.kind) {
+                    (Value::Counter(n), _) => {
+                        sample.encode_counter::<NoLabelSet, _, u64>(n, None)?
+                    }
+                    (Value::Seconds(s), _) => sample.encode_gauge(s)?,
+                    (Value::Histogram(counts, sum_ms), Kind::Histogram(buckets)) => {
+                        let bounds = buckets.0.iter().copied().chain([f64::INFINITY]);
+                        let buckets: Vec<(f64, u64)> = bounds.zip(counts.iter().copied()).collect();
+                        sample.encode_histogram::<NoLabelSet>(
+                            *sum_ms as f64 / 1000.0,
+                            counts.iter().sum(),
+                            &buckets,
+                            None,
+                        )?
+                    }
+                    (Value::Histogram(..), _) => {}
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Scrape {
+    fn encode_pools(&self, encoder: &mut DescriptorEncoder) -> Encoded {
+        let per_pool = |value: fn(&PoolStatus, u64) -> Option<f64>| {
+            let now = self.now_ms;
+            self.pools
+                .iter()
+                .filter_map(move |p| Some(([("pool", p.level.pool.as_str())], value(p, now)?)))
+        };
+        gauges(
+            encoder,
+            "warmer_pool_target",
+            "Warmed VMs the pool should hold",
+            None,
+            per_pool(|p, _| p.level.target().map(|t| t as f64)),
+        )?;
+        gauges(
+            encoder,
+            "warmer_pool_ready",
+            "Warmed VMs ready to be checked out",
+            None,
+            per_pool(|p, _| Some(p.level.ready as f64)),
+        )?;
+        gauges(
+            encoder,
+            "warmer_pool_booting",
+            "VMs being booted for the pool",
+            None,
+            per_pool(|p, _| Some(p.level.booting as f64)),
+        )?;
+        gauges(
+            encoder,
+            "warmer_pool_handed_out",
+            "VMs checked out and not yet past WARMER_MAX_HANDOUT_AGE",
+            None,
+            per_pool(|p, _| Some(p.handed_out as f64)),
+        )?;
+        gauges(
+            encoder,
+            "warmer_pool_oldest_age",
+            "Age of the pool's oldest warmed VM; 0 when the pool is empty, absent when its age is unknown",
+            Some(&Unit::Seconds),
+            per_pool(|p, now| match p.oldest_booted_at {
+                None => Some(0.0),
+                // Whole milliseconds, saturating: a `booted_at` from outside cannot overflow.
+                Some(booted_at) => {
+                    let booted_ms = booted_at?.saturating_mul(1000);
+                    Some(now.saturating_sub(booted_ms) as f64 / 1000.0)
+                }
+            }),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::PoolLevel;
+
+    fn hash(fields: &[(&str, &str)]) -> HashMap<String, String> {
+        fields
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn scrape(counters: Counters) -> Scrape {
+        Scrape {
+            pools: vec![
+                PoolStatus {
+                    level: PoolLevel {
+                        pool: "img:n1-standard-1".into(),
+                        target: "3".into(),
+                        ready: 2,
+                        booting: 1,
+                    },
+                    handed_out: 4,
+                    oldest_booted_at: Some(Some(100)),
+                },
+                PoolStatus {
+                    level: PoolLevel {
+                        pool: "empty:n1-standard-1".into(),
+                        target: "1".into(),
+                        ready: 0,
+                        booting: 0,
+                    },
+                    handed_out: 0,
+                    oldest_booted_at: None,
+                },
+            ],
+            brake: true,
+            orphaned: 5,
+            queues: vec![],
+            dead_letters: Some(2),
+            counters,
+            now_ms: 160_500,
+        }
+    }
+
+    #[test]
+    fn buckets_take_the_first_bound_at_or_above() {
+        assert_eq!(BOOT_DURATION.index(Duration::from_secs(15)), 0);
+        assert_eq!(BOOT_DURATION.index(Duration::from_millis(15_001)), 1);
+        assert_eq!(BOOT_DURATION.index(Duration::from_secs(601)), 9);
+        assert_eq!(CHECKOUT_WAIT.index(Duration::ZERO), 0);
+    }
+
+    #[test]
+    fn counters_are_summed_per_series_and_exported_with_their_labels() {
+        let counters = Counters::from_hashes([
+            (
+                Some("img:n1-standard-1"),
+                hash(&[
+                    ("checkouts|handed_out", "7"),
+                    ("checkouts|pool_empty", "2"),
+                    ("boots|us-central1-c|ready", "3"),
+                    ("evictions|image_changed", "1"),
+                    ("nonsense", "1"),
+                    ("checkouts|handed_out|extra", "100"),
+                ]),
+            ),
+            (
+                None,
+                hash(&[
+                    ("checkouts|no_pool", "1"),
+                    ("deletions|surplus", "4"),
+                    ("boot_duration|us-central1-c|2", "2"),
+                    ("boot_duration|us-central1-c|9", "1"),
+                    ("boot_duration|us-central1-c|sum_ms", "700000"),
+                    ("reconcile_last_success_ms", "1500"),
+                    ("reconcile_passes|ok", "not a number"),
+                ]),
+            ),
+        ]);
+        let text = render(scrape(counters), false);
+        for line in [
+            "# TYPE warmer_checkouts_total counter",
+            "warmer_checkouts_total{pool=\"img:n1-standard-1\",outcome=\"handed_out\"} 7",
+            "warmer_checkouts_total{pool=\"img:n1-standard-1\",outcome=\"pool_empty\"} 2",
+            "warmer_checkouts_total{pool=\"\",outcome=\"no_pool\"} 1",
+            "warmer_boots_total{pool=\"img:n1-standard-1\",zone=\"us-central1-c\",result=\"ready\"} 3",
+            "warmer_evictions_total{pool=\"img:n1-standard-1\",reason=\"image_changed\"} 1",
+            "warmer_deletions_total{reason=\"surplus\"} 4",
+            "warmer_boot_duration_seconds_bucket{zone=\"us-central1-c\",le=\"30\"} 0",
+            "warmer_boot_duration_seconds_bucket{zone=\"us-central1-c\",le=\"45\"} 2",
+            "warmer_boot_duration_seconds_bucket{zone=\"us-central1-c\",le=\"600\"} 2",
+            "warmer_boot_duration_seconds_bucket{zone=\"us-central1-c\",le=\"+Inf\"} 3",
+            "warmer_boot_duration_seconds_count{zone=\"us-central1-c\"} 3",
+            "warmer_boot_duration_seconds_sum{zone=\"us-central1-c\"} 700.0",
+            "warmer_reconcile_last_success_timestamp_seconds 1.5",
+            "warmer_pool_oldest_age_seconds{pool=\"img:n1-standard-1\"} 60.5",
+            "warmer_pool_oldest_age_seconds{pool=\"empty:n1-standard-1\"} 0.0",
+            "warmer_pool_ready{pool=\"empty:n1-standard-1\"} 0.0",
+            "warmer_orphaned_vms 5.0",
+            "warmer_safety_brake 1.0",
+            "warmer_dead_letter_messages 2.0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+        assert!(
+            !text.contains("nonsense") && !text.contains("extra"),
+            "{text}"
+        );
+        // Unreadable values are left out; the series an alert needs exist from the start.
+        assert!(
+            text.lines()
+                .any(|l| l == "warmer_reconcile_passes_total{result=\"ok\"} 0")
+        );
+        assert!(
+            text.lines()
+                .any(|l| l == "warmer_reconcile_passes_total{result=\"failed\"} 0")
+        );
+        assert!(text.lines().any(|l| l
+            == "warmer_checkouts_total{pool=\"empty:n1-standard-1\",outcome=\"pool_empty\"} 0"));
+        let open = render(scrape(Counters::default()), true);
+        assert!(open.ends_with("# EOF\n"), "{open}");
+        assert!(open.contains("# TYPE warmer_checkouts counter"), "{open}");
+    }
+
+    #[test]
+    fn a_pool_name_from_outside_is_escaped_and_a_future_boot_time_cannot_overflow() {
+        let mut scrape = scrape(Counters::default());
+        scrape.pools[0].level.pool = "a\"b\\c\nd".into();
+        scrape.pools[0].oldest_booted_at = Some(Some(u64::MAX));
+        let text = render(scrape, false);
+        assert!(
+            text.lines()
+                .any(|l| l == "warmer_pool_oldest_age_seconds{pool=\"a\\\"b\\\\c\\nd\"} 0.0"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn fields_and_observations_follow_the_stored_grammar() {
+        assert_eq!(
+            BOOTS.field(&["us-central1-c", "ready"]),
+            "boots|us-central1-c|ready"
+        );
+        assert_eq!(
+            RECONCILE_SECONDS.observation(&[], Duration::from_millis(300)),
+            [
+                ("reconcile_duration|2".to_string(), 1),
+                ("reconcile_duration|sum_ms".to_string(), 300)
+            ]
+        );
+        assert!(wants_openmetrics(Some(
+            "application/openmetrics-text;version=1.0.0,text/plain;q=0.5"
+        )));
+        assert!(!wants_openmetrics(Some("text/plain")) && !wants_openmetrics(None));
+    }
+}

@@ -1,0 +1,193 @@
+//! Logs as Heroku reads them: on a dyno, every line of a real `warmer` process is logfmt with
+//! no timestamp of its own, and a reconciler that keeps failing reaches ERROR.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+use warmer_testkit::compute::ComputeStandIn;
+use warmer_testkit::*;
+
+use crate::lifecycle::terminate;
+
+/// A strict logfmt parser, written from the format's description rather than from warmer's
+/// writer: `key=value` pairs separated by one space; a key has no space, `=` or `"`; a value is
+/// bare (no space, `=`, `"` or `\`) or quoted with `\"`, `\\`, `\n`, `\r`, `\t` and `\uXXXX`
+/// escapes. Anything else is an error naming the offset.
+fn parse_logfmt(line: &str) -> Result<Vec<(String, String)>, String> {
+    let mut pairs = Vec::new();
+    let mut chars = line.char_indices().peekable();
+    loop {
+        let mut key = String::new();
+        while let Some(&(at, c)) = chars.peek() {
+            match c {
+                '=' => break,
+                ' ' | '"' | '\\' => return Err(format!("`{c}` in a key at {at}")),
+                c => key.push(c),
+            }
+            chars.next();
+        }
+        if key.is_empty() || chars.next().map(|(_, c)| c) != Some('=') {
+            return Err(format!("a pair without a key or `=` after `{key}`"));
+        }
+        let mut value = String::new();
+        if chars.peek().map(|&(_, c)| c) == Some('"') {
+            chars.next();
+            loop {
+                match chars.next() {
+                    None => return Err(format!("unterminated quoted value of {key}")),
+                    Some((_, '"')) => break,
+                    Some((at, '\\')) => match chars.next().map(|(_, c)| c) {
+                        Some('"') => value.push('"'),
+                        Some('\\') => value.push('\\'),
+                        Some('n') => value.push('\n'),
+                        Some('r') => value.push('\r'),
+                        Some('t') => value.push('\t'),
+                        Some('u') => {
+                            let hex: String = (0..4)
+                                .filter_map(|_| chars.next())
+                                .map(|(_, c)| c)
+                                .collect();
+                            let code = u32::from_str_radix(&hex, 16)
+                                .ok()
+                                .and_then(char::from_u32)
+                                .ok_or(format!("bad \\u escape at {at}"))?;
+                            value.push(code);
+                        }
+                        other => return Err(format!("bad escape {other:?} at {at}")),
+                    },
+                    Some((_, c)) => value.push(c),
+                }
+            }
+        } else {
+            while let Some(&(at, c)) = chars.peek() {
+                match c {
+                    ' ' => break,
+                    '=' | '"' | '\\' => return Err(format!("`{c}` in a bare value at {at}")),
+                    c if c.is_control() => return Err(format!("a control character at {at}")),
+                    c => value.push(c),
+                }
+                chars.next();
+            }
+            if value.is_empty() {
+                return Err(format!("an empty bare value of {key}"));
+            }
+        }
+        pairs.push((key, value));
+        match chars.next() {
+            None => return Ok(pairs),
+            Some((_, ' ')) if chars.peek().is_some() => {}
+            Some((at, c)) => return Err(format!("`{c}` after a value at {at}")),
+        }
+    }
+}
+
+#[test]
+fn the_parser_refuses_what_is_not_logfmt() {
+    assert_eq!(
+        parse_logfmt(r#"at=info msg="a \"b\"\n" count#x.y=1"#).unwrap(),
+        [
+            ("at".to_string(), "info".to_string()),
+            ("msg".to_string(), "a \"b\"\n".to_string()),
+            ("count#x.y".to_string(), "1".to_string())
+        ]
+    );
+    for bad in [
+        "2026-11-29T07:00:00Z INFO warmer: started",
+        "at=info msg=two words",
+        r#"at=info msg="unterminated"#,
+        "at=info  msg=x",
+        "at=info msg=",
+        "=x",
+        "at=info msg=x ",
+        r#"at=info msg="x"y"#,
+    ] {
+        assert!(parse_logfmt(bad).is_err(), "{bad} accepted");
+    }
+}
+
+#[tokio::test]
+async fn on_a_dyno_every_line_is_logfmt_and_a_failing_reconciler_reaches_error_then_recovers() {
+    let compute = ComputeStandIn::start(Duration::ZERO).await;
+    compute.with(|s| s.refused_listings = 2);
+    let app = TestApp::builder()
+        .gce(&compute)
+        .envs(&[("WARMER_RECONCILE_INTERVAL", "1")])
+        .start()
+        .await;
+    app.seed(POOL, 0, &[]).await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warmer"))
+        .arg("reconcile")
+        .env_clear()
+        .envs(&app.env)
+        .env("DYNO", "reconcile.1")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("warmer binary");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+
+    let mut lines = Vec::new();
+    within("a recovery after two failed passes, then a pass", async {
+        let mut passes_after_recovery = 0;
+        while passes_after_recovery < 1 {
+            let line = stderr.next_line().await.unwrap().expect("a log line");
+            if line.contains("msg=reconciled")
+                && lines.iter().any(|l: &String| l.contains("recovered"))
+            {
+                passes_after_recovery += 1;
+            }
+            lines.push(line);
+        }
+    })
+    .await;
+    assert!(terminate(&mut child).await.success());
+    while let Some(line) = stderr.next_line().await.unwrap() {
+        lines.push(line);
+    }
+
+    let parsed: Vec<BTreeMap<String, String>> = lines
+        .iter()
+        .map(|line| {
+            let pairs = parse_logfmt(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            assert_eq!(pairs[0].0, "at", "the level first, no timestamp: {line}");
+            pairs.into_iter().collect()
+        })
+        .collect();
+    let with_msg = |msg: &'static str| parsed.iter().filter(move |l| l["msg"] == msg);
+    let start = with_msg("warmer starting").next().expect("a start line");
+    assert_eq!(start["at"], "info");
+    assert_eq!(start["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(start["process"], "reconcile");
+    assert_eq!(start["prefix"], app.names.prefix());
+    assert_eq!(start["namespace"], app.names.namespace());
+    assert!(!start["commit"].is_empty());
+    let failed: Vec<_> = with_msg("reconcile pass failed").collect();
+    assert_eq!(failed.len(), 2, "{lines:#?}");
+    for (n, line) in failed.iter().enumerate() {
+        assert_eq!(line["at"], "error");
+        assert_eq!(line["failures"], (n + 1).to_string());
+        assert_eq!(line["count#warmer.reconcile.failed"], "1");
+        assert!(line["error"].contains("compute.instances.list"), "{line:?}");
+    }
+    let recovered = with_msg("reconcile recovered after 2 failed passes")
+        .next()
+        .unwrap_or_else(|| panic!("no recovery line in {lines:#?}"));
+    assert_eq!(recovered["at"], "info");
+    let pass = with_msg("reconciled").next().expect("a pass line");
+    let duration = &pass["measure#warmer.reconcile.duration"];
+    assert!(
+        duration
+            .strip_suffix("ms")
+            .is_some_and(|ms| ms.parse::<u64>().is_ok()),
+        "{duration}"
+    );
+    for key in ["sample#warmer.cloud_vms", "count#warmer.reconcile.deleted"] {
+        assert!(pass[key].parse::<u64>().is_ok(), "{key} in {pass:?}");
+    }
+}
