@@ -40,8 +40,12 @@ pub enum Command {
     /// HEROKU_API_TOKEN and HEROKU_APP_NAME).
     Autoscale,
     /// Run the whole system in one process with the local (simulated) cloud, for trying warmer:
-    /// creates an example pool if there is none.
+    /// creates an example pool if there is none. Prefix and namespace `warmer-dev` unless set.
     Dev,
+    /// Check what the processes need (the release phase): the configuration, Redis, RabbitMQ
+    /// with the topology declared, and for WARMER_PROVIDER=gce a token and access to the
+    /// project. One line per check; exits 2 at the first failure, with its reason.
+    Check,
     /// Manage pools and their target sizes.
     #[command(subcommand)]
     Pool(PoolCommand),
@@ -129,6 +133,10 @@ impl Command {
 
 /// Runs the command: a process until SIGTERM, or an operator command once.
 pub async fn run(command: Command, config: Config) -> anyhow::Result<Output> {
+    let config = match command {
+        Command::Dev => config.for_dev()?,
+        _ => config,
+    };
     let token = config.auth_tokens.first().map(|t| t.expose().to_string());
     if let Some(process) = command.process() {
         tracing::info!(
@@ -140,9 +148,15 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<Output> {
             "warmer starting"
         );
     }
-    let ctx = Context::new(config).await?;
     let quiet = Output::from(String::new());
+    // The release check connects step by step, saying how far it got.
+    if let Command::Check = command {
+        crate::check::run(config).await?;
+        return Ok(quiet);
+    }
+    let ctx = Context::new(config).await?;
     Ok(match command {
+        Command::Check => quiet, // done above
         Command::Checkout => {
             checkout::run(ctx, shutdown::on_signals()?).await?;
             quiet

@@ -151,8 +151,64 @@ pub struct Config {
     /// The most dynos `warmer autoscale` runs of each consumer type (`WARMER_AUTOSCALE_MAX`).
     pub autoscale_max: u32,
     pub log_format: LogFormat,
+    /// Running on a Heroku dyno (`DYNO` set).
+    pub on_heroku: bool,
     /// What was set but is not read, e.g. a misspelt `WARMER_*` variable: logged at start.
     pub warnings: Vec<String>,
+    /// Which defaults were overridden, for [`Config::for_dev`].
+    given: Given,
+}
+
+/// Variables set in the environment rather than defaulted.
+#[derive(Clone, Copy, Debug, Default)]
+struct Given {
+    prefix: bool,
+    namespace: bool,
+    provider: bool,
+}
+
+/// The prefix and namespace of `warmer dev` unless others are given: never production's.
+pub const DEV_NAMES: &str = "warmer-dev";
+/// The prefix and namespace of every other process unless others are given.
+const DEFAULT_NAMES: &str = "warmer";
+
+impl Config {
+    /// The configuration of `warmer dev`, whose simulated cloud would evict every real VM of
+    /// the namespace it runs in as gone: `warmer-dev` as prefix and namespace unless others are
+    /// given, and a refusal of anything that looks like production.
+    pub fn for_dev(mut self) -> anyhow::Result<Config> {
+        if self.given.provider && self.provider == Provider::Gce {
+            bail!(
+                "warmer dev runs on a simulated cloud and refuses WARMER_PROVIDER=gce: its reconciler would take every real VM of the namespace for gone and delete it. Run checkout, refill, reconcile and web instead, or unset WARMER_PROVIDER"
+            );
+        }
+        if self.on_heroku {
+            bail!(
+                "warmer dev refuses to run on a Heroku dyno (DYNO is set): it is for one machine, and its simulated cloud would delete the VMs of a real deployment. Run the Procfile's processes instead"
+            );
+        }
+        for (var, given, value) in [
+            (
+                "WARMER_AMQP_PREFIX",
+                self.given.prefix,
+                &mut self.amqp_prefix,
+            ),
+            (
+                "WARMER_REDIS_NAMESPACE",
+                self.given.namespace,
+                &mut self.redis_namespace,
+            ),
+        ] {
+            if !given {
+                *value = DEV_NAMES.into();
+            } else if value == DEFAULT_NAMES {
+                bail!(
+                    "warmer dev refuses {var}={DEFAULT_NAMES}, production's default: its simulated cloud would delete the VMs of a real deployment there. Unset it (dev uses `{DEV_NAMES}`) or choose another"
+                );
+            }
+        }
+        Ok(self)
+    }
 }
 
 /// The raw variables, as strings; `envy` reads them, [`Config::from_vars`] validates them.
@@ -320,6 +376,11 @@ impl Config {
         };
         let redis_url = server_url(redis_url.0, redis_url.1, &["redis", "rediss"])?;
 
+        let given = Given {
+            prefix: raw.warmer_amqp_prefix.is_some(),
+            namespace: raw.warmer_redis_namespace.is_some(),
+            provider: raw.warmer_provider.is_some(),
+        };
         let amqp_prefix = prefix("WARMER_AMQP_PREFIX", raw.warmer_amqp_prefix)?;
         let redis_namespace = prefix("WARMER_REDIS_NAMESPACE", raw.warmer_redis_namespace)?;
         // It is also the `warmer` label of every VM: label values are lowercase.
@@ -398,6 +459,8 @@ impl Config {
 
         Ok(Config {
             log_format,
+            on_heroku: raw.dyno.is_some(),
+            given,
             amqp_url,
             redis_url,
             amqp_prefix,
@@ -512,7 +575,7 @@ fn server_url(var: &str, value: String, schemes: &[&str]) -> anyhow::Result<Serv
 }
 
 fn prefix(var: &str, value: Option<String>) -> anyhow::Result<String> {
-    let value = value.unwrap_or_else(|| "warmer".into());
+    let value = value.unwrap_or_else(|| DEFAULT_NAMES.into());
     let ok = !value.is_empty()
         && value.len() <= 64
         && value
@@ -623,6 +686,42 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn dev_gets_names_of_its_own_and_refuses_what_looks_like_production() {
+        let dev = Config::from_vars(vars(&[])).unwrap().for_dev().unwrap();
+        assert_eq!(
+            (dev.amqp_prefix.as_str(), dev.redis_namespace.as_str()),
+            (DEV_NAMES, DEV_NAMES)
+        );
+        let mine = vars(&[
+            ("WARMER_AMQP_PREFIX", "mine"),
+            ("WARMER_REDIS_NAMESPACE", "mine"),
+        ]);
+        let dev = Config::from_vars(mine).unwrap().for_dev().unwrap();
+        assert_eq!(
+            (dev.amqp_prefix.as_str(), dev.redis_namespace.as_str()),
+            ("mine", "mine")
+        );
+        for (setting, named) in [
+            (vec![("WARMER_PROVIDER", "gce")], "WARMER_PROVIDER=gce"),
+            (vec![("DYNO", "web.1")], "DYNO is set"),
+            (
+                vec![("WARMER_REDIS_NAMESPACE", "warmer")],
+                "WARMER_REDIS_NAMESPACE=warmer",
+            ),
+            (
+                vec![("WARMER_AMQP_PREFIX", "warmer")],
+                "WARMER_AMQP_PREFIX=warmer",
+            ),
+        ] {
+            let config = Config::from_vars(vars(&setting)).unwrap();
+            let error = config.for_dev().unwrap_err().to_string();
+            assert!(error.contains(named), "{setting:?}: {error}");
+        }
+        let local = vars(&[("WARMER_PROVIDER", "local")]);
+        assert!(Config::from_vars(local).unwrap().for_dev().is_ok());
     }
 
     #[test]
@@ -765,6 +864,43 @@ mod tests {
             .chain(["RUST_LOG".to_string()])
             .collect();
         assert_eq!(documented, read);
+    }
+
+    #[test]
+    fn app_json_sets_only_variables_warmer_reads_and_runs_only_procfile_processes() {
+        let app: serde_json::Value = serde_json::from_str(include_str!("../app.json")).unwrap();
+        let read: Vec<String> = Raw::variables()
+            .into_iter()
+            .chain(READ_ELSEWHERE.map(String::from))
+            .collect();
+        for var in app["env"].as_object().unwrap().keys() {
+            assert!(
+                read.contains(var),
+                "app.json sets {var}, which warmer does not read"
+            );
+        }
+        let procfile: Vec<(&str, &str)> = include_str!("../Procfile")
+            .lines()
+            .filter_map(|line| line.split_once(": "))
+            .collect();
+        for process in app["formation"].as_object().unwrap().keys() {
+            assert!(
+                procfile.iter().any(|(p, _)| p == process),
+                "app.json scales {process}, which the Procfile does not run"
+            );
+        }
+        for (process, command) in procfile {
+            let name = if process == "release" {
+                "check"
+            } else {
+                process
+            };
+            assert_eq!(
+                command,
+                format!("./target/release/warmer {name}"),
+                "{process}"
+            );
+        }
     }
 
     #[test]

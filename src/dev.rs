@@ -1,5 +1,5 @@
 //! `warmer dev`: checkout, refill, reconcile and web in one process with the local provider, for
-//! trying warmer on one machine. Creates a small example pool when none exists. (`autoscale`
+//! trying warmer on one machine, under names of its own (`warmer-dev`, see `Config::for_dev`). Creates a small example pool when none exists. (`autoscale`
 //! needs Heroku, so it is not part of it.)
 
 use crate::cloud::{Cloud, local::Local};
@@ -13,6 +13,8 @@ const EXAMPLE_TARGET: u32 = 3;
 
 /// Runs checkout, refill, reconcile and web with the local provider until `shutdown`.
 pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
+    // Fail at once, before anything runs, when the web port is taken.
+    let listener = crate::web::bind(&ctx.config).await?;
     let targets = ctx.store.targets().await?;
     if targets.is_empty() {
         let pool: PoolName = EXAMPLE_POOL.parse().map_err(anyhow::Error::msg)?;
@@ -38,7 +40,7 @@ pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
     ));
     let reconcile =
         tokio::spawn(crate::reconcile::Reconciler::new(ctx.clone(), cloud).run(shutdown.clone()));
-    let web = tokio::spawn(crate::web::run(ctx.clone(), shutdown.clone()));
+    let web = tokio::spawn(crate::web::serve(ctx.clone(), listener, shutdown.clone()));
     // Fill every pool at start: the local cloud starts empty.
     crate::operator::fill(
         &ctx,

@@ -39,6 +39,7 @@
 //! The public surface is the process modules above and the items re-exported here.
 
 pub mod autoscale;
+pub mod check;
 pub mod checkout;
 pub mod cli;
 pub mod dev;
@@ -67,7 +68,7 @@ pub use amqp::{
     DIRECT_REPLY_TO, Incoming, Publisher, consume_direct_replies, json_properties, passive_declare,
 };
 pub use cloud::Cloud;
-pub use config::{Config, Secret, ServerUrl};
+pub use config::{Config, DEV_NAMES, Secret, ServerUrl};
 pub use context::Context;
 pub use deletion::Deleter;
 pub use events::{Event, Events, FillCommand, RefillMessage};

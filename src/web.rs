@@ -44,11 +44,16 @@ pub const DEFAULT_PORT: u16 = 8080;
 
 /// Binds `0.0.0.0:$PORT` and serves until `shutdown`.
 pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
-    let port = ctx.config.port.unwrap_or(DEFAULT_PORT);
-    let listener = TcpListener::bind(("0.0.0.0", port))
-        .await
-        .with_context(|| format!("binding PORT {port}"))?;
+    let listener = bind(&ctx.config).await?;
     serve(ctx, listener, shutdown).await
+}
+
+/// Binds `$PORT` (8080 by default) on every interface.
+pub async fn bind(config: &crate::Config) -> anyhow::Result<TcpListener> {
+    let port = config.port.unwrap_or(DEFAULT_PORT);
+    TcpListener::bind(("0.0.0.0", port))
+        .await
+        .with_context(|| format!("binding PORT {port}"))
 }
 
 /// Serves HTTP on `listener` until `shutdown`.

@@ -147,10 +147,17 @@ impl Prober {
         Presence::Unknown
     }
 
-    /// Closes the probe connection.
+    /// Closes the probe channels, then their connection. (A channel dropped instead closes
+    /// itself in the background, racing the connection's close: lapin then logs a connection
+    /// error at ERROR for every shutdown.)
     pub async fn close(&self) {
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.clear();
+        let idle: Vec<Channel> = self
+            .idle
+            .lock()
+            .map(|mut idle| idle.drain(..).collect())
+            .unwrap_or_default();
+        for channel in idle {
+            let _ = channel.close(200, "bye".into()).await;
         }
         self.connection.close().await;
     }

@@ -580,6 +580,61 @@ impl Gce {
         anyhow::bail!("labelling {}: the label fingerprint kept changing", vm.name)
     }
 
+    /// What `warmer check` verifies, each step once (a release must not wait out the retries):
+    /// a token, the region and its zones (the configured ones among them), and that instances
+    /// can be listed. Describes what it found.
+    pub async fn check(&self, namespace: &str) -> anyhow::Result<String> {
+        let inner = &self.inner;
+        self.inner
+            .auth
+            .token(&[SCOPE])
+            .await
+            .map_err(|e| anyhow::anyhow!("getting an access token: {e}"))?;
+        let region_path = format!("projects/{}/regions/{}", inner.project, inner.region);
+        let region = self
+            .call(Method::GET, &region_path, None)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "reading region {} of project {}: {e}",
+                    inner.region,
+                    inner.project
+                )
+            })?;
+        let zones: Vec<&str> = region["zones"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(short_zone)
+            .collect();
+        if let Some(missing) = inner
+            .configured_zones
+            .iter()
+            .find(|z| !zones.contains(&z.as_str()))
+        {
+            anyhow::bail!(
+                "WARMER_GOOGLE_CLOUD_ZONES names {missing}, which region {} does not have ({})",
+                inner.region,
+                zones.join(", ")
+            );
+        }
+        let listing = format!(
+            "projects/{}/aggregated/instances?filter=labels.warmer%3D{}&maxResults=1",
+            inner.project,
+            label_value(namespace)
+        );
+        self.call(Method::GET, &listing, None)
+            .await
+            .map_err(|e| anyhow::anyhow!("listing instances of project {}: {e}", inner.project))?;
+        Ok(format!(
+            "project {}, region {} (zones {}), instances listed",
+            inner.project,
+            inner.region,
+            zones.join(", ")
+        ))
+    }
+
     /// Every VM labelled with this deployment's namespace (paginated `aggregatedList`).
     pub async fn list(&self, namespace: &str) -> anyhow::Result<Vec<CloudVm>> {
         let mut vms = Vec::new();

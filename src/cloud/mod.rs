@@ -121,6 +121,14 @@ impl Cloud {
         }
     }
 
+    /// Checks that warmer can work with this cloud (`warmer check`); describes what it found.
+    pub async fn check(&self, namespace: &str) -> anyhow::Result<String> {
+        match self {
+            Cloud::Gce(gce) => gce.check(namespace).await,
+            Cloud::Local(_) => Ok("the simulated local cloud: nothing to reach".into()),
+        }
+    }
+
     /// Every VM of this deployment that the cloud knows.
     pub async fn list(&self, namespace: &str) -> anyhow::Result<Vec<CloudVm>> {
         match self {

@@ -3,6 +3,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use warmer_testkit::*;
@@ -71,6 +72,37 @@ async fn sigterm_stops_consuming_and_exits_zero() {
 }
 
 #[tokio::test]
+async fn a_checkout_process_that_served_shuts_down_without_an_error_line() {
+    let app = TestApp::builder().start().await;
+    app.seed(POOL, 2, &[vm("vm-1"), vm("vm-2")]).await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warmer"))
+        .arg("checkout")
+        .env_clear()
+        .envs(&app.env)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("warmer binary");
+    app.wait_for_consumers(1).await;
+    // Direct reply-to requests open the presence probe's channels and connection.
+    assert_eq!(app.checkout().await["name"], "vm-1");
+    assert_eq!(app.checkout().await["name"], "vm-2");
+
+    let status = terminate(&mut child).await;
+
+    assert!(status.success(), "exit status {status:?}");
+    let mut stderr = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr)
+        .await
+        .unwrap();
+    // An ERROR at every dyno restart would page whoever alerts on ERROR lines.
+    assert!(!stderr.lines().any(|l| l.contains("ERROR")), "{stderr}");
+    assert!(stderr.contains("stopped consuming"), "{stderr}");
+}
+
+#[tokio::test]
 async fn a_stopped_consumer_leaves_unanswered_requests_for_the_next_one() {
     let mut app = spawn_app().await;
     app.seed(POOL, 1, &[vm("vm-1")]).await;
@@ -128,4 +160,99 @@ async fn the_web_process_serves_port_and_exits_zero_on_sigterm() {
     let status = terminate(&mut child).await;
 
     assert!(status.success(), "exit status {status:?}");
+}
+
+/// Runs `warmer dev` with `env` (and the shared servers) and returns its exit status and stderr,
+/// or kills it after `patience`.
+async fn run_dev(env: &[(&str, &str)], patience: Duration) -> (Option<i32>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warmer"))
+        .arg("dev")
+        .env_clear()
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("warmer binary");
+    let status = tokio::time::timeout(patience, child.wait()).await;
+    let _ = child.kill().await;
+    let output = child.wait_with_output().await.unwrap();
+    let code = status.ok().map(|s| s.unwrap().code().unwrap_or(-1));
+    (code, String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[tokio::test]
+async fn dev_refuses_a_production_looking_setup_and_a_taken_port_at_once() {
+    let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let test_names = format!("test-dev-{}", free_port());
+    for (env, reason) in [
+        (vec![("WARMER_PROVIDER", "gce")], "WARMER_PROVIDER=gce"),
+        (vec![("DYNO", "web.1")], "DYNO is set"),
+        (
+            vec![("WARMER_REDIS_NAMESPACE", "warmer")],
+            "WARMER_REDIS_NAMESPACE=warmer",
+        ),
+        (
+            vec![
+                ("PORT", port.as_str()),
+                ("WARMER_AMQP_PREFIX", test_names.as_str()),
+                ("WARMER_REDIS_NAMESPACE", test_names.as_str()),
+            ],
+            "binding PORT",
+        ),
+    ] {
+        let (code, stderr) = run_dev(&env, Duration::from_secs(10)).await;
+        assert_eq!(code, Some(2), "{env:?} did not exit at once: {stderr}");
+        assert!(stderr.contains(reason), "{env:?}: {stderr}");
+    }
+    // Nothing was created under the test's names: dev stopped before touching Redis.
+    let mut redis = redis::Client::open(REDIS_URL)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{test_names}:*"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(keys.is_empty(), "{keys:?}");
+}
+
+#[tokio::test]
+async fn dev_starts_under_names_of_its_own_not_productions() {
+    // A Redis nobody listens on: dev says who it is, then cannot go on, and touches nothing.
+    let nowhere = format!("redis://127.0.0.1:{}/0", free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warmer"))
+        .arg("dev")
+        .env_clear()
+        .env("WARMER_REDIS_URL", &nowhere)
+        .env("PORT", free_port().to_string())
+        .env("WARMER_LOG_FORMAT", "l2met")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("warmer binary");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let start = within("the start line", async {
+        loop {
+            let line = stderr.next_line().await.unwrap().expect("a log line");
+            if line.contains("msg=\"warmer starting\"") {
+                return line;
+            }
+        }
+    })
+    .await;
+    assert!(
+        start.contains(&format!(
+            "process=dev prefix={0} namespace={0}",
+            warmer::DEV_NAMES
+        )),
+        "{start}"
+    );
+    let _ = child.kill().await;
 }

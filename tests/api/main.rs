@@ -4,6 +4,7 @@
 //! prefix and Redis namespace from `warmer_testkit::TestApp` and removes them when it ends.
 
 mod autoscale;
+mod check;
 mod checkout;
 mod faults;
 mod lifecycle;
