@@ -39,6 +39,10 @@ pub enum Command {
     /// VMs) every WARMER_AUTOSCALE_INTERVAL, between 1 and WARMER_AUTOSCALE_MAX (needs
     /// HEROKU_API_TOKEN and HEROKU_APP_NAME).
     Autoscale,
+    /// Restart Heroku dynos before they swap: follows the app's logs (HEROKU_API_TOKEN,
+    /// HEROKU_APP_NAME) and restarts a dyno at WARMER_WATCHDOG_THRESHOLD or on R14, one dyno of
+    /// a process type at a time, each at most once per WARMER_WATCHDOG_RESTART_WINDOW.
+    Watchdog,
     /// Run the whole system in one process with the local (simulated) cloud, for trying warmer:
     /// creates an example pool if there is none. Prefix and namespace `warmer-dev` unless set.
     Dev,
@@ -126,6 +130,7 @@ impl Command {
             Command::Web => "web",
             Command::Autoscale => "autoscale",
             Command::Dev => "dev",
+            Command::Watchdog => "watchdog",
             _ => return None,
         })
     }
@@ -179,6 +184,10 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<Output> {
         Command::Autoscale => {
             let autoscaler = autoscale::Autoscaler::new(ctx)?;
             autoscaler.run(shutdown::on_signals()?).await?;
+            quiet
+        }
+        Command::Watchdog => {
+            crate::watchdog::run(ctx, shutdown::on_signals()?).await?;
             quiet
         }
         Command::Dev => {

@@ -151,6 +151,8 @@ pub struct Config {
     /// The most dynos `warmer autoscale` runs of each consumer type (`WARMER_AUTOSCALE_MAX`).
     pub autoscale_max: u32,
     pub log_format: LogFormat,
+    /// `warmer watchdog`'s settings.
+    pub watchdog: WatchdogConfig,
     /// Running on a Heroku dyno (`DYNO` set).
     pub on_heroku: bool,
     /// What was set but is not read, e.g. a misspelt `WARMER_*` variable: logged at start.
@@ -158,6 +160,18 @@ pub struct Config {
     /// Which defaults were overridden, for [`Config::for_dev`].
     given: Given,
 }
+
+/// `WARMER_WATCHDOG_*`.
+#[derive(Clone, Debug)]
+pub struct WatchdogConfig {
+    pub threshold: crate::watchdog::Threshold,
+    pub restart_window: Duration,
+    /// Process types watched.
+    pub dynos: Vec<String>,
+}
+
+/// The process types `warmer watchdog` watches unless told otherwise: warmer's own.
+const WATCHED_BY_DEFAULT: &str = "checkout,refill,reconcile,web,autoscale";
 
 /// Variables set in the environment rather than defaulted.
 #[derive(Clone, Copy, Debug, Default)]
@@ -246,6 +260,9 @@ struct Raw {
     warmer_autoscale_interval: Option<String>,
     warmer_autoscale_max: Option<String>,
     warmer_log_format: Option<String>,
+    warmer_watchdog_threshold: Option<String>,
+    warmer_watchdog_restart_window: Option<String>,
+    warmer_watchdog_dynos: Option<String>,
     /// Set by Heroku in every dyno.
     dyno: Option<String>,
 }
@@ -457,8 +474,34 @@ impl Config {
         let log_format = LogFormat::parse(raw.warmer_log_format.as_deref(), raw.dyno.is_some())
             .map_err(anyhow::Error::msg)?;
 
+        let watchdog = WatchdogConfig {
+            threshold: match raw.warmer_watchdog_threshold {
+                None => crate::watchdog::Threshold::Fraction(0.9),
+                Some(value) => crate::watchdog::Threshold::parse(&value).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "WARMER_WATCHDOG_THRESHOLD must be a share of the dyno's quota such as `90%` or megabytes such as `400MB`, got `{value}`"
+                    )
+                })?,
+            },
+            restart_window: duration(
+                "WARMER_WATCHDOG_RESTART_WINDOW",
+                raw.warmer_watchdog_restart_window,
+                30 * 60,
+            )?,
+            dynos: {
+                let dynos = list(raw.warmer_watchdog_dynos.as_deref().unwrap_or(WATCHED_BY_DEFAULT));
+                if let Some(bad) = dynos.iter().find(|d| {
+                    !d.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+                }) {
+                    bail!("WARMER_WATCHDOG_DYNOS must list process types (lowercase, as in the Procfile), got `{bad}`");
+                }
+                dynos
+            },
+        };
+
         Ok(Config {
             log_format,
+            watchdog,
             on_heroku: raw.dyno.is_some(),
             given,
             amqp_url,

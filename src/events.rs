@@ -76,6 +76,16 @@ pub enum Event {
     BrakeEngaged { unaccounted: u64, threshold: u64 },
     /// `brake.released`: unaccounted VMs are back at or below the threshold (reconcile).
     BrakeReleased { unaccounted: u64 },
+    /// `dyno.memory`: a watched dyno's memory, from Heroku's runtime metrics (watchdog).
+    DynoMemory {
+        dyno: String,
+        process_type: String,
+        size: f64,
+        quota: Option<f64>,
+        units: &'static str,
+    },
+    /// `dyno.restarted`: the watchdog restarted a dyno; `reason` is `memory` or `r14`.
+    DynoRestarted { dyno: String, reason: &'static str },
 }
 
 impl Event {
@@ -96,6 +106,8 @@ impl Event {
             Event::InstanceEvicted { .. } => "instance.evicted",
             Event::BrakeEngaged { .. } => "brake.engaged",
             Event::BrakeReleased { .. } => "brake.released",
+            Event::DynoMemory { .. } => "dyno.memory",
+            Event::DynoRestarted { .. } => "dyno.restarted",
         }
     }
 

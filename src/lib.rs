@@ -48,6 +48,7 @@ pub mod reconcile;
 pub mod refill;
 pub mod shutdown;
 pub mod telemetry;
+pub mod watchdog;
 pub mod web;
 
 mod amqp;
@@ -56,6 +57,7 @@ mod config;
 mod context;
 mod deletion;
 mod events;
+mod heroku;
 mod load;
 mod metrics;
 mod names;

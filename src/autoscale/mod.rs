@@ -10,7 +10,6 @@
 //! limit (4,500 requests an hour) is shared by every tool using the token, and a check costs one
 //! request, two when it scales. SIGTERM interrupts a check.
 
-pub mod heroku;
 pub mod plan;
 
 use std::collections::HashMap;
@@ -19,9 +18,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::context::Context;
+use crate::heroku::{Formation, Heroku, HerokuError};
 use crate::shutdown::Shutdown;
 use crate::topology::QueueMonitor;
-use heroku::{Formation, Heroku, HerokuError};
 
 /// One change of a process type's dynos.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +44,7 @@ pub struct Autoscaler {
 impl Autoscaler {
     /// Fails, naming the variable, without `HEROKU_API_TOKEN` or `HEROKU_APP_NAME`.
     pub fn new(ctx: Context) -> anyhow::Result<Self> {
-        let heroku = Heroku::from_config(&ctx.config)?;
+        let heroku = Heroku::from_config(&ctx.config, "autoscale")?;
         let queues = QueueMonitor::new(
             ctx.config.amqp_url.clone(),
             format!("{}.autoscale", ctx.names.prefix()),

@@ -1,8 +1,10 @@
-//! A stand-in for the Heroku Platform API's formation endpoints, served over HTTP on loopback and
-//! written from the API reference: `GET /apps/{app}/formation` and `PATCH /apps/{app}/formation`
-//! with `{"updates": [{"type", "quantity"}]}`, version-3 `Accept` header and bearer token
-//! required, errors as `{"id", "message"}`, 429 with `RateLimit-Remaining`. It records every
-//! PATCH and can answer the next requests with a fault.
+//! A stand-in for the Heroku Platform API, served over HTTP on loopback and written from the API
+//! reference: `GET /apps/{app}/formation` and `PATCH /apps/{app}/formation` with
+//! `{"updates": [{"type", "quantity"}]}`; `POST /apps/{app}/log-sessions` answering a
+//! `logplex_url` whose stream the test scripts; `DELETE /apps/{app}/dynos/{dyno}` (restart).
+//! Version-3 `Accept` header and bearer token required (not on the log stream, whose URL carries
+//! its own credentials), errors as `{"id", "message"}`, 429 with `RateLimit-Remaining` and
+//! `Retry-After`. It records every PATCH, log session and restart and can inject faults.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -28,7 +30,19 @@ pub struct State {
     pub faults: VecDeque<u16>,
     /// Statuses to answer the next PATCH requests with (reads succeed).
     pub patch_faults: VecDeque<u16>,
+    /// What each log session streams, in order: its lines, then the stream ends. Once they are
+    /// used up, a stream sends nothing and stays open.
+    pub log_streams: VecDeque<Vec<String>>,
+    /// Log sessions opened.
+    pub log_sessions: usize,
+    /// Dynos restarted, in order.
+    pub restarts: Vec<String>,
+    /// Statuses to answer the next restarts with (429 carries `Retry-After: 1`).
+    pub restart_faults: VecDeque<u16>,
 }
+
+/// The credentials a log session's URL carries.
+const LOGPLEX_SECRET: &str = "logplex-session-secret";
 
 pub struct HerokuStandIn {
     pub port: u16,
@@ -107,6 +121,9 @@ fn formation_json(process: &str, quantity: u32) -> Value {
 
 async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let (parts, body) = request.into_parts();
+    if parts.uri.path() == "/logplex" {
+        return log_stream(state, parts.uri.query().unwrap_or_default()).await;
+    }
     let header = |name: &str| {
         parts
             .headers
@@ -177,6 +194,68 @@ async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Respons
                 applied.iter().map(|(p, n)| formation_json(p, *n)).collect(),
             )
         }
+        (&Method::POST, ["apps", app, "log-sessions"]) if *app == APP => {
+            let Ok(session) = serde_json::from_slice::<Value>(&body) else {
+                return error(400, "bad_request", "Request body must be JSON.");
+            };
+            if session["tail"] != true {
+                return error(
+                    422,
+                    "invalid_params",
+                    "the stand-in serves tailing sessions only",
+                );
+            }
+            state.log_sessions += 1;
+            let port = parts
+                .headers
+                .get("host")
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            respond(
+                201,
+                json!({"id": format!("session-{}", state.log_sessions),
+                       "logplex_url": format!("http://{port}/logplex?srv={LOGPLEX_SECRET}"),
+                       "created_at": "2026-11-29T00:00:00Z", "updated_at": "2026-11-29T00:00:00Z"}),
+            )
+        }
+        (&Method::DELETE, ["apps", app, "dynos", dyno]) if *app == APP => {
+            match state.restart_faults.pop_front() {
+                Some(429) => Response::builder()
+                    .status(429)
+                    .header("content-type", "application/json")
+                    .header("ratelimit-remaining", "0")
+                    .header("retry-after", "1")
+                    .body(Full::new(Bytes::from(
+                        json!({"id": "rate_limit", "message": "Your account reached the API rate limit"}).to_string(),
+                    )))
+                    .unwrap(),
+                Some(status) => error(status, "fault", "injected by the test"),
+                None => {
+                    state.restarts.push(dyno.to_string());
+                    respond(202, json!({}))
+                }
+            }
+        }
         _ => error(404, "not_found", "no such endpoint in the stand-in"),
     }
+}
+
+/// A log session's stream: its script, then the end; or, with no script left, nothing for ten
+/// minutes (a quiet stream).
+async fn log_stream(state: Arc<Mutex<State>>, query: &str) -> Response<Full<Bytes>> {
+    if query != format!("srv={LOGPLEX_SECRET}") {
+        return error(401, "unauthorized", "not a log session of this app");
+    }
+    let script = state.lock().unwrap().log_streams.pop_front();
+    let Some(lines) = script else {
+        tokio::time::sleep(std::time::Duration::from_secs(600)).await;
+        return error(504, "timeout", "quiet");
+    };
+    let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    Response::builder()
+        .status(200)
+        .header("content-type", "application/logplex-1")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap()
 }

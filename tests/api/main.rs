@@ -16,4 +16,5 @@ mod refill;
 mod scripts;
 mod secrets;
 mod topology;
+mod watchdog;
 mod web;

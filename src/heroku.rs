@@ -1,5 +1,5 @@
-//! The Heroku Platform API, as much of it as scaling needs: read the app's formation, and set
-//! process quantities with one `PATCH /apps/{app}/formation`.
+//! The Heroku Platform API, as much of it as warmer needs: the app's formation and scaling it
+//! (`warmer autoscale`), log sessions and dyno restarts (`warmer watchdog`).
 //!
 //! Every request sends `Accept: application/vnd.heroku+json; version=3` and the token as a
 //! bearer token. The token never appears in logs, errors or `Debug`. The API allows 4,500
@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -62,28 +63,29 @@ pub enum HerokuError {
 /// A client for one app.
 pub struct Heroku {
     http: reqwest::Client,
-    formation_url: String,
+    /// `<api>/apps/<app>`.
+    app_url: String,
     token: Secret,
 }
 
 impl std::fmt::Debug for Heroku {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Heroku")
-            .field("formation_url", &self.formation_url)
+            .field("app_url", &self.app_url)
             .finish_non_exhaustive()
     }
 }
 
 impl Heroku {
-    /// Needs `HEROKU_API_TOKEN` and `HEROKU_APP_NAME`.
-    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+    /// Needs `HEROKU_API_TOKEN` and `HEROKU_APP_NAME`; `process` is the command that needs them.
+    pub fn from_config(config: &Config, process: &str) -> anyhow::Result<Self> {
         let Some(token) = config.heroku_api_token.clone() else {
             anyhow::bail!(
-                "HEROKU_API_TOKEN must be set for `warmer autoscale` (an API token allowed to scale the app, e.g. from `heroku authorizations:create`)"
+                "HEROKU_API_TOKEN must be set for `warmer {process}` (an API token with access to the app, e.g. from `heroku authorizations:create`)"
             );
         };
         let Some(app) = config.heroku_app_name.as_deref().map(str::trim) else {
-            anyhow::bail!("HEROKU_APP_NAME must be set for `warmer autoscale` (the app to scale)");
+            anyhow::bail!("HEROKU_APP_NAME must be set for `warmer {process}` (the app's name)");
         };
         // App names are lowercase letters, digits and dashes; an app id is a UUID.
         if app.is_empty()
@@ -101,24 +103,49 @@ impl Heroku {
             .build()?;
         Ok(Self {
             http,
-            formation_url: format!("{}/apps/{app}/formation", config.heroku_api_url),
+            app_url: format!("{}/apps/{app}", config.heroku_api_url),
             token,
         })
     }
 
     /// The app's process types and how many dynos each runs.
     pub async fn formation(&self) -> Result<Vec<Formation>, HerokuError> {
-        self.send(self.http.get(&self.formation_url)).await
+        let url = format!("{}/formation", self.app_url);
+        self.send(self.http.get(url)).await
     }
 
     /// Sets the quantity of each `(process type, quantity)` in one request.
     pub async fn scale(&self, updates: &[Formation]) -> Result<Vec<Formation>, HerokuError> {
+        let url = format!("{}/formation", self.app_url);
         let body = json!({"updates": updates});
-        self.send(self.http.patch(&self.formation_url).json(&body))
-            .await
+        self.send(self.http.patch(url).json(&body)).await
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Vec<Formation>, HerokuError> {
+    /// Opens a log session that follows the app's system logs (runtime metrics, R14):
+    /// `POST /apps/{app}/log-sessions`. Returns the `logplex_url` to stream, which carries
+    /// its own credentials: a secret, never logged.
+    pub async fn log_session(&self) -> Result<Secret, HerokuError> {
+        #[derive(Deserialize)]
+        struct LogSession {
+            logplex_url: String,
+        }
+        let url = format!("{}/log-sessions", self.app_url);
+        let body = json!({"tail": true, "source": "heroku"});
+        let session: LogSession = self.send(self.http.post(url).json(&body)).await?;
+        Ok(Secret::new(session.logplex_url))
+    }
+
+    /// Restarts one dyno (`DELETE /apps/{app}/dynos/{dyno}`); Heroku starts its replacement.
+    pub async fn restart(&self, dyno: &str) -> Result<(), HerokuError> {
+        let url = format!("{}/dynos/{dyno}", self.app_url);
+        let _: serde_json::Value = self.send(self.http.delete(url)).await?;
+        Ok(())
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, HerokuError> {
         let response = request
             .header(reqwest::header::ACCEPT, ACCEPT)
             .bearer_auth(self.token.expose())
@@ -143,7 +170,12 @@ impl Heroku {
                     "Heroku API rate limit nearly used up (shared by every tool using HEROKU_API_TOKEN)"
                 );
             }
-            return response.json().await.map_err(transport);
+            // A restart answers 202 with `{}`; an empty body reads as `null`.
+            let body = response.bytes().await.map_err(transport)?;
+            let body: &[u8] = if body.is_empty() { b"null" } else { &body };
+            return serde_json::from_slice(body).map_err(|e| {
+                HerokuError::Transport(format!("the Heroku API answered unreadable JSON: {e}"))
+            });
         }
         if status == StatusCode::TOO_MANY_REQUESTS {
             let retry_after = header("retry-after")
