@@ -36,7 +36,7 @@ pub enum Command {
     /// /hirefire/<HIREFIRE_TOKEN>/info (the backlog of each consumer process type).
     Web,
     /// Scale the checkout and refill dynos on Heroku by their backlogs (waiting requests, missing
-    /// VMs) every WARMER_AUTOSCALE_INTERVAL, between 1 and WARMER_AUTOSCALE_MAX (needs
+    /// VMs) every WARMER_AUTOSCALE_INTERVAL, within WARMER_AUTOSCALE_<TYPE>_MIN and _MAX (needs
     /// HEROKU_API_TOKEN and HEROKU_APP_NAME).
     Autoscale,
     /// Restart Heroku dynos before they swap: follows the app's logs (HEROKU_API_TOKEN,
@@ -136,6 +136,11 @@ impl Command {
     }
 }
 
+/// Neither a Heroku API token nor a dyno: the Heroku processes run locally (`heroku local`).
+fn off_heroku(config: &Config) -> bool {
+    config.heroku_api_token.is_none() && !config.on_heroku
+}
+
 /// Runs the command: a process until SIGTERM, or an operator command once.
 pub async fn run(command: Command, config: Config) -> anyhow::Result<Output> {
     let config = match command {
@@ -179,6 +184,14 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<Output> {
         }
         Command::Web => {
             web::run(ctx, shutdown::on_signals()?).await?;
+            quiet
+        }
+        Command::Autoscale | Command::Watchdog if off_heroku(&ctx.config) => {
+            // `heroku local` runs every Procfile line: these have nothing to do there.
+            tracing::warn!(
+                "HEROKU_API_TOKEN is not set and this is no Heroku dyno: nothing to do here; waiting for SIGTERM"
+            );
+            shutdown::on_signals()?.wait().await;
             quiet
         }
         Command::Autoscale => {

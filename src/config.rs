@@ -148,8 +148,10 @@ pub struct Config {
     pub heroku_api_url: String,
     /// How often `warmer autoscale` looks at the queues (`WARMER_AUTOSCALE_INTERVAL`).
     pub autoscale_interval: Duration,
-    /// The most dynos `warmer autoscale` runs of each consumer type (`WARMER_AUTOSCALE_MAX`).
-    pub autoscale_max: u32,
+    /// `warmer autoscale`'s bounds for `checkout` (`WARMER_AUTOSCALE_CHECKOUT_*`).
+    pub autoscale_checkout: ScaleLimits,
+    /// `warmer autoscale`'s bounds for `refill` (`WARMER_AUTOSCALE_REFILL_*`).
+    pub autoscale_refill: ScaleLimits,
     pub log_format: LogFormat,
     /// `warmer watchdog`'s settings.
     pub watchdog: WatchdogConfig,
@@ -159,6 +161,16 @@ pub struct Config {
     pub warnings: Vec<String>,
     /// Which defaults were overridden, for [`Config::for_dev`].
     given: Given,
+}
+
+/// How `warmer autoscale` scales one process type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScaleLimits {
+    pub min: u32,
+    pub max: u32,
+    /// The backlog one dyno takes on (heroku-proc-scalar's `COUNT_BOUNDARY`); `None`: the
+    /// type's own (checkout's prefetch, refill's boot concurrency).
+    pub per_dyno: Option<u32>,
 }
 
 /// `WARMER_WATCHDOG_*`.
@@ -201,6 +213,7 @@ impl Config {
                 "warmer dev refuses to run on a Heroku dyno (DYNO is set): it is for one machine, and its simulated cloud would delete the VMs of a real deployment. Run the Procfile's processes instead"
             );
         }
+        self.provider = Provider::Local;
         for (var, given, value) in [
             (
                 "WARMER_AMQP_PREFIX",
@@ -259,6 +272,12 @@ struct Raw {
     warmer_heroku_api_url: Option<String>,
     warmer_autoscale_interval: Option<String>,
     warmer_autoscale_max: Option<String>,
+    warmer_autoscale_checkout_min: Option<String>,
+    warmer_autoscale_checkout_max: Option<String>,
+    warmer_autoscale_checkout_per_dyno: Option<String>,
+    warmer_autoscale_refill_min: Option<String>,
+    warmer_autoscale_refill_max: Option<String>,
+    warmer_autoscale_refill_per_dyno: Option<String>,
     warmer_log_format: Option<String>,
     warmer_watchdog_threshold: Option<String>,
     warmer_watchdog_restart_window: Option<String>,
@@ -416,6 +435,11 @@ impl Config {
             Some("local") => Provider::Local,
             Some(other) => bail!("WARMER_PROVIDER must be `gce` or `local`, got `{other}`"),
         };
+        if provider == Provider::Local && raw.dyno.is_some() {
+            bail!(
+                "WARMER_PROVIDER=local is a simulated cloud for one machine and is refused on a Heroku dyno (DYNO is set): its reconciler would take every real VM for gone. Set WARMER_PROVIDER=gce"
+            );
+        }
         let ssh_key_passphrase = raw.warmer_ssh_key_passphrase.map(Secret::new);
 
         let google = match raw.warmer_google_cloud_project {
@@ -499,6 +523,8 @@ impl Config {
             },
         };
 
+        let default_max = number("WARMER_AUTOSCALE_MAX", raw.warmer_autoscale_max, 4)?;
+
         Ok(Config {
             log_format,
             watchdog,
@@ -555,7 +581,26 @@ impl Config {
                 raw.warmer_autoscale_interval,
                 30,
             )?,
-            autoscale_max: number("WARMER_AUTOSCALE_MAX", raw.warmer_autoscale_max, 4)?,
+            autoscale_checkout: scale_limits(
+                "CHECKOUT",
+                1,
+                default_max,
+                [
+                    raw.warmer_autoscale_checkout_min,
+                    raw.warmer_autoscale_checkout_max,
+                    raw.warmer_autoscale_checkout_per_dyno,
+                ],
+            )?,
+            autoscale_refill: scale_limits(
+                "REFILL",
+                0,
+                default_max,
+                [
+                    raw.warmer_autoscale_refill_min,
+                    raw.warmer_autoscale_refill_max,
+                    raw.warmer_autoscale_refill_per_dyno,
+                ],
+            )?,
             warnings,
         })
     }
@@ -645,6 +690,36 @@ fn number<T: std::str::FromStr + PartialOrd + Default>(
             _ => bail!("{var} must be a positive whole number, got `{v}`"),
         },
     }
+}
+
+/// `WARMER_AUTOSCALE_<PROCESS>_MIN`, `_MAX` and `_PER_DYNO`: min defaults to 1 and may not go
+/// below `lowest`; max defaults to `default_max` (`WARMER_AUTOSCALE_MAX`).
+fn scale_limits(
+    process: &str,
+    lowest: u32,
+    default_max: u32,
+    [min, max, per_dyno]: [Option<String>; 3],
+) -> anyhow::Result<ScaleLimits> {
+    let var = |suffix: &str| format!("WARMER_AUTOSCALE_{process}_{suffix}");
+    let min = match min {
+        None => 1,
+        Some(v) => match v.trim().parse::<u32>() {
+            Ok(n) if n >= lowest => n,
+            _ if lowest > 0 => bail!(
+                "{} must be a whole number of at least {lowest}, got `{v}` (at 0, a request would wait for the next check and a dyno's start)",
+                var("MIN")
+            ),
+            _ => bail!("{} must be a whole number, got `{v}`", var("MIN")),
+        },
+    };
+    let max = number(&var("MAX"), max, default_max)?;
+    if min > max {
+        bail!("{} ({min}) is above {} ({max})", var("MIN"), var("MAX"));
+    }
+    let per_dyno = per_dyno
+        .map(|v| number(&var("PER_DYNO"), Some(v), 1))
+        .transpose()?;
+    Ok(ScaleLimits { min, max, per_dyno })
 }
 
 /// An http(s) base URL, without a trailing slash.
@@ -907,6 +982,55 @@ mod tests {
             .chain(["RUST_LOG".to_string()])
             .collect();
         assert_eq!(documented, read);
+    }
+
+    #[test]
+    fn autoscale_bounds_are_per_type_with_refill_alone_allowed_zero() {
+        let config = Config::from_vars(vars(&[
+            ("WARMER_AUTOSCALE_MAX", "6"),
+            ("WARMER_AUTOSCALE_REFILL_MIN", "0"),
+            ("WARMER_AUTOSCALE_REFILL_PER_DYNO", "3"),
+            ("WARMER_AUTOSCALE_CHECKOUT_MAX", "10"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (config.autoscale_checkout, config.autoscale_refill),
+            (
+                ScaleLimits {
+                    min: 1,
+                    max: 10,
+                    per_dyno: None
+                },
+                ScaleLimits {
+                    min: 0,
+                    max: 6,
+                    per_dyno: Some(3)
+                }
+            )
+        );
+        for (var, value, named) in [
+            ("WARMER_AUTOSCALE_CHECKOUT_MIN", "0", "at least 1"),
+            (
+                "WARMER_AUTOSCALE_REFILL_MIN",
+                "5",
+                "above WARMER_AUTOSCALE_REFILL_MAX",
+            ),
+            (
+                "WARMER_AUTOSCALE_REFILL_MIN",
+                "-1",
+                "WARMER_AUTOSCALE_REFILL_MIN must be",
+            ),
+            (
+                "WARMER_AUTOSCALE_CHECKOUT_PER_DYNO",
+                "0",
+                "WARMER_AUTOSCALE_CHECKOUT_PER_DYNO",
+            ),
+        ] {
+            let error = Config::from_vars(vars(&[(var, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(named), "{var}={value}: {error}");
+        }
     }
 
     #[test]

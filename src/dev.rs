@@ -2,7 +2,7 @@
 //! trying warmer on one machine, under names of its own (`warmer-dev`, see `Config::for_dev`). Creates a small example pool when none exists. (`autoscale`
 //! needs Heroku, so it is not part of it.)
 
-use crate::cloud::{Cloud, local::Local};
+use crate::cloud::Cloud;
 use crate::context::Context;
 use crate::pool::PoolName;
 use crate::shutdown::Shutdown;
@@ -31,7 +31,7 @@ pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
     let connection = ctx.amqp("dev").await?;
     crate::topology::declare(&connection, &ctx.names).await?;
     let _ = connection.close(200, "declared".into()).await;
-    let cloud = Cloud::Local(Local::new(ctx.config.local_boot_delay));
+    let cloud = Cloud::from_config(&ctx.config).await?;
     let checkout = tokio::spawn(crate::checkout::run(ctx.clone(), shutdown.clone()));
     let refill = tokio::spawn(crate::refill::run(
         ctx.clone(),

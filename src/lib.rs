@@ -69,7 +69,7 @@ mod topology;
 pub use amqp::{
     DIRECT_REPLY_TO, Incoming, Publisher, consume_direct_replies, json_properties, passive_declare,
 };
-pub use cloud::Cloud;
+pub use cloud::{Cloud, VmSpec};
 pub use config::{Config, DEV_NAMES, Secret, ServerUrl};
 pub use context::Context;
 pub use deletion::Deleter;

@@ -139,6 +139,11 @@ impl Names {
         format!("{}:_metrics:", self.namespace)
     }
 
+    /// Hash: the simulated cloud of `WARMER_PROVIDER=local`, VM name → its zone and labels.
+    pub fn local_cloud(&self) -> String {
+        format!("{}:_local_cloud", self.namespace)
+    }
+
     /// Set: cloud VMs found unaccounted by the last reconcile pass (deleted if still so).
     pub fn suspects(&self) -> String {
         format!("{}:_suspects", self.namespace)

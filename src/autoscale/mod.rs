@@ -64,7 +64,8 @@ impl Autoscaler {
         let interval = self.ctx.config.autoscale_interval;
         tracing::info!(
             ?interval,
-            max = self.ctx.config.autoscale_max,
+            checkout = ?self.ctx.config.autoscale_checkout,
+            refill = ?self.ctx.config.autoscale_refill,
             "autoscaling"
         );
         loop {
@@ -103,7 +104,6 @@ impl Autoscaler {
             .formation()
             .await
             .context("reading the app's formation")?;
-        let max = self.ctx.config.autoscale_max;
         let mut changes = Vec::new();
         for backlog in backlogs {
             let Some(running) = formation.iter().find(|f| f.process == backlog.process) else {
@@ -115,12 +115,17 @@ impl Autoscaler {
             };
             let quiet = self.quiet.entry(backlog.process).or_default();
             *quiet = if backlog.waiting == 0 { *quiet + 1 } else { 0 };
+            let config = &self.ctx.config;
+            let limits = match backlog.process {
+                "checkout" => config.autoscale_checkout,
+                _ => config.autoscale_refill,
+            };
             let to = plan::desired(
                 running.quantity,
                 backlog.waiting,
                 *quiet,
-                backlog.per_dyno,
-                max,
+                limits.per_dyno.unwrap_or(backlog.per_dyno),
+                (limits.min, limits.max),
             );
             if to != running.quantity {
                 changes.push(Scaling {

@@ -114,10 +114,7 @@ impl Cloud {
     pub async fn delete(&self, name: &str, zone: Option<&str>) -> Result<(), DeleteError> {
         match self {
             Cloud::Gce(gce) => gce.delete(name, zone).await,
-            Cloud::Local(local) => {
-                local.delete(name);
-                Ok(())
-            }
+            Cloud::Local(local) => Ok(local.delete(name).await?),
         }
     }
 
@@ -133,7 +130,7 @@ impl Cloud {
     pub async fn list(&self, namespace: &str) -> anyhow::Result<Vec<CloudVm>> {
         match self {
             Cloud::Gce(gce) => gce.list(namespace).await,
-            Cloud::Local(local) => Ok(local.list()),
+            Cloud::Local(local) => local.list().await,
         }
     }
 
@@ -141,7 +138,7 @@ impl Cloud {
     pub async fn get(&self, name: &str, zone: &str) -> anyhow::Result<Option<CloudVm>> {
         match self {
             Cloud::Gce(gce) => gce.get(name, zone).await,
-            Cloud::Local(local) => Ok(local.get(name)),
+            Cloud::Local(local) => local.get(name).await,
         }
     }
 
@@ -149,10 +146,7 @@ impl Cloud {
     pub async fn set_labels(&self, vm: &CloudVm, labels: &[(&str, String)]) -> anyhow::Result<()> {
         match self {
             Cloud::Gce(gce) => gce.set_labels(vm, labels).await,
-            Cloud::Local(local) => {
-                local.set_labels(&vm.name, labels);
-                Ok(())
-            }
+            Cloud::Local(local) => local.set_labels(&vm.name, labels).await,
         }
     }
 
@@ -189,7 +183,12 @@ impl Cloud {
                 ))
             }
             crate::config::Provider::Local => {
-                Ok(Cloud::Local(local::Local::new(config.local_boot_delay)))
+                let names = crate::names::Names::new(&config.amqp_prefix, &config.redis_namespace);
+                let store = crate::store::Store::connect(&config.redis_url, names).await?;
+                Ok(Cloud::Local(local::Local::new(
+                    config.local_boot_delay,
+                    store,
+                )))
             }
         }
     }

@@ -15,6 +15,7 @@
 //! | `<ns>:_reconciler` | string | [`lock`] | owner of the active reconciler's lock |
 //! | `<ns>:_metrics` | hash | [`metrics`] | counters and histogram buckets of no pool in particular |
 //! | `<ns>:_metrics:<pool>` | hash | [`metrics`] | the pool's counters (checkouts, boots, evictions) |
+//! | `<ns>:_local_cloud` | hash | [`local_cloud`] | `WARMER_PROVIDER=local`: the simulated VMs |
 //!
 //! Key names are built by [`Names`]. Every step that must be atomic is a Lua script in
 //! `scripts/`, loaded once behind `scripts/prelude.lua` (the orphan record, written once), whose
@@ -27,6 +28,7 @@
 
 pub mod boots;
 pub mod leases;
+pub mod local_cloud;
 pub mod lock;
 pub mod metrics;
 pub mod orphans;

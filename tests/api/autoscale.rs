@@ -194,3 +194,38 @@ async fn the_autoscale_process_scales_and_exits_zero_on_sigterm() {
 
     assert!(status.success(), "exit status {status:?}");
 }
+
+#[tokio::test]
+async fn refill_with_a_minimum_of_zero_scales_to_zero_when_quiet_and_work_brings_it_back() {
+    let heroku = HerokuStandIn::start(&[("checkout", 1), ("refill", 2)]).await;
+    let url = heroku.url();
+    let app = TestApp::builder()
+        .envs(&[
+            ("HEROKU_API_TOKEN", TOKEN),
+            ("HEROKU_APP_NAME", APP),
+            ("WARMER_HEROKU_API_URL", url.as_str()),
+            ("WARMER_AUTOSCALE_REFILL_MIN", "0"),
+            ("WARMER_AUTOSCALE_REFILL_PER_DYNO", "2"),
+        ])
+        .start()
+        .await;
+    app.seed(POOL, 1, &[vm("a")]).await; // full: nothing for refill to do
+    let mut autoscaler = Autoscaler::new(app.ctx.clone()).unwrap();
+
+    for _ in 0..2 * SCALE_DOWN_AFTER {
+        autoscaler.check().await.unwrap();
+    }
+    assert_eq!(heroku.quantity("refill"), 0, "quiet: no refill dyno");
+    assert_eq!(heroku.quantity("checkout"), 1, "checkout keeps its one");
+
+    // Five VMs missing: ceil(5 / 2) refill dynos at the next check.
+    operator_set(&app, 6).await;
+    autoscaler.check().await.unwrap();
+    assert_eq!(heroku.quantity("refill"), 3);
+}
+
+async fn operator_set(app: &TestApp, target: u32) {
+    warmer::operator::pool_set(&app.ctx, &POOL.parse().unwrap(), target)
+        .await
+        .unwrap();
+}

@@ -256,3 +256,101 @@ async fn dev_starts_under_names_of_its_own_not_productions() {
     );
     let _ = child.kill().await;
 }
+
+/// example.env's active lines, as `heroku local` reads them from `.env`.
+fn example_env() -> Vec<(String, String)> {
+    include_str!("../../example.env")
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.split_once('='))
+        .map(|(var, value)| (var.to_string(), value.to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn every_procfile_process_runs_locally_with_example_env_as_heroku_local_would() {
+    let app = TestApp::builder().start().await;
+    let procfile: Vec<&str> = include_str!("../../Procfile")
+        .lines()
+        .filter_map(|line| line.split_once(": "))
+        .filter(|(process, _)| *process != "release")
+        .map(|(process, _)| process)
+        .collect();
+    let port = free_port().to_string();
+    let mut children = Vec::new();
+    for process in &procfile {
+        let child = Command::new(env!("CARGO_BIN_EXE_warmer"))
+            .arg(process)
+            .env_clear()
+            .envs(example_env())
+            // The test's own names and a fast simulated cloud instead of example.env's.
+            .env("WARMER_AMQP_PREFIX", app.names.prefix())
+            .env("WARMER_REDIS_NAMESPACE", app.names.namespace())
+            .env("WARMER_LOCAL_BOOT_DELAY", "100ms")
+            .env("PORT", &port)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("warmer binary");
+        children.push((*process, child));
+    }
+    app.wait_for_consumers(1).await;
+    app.wait_for_queue_consumers(&app.names.refill_queue(), 1)
+        .await;
+
+    // refill boots into the shared simulated cloud, checkout hands out, and reconcile (another
+    // process, listing the same cloud) evicts nothing.
+    app.seed(POOL, 2, &[]).await;
+    app.fill(POOL).await;
+    app.wait_until_settled(POOL, 2).await;
+    let reply = app.checkout().await;
+    assert!(
+        reply["name"].as_str().unwrap().starts_with("travis-job-"),
+        "{reply}"
+    );
+    app.wait_until_settled(POOL, 2).await;
+    let reconcile_lock: Option<String> =
+        redis::AsyncCommands::get(&mut app.redis.clone(), app.names.reconciler_lock())
+            .await
+            .unwrap();
+    assert!(reconcile_lock.is_some(), "a reconciler is active");
+
+    for (process, child) in &mut children {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "`warmer {process}` exited under heroku local"
+        );
+    }
+    for (process, mut child) in children {
+        let status = terminate(&mut child).await;
+        assert!(status.success(), "{process}: {status:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_simulated_cloud_is_shared_by_the_processes_of_a_deployment() {
+    let app = TestApp::builder().start().await;
+    let (refill, reconcile) = (app.cloud().await, app.cloud().await);
+    let spec = warmer::VmSpec {
+        name: "travis-job-shared".into(),
+        pool: POOL.parse().unwrap(),
+        ssh_public_key: "ssh-rsa AAAA".into(),
+        namespace: app.names.namespace().into(),
+    };
+
+    refill.boot(&spec).await.unwrap();
+
+    let listed = reconcile.list(app.names.namespace()).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].name, "travis-job-shared");
+    reconcile
+        .delete("travis-job-shared", Some("local-a"))
+        .await
+        .unwrap();
+    assert_eq!(
+        refill.get("travis-job-shared", "local-a").await.unwrap(),
+        None
+    );
+}
