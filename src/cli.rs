@@ -62,6 +62,36 @@ pub enum Command {
         #[arg(long, env = "WARMER_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+    /// Plan capacity without a cloud: replay a trace of job arrivals (`unix_seconds,pool` lines)
+    /// through the sizer for each policy and compare warm hits and idle VM-minutes; or write a
+    /// realistic trace with --generate diurnal.
+    Simulate {
+        /// The trace to replay (CSV: `unix_seconds,pool`, an optional `timestamp,pool` header).
+        #[arg(long, required_unless_present = "generate")]
+        trace: Option<std::path::PathBuf>,
+        /// How long a boot takes: `45s`, or a range drawn per boot such as `30s-90s`.
+        #[arg(long, default_value = "45s")]
+        boot_time: String,
+        /// A policy to compare: `static:N` or `adaptive[:hit=0.99][:min=N][:max=N]`; repeatable.
+        #[arg(long = "policy", default_value = "adaptive")]
+        policies: Vec<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Write a generated trace to stdout instead: `diurnal` (weekday peaks, quiet nights and
+        /// weekends, pipeline bursts of 10–40 jobs).
+        #[arg(long, value_parser = ["diurnal"], conflicts_with = "trace")]
+        generate: Option<String>,
+        /// Days of generated trace, from Monday 00:00 UTC.
+        #[arg(long, default_value_t = 7)]
+        days: u64,
+        /// Pools in the generated trace.
+        #[arg(long, default_value_t = 20)]
+        pools: usize,
+        /// Seed of the generated trace (the same seed, the same trace).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Send one checkout request, as a CI worker would, and print the reply. Exits 1 on an
     /// error reply.
     Request {
@@ -136,6 +166,44 @@ impl Command {
     }
 }
 
+/// `warmer simulate`: a generated trace, or the comparison of policies over a trace.
+fn simulate(
+    trace: Option<&std::path::Path>,
+    boot_time: &str,
+    policies: &[String],
+    json: bool,
+    generate: bool,
+    (days, pools, seed): (u64, usize, u64),
+) -> anyhow::Result<Output> {
+    use crate::sizing::simulate as sim;
+    use anyhow::Context as _;
+    /// 2026-11-30 00:00 UTC, a Monday.
+    const MONDAY: u64 = 1_795_910_400;
+    if generate {
+        if days == 0 || pools == 0 {
+            anyhow::bail!("--days and --pools must be at least 1");
+        }
+        return Ok(sim::generate_diurnal(days, pools, MONDAY, seed).into());
+    }
+    let Some(path) = trace else {
+        anyhow::bail!("--trace FILE is required (or --generate diurnal to write one)");
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the trace {}", path.display()))?;
+    let trace = sim::parse_trace(&text).with_context(|| path.display().to_string())?;
+    let boot = sim::BootTime::parse(boot_time)?;
+    let candidates = policies
+        .iter()
+        .map(|p| sim::Candidate::parse(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let reports = sim::compare(&trace, &candidates, boot);
+    Ok(if json {
+        format!("{}\n", serde_json::to_string_pretty(&reports)?).into()
+    } else {
+        sim::table(&reports).into()
+    })
+}
+
 /// Neither a Heroku API token nor a dyno: the Heroku processes run locally (`heroku local`).
 fn off_heroku(config: &Config) -> bool {
     config.heroku_api_token.is_none() && !config.on_heroku
@@ -159,6 +227,27 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<Output> {
         );
     }
     let quiet = Output::from(String::new());
+    // Simulation needs no server.
+    if let Command::Simulate {
+        trace,
+        boot_time,
+        policies,
+        json,
+        generate,
+        days,
+        pools,
+        seed,
+    } = &command
+    {
+        return simulate(
+            trace.as_deref(),
+            boot_time,
+            policies,
+            *json,
+            generate.is_some(),
+            (*days, *pools, *seed),
+        );
+    }
     // The release check connects step by step, saying how far it got.
     if let Command::Check = command {
         crate::check::run(config).await?;
@@ -166,7 +255,7 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<Output> {
     }
     let ctx = Context::new(config).await?;
     Ok(match command {
-        Command::Check => quiet, // done above
+        Command::Check | Command::Simulate { .. } => quiet, // done above
         Command::Checkout => {
             checkout::run(ctx, shutdown::on_signals()?).await?;
             quiet

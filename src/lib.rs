@@ -47,6 +47,7 @@ pub mod operator;
 pub mod reconcile;
 pub mod refill;
 pub mod shutdown;
+pub mod sizing;
 pub mod telemetry;
 pub mod watchdog;
 pub mod web;

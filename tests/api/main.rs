@@ -15,6 +15,7 @@ mod reconcile;
 mod refill;
 mod scripts;
 mod secrets;
+mod simulate;
 mod topology;
 mod watchdog;
 mod web;

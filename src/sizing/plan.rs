@@ -1,0 +1,252 @@
+//! The sizer's decision: a pure function from a pool's policy, its recent demand, its boot time
+//! and now to its target and the reason. No I/O; `warmer simulate` replays traces through this
+//! same function.
+//!
+//! A pool at target T whose every checkout starts a replacement that is ready a boot time B
+//! later hands a warm VM to an arrival exactly when fewer than T others arrived in the B before
+//! it. So the demand target is the smallest T that covers the wanted share of arrivals (by
+//! default 99 %), each arrival counted with the arrivals of the boot time before it — a burst of
+//! 30 jobs within a minute counts as 30, not as an average. It is computed over two windows:
+//!
+//! - the last [`IDLE_SECS`] (3 h): the target follows demand up at once, and comes down only
+//!   once the busy period has left the window, i.e. after the VMs it called for sat unused that
+//!   long;
+//! - the coming [`LOOKAHEAD_SECS`] (2 h) one day and one week ago (last week's only from
+//!   Friday to Saturday and Sunday to Monday): the morning peak is ready before it starts (CI
+//!   load repeats daily and weekly), instead of being met with cold boots.
+
+use std::collections::BTreeMap;
+
+/// Width of a demand bucket, in seconds.
+pub const BUCKET_SECS: u64 = 10;
+/// How long VMs called for by demand are kept after that demand is gone.
+pub const IDLE_SECS: u64 = 3 * 3600;
+/// How far ahead the daily and weekly history is read.
+pub const LOOKAHEAD_SECS: u64 = 2 * 3600;
+const DAY: u64 = 86_400;
+
+/// How a pool is sized.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub min: u32,
+    pub max: u32,
+    /// Size from demand within `[min, max]`; otherwise the target is `min`.
+    pub adaptive: bool,
+    /// The wanted share of checkouts that find a warm VM, in (0, 1).
+    pub hit: f64,
+}
+
+/// Arrivals (checkouts and misses) per [`BUCKET_SECS`] bucket, keyed by the bucket's start
+/// (Unix seconds, a multiple of the width).
+pub type Demand = BTreeMap<u64, u32>;
+
+/// Why the target is what it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The policy's minimum (not adaptive, or demand asks for less).
+    Min,
+    /// The last [`IDLE_SECS`] of demand.
+    Recent,
+    /// The same hour a day or a week ago.
+    History,
+    /// Demand asks for more than the maximum.
+    Max,
+}
+
+impl Reason {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Reason::Min => "min",
+            Reason::Recent => "demand",
+            Reason::History => "history",
+            Reason::Max => "max",
+        }
+    }
+}
+
+/// The target for `now` (Unix seconds) and why.
+pub fn decide(policy: &Policy, demand: &Demand, boot_secs: u64, now: u64) -> (u32, Reason) {
+    if !policy.adaptive {
+        return (policy.min, Reason::Min);
+    }
+    let recent = covering(
+        demand,
+        boot_secs,
+        now.saturating_sub(IDLE_SECS),
+        now,
+        policy.hit,
+    );
+    let history = [DAY, 7 * DAY]
+        .iter()
+        .filter_map(|ago| now.checked_sub(*ago))
+        .map(|then| covering(demand, boot_secs, then, then + LOOKAHEAD_SECS, policy.hit))
+        .max()
+        .unwrap_or(0);
+    let history = if is_weekend(now) != is_weekend(now.saturating_sub(DAY)) {
+        // Monday does not follow Sunday's demand, nor Saturday Friday's: last week's only.
+        now.checked_sub(7 * DAY).map_or(0, |then| {
+            covering(demand, boot_secs, then, then + LOOKAHEAD_SECS, policy.hit)
+        })
+    } else {
+        history
+    };
+    let (wanted, reason) = if history > recent {
+        (history, Reason::History)
+    } else {
+        (recent, Reason::Recent)
+    };
+    if wanted > policy.max {
+        (policy.max, Reason::Max)
+    } else if wanted <= policy.min {
+        (policy.min, Reason::Min)
+    } else {
+        (wanted, reason)
+    }
+}
+
+/// Saturday or Sunday, in UTC (1970-01-01 was a Thursday).
+fn is_weekend(at: u64) -> bool {
+    matches!((at / DAY + 3) % 7, 5 | 6)
+}
+
+/// The smallest target under which a share `hit` of the arrivals in `[from, to)` find a warm
+/// VM, each arrival seeing the arrivals of the `boot_secs` before it (its bucket included).
+pub fn covering(demand: &Demand, boot_secs: u64, from: u64, to: u64, hit: f64) -> u32 {
+    let span = boot_secs.div_ceil(BUCKET_SECS).max(1);
+    let first = from / BUCKET_SECS * BUCKET_SECS;
+    let window_start = first.saturating_sub((span - 1) * BUCKET_SECS);
+    // (load seen by the arrivals of a bucket, how many arrived)
+    let mut loads: Vec<(u32, u32)> = Vec::new();
+    let mut window: std::collections::VecDeque<(u64, u32)> = std::collections::VecDeque::new();
+    let mut in_window: u32 = 0;
+    for (&at, &n) in demand.range(window_start..to) {
+        while let Some(&(old, m)) = window.front() {
+            if old + span * BUCKET_SECS <= at {
+                window.pop_front();
+                in_window -= m;
+            } else {
+                break;
+            }
+        }
+        window.push_back((at, n));
+        in_window += n;
+        if at >= first && n > 0 {
+            loads.push((in_window, n));
+        }
+    }
+    let total: u64 = loads.iter().map(|(_, n)| u64::from(*n)).sum();
+    if total == 0 {
+        return 0;
+    }
+    loads.sort_unstable();
+    let wanted = (hit * total as f64).ceil() as u64;
+    let mut covered = 0u64;
+    for (load, n) in loads {
+        covered += u64::from(n);
+        if covered >= wanted {
+            return load;
+        }
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        Policy {
+            min: 1,
+            max: 50,
+            adaptive: true,
+            hit: 0.99,
+        }
+    }
+
+    fn demand(arrivals: &[(u64, u32)]) -> Demand {
+        let mut demand = Demand::new();
+        for (at, n) in arrivals {
+            *demand.entry(at / BUCKET_SECS * BUCKET_SECS).or_default() += n;
+        }
+        demand
+    }
+
+    /// A Tuesday (1970-01-01 was a Thursday).
+    const NOW: u64 = 33 * DAY;
+
+    #[test]
+    fn a_burst_counts_whole_not_as_an_average() {
+        // 30 jobs within 20 s, an hour's only arrivals.
+        let demand = demand(&[(NOW - 600, 15), (NOW - 590, 15)]);
+        assert_eq!(decide(&policy(), &demand, 60, NOW), (30, Reason::Recent));
+        // Spread over ten minutes, one at a time: one VM per boot time suffices.
+        let spread: Vec<(u64, u32)> = (0..30).map(|i| (NOW - 900 + i * 20, 1)).collect();
+        assert_eq!(decide(&policy(), &demand_of(&spread), 60, NOW).0, 3);
+    }
+
+    fn demand_of(arrivals: &[(u64, u32)]) -> Demand {
+        demand(arrivals)
+    }
+
+    #[test]
+    fn the_target_comes_down_only_after_the_idle_time() {
+        let busy = demand(&[(NOW - 100, 20)]);
+        assert_eq!(decide(&policy(), &busy, 60, NOW).0, 20);
+        assert_eq!(decide(&policy(), &busy, 60, NOW + IDLE_SECS - 200).0, 20);
+        assert_eq!(
+            decide(&policy(), &busy, 60, NOW + IDLE_SECS),
+            (1, Reason::Min)
+        );
+    }
+
+    #[test]
+    fn yesterdays_and_last_weeks_coming_hour_raise_the_target_before_the_peak() {
+        let yesterday = demand(&[(NOW - DAY + 1800, 25)]);
+        assert_eq!(
+            decide(&policy(), &yesterday, 60, NOW),
+            (25, Reason::History)
+        );
+        let last_week = demand(&[(NOW - 7 * DAY + 600, 12)]);
+        assert_eq!(
+            decide(&policy(), &last_week, 60, NOW),
+            (12, Reason::History)
+        );
+        let too_late = demand(&[(NOW - DAY + LOOKAHEAD_SECS + 10, 25)]);
+        assert_eq!(decide(&policy(), &too_late, 60, NOW), (1, Reason::Min));
+        // A Monday does not follow Sunday's demand.
+        let monday = NOW - DAY;
+        let sunday = demand(&[(monday - DAY + 600, 25)]);
+        assert_eq!(decide(&policy(), &sunday, 60, monday), (1, Reason::Min));
+    }
+
+    #[test]
+    fn bounds_hold_and_a_static_policy_is_its_minimum() {
+        let huge = demand(&[(NOW - 10, 500)]);
+        assert_eq!(decide(&policy(), &huge, 60, NOW), (50, Reason::Max));
+        let fixed = Policy {
+            min: 7,
+            adaptive: false,
+            ..policy()
+        };
+        assert_eq!(decide(&fixed, &huge, 60, NOW), (7, Reason::Min));
+        assert_eq!(decide(&policy(), &Demand::new(), 60, NOW), (1, Reason::Min));
+    }
+
+    #[test]
+    fn the_hit_share_trades_rare_peaks_for_idle_vms() {
+        // 99 lone arrivals and one burst of 40 within the window.
+        let mut arrivals: Vec<(u64, u32)> = (0..99).map(|i| (NOW - 1190 + i * 12, 1)).collect();
+        arrivals.push((NOW - 5, 40));
+        let demand = demand(&arrivals);
+        let strict = Policy {
+            hit: 0.999,
+            ..policy()
+        };
+        let loose = Policy {
+            hit: 0.5,
+            ..policy()
+        };
+        assert!(decide(&strict, &demand, 60, NOW).0 >= 40);
+        assert!(decide(&loose, &demand, 60, NOW).0 <= 6);
+    }
+}
