@@ -24,12 +24,10 @@ use lapin::options::{BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use redis::AsyncCommands;
-use warmer::Config;
-use warmer::Context;
 use warmer::PoolName;
 use warmer::shutdown;
 
-use warmer_testkit::bench::{POOL, check_out, env_or, fresh_prefix, median, wait_for_consumer};
+use warmer_testkit::bench::{POOL, check_out, env_or, median, wait_for_consumer};
 use warmer_testkit::{AMQP_URL, REDIS_URL, remove_deployment};
 
 const VM: &str = r#"{"name":"travis-job-00000000-0000-0000-0000-000000000000","zone":"us-central1-c","ip":"10.10.42.86","public_ip":null,"ssh_private_key":"-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-256-CBC,0123456789ABCDEF0123456789ABCDEF\n\nMIIEpAIBAAKCAQEA...about 1.7 kB of base64 in a real key...\n-----END RSA PRIVATE KEY-----\n","booted_at":1700000000}"#;
@@ -229,16 +227,7 @@ async fn run(
     concurrency: usize,
     requests: usize,
 ) -> anyhow::Result<Sample> {
-    let prefix = fresh_prefix();
-    let vars = [
-        ("WARMER_AMQP_PREFIX", prefix.as_str()),
-        ("WARMER_REDIS_NAMESPACE", prefix.as_str()),
-        ("WARMER_PROVIDER", "local"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    let ctx = Context::new(Config::from_vars(vars)?).await?;
+    let ctx = warmer_testkit::bench::local_context().await?;
     let names = ctx.names.clone();
     let channel = amqp.create_channel().await?;
     warmer::declare_topology(amqp, &names).await?;
@@ -251,7 +240,7 @@ async fn run(
 
     let queue = match scenario {
         Scenario::ClassicBaseline => {
-            let classic = format!("{prefix}.classic");
+            let classic = format!("{}.classic", ctx.names.prefix());
             let durable = lapin::options::QueueDeclareOptions {
                 durable: true,
                 ..Default::default()

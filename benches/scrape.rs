@@ -18,9 +18,9 @@ use std::time::Instant;
 use redis::AsyncCommands;
 use serde_json::json;
 use tokio::net::TcpListener;
-use warmer::{Config, Context, Names, PoolName, now_ms};
+use warmer::{Names, PoolName, now_ms};
 
-use warmer_testkit::bench::{env_or, fresh_prefix, median};
+use warmer_testkit::bench::{env_or, local_context, median};
 
 const ZONES: [&str; 3] = ["us-central1-a", "us-central1-b", "us-central1-c"];
 
@@ -75,16 +75,7 @@ async fn main() -> anyhow::Result<()> {
 
 /// A deployment of `pools` pools, with or without counters, and the URL of its `warmer web`.
 async fn deployment(pools: usize, counters: bool) -> anyhow::Result<(String, Names)> {
-    let prefix = fresh_prefix();
-    let vars = [
-        ("WARMER_AMQP_PREFIX", prefix.as_str()),
-        ("WARMER_REDIS_NAMESPACE", prefix.as_str()),
-        ("WARMER_PROVIDER", "local"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    let ctx = Context::new(Config::from_vars(vars)?).await?;
+    let ctx = local_context().await?;
     let amqp = lapin::Connection::connect(warmer_testkit::AMQP_URL, Default::default()).await?;
     warmer::declare_topology(&amqp, &ctx.names).await?;
     let names = ctx.names.clone();

@@ -95,6 +95,18 @@ impl LazyConnection {
     }
 }
 
+/// Closes every channel kept idle in `idle`, waiting for each: a channel dropped instead closes
+/// itself in the background, racing its connection's close (lapin then logs an ERROR).
+pub async fn close_idle(idle: &std::sync::Mutex<Vec<Channel>>) {
+    let channels: Vec<Channel> = idle
+        .lock()
+        .map(|mut idle| idle.drain(..).collect())
+        .unwrap_or_default();
+    for channel in channels {
+        let _ = channel.close(200, "bye".into()).await;
+    }
+}
+
 /// Declares `queue` passively: its counts if it exists; NOT_FOUND, which
 /// also closes `channel`, if it does not.
 pub async fn passive_declare(channel: &Channel, queue: &str) -> lapin::Result<lapin::Queue> {

@@ -177,14 +177,7 @@ impl Courier {
         if let Some(channel) = self.unreturnable.lock().await.take() {
             let _ = channel.close(200, "bye".into()).await;
         }
-        let idle: Vec<Channel> = self
-            .idle
-            .lock()
-            .map(|mut idle| idle.drain(..).collect())
-            .unwrap_or_default();
-        for channel in idle {
-            let _ = channel.close(200, "bye".into()).await;
-        }
+        super::close_idle(&self.idle).await;
     }
 }
 

@@ -147,18 +147,9 @@ impl Prober {
         Presence::Unknown
     }
 
-    /// Closes the probe channels, then their connection. (A channel dropped instead closes
-    /// itself in the background, racing the connection's close: lapin then logs a connection
-    /// error at ERROR for every shutdown.)
+    /// Closes the probe channels, then their connection.
     pub async fn close(&self) {
-        let idle: Vec<Channel> = self
-            .idle
-            .lock()
-            .map(|mut idle| idle.drain(..).collect())
-            .unwrap_or_default();
-        for channel in idle {
-            let _ = channel.close(200, "bye".into()).await;
-        }
+        super::close_idle(&self.idle).await;
         self.connection.close().await;
     }
 }

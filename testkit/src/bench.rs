@@ -33,6 +33,20 @@ pub fn fresh_prefix() -> String {
     format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
 
+/// A fresh deployment on the local servers with the simulated cloud: its context.
+pub async fn local_context() -> anyhow::Result<warmer::Context> {
+    let prefix = fresh_prefix();
+    let vars = [
+        ("WARMER_AMQP_PREFIX", prefix.as_str()),
+        ("WARMER_REDIS_NAMESPACE", prefix.as_str()),
+        ("WARMER_PROVIDER", "local"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    warmer::Context::new(warmer::Config::from_vars(vars)?).await
+}
+
 /// Sends one [`REQUEST`] to `queue` over direct reply-to (`replies` consumes it on `channel`),
 /// with a fresh `timestamp` or none, and waits at most `patience` for a VM in reply. Returns when
 /// the request was sent and when its reply came.

@@ -4,7 +4,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 use warmer_testkit::*;
 
@@ -15,17 +15,13 @@ pub fn spawn_binary(app: &TestApp) -> Child {
 
 /// Starts `warmer <process>` as its own process with the app's environment.
 pub fn spawn_process(app: &TestApp, process: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_warmer"))
-        .arg(process)
-        .env_clear()
+    crate::warmer(process)
         .envs(&app.env)
         .env(
             "RUST_LOG",
             std::env::var("CHILD_LOG").unwrap_or("warn".into()),
         )
-        .stdout(Stdio::null())
         .stderr(Stdio::inherit())
-        .kill_on_drop(true)
         .spawn()
         .expect("warmer binary")
 }
@@ -75,14 +71,10 @@ async fn sigterm_stops_consuming_and_exits_zero() {
 async fn a_checkout_process_that_served_shuts_down_without_an_error_line() {
     let app = TestApp::builder().start().await;
     app.seed(POOL, 2, &[vm("vm-1"), vm("vm-2")]).await;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_warmer"))
-        .arg("checkout")
-        .env_clear()
+    let mut child = crate::warmer("checkout")
         .envs(&app.env)
         .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .expect("warmer binary");
     app.wait_for_consumers(1).await;
@@ -165,14 +157,10 @@ async fn the_web_process_serves_port_and_exits_zero_on_sigterm() {
 /// Runs `warmer dev` with `env` (and the shared servers) and returns its exit status and stderr,
 /// or kills it after `patience`.
 async fn run_dev(env: &[(&str, &str)], patience: Duration) -> (Option<i32>, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_warmer"))
-        .arg("dev")
-        .env_clear()
+    let mut child = crate::warmer("dev")
         .envs(env.iter().copied())
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .expect("warmer binary");
     let status = tokio::time::timeout(patience, child.wait()).await;
@@ -225,16 +213,12 @@ async fn dev_refuses_a_production_looking_setup_and_a_taken_port_at_once() {
 async fn dev_starts_under_names_of_its_own_not_productions() {
     // A Redis nobody listens on: dev says who it is, then cannot go on, and touches nothing.
     let nowhere = format!("redis://127.0.0.1:{}/0", free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_warmer"))
-        .arg("dev")
-        .env_clear()
+    let mut child = crate::warmer("dev")
         .env("WARMER_REDIS_URL", &nowhere)
         .env("PORT", free_port().to_string())
         .env("WARMER_LOG_FORMAT", "l2met")
         .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .expect("warmer binary");
     let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
@@ -279,9 +263,7 @@ async fn every_procfile_process_runs_locally_with_example_env_as_heroku_local_wo
     let port = free_port().to_string();
     let mut children = Vec::new();
     for process in &procfile {
-        let child = Command::new(env!("CARGO_BIN_EXE_warmer"))
-            .arg(process)
-            .env_clear()
+        let child = crate::warmer(process)
             .envs(example_env())
             // The test's own names and a fast simulated cloud instead of example.env's.
             .env("WARMER_AMQP_PREFIX", app.names.prefix())
@@ -289,9 +271,7 @@ async fn every_procfile_process_runs_locally_with_example_env_as_heroku_local_wo
             .env("WARMER_LOCAL_BOOT_DELAY", "100ms")
             .env("PORT", &port)
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
             .stderr(Stdio::inherit())
-            .kill_on_drop(true)
             .spawn()
             .expect("warmer binary");
         children.push((*process, child));

@@ -6,7 +6,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 
 use warmer_testkit::compute::ComputeStandIn;
 use warmer_testkit::*;
@@ -119,15 +118,11 @@ async fn on_a_dyno_every_line_is_logfmt_and_a_failing_reconciler_reaches_error_t
         .start()
         .await;
     app.seed(POOL, 0, &[]).await;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_warmer"))
-        .arg("reconcile")
-        .env_clear()
+    let mut child = crate::warmer("reconcile")
         .envs(&app.env)
         .env("DYNO", "reconcile.1")
         .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .expect("warmer binary");
     let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();

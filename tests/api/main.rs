@@ -19,3 +19,15 @@ mod simulate;
 mod topology;
 mod watchdog;
 mod web;
+
+/// The `warmer` binary running `process`, with nothing of the test's environment, stdout
+/// discarded, killed if the test drops it.
+pub fn warmer(process: &str) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_warmer"));
+    command
+        .arg(process)
+        .env_clear()
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true);
+    command
+}

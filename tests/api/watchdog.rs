@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::process::Stdio;
 
 use serde_json::json;
-use tokio::process::Command;
 
 use warmer_testkit::heroku::{APP, TOKEN};
 use warmer_testkit::*;
@@ -35,14 +34,10 @@ fn watchdog_env(app: &TestApp, heroku: &HerokuStandIn, token: &str) -> HashMap<S
 }
 
 fn spawn_watchdog(env: &HashMap<String, String>, stderr: Stdio) -> tokio::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_warmer"))
-        .arg("watchdog")
-        .env_clear()
+    crate::warmer("watchdog")
         .envs(env)
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
         .stderr(stderr)
-        .kill_on_drop(true)
         .spawn()
         .expect("warmer binary")
 }
