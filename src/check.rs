@@ -16,6 +16,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Provider::Gce => "gce",
         Provider::Local => "local",
     };
+    if config.provider == Provider::Gce {
+        config.require_google().context("configuration")?;
+        if config.ssh_key_passphrase.is_none() {
+            anyhow::bail!(
+                "configuration: WARMER_SSH_KEY_PASSPHRASE must be set for WARMER_PROVIDER=gce (refill encrypts each VM's key with it)"
+            );
+        }
+    }
     passed(
         "configuration",
         &format!(
@@ -28,14 +36,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         ),
     );
-    if config.provider == Provider::Gce {
-        config.require_google().context("configuration")?;
-        if config.ssh_key_passphrase.is_none() {
-            anyhow::bail!(
-                "configuration: WARMER_SSH_KEY_PASSPHRASE must be set for WARMER_PROVIDER=gce (refill encrypts each VM's key with it)"
-            );
-        }
-    }
 
     let redis_url = config.redis_url.to_string();
     let ctx = Context::new(config)

@@ -98,13 +98,13 @@ async fn each_failure_stops_the_release_with_its_reason() {
         (
             "no project",
             vec![("WARMER_GOOGLE_CLOUD_PROJECT", String::new())],
-            &["configuration"],
+            &[],
             "WARMER_GOOGLE_CLOUD_PROJECT",
         ),
         (
             "no passphrase",
             vec![("WARMER_SSH_KEY_PASSPHRASE", String::new())],
-            &["configuration"],
+            &[],
             "WARMER_SSH_KEY_PASSPHRASE",
         ),
         (
