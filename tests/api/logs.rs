@@ -186,3 +186,46 @@ async fn on_a_dyno_every_line_is_logfmt_and_a_failing_reconciler_reaches_error_t
         assert!(pass[key].parse::<u64>().is_ok(), "{key} in {pass:?}");
     }
 }
+
+#[tokio::test]
+async fn with_the_json_format_every_line_is_a_json_object() {
+    let app = TestApp::builder().start().await;
+    let mut child = crate::warmer("web")
+        .envs(&app.env)
+        .env("WARMER_LOG_FORMAT", "json")
+        .env("PORT", free_port().to_string())
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("warmer binary");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut lines = Vec::new();
+    within("the web process to serve", async {
+        loop {
+            let line = stderr.next_line().await.unwrap().expect("a log line");
+            let serving = line.contains("serving /health");
+            lines.push(line);
+            if serving {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(terminate(&mut child).await.success());
+    while let Some(line) = stderr.next_line().await.unwrap() {
+        lines.push(line);
+    }
+
+    let parsed: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let start = parsed
+        .iter()
+        .find(|l| l["fields"]["message"] == "warmer starting")
+        .expect("a start line");
+    assert_eq!(start["level"], "INFO");
+    assert_eq!(start["fields"]["process"], "web");
+    assert_eq!(start["fields"]["namespace"], app.names.namespace());
+    assert!(parsed.iter().all(|l| l["timestamp"].is_string()));
+}
