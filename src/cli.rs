@@ -166,44 +166,6 @@ impl Command {
     }
 }
 
-/// `warmer simulate`: a generated trace, or the comparison of policies over a trace.
-fn simulate(
-    trace: Option<&std::path::Path>,
-    boot_time: &str,
-    policies: &[String],
-    json: bool,
-    generate: bool,
-    (days, pools, seed): (u64, usize, u64),
-) -> anyhow::Result<Output> {
-    use crate::sizing::simulate as sim;
-    use anyhow::Context as _;
-    /// 2026-11-30 00:00 UTC, a Monday.
-    const MONDAY: u64 = 1_795_910_400;
-    if generate {
-        if days == 0 || pools == 0 {
-            anyhow::bail!("--days and --pools must be at least 1");
-        }
-        return Ok(sim::generate_diurnal(days, pools, MONDAY, seed).into());
-    }
-    let Some(path) = trace else {
-        anyhow::bail!("--trace FILE is required (or --generate diurnal to write one)");
-    };
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading the trace {}", path.display()))?;
-    let trace = sim::parse_trace(&text).with_context(|| path.display().to_string())?;
-    let boot = sim::BootTime::parse(boot_time)?;
-    let candidates = policies
-        .iter()
-        .map(|p| sim::Candidate::parse(p))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let reports = sim::compare(&trace, &candidates, boot);
-    Ok(if json {
-        format!("{}\n", serde_json::to_string_pretty(&reports)?).into()
-    } else {
-        sim::table(&reports).into()
-    })
-}
-
 /// Neither a Heroku API token nor a dyno: the Heroku processes run locally (`heroku local`).
 fn off_heroku(config: &Config) -> bool {
     config.heroku_api_token.is_none() && !config.on_heroku
@@ -239,14 +201,10 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<Output> {
         seed,
     } = &command
     {
-        return simulate(
-            trace.as_deref(),
-            boot_time,
-            policies,
-            *json,
-            generate.is_some(),
-            (*days, *pools, *seed),
-        );
+        let generated = generate.is_some().then_some((*days, *pools, *seed));
+        let options = (boot_time.as_str(), policies.as_slice(), *json);
+        return crate::sizing::simulate::command(trace.as_deref(), options, generated)
+            .map(Output::from);
     }
     // The release check connects step by step, saying how far it got.
     if let Command::Check = command {

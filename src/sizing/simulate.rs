@@ -305,6 +305,40 @@ fn replay_pool(arrivals: &[u64], policy: &Policy, boot: BootTime, seed: u64) -> 
     outcome
 }
 
+/// `warmer simulate`: the generated trace (`generate` = days, pools, seed) or the comparison of
+/// `policies` over the trace at `trace`, as the text to print.
+pub fn command(
+    trace: Option<&std::path::Path>,
+    (boot_time, policies, json): (&str, &[String], bool),
+    generate: Option<(u64, usize, u64)>,
+) -> anyhow::Result<String> {
+    /// 2026-11-30 00:00 UTC, a Monday.
+    const MONDAY: u64 = 1_795_910_400;
+    if let Some((days, pools, seed)) = generate {
+        if days == 0 || pools == 0 {
+            bail!("--days and --pools must be at least 1");
+        }
+        return Ok(generate_diurnal(days, pools, MONDAY, seed));
+    }
+    let Some(path) = trace else {
+        bail!("--trace FILE is required (or --generate diurnal to write one)");
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the trace {}", path.display()))?;
+    let trace = parse_trace(&text).with_context(|| path.display().to_string())?;
+    let boot = BootTime::parse(boot_time)?;
+    let candidates = policies
+        .iter()
+        .map(|p| Candidate::parse(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let reports = compare(&trace, &candidates, boot);
+    Ok(if json {
+        format!("{}\n", serde_json::to_string_pretty(&reports)?)
+    } else {
+        table(&reports)
+    })
+}
+
 /// A report of every candidate over the trace: per pool and in total.
 #[derive(Debug, Serialize)]
 pub struct Report {
