@@ -15,9 +15,9 @@
 
 use std::time::{Duration, Instant};
 
-use warmer::{Cloud, Config, Context, Deleter, Events, OrphanRecord};
-use warmer_testkit::bench::{env_or, fresh_prefix};
-use warmer_testkit::{ComputeStandIn, compute, remove_deployment};
+use warmer::{Cloud, Deleter, Events, OrphanRecord};
+use warmer_testkit::bench::{context, env_or, vars};
+use warmer_testkit::{ComputeStandIn, remove_deployment};
 
 const ZONE: &str = "us-central1-a";
 
@@ -38,23 +38,9 @@ async fn main() -> anyhow::Result<()> {
             s.delete_rate = Some((per_second as f64, 50.0));
         }
     });
-    let prefix = fresh_prefix();
-    let (keyfile, url) = (compute.keyfile_json(), compute.compute_url());
-    let vars = [
-        ("WARMER_AMQP_PREFIX", prefix.as_str()),
-        ("WARMER_REDIS_NAMESPACE", prefix.as_str()),
-        ("WARMER_PROVIDER", "gce"),
-        ("WARMER_GOOGLE_CLOUD_PROJECT", compute::PROJECT),
-        ("WARMER_GOOGLE_CLOUD_REGION", compute::REGION),
-        ("WARMER_GOOGLE_CLOUD_ZONES", ZONE),
-        ("WARMER_GOOGLE_COMPUTE_URL", url.as_str()),
-        ("WARMER_GOOGLE_CLOUD_KEYFILE_JSON", keyfile.as_str()),
-        ("WARMER_SSH_KEY_PASSPHRASE", "bench"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    let ctx = Context::new(Config::from_vars(vars)?).await?;
+    let zones = vars(&[("WARMER_GOOGLE_CLOUD_ZONES", ZONE)]);
+    let ctx = context(compute.env().into_iter().chain(zones)).await?;
+    let prefix = ctx.names.namespace().to_string();
     let cloud = Cloud::from_config(&ctx.config).await?;
     let labels = serde_json::json!({"warmth": "warmed", "warmer": prefix});
     let records: Vec<OrphanRecord> = (0..orphans)

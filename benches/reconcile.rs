@@ -20,14 +20,13 @@ use std::time::{Duration, Instant};
 use redis::AsyncCommands;
 use serde_json::json;
 use warmer::Cloud;
-use warmer::Config;
 use warmer::Context;
 use warmer::PoolName;
 use warmer::now_ms;
 use warmer::reconcile::Reconciler;
 
 use warmer_testkit::ComputeStandIn;
-use warmer_testkit::bench::env_or;
+use warmer_testkit::bench::{context, env_or, vars};
 use warmer_testkit::compute;
 
 const POOLS: usize = 10;
@@ -39,25 +38,12 @@ async fn main() -> anyhow::Result<()> {
     let vms = env_or("BENCH_VMS", 1000);
     let rounds = env_or("BENCH_ROUNDS", 5);
     let compute = ComputeStandIn::start(Duration::ZERO).await;
-    let prefix = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let keyfile = compute.keyfile_json();
-    let url = compute.compute_url();
-    let vars = [
-        ("WARMER_AMQP_PREFIX", prefix.as_str()),
-        ("WARMER_REDIS_NAMESPACE", prefix.as_str()),
-        ("WARMER_PROVIDER", "gce"),
-        ("WARMER_GOOGLE_CLOUD_PROJECT", compute::PROJECT),
-        ("WARMER_GOOGLE_CLOUD_REGION", compute::REGION),
+    let settings = vars(&[
         ("WARMER_GOOGLE_CLOUD_ZONES", ZONE),
-        ("WARMER_GOOGLE_COMPUTE_URL", url.as_str()),
-        ("WARMER_GOOGLE_CLOUD_KEYFILE_JSON", keyfile.as_str()),
-        ("WARMER_SSH_KEY_PASSPHRASE", "bench"),
         ("WARMER_ORPHAN_THRESHOLD", "100000"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    let ctx = Context::new(Config::from_vars(vars)?).await?;
+    ]);
+    let ctx = context(compute.env().into_iter().chain(settings)).await?;
+    let prefix = ctx.names.namespace().to_string();
     let cloud = Cloud::from_config(&ctx.config).await?;
     let reconciler = Reconciler::new(ctx.clone(), cloud.clone());
     let pools: Vec<PoolName> = (0..POOLS)

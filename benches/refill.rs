@@ -28,12 +28,11 @@ use tokio::task::JoinHandle;
 use warmer::Context;
 use warmer::Names;
 use warmer::PoolName;
+use warmer::Secret;
 use warmer::shutdown::{self, Shutdown, Trigger};
-use warmer::{Config, Secret};
 
 use warmer_testkit::ComputeStandIn;
-use warmer_testkit::bench::{POOL, check_out, env_or, fresh_prefix, median, wait_for_consumer};
-use warmer_testkit::compute;
+use warmer_testkit::bench::{POOL, check_out, context, env_or, median, vars, wait_for_consumer};
 use warmer_testkit::{AMQP_URL, REDIS_URL, remove_deployment};
 
 /// Pool target of the replacement scenario.
@@ -178,27 +177,12 @@ impl Deployment {
         compute: &ComputeStandIn,
         extra: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
-        let prefix = fresh_prefix();
-        let keyfile = compute.keyfile_json();
-        let url = compute.compute_url();
-        let vars = [
+        let servers = [
             ("WARMER_AMQP_URL", AMQP_URL),
             ("WARMER_REDIS_URL", REDIS_URL),
-            ("WARMER_AMQP_PREFIX", prefix.as_str()),
-            ("WARMER_REDIS_NAMESPACE", prefix.as_str()),
-            ("WARMER_PROVIDER", "gce"),
-            ("WARMER_GOOGLE_CLOUD_PROJECT", compute::PROJECT),
-            ("WARMER_GOOGLE_CLOUD_REGION", compute::REGION),
-            ("WARMER_GOOGLE_COMPUTE_URL", url.as_str()),
-            ("WARMER_GOOGLE_CLOUD_KEYFILE_JSON", keyfile.as_str()),
-            ("WARMER_IMAGE_PROJECT", "travis-ci-images"),
-            ("WARMER_SSH_KEY_PASSPHRASE", "bench passphrase"),
-        ]
-        .into_iter()
-        .chain(extra.iter().copied())
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        let ctx = Context::new(Config::from_vars(vars)?).await?;
+        ];
+        let settings = vars(&servers).into_iter().chain(vars(extra));
+        let ctx = context(compute.env().into_iter().chain(settings)).await?;
         let names = ctx.names.clone();
         let channel = amqp.create_channel().await?;
         warmer::declare_topology(amqp, &names).await?;

@@ -16,8 +16,8 @@ use warmer::shutdown::{self, Shutdown, Trigger};
 use warmer::{Cloud, Config, Context, Lease, LeaseState, Names, PoolName, Publisher};
 
 use crate::clients::{Listener, Requester};
-use crate::compute::{self, ComputeStandIn};
-use crate::{AMQP_URL, PASSPHRASE, PrivateRedis, REDIS_URL, TRAVIS_REQUEST};
+use crate::compute::ComputeStandIn;
+use crate::{AMQP_URL, PrivateRedis, REDIS_URL, TRAVIS_REQUEST};
 use crate::{eventually, within};
 
 /// How to build a [`TestApp`]: the servers it reaches, its environment, its consumers.
@@ -65,17 +65,9 @@ impl AppBuilder {
     }
 
     /// The app boots on the Compute Engine stand-in.
-    pub fn gce(self, compute: &ComputeStandIn) -> Self {
-        let (keyfile, url) = (compute.keyfile_json(), compute.compute_url());
-        self.envs(&[
-            ("WARMER_PROVIDER", "gce"),
-            ("WARMER_GOOGLE_CLOUD_PROJECT", compute::PROJECT),
-            ("WARMER_GOOGLE_CLOUD_REGION", compute::REGION),
-            ("WARMER_GOOGLE_COMPUTE_URL", &url),
-            ("WARMER_GOOGLE_CLOUD_KEYFILE_JSON", &keyfile),
-            ("WARMER_IMAGE_PROJECT", "travis-ci-images"),
-            ("WARMER_SSH_KEY_PASSPHRASE", PASSPHRASE),
-        ])
+    pub fn gce(mut self, compute: &ComputeStandIn) -> Self {
+        self.env.extend(compute.env());
+        self
     }
 
     /// Starts `n` checkout consumers with the app.

@@ -33,18 +33,34 @@ pub fn fresh_prefix() -> String {
     format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
 
-/// A fresh deployment on the local servers with the simulated cloud: its context.
-pub async fn local_context() -> anyhow::Result<warmer::Context> {
+/// A fresh deployment on the local servers, with names of its own and `vars`: its context.
+pub async fn context(
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> anyhow::Result<warmer::Context> {
     let prefix = fresh_prefix();
-    let vars = [
-        ("WARMER_AMQP_PREFIX", prefix.as_str()),
-        ("WARMER_REDIS_NAMESPACE", prefix.as_str()),
-        ("WARMER_PROVIDER", "local"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    let names = [
+        ("WARMER_AMQP_PREFIX", &prefix),
+        ("WARMER_REDIS_NAMESPACE", &prefix),
+    ];
+    let vars = names
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .chain(vars)
+        .collect();
     warmer::Context::new(warmer::Config::from_vars(vars)?).await
+}
+
+/// A fresh deployment with the simulated cloud.
+pub async fn local_context() -> anyhow::Result<warmer::Context> {
+    context([("WARMER_PROVIDER".to_string(), "local".to_string())]).await
+}
+
+/// `(name, value)` pairs as owned strings, for [`context`].
+pub fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 /// Sends one [`REQUEST`] to `queue` over direct reply-to (`replies` consumes it on `channel`),

@@ -118,6 +118,23 @@ impl ComputeStandIn {
         format!("http://127.0.0.1:{}/compute/v1", self.port)
     }
 
+    /// The environment of a deployment booting here: the `gce` provider, this project and
+    /// region, this URL, a key whose token endpoint is this stand-in, a passphrase.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("WARMER_PROVIDER", "gce".to_string()),
+            ("WARMER_GOOGLE_CLOUD_PROJECT", PROJECT.to_string()),
+            ("WARMER_GOOGLE_CLOUD_REGION", REGION.to_string()),
+            ("WARMER_GOOGLE_COMPUTE_URL", self.compute_url()),
+            ("WARMER_GOOGLE_CLOUD_KEYFILE_JSON", self.keyfile_json()),
+            ("WARMER_IMAGE_PROJECT", "travis-ci-images".to_string()),
+            ("WARMER_SSH_KEY_PASSPHRASE", crate::PASSPHRASE.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
     /// A service-account key whose `token_uri` is this stand-in.
     pub fn keyfile_json(&self) -> String {
         let key = openssl::rsa::Rsa::generate(2048).unwrap();
