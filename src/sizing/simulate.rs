@@ -239,19 +239,6 @@ fn replay_pool(arrivals: &[u64], policy: &Policy, boot: BootTime, seed: u64) -> 
     let mut next_tick = clock;
     let mut next = 0;
     let end = last + SIZER_INTERVAL_SECS;
-    let start_boots = |target: u32,
-                       warm: u32,
-                       booting: &mut VecDeque<u64>,
-                       now: u64,
-                       rng: &mut Rng,
-                       boots: &mut u64| {
-        while warm + (booting.len() as u32) < target {
-            let ready = now + boot.draw(rng);
-            let at = booting.partition_point(|t| *t <= ready);
-            booting.insert(at, ready);
-            *boots += 1;
-        }
-    };
     while clock <= end {
         // The next thing to happen: a boot finishing, an arrival, or the sizer.
         let boot_at = booting.front().copied().unwrap_or(u64::MAX);
@@ -267,37 +254,30 @@ fn replay_pool(arrivals: &[u64], policy: &Policy, boot: BootTime, seed: u64) -> 
             if warm + (booting.len() as u32) < target {
                 warm += 1;
             }
-        } else if arrival_at == now {
-            next += 1;
-            outcome.checkouts += 1;
-            *demand.entry(now / BUCKET_SECS * BUCKET_SECS).or_default() += 1;
-            if warm > 0 {
-                warm -= 1;
-                outcome.hits += 1;
-            }
-            start_boots(
-                target,
-                warm,
-                &mut booting,
-                now,
-                &mut rng,
-                &mut outcome.boots,
-            );
         } else {
-            next_tick += SIZER_INTERVAL_SECS;
-            target = decide(policy, &demand, boot.planned(), now).0;
-            warm = warm.min(target);
-            start_boots(
-                target,
-                warm,
-                &mut booting,
-                now,
-                &mut rng,
-                &mut outcome.boots,
-            );
-            // Demand older than the sizer ever reads is dropped: bounded memory.
-            let keep_from = now.saturating_sub(8 * 86_400);
-            demand = demand.split_off(&keep_from);
+            if arrival_at == now {
+                next += 1;
+                outcome.checkouts += 1;
+                *demand.entry(now / BUCKET_SECS * BUCKET_SECS).or_default() += 1;
+                if warm > 0 {
+                    warm -= 1;
+                    outcome.hits += 1;
+                }
+            } else {
+                next_tick += SIZER_INTERVAL_SECS;
+                target = decide(policy, &demand, boot.planned(), now).0;
+                warm = warm.min(target);
+                // Demand older than the sizer ever reads is dropped: bounded memory.
+                let keep_from = now.saturating_sub(8 * 86_400);
+                demand = demand.split_off(&keep_from);
+            }
+            // Boots to bring the pool back to its target: replacements, or a raised target.
+            while warm + (booting.len() as u32) < target {
+                let ready = now + boot.draw(&mut rng);
+                let at = booting.partition_point(|t| *t <= ready);
+                booting.insert(at, ready);
+                outcome.boots += 1;
+            }
         }
         outcome.peak_vms = outcome.peak_vms.max(warm + booting.len() as u32);
     }
