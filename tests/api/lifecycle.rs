@@ -3,7 +3,6 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
 
 use warmer_testkit::*;
@@ -221,16 +220,11 @@ async fn dev_starts_under_names_of_its_own_not_productions() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("warmer binary");
-    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-    let start = within("the start line", async {
-        loop {
-            let line = stderr.next_line().await.unwrap().expect("a log line");
-            if line.contains("msg=\"warmer starting\"") {
-                return line;
-            }
-        }
-    })
-    .await;
+    let start = crate::Stderr::of(&mut child)
+        .until("the start line", |line, _| {
+            line.contains("msg=\"warmer starting\"")
+        })
+        .await;
     assert!(
         start.contains(&format!(
             "process=dev prefix={0} namespace={0}",

@@ -5,11 +5,10 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
-
 use warmer_testkit::compute::ComputeStandIn;
 use warmer_testkit::*;
 
+use crate::Stderr;
 use crate::lifecycle::terminate;
 
 /// A strict logfmt parser, written from the format's description rather than from warmer's
@@ -125,26 +124,16 @@ async fn on_a_dyno_every_line_is_logfmt_and_a_failing_reconciler_reaches_error_t
         .stderr(Stdio::piped())
         .spawn()
         .expect("warmer binary");
-    let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut stderr = Stderr::of(&mut child);
 
-    let mut lines = Vec::new();
-    within("a recovery after two failed passes, then a pass", async {
-        let mut passes_after_recovery = 0;
-        while passes_after_recovery < 1 {
-            let line = stderr.next_line().await.unwrap().expect("a log line");
-            if line.contains("msg=reconciled")
-                && lines.iter().any(|l: &String| l.contains("recovered"))
-            {
-                passes_after_recovery += 1;
-            }
-            lines.push(line);
-        }
-    })
-    .await;
+    let recovered = |line: &str, before: &[String]| {
+        line.contains("msg=reconciled") && before.iter().any(|l| l.contains("recovered"))
+    };
+    stderr
+        .until("a recovery after two failed passes, then a pass", recovered)
+        .await;
     assert!(terminate(&mut child).await.success());
-    while let Some(line) = stderr.next_line().await.unwrap() {
-        lines.push(line);
-    }
+    let lines = stderr.rest().await;
 
     let parsed: Vec<BTreeMap<String, String>> = lines
         .iter()
@@ -198,23 +187,14 @@ async fn with_the_json_format_every_line_is_a_json_object() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("warmer binary");
-    let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let mut lines = Vec::new();
-    within("the web process to serve", async {
-        loop {
-            let line = stderr.next_line().await.unwrap().expect("a log line");
-            let serving = line.contains("serving /health");
-            lines.push(line);
-            if serving {
-                break;
-            }
-        }
-    })
-    .await;
+    let mut stderr = Stderr::of(&mut child);
+    stderr
+        .until("the web process to serve", |line, _| {
+            line.contains("serving /health")
+        })
+        .await;
     assert!(terminate(&mut child).await.success());
-    while let Some(line) = stderr.next_line().await.unwrap() {
-        lines.push(line);
-    }
+    let lines = stderr.rest().await;
 
     let parsed: Vec<serde_json::Value> = lines
         .iter()

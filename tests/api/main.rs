@@ -31,3 +31,44 @@ pub fn warmer(process: &str) -> tokio::process::Command {
         .kill_on_drop(true);
     command
 }
+
+/// A child process's stderr, read line by line; keeps every line read.
+pub struct Stderr {
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+    pub read: Vec<String>,
+}
+
+impl Stderr {
+    /// Takes the stderr of `child` (spawned with `Stdio::piped()`).
+    pub fn of(child: &mut tokio::process::Child) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let stderr = child.stderr.take().expect("stderr piped");
+        Stderr {
+            lines: tokio::io::BufReader::new(stderr).lines(),
+            read: Vec::new(),
+        }
+    }
+
+    /// Reads until a line for which `found(line, lines before it)` holds; returns that line.
+    pub async fn until(&mut self, what: &str, found: impl Fn(&str, &[String]) -> bool) -> String {
+        warmer_testkit::within(what, async {
+            loop {
+                let line = self.lines.next_line().await.unwrap().expect("a log line");
+                let hit = found(&line, &self.read);
+                self.read.push(line.clone());
+                if hit {
+                    return line;
+                }
+            }
+        })
+        .await
+    }
+
+    /// Reads to the end (the process exited); returns every line read.
+    pub async fn rest(mut self) -> Vec<String> {
+        while let Some(line) = self.lines.next_line().await.unwrap() {
+            self.read.push(line);
+        }
+        self.read
+    }
+}
