@@ -418,25 +418,7 @@ impl Reconciler {
             }
         }
         failures.log();
-        if let Some(broker) = broker {
-            let token = self
-                .ctx
-                .config
-                .auth_tokens
-                .first()
-                .map(|t| t.expose().to_string());
-            // Coalesced with checkouts' hints: a checkout meanwhile sends none of its own.
-            store.set_hints(&plan.fill, now_ms()).await?;
-            for pool in &plan.fill {
-                let fill = RefillMessage::Fill(FillCommand {
-                    pool: pool.parse().ok(),
-                    token: token.clone(),
-                });
-                if let Err(error) = fill.send(&broker.fills, names).await {
-                    tracing::warn!(error = %crate::telemetry::report(&error), %pool, "fill not published");
-                }
-            }
-        }
+        // The brake first: a fill published before a release would find boots still held.
         match plan.brake {
             Some(true) => {
                 store.engage_brake(plan.unaccounted).await?;
@@ -462,6 +444,25 @@ impl Reconciler {
                     .await;
             }
             None => {}
+        }
+        if let Some(broker) = broker {
+            let token = self
+                .ctx
+                .config
+                .auth_tokens
+                .first()
+                .map(|t| t.expose().to_string());
+            // Coalesced with checkouts' hints: a checkout meanwhile sends none of its own.
+            store.set_hints(&plan.fill, now_ms()).await?;
+            for pool in &plan.fill {
+                let fill = RefillMessage::Fill(FillCommand {
+                    pool: pool.parse().ok(),
+                    token: token.clone(),
+                });
+                if let Err(error) = fill.send(&broker.fills, names).await {
+                    tracing::warn!(error = %crate::telemetry::report(&error), %pool, "fill not published");
+                }
+            }
         }
         report.plan = plan;
         Ok(report)

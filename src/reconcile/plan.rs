@@ -216,7 +216,9 @@ pub fn decide(snapshot: &Snapshot, limits: Limits) -> Plan {
         }
     }
 
-    // Rule 6: a safety net for lost hints, unless one is on its way.
+    // Rule 6: a safety net for lost hints, unless one is on its way. Releasing the brake fills
+    // whatever a pending hint says: a hint handled while the brake held booted nothing.
+    let releasing = snapshot.brake_on && !hold;
     for (pool, target) in &snapshot.targets {
         let booting = snapshot.booting.get(pool).map_or(0, Vec::len);
         let evicted = plan.evict.iter().filter(|e| &e.pool == pool).count();
@@ -225,7 +227,7 @@ pub fn decide(snapshot: &Snapshot, limits: Limits) -> Plan {
             .hints
             .get(pool)
             .is_some_and(|at| now.saturating_sub(at / 1000) < HINT_STALE_SECS);
-        if booting == 0 && !hinted && (ready as u64) < *target {
+        if booting == 0 && (releasing || !hinted) && (ready as u64) < *target {
             plan.fill.push(pool.clone());
         }
     }
@@ -421,6 +423,21 @@ mod tests {
             .hints
             .insert(POOL.into(), (NOW - HINT_STALE_SECS - 1) * 1000);
         assert_eq!(decide(&snapshot, LIMITS).fill, [POOL], "taken as lost");
+    }
+
+    #[test]
+    fn releasing_the_brake_fills_short_pools_whatever_their_hints_say() {
+        let mut snapshot = world(&[ready("a", 10)]);
+        snapshot.targets.insert(POOL.into(), 3);
+        snapshot.hints.insert(POOL.into(), (NOW - 10) * 1000);
+        snapshot.brake_on = true;
+        let released = decide(&snapshot, LIMITS);
+        assert_eq!(released.brake, Some(false));
+        assert_eq!(
+            released.fill,
+            [POOL],
+            "a hint handled under the brake booted nothing"
+        );
     }
 
     #[test]
