@@ -8,6 +8,7 @@ use crate::cloud::Cloud;
 use crate::config::Config;
 use crate::context::Context;
 use crate::pool::PoolName;
+use crate::sizing::policy::Policy;
 use crate::{autoscale, checkout, dev, operator, reconcile, refill, shutdown, web};
 
 /// Pools of pre-warmed cloud VMs, handed out over AMQP.
@@ -131,6 +132,41 @@ pub enum PoolCommand {
     Delete {
         /// `<image>:<machine_type>` or `<image>:<machine_type>:public`.
         pool: PoolName,
+    },
+    /// Set how an existing pool is sized, replacing its whole policy: the active reconciler then
+    /// writes its target every pass, `clamp(max(demand, scheduled min), min, max)`. Use
+    /// `warmer simulate` to choose one.
+    Policy {
+        pool: PoolName,
+        /// The fewest warmed VMs to keep.
+        #[arg(long, default_value_t = 0)]
+        min: u32,
+        /// The most warmed VMs to keep, whatever demand says.
+        #[arg(long, required_unless_present = "remove")]
+        max: Option<u32>,
+        /// Size from measured demand (`on`), or keep the (scheduled) minimum (`off`).
+        #[arg(long, value_parser = ["on", "off"], default_value = "off")]
+        adaptive: String,
+        /// The wanted share of checkouts that find a warm VM, in (0, 1).
+        #[arg(long, default_value_t = crate::sizing::policy::DEFAULT_HIT)]
+        hit: f64,
+        /// `CRON@TZ=MIN`: at least MIN VMs while the five-field cron matches the minute in the
+        /// IANA time zone, e.g. `* 7-18 * * MON-FRI@Europe/Berlin=20`; repeatable.
+        #[arg(long = "schedule")]
+        schedules: Vec<String>,
+        /// Remove the policy: the pool keeps its current target, static.
+        #[arg(long, conflicts_with_all = ["max", "schedules"])]
+        remove: bool,
+    },
+    /// Move a pool to a new image without a cold window: <to> gets <from>'s target and policy
+    /// and boots; once it is at target, <from> goes to 0. Aborted, leaving <from> as it was, when
+    /// <to>'s boots fail or it is not at target by the deadline.
+    Rollover {
+        from: PoolName,
+        to: PoolName,
+        /// How long <to> may take to reach its target.
+        #[arg(long, default_value = "30m", value_parser = parse_duration)]
+        deadline: Duration,
     },
 }
 
@@ -257,18 +293,45 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<Output> {
         Command::Pool(PoolCommand::List) => operator::pool_list(&ctx).await?.into(),
         Command::Pool(PoolCommand::Set { pool, target }) => {
             let mut output = operator::pool_set(&ctx, &pool, target).await?;
-            // Apply it now rather than at the next event or reconcile pass.
-            match operator::fill(&ctx, Some(&pool), token.as_deref()).await {
-                Ok(filled) => output.push_str(&filled),
-                Err(error) => output.push_str(&format!(
-                    "(no fill published: {}; the next reconcile pass applies the target)\n",
-                    crate::telemetry::report(&error)
-                )),
-            }
+            publish_fill(&ctx, &pool, token.as_deref(), &mut output).await;
             output.into()
         }
         Command::Pool(PoolCommand::Delete { pool }) => {
             operator::pool_delete(&ctx, &pool).await?.into()
+        }
+        Command::Pool(PoolCommand::Policy {
+            pool,
+            min,
+            max,
+            adaptive,
+            hit,
+            schedules,
+            remove,
+        }) => {
+            let policy = match (remove, max) {
+                (false, Some(max)) => Some(Policy {
+                    min,
+                    max,
+                    adaptive: adaptive == "on",
+                    hit,
+                    schedules: schedules
+                        .iter()
+                        .map(|s| s.parse())
+                        .collect::<Result<_, String>>()
+                        .map_err(|error| {
+                            anyhow::anyhow!("policy of {pool} not changed: {error}")
+                        })?,
+                }),
+                _ => None,
+            };
+            operator::pool_policy(&ctx, &pool, policy.as_ref())
+                .await?
+                .into()
+        }
+        Command::Pool(PoolCommand::Rollover { from, to, deadline }) => {
+            let mut output = operator::pool_rollover(&ctx, &from, &to, deadline).await?;
+            publish_fill(&ctx, &to, token.as_deref(), &mut output).await;
+            output.into()
         }
         Command::Fill { pool, token: given } => {
             let token = given.or(token);
@@ -298,6 +361,17 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<Output> {
         }
         Command::Status => operator::status(&ctx).await?.into(),
     })
+}
+
+/// Applies a new target now rather than at the next event or reconcile pass.
+async fn publish_fill(ctx: &Context, pool: &PoolName, token: Option<&str>, output: &mut String) {
+    match operator::fill(ctx, Some(pool), token).await {
+        Ok(filled) => output.push_str(&filled),
+        Err(error) => output.push_str(&format!(
+            "(no fill published: {}; the next reconcile pass applies the target)\n",
+            crate::telemetry::report(&error)
+        )),
+    }
 }
 
 fn parse_duration(value: &str) -> Result<Duration, String> {

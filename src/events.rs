@@ -86,6 +86,17 @@ pub enum Event {
     },
     /// `dyno.restarted`: the watchdog restarted a dyno; `reason` is `memory` or `r14`.
     DynoRestarted { dyno: String, reason: &'static str },
+    /// `rollover.started`: `to` boots to take over from `from` (`warmer pool rollover`).
+    RolloverStarted { from: String, to: String },
+    /// `rollover.completed`: `to` reached its target; `from` went to target 0 (reconcile).
+    RolloverCompleted { from: String, to: String },
+    /// `rollover.aborted`: `to` could not boot; it went to target 0, `from` is as it was
+    /// (reconcile).
+    RolloverAborted {
+        from: String,
+        to: String,
+        reason: String,
+    },
 }
 
 impl Event {
@@ -108,6 +119,9 @@ impl Event {
             Event::BrakeReleased { .. } => "brake.released",
             Event::DynoMemory { .. } => "dyno.memory",
             Event::DynoRestarted { .. } => "dyno.restarted",
+            Event::RolloverStarted { .. } => "rollover.started",
+            Event::RolloverCompleted { .. } => "rollover.completed",
+            Event::RolloverAborted { .. } => "rollover.aborted",
         }
     }
 

@@ -148,4 +148,32 @@ impl Names {
     pub fn suspects(&self) -> String {
         format!("{}:_suspects", self.namespace)
     }
+
+    // --- Redis (sizing) ---------------------------------------------------------------------
+
+    /// Hash: pool → its sizing policy (JSON, see `sizing::policy`).
+    pub fn policies(&self) -> String {
+        format!("{}:_policies", self.namespace)
+    }
+
+    /// Hash: pool → the sizer's last decision (JSON: target, reason, when).
+    pub fn sizing(&self) -> String {
+        format!("{}:_sizing", self.namespace)
+    }
+
+    /// Hash: the pool's arrivals on one UTC day (`day` = Unix seconds / 86400), per demand
+    /// bucket: `h:<bucket>` checkouts that got a VM, `m:<bucket>` misses; expires after 9 days.
+    pub fn demand(&self, day: u64, pool: &str) -> String {
+        format!("{}:_demand:{day}:{pool}", self.namespace)
+    }
+
+    /// List: the pool's last boot durations (ms), newest first; expires after 9 days.
+    pub fn boot_times(&self, pool: &str) -> String {
+        format!("{}:_boot_times:{pool}", self.namespace)
+    }
+
+    /// Hash: pool rolled from → its rollover (JSON, see `store::sizing::Rollover`).
+    pub fn rollovers(&self) -> String {
+        format!("{}:_rollovers", self.namespace)
+    }
 }

@@ -15,17 +15,111 @@ use serde_json::json;
 
 use crate::amqp::{self, Courier, DIRECT_REPLY_TO, Published};
 use crate::context::Context;
-use crate::events::{FillCommand, RefillMessage};
+use crate::events::{Event, FillCommand, RefillMessage};
 use crate::pool::PoolName;
+use crate::sizing::policy::Policy;
 use crate::store::now_ms;
+use crate::store::sizing::{RolloverState, StartRollover};
 
-/// `warmer pool list`: every pool and its target, one per line.
+/// `warmer pool list`: every pool and its target, one per line, with its policy if it has one.
 pub async fn pool_list(ctx: &Context) -> anyhow::Result<String> {
-    let targets = ctx.store.targets().await.context("reading pool targets")?;
-    Ok(targets
-        .into_iter()
-        .map(|(pool, target)| format!("{pool}\t{target}\n"))
-        .collect())
+    let view = ctx.store.sizing_view().await?;
+    let mut out = String::new();
+    for (pool, target) in &view.targets {
+        let _ = match view.policies.get(pool) {
+            None => writeln!(out, "{pool}\t{target}"),
+            Some(Ok(policy)) => writeln!(out, "{pool}\t{target}\t{policy}"),
+            Some(Err(error)) => writeln!(out, "{pool}\t{target}\tunreadable policy: {error}"),
+        };
+    }
+    Ok(out)
+}
+
+/// What `warmer pool policy` sets: the policy, or `None` to remove it.
+pub async fn pool_policy(
+    ctx: &Context,
+    pool: &PoolName,
+    policy: Option<&Policy>,
+) -> anyhow::Result<String> {
+    if let Some(policy) = policy {
+        policy
+            .validate()
+            .map_err(|error| anyhow::anyhow!("policy of {pool} not changed: {error}"))?;
+    }
+    let set = ctx
+        .store
+        .set_policy(pool, policy)
+        .await
+        .with_context(|| format!("setting the policy of {pool}"))?;
+    if !set {
+        bail!("no pool {pool}: create it with `warmer pool set {pool} <target>` first");
+    }
+    Ok(match policy {
+        Some(policy) => {
+            format!("{pool}: policy {policy}; the active reconciler sizes it from its next pass\n")
+        }
+        None => format!("{pool}: policy removed; its target stays as it is, static\n"),
+    })
+}
+
+/// `warmer pool rollover <from> <to>`: `to` takes `from`'s target and policy and boots; the
+/// active reconciler completes or aborts the rollover. Publishes `rollover.started` and a fill
+/// for `to`.
+pub async fn pool_rollover(
+    ctx: &Context,
+    from: &PoolName,
+    to: &PoolName,
+    deadline: Duration,
+) -> anyhow::Result<String> {
+    if from == to {
+        bail!("cannot roll {from} over to itself");
+    }
+    let now = now_ms() / 1000;
+    let started = ctx
+        .store
+        .start_rollover(from, to, now, now + deadline.as_secs())
+        .await
+        .context("starting the rollover")?;
+    let target = match started {
+        StartRollover::Started(target) => target,
+        StartRollover::NoTarget => {
+            bail!("cannot roll over {from}: it has no target above 0 (see `warmer pool list`)")
+        }
+        StartRollover::Rolling(pool) => bail!(
+            "cannot roll over {from} to {to}: {pool} already takes part in a rollover in progress (see `warmer status`)"
+        ),
+        StartRollover::ToHasTarget(target) => bail!(
+            "cannot roll over to {to}: it has target {target} already; the new pool must have none (or 0)"
+        ),
+    };
+    let mut out = format!(
+        "rollover {from} -> {to} started: {to} boots to target {target}; aborted unless done within {}s\n",
+        deadline.as_secs()
+    );
+    let announced = async {
+        let connection = ctx.amqp("rollover").await?;
+        let events = crate::events::Events::new(ctx.names.clone());
+        events.attach(connection.create_channel().await?);
+        events
+            .emit(Event::RolloverStarted {
+                from: from.to_string(),
+                to: to.to_string(),
+            })
+            .await;
+        if let Some(channel) = events.detach() {
+            let _ = channel.close(200, "bye".into()).await;
+        }
+        let _ = connection.close(200, "bye".into()).await;
+        anyhow::Ok(())
+    };
+    if let Err(error) = announced.await {
+        let _ = writeln!(
+            out,
+            "(rollover.started not published: {})",
+            crate::telemetry::report(&error)
+        );
+    }
+    Ok(out)
 }
 
 /// `warmer pool set <pool> <target>`.
@@ -34,7 +128,20 @@ pub async fn pool_set(ctx: &Context, pool: &PoolName, target: u32) -> anyhow::Re
         .set_target(pool, target)
         .await
         .with_context(|| format!("setting the target of {pool}"))?;
-    Ok(format!("{pool}: target {target}\n"))
+    let mut out = format!("{pool}: target {target}\n");
+    let sized = ctx
+        .store
+        .sizing_view()
+        .await?
+        .policies
+        .contains_key(&pool.to_string());
+    if sized {
+        let _ = writeln!(
+            out,
+            "note: {pool} has a sizing policy: the sizer sets its target from the next reconcile pass (`warmer pool policy {pool} --remove` makes it static)"
+        );
+    }
+    Ok(out)
 }
 
 /// `warmer pool delete <pool>`: the pool's warmed VMs are recorded for deletion.
@@ -171,32 +278,71 @@ pub async fn request(ctx: &Context, request: &Request) -> anyhow::Result<(String
     Ok((text, is_error))
 }
 
-/// `warmer status`: a table of pools.
+/// `warmer status`: a table of pools, with how each is sized (its policy's bounds and why its
+/// target is what it is), and the rollovers.
 pub async fn status(ctx: &Context) -> anyhow::Result<String> {
     let (pools, brake) = ctx.store.status().await?;
+    let sizing = ctx.store.sizing_view().await?;
     let now = now_ms() / 1000;
     let mut out = format!(
-        "{:<60} {:>6} {:>6} {:>7} {:>10} {:>10}\n",
-        "POOL", "TARGET", "READY", "BOOTING", "HANDED OUT", "OLDEST"
+        "{:<60} {:>6} {:>5} {:>5} {:<8} {:>6} {:>7} {:>10} {:>10}\n",
+        "POOL", "TARGET", "MIN", "MAX", "WHY", "READY", "BOOTING", "HANDED OUT", "OLDEST"
     );
     for pool in &pools {
+        let name = &pool.level.pool;
         let oldest = match pool.oldest_booted_at {
             None => "-".to_string(),
             Some(booted_at) => booted_at.map_or("unknown".into(), |t| age(now.saturating_sub(t))),
         };
+        let (min, max) = match sizing.policies.get(name) {
+            Some(Ok(policy)) => (policy.min.to_string(), policy.max.to_string()),
+            Some(Err(_)) => ("?".into(), "?".into()),
+            None => ("-".into(), "-".into()),
+        };
+        let why = match (sizing.policies.get(name), sizing.decisions.get(name)) {
+            (Some(Ok(_)), Some(decision)) => decision.reason.as_str(),
+            (Some(Ok(_)), None) => "pending",
+            (Some(Err(_)), _) => "invalid",
+            (None, _) => "static",
+        };
         let _ = writeln!(
             out,
-            "{:<60} {:>6} {:>6} {:>7} {:>10} {:>10}",
-            pool.level.pool,
+            "{:<60} {:>6} {:>5} {:>5} {:<8} {:>6} {:>7} {:>10} {:>10}",
+            name,
             pool.level.target,
+            min,
+            max,
+            why,
             pool.level.ready,
             pool.level.booting,
             pool.handed_out,
             oldest
         );
     }
+    for (from, rollover) in &sizing.rollovers {
+        let to = &rollover.to;
+        let _ = match rollover.state {
+            RolloverState::Rolling => writeln!(
+                out,
+                "ROLLOVER {from} -> {to}: in progress for {}, aborted in {} unless {to} is at target",
+                age(now.saturating_sub(rollover.started_at)),
+                age(rollover.deadline.saturating_sub(now))
+            ),
+            RolloverState::Completed => writeln!(
+                out,
+                "ROLLOVER {from} -> {to}: completed {} ago",
+                age(now.saturating_sub(rollover.finished_at.unwrap_or(now)))
+            ),
+            RolloverState::Aborted => writeln!(
+                out,
+                "ROLLOVER {from} -> {to}: aborted {} ago: {}",
+                age(now.saturating_sub(rollover.finished_at.unwrap_or(now))),
+                rollover.reason.as_deref().unwrap_or("no reason recorded")
+            ),
+        };
+    }
     if brake {
-        out.push_str("SAFETY BRAKE ON: boots are paused while unaccounted VMs exceed WARMER_ORPHAN_THRESHOLD (see `warmer reconcile` logs)\n");
+        out.push_str("SAFETY BRAKE ON: boots are paused while unaccounted VMs exceed WARMER_ORPHAN_THRESHOLD, and sizing is frozen (see `warmer reconcile` logs)\n");
     }
     if pools.is_empty() {
         out.push_str(

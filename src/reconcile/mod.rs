@@ -24,6 +24,7 @@ use crate::deletion::Deleter;
 use crate::events::{Event, Events, FillCommand, RefillMessage};
 use crate::names::Names;
 use crate::shutdown::Shutdown;
+use crate::sizing::sizer::{self, Clock};
 use crate::store::now_ms;
 use crate::topology;
 use plan::LeasedVm;
@@ -64,6 +65,8 @@ pub struct Report {
     pub cloud_vms: usize,
     pub warmed: usize,
     pub orphans: usize,
+    /// What the sizer did first.
+    pub sizing: sizer::Report,
 }
 
 /// Per-VM steps of a pass that failed, by step: logged in one line per step, each retried next
@@ -91,6 +94,7 @@ pub struct Reconciler {
     cloud: Cloud,
     owner: String,
     deleter: tokio::sync::Mutex<Deleter>,
+    clock: Clock,
 }
 
 impl Reconciler {
@@ -100,7 +104,14 @@ impl Reconciler {
             ctx,
             cloud,
             owner: format!("reconciler-{}", uuid::Uuid::new_v4().simple()),
+            clock: Clock::default(),
         }
+    }
+
+    /// Sizes pools by `clock` instead of the system's (tests).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// This process's lock owner id.
@@ -237,6 +248,18 @@ impl Reconciler {
 
     async fn unrecorded_pass(&self, broker: Option<&Broker>) -> anyhow::Result<Report> {
         let started = Instant::now();
+        // Targets first: the plan below fills pools raised and evicts the surplus of pools
+        // lowered. A failed sizing leaves targets as they were; reconciling goes on.
+        let unconnected = Events::new(self.ctx.names.clone());
+        let events = broker.map_or(&unconnected, |b| &b.events);
+        let sizing = sizer::step(&self.ctx.store, events, self.clock.now()).await;
+        let sizing = match sizing {
+            Ok(sizing) => sizing,
+            Err(error) => {
+                tracing::warn!(error = %crate::telemetry::report(&error), "sizing failed; targets unchanged this pass");
+                sizer::Report::default()
+            }
+        };
         let snapshot = self.snapshot().await?;
         let plan = plan::decide(&snapshot, self.limits());
         // The snapshot may have taken a while: act only if this process still holds the lock.
@@ -248,6 +271,7 @@ impl Reconciler {
         report.cloud_vms = snapshot.cloud.len();
         report.warmed = snapshot.pools.values().map(Vec::len).sum();
         report.orphans = snapshot.orphans.len();
+        report.sizing = sizing;
         Ok(report)
     }
 

@@ -25,16 +25,7 @@ pub const IDLE_SECS: u64 = 3 * 3600;
 pub const LOOKAHEAD_SECS: u64 = 2 * 3600;
 const DAY: u64 = 86_400;
 
-/// How a pool is sized.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Policy {
-    pub min: u32,
-    pub max: u32,
-    /// Size from demand within `[min, max]`; otherwise the target is `min`.
-    pub adaptive: bool,
-    /// The wanted share of checkouts that find a warm VM, in (0, 1).
-    pub hit: f64,
-}
+pub use super::policy::Policy;
 
 /// Arrivals (checkouts and misses) per [`BUCKET_SECS`] bucket, keyed by the bucket's start
 /// (Unix seconds, a multiple of the width).
@@ -45,6 +36,8 @@ pub type Demand = BTreeMap<u64, u32>;
 pub enum Reason {
     /// The policy's minimum (not adaptive, or demand asks for less).
     Min,
+    /// An active schedule's minimum.
+    Schedule,
     /// The last [`IDLE_SECS`] of demand.
     Recent,
     /// The same hour a day or a week ago.
@@ -57,6 +50,7 @@ impl Reason {
     pub fn label(&self) -> &'static str {
         match self {
             Reason::Min => "min",
+            Reason::Schedule => "schedule",
             Reason::Recent => "demand",
             Reason::History => "history",
             Reason::Max => "max",
@@ -64,10 +58,17 @@ impl Reason {
     }
 }
 
-/// The target for `now` (Unix seconds) and why.
+/// The target for `now` (Unix seconds) and why:
+/// `clamp(max(demand, scheduled min), min, max)`.
 pub fn decide(policy: &Policy, demand: &Demand, boot_secs: u64, now: u64) -> (u32, Reason) {
+    let (min, scheduled) = policy.min_at(now);
+    let floor = if scheduled {
+        (min, Reason::Schedule)
+    } else {
+        (min, Reason::Min)
+    };
     if !policy.adaptive {
-        return (policy.min, Reason::Min);
+        return floor;
     }
     let recent = covering(
         demand,
@@ -97,10 +98,84 @@ pub fn decide(policy: &Policy, demand: &Demand, boot_secs: u64, now: u64) -> (u3
     };
     if wanted > policy.max {
         (policy.max, Reason::Max)
-    } else if wanted <= policy.min {
-        (policy.min, Reason::Min)
+    } else if wanted <= floor.0 {
+        floor
     } else {
         (wanted, reason)
+    }
+}
+
+/// Boot time assumed for a pool that has not booted yet, in seconds.
+pub const DEFAULT_BOOT_SECS: u64 = 60;
+/// Longest boot time the demand windows make room for (a boot counts the arrivals of the boot
+/// time before it).
+const MAX_BOOT_SECS: u64 = 3_600;
+
+/// The boot time to size for, in seconds: the 90th percentile of the recent boots' durations
+/// (ms) — a slow boot is when the pool runs dry — or [`DEFAULT_BOOT_SECS`] when there are none.
+pub fn boot_secs(boot_ms: &[u64]) -> u64 {
+    if boot_ms.is_empty() {
+        return DEFAULT_BOOT_SECS;
+    }
+    let mut sorted = boot_ms.to_vec();
+    sorted.sort_unstable();
+    let index = (sorted.len() * 9).div_ceil(10).saturating_sub(1);
+    sorted[index].div_ceil(1000).clamp(1, MAX_BOOT_SECS)
+}
+
+/// The time ranges (`[from, to)`, Unix seconds) of demand [`decide`] reads at `now`.
+pub fn windows(now: u64) -> [(u64, u64); 3] {
+    let window = |from: u64, to: u64| (from.saturating_sub(MAX_BOOT_SECS), to);
+    [
+        window(now.saturating_sub(IDLE_SECS), now + 1),
+        window(
+            now.saturating_sub(DAY),
+            now.saturating_sub(DAY) + LOOKAHEAD_SECS,
+        ),
+        window(
+            now.saturating_sub(7 * DAY),
+            now.saturating_sub(7 * DAY) + LOOKAHEAD_SECS,
+        ),
+    ]
+}
+
+/// Failed boots of a rollover's new pool after which it is aborted, when they outnumber its
+/// successful ones.
+pub const ROLLOVER_FAILED_BOOTS: u64 = 3;
+
+/// What becomes of a rollover in progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Continue,
+    /// The new pool is at its target.
+    Complete,
+    /// Why it is given up.
+    Abort(String),
+}
+
+/// Judges a rollover whose new pool holds `ready` warmed VMs against its `target`, after
+/// `failed` failed and `booted` successful boots since it started, at `now` against its
+/// `deadline` (Unix seconds).
+pub fn judge(
+    ready: u64,
+    target: u32,
+    failed: u64,
+    booted: u64,
+    now: u64,
+    deadline: u64,
+) -> Verdict {
+    if ready >= u64::from(target) {
+        Verdict::Complete
+    } else if failed >= ROLLOVER_FAILED_BOOTS && failed > booted {
+        Verdict::Abort(format!(
+            "boots failing: {failed} failed, {booted} succeeded"
+        ))
+    } else if now >= deadline {
+        Verdict::Abort(format!(
+            "no progress: {ready} of {target} ready at the deadline"
+        ))
+    } else {
+        Verdict::Continue
     }
 }
 
@@ -160,6 +235,7 @@ mod tests {
             max: 50,
             adaptive: true,
             hit: 0.99,
+            schedules: Vec::new(),
         }
     }
 
@@ -230,6 +306,74 @@ mod tests {
         };
         assert_eq!(decide(&fixed, &huge, 60, NOW), (7, Reason::Min));
         assert_eq!(decide(&policy(), &Demand::new(), 60, NOW), (1, Reason::Min));
+    }
+
+    #[test]
+    fn the_boot_time_is_the_slow_end_of_recent_boots() {
+        assert_eq!(boot_secs(&[]), DEFAULT_BOOT_SECS);
+        assert_eq!(boot_secs(&[40_000]), 40);
+        let mut boots: Vec<u64> = (1..=20).map(|s| s * 1000).collect();
+        boots.reverse();
+        assert_eq!(boot_secs(&boots), 18);
+        assert_eq!(boot_secs(&[1, 2]), 1);
+    }
+
+    #[test]
+    fn every_window_decide_reads_is_covered() {
+        let windows = windows(NOW);
+        // Busy within the idle time, and the coming hours a day and a week ago.
+        for at in [
+            NOW - IDLE_SECS + 5,
+            NOW,
+            NOW - DAY + LOOKAHEAD_SECS - 1,
+            NOW - 7 * DAY,
+        ] {
+            assert!(windows.iter().any(|(from, to)| (*from..*to).contains(&at)));
+        }
+        assert!(
+            !windows
+                .iter()
+                .any(|(from, to)| (*from..*to).contains(&(NOW - 2 * DAY)))
+        );
+    }
+
+    #[test]
+    fn a_rollover_completes_at_target_and_aborts_on_failures_or_the_deadline() {
+        assert_eq!(judge(3, 3, 0, 3, NOW, NOW + 60), Verdict::Complete);
+        assert_eq!(judge(2, 3, 2, 2, NOW, NOW + 60), Verdict::Continue);
+        // A flaky zone is not a broken image: failures must outnumber successes.
+        assert_eq!(judge(2, 3, 3, 4, NOW, NOW + 60), Verdict::Continue);
+        assert!(
+            matches!(judge(0, 3, 3, 0, NOW, NOW + 60), Verdict::Abort(r) if r.contains("3 failed"))
+        );
+        assert!(
+            matches!(judge(1, 3, 0, 1, NOW + 60, NOW + 60), Verdict::Abort(r) if r.contains("1 of 3 ready"))
+        );
+    }
+
+    #[test]
+    fn a_schedule_raises_the_floor_and_demand_goes_above_it() {
+        // Every weekday (NOW is a Tuesday), all day, in UTC.
+        let scheduled = Policy {
+            schedules: vec!["* * * * MON-FRI@UTC=8".parse().unwrap()],
+            ..policy()
+        };
+        assert_eq!(
+            decide(&scheduled, &Demand::new(), 60, NOW),
+            (8, Reason::Schedule)
+        );
+        let busy = demand(&[(NOW - 100, 20)]);
+        assert_eq!(decide(&scheduled, &busy, 60, NOW), (20, Reason::Recent));
+        // On Saturday the schedule is over and the minimum applies at once.
+        assert_eq!(
+            decide(&scheduled, &Demand::new(), 60, NOW + 4 * DAY),
+            (1, Reason::Min)
+        );
+        let fixed = Policy {
+            adaptive: false,
+            ..scheduled
+        };
+        assert_eq!(decide(&fixed, &busy, 60, NOW), (8, Reason::Schedule));
     }
 
     #[test]

@@ -16,6 +16,7 @@ use anyhow::{Context as _, bail};
 use serde::Serialize;
 
 use super::plan::{BUCKET_SECS, Demand, Policy, decide};
+use super::policy::DEFAULT_HIT;
 
 /// How often the simulated sizer runs (the reconciler's default interval).
 pub const SIZER_INTERVAL_SECS: u64 = 30;
@@ -120,7 +121,8 @@ impl Candidate {
                         min: n,
                         max: n,
                         adaptive: false,
-                        hit: 0.99,
+                        hit: DEFAULT_HIT,
+                        schedules: Vec::new(),
                     }
                 }
                 "adaptive" => {
@@ -128,7 +130,8 @@ impl Candidate {
                         min: 0,
                         max: 1000,
                         adaptive: true,
-                        hit: 0.99,
+                        hit: DEFAULT_HIT,
+                        schedules: Vec::new(),
                     };
                     for option in parts.by_ref() {
                         match option.split_once('=') {

@@ -91,6 +91,7 @@ impl Store {
             .key(n.orphaned())
             .key(n.pool_metrics(pool))
             .key(n.metrics())
+            .key(n.boot_times(&pool.to_string()))
             .arg(pool.to_string())
             .arg(&entry.name)
             .arg(serde_json::to_string(entry)?)

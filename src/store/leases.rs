@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 
+use super::sizing::{demand_bucket, demand_day};
 use super::{Lease, PoolEntry, Store, unexpected};
 use crate::metrics;
 use crate::pool::PoolName;
@@ -105,11 +106,13 @@ impl Store {
             .key(n.hints())
             .key(n.pool_metrics(pool))
             .key(n.metrics())
+            .key(n.demand(demand_day(now), &pool.to_string()))
             .arg(identity)
             .arg(pool.to_string())
             .arg(now)
             .arg(deadline)
-            .arg(give_up_at);
+            .arg(give_up_at)
+            .arg(demand_bucket(now));
         let reply: Vec<String> = self.invoke(&invocation).await?;
         let mut reply = reply.into_iter();
         Ok(

@@ -16,6 +16,11 @@
 //! | `<ns>:_metrics` | hash | [`metrics`] | counters and histogram buckets of no pool in particular |
 //! | `<ns>:_metrics:<pool>` | hash | [`metrics`] | the pool's counters (checkouts, boots, evictions) |
 //! | `<ns>:_local_cloud` | hash | [`local_cloud`] | `WARMER_PROVIDER=local`: the simulated VMs |
+//! | `<ns>:_policies` | hash | [`sizing`] | pool → its sizing policy (JSON) |
+//! | `<ns>:_sizing` | hash | [`sizing`] | pool → the sizer's last decision (target, reason, when) |
+//! | `<ns>:_demand:<day>:<pool>` | hash | [`sizing`] | the pool's hits (`h:<bucket>`) and misses (`m:<bucket>`) per 10 s of a UTC day; expires after 9 days |
+//! | `<ns>:_boot_times:<pool>` | list | [`sizing`] | the pool's last 20 boot durations (ms); expires after 9 days |
+//! | `<ns>:_rollovers` | hash | [`sizing`] | pool rolled from → its [`Rollover`] |
 //!
 //! Key names are built by [`Names`]. Every step that must be atomic is a Lua script in
 //! `scripts/`, loaded once behind `scripts/prelude.lua` (the orphan record, written once), whose
@@ -35,6 +40,7 @@ pub mod orphans;
 pub mod pools;
 pub mod reconcile;
 pub mod records;
+pub mod sizing;
 
 use std::future::Future;
 use std::sync::OnceLock;
@@ -50,6 +56,7 @@ pub use boots::{Finished, Reservation};
 pub use leases::{Checkout, Disposal, GiveBack, Settled, Swept, ToSettle};
 pub use pools::{PoolLevel, PoolStatus};
 pub use records::{Lease, LeaseState, Orphan, OrphanRecord, PoolEntry};
+pub use sizing::Decision;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -85,6 +92,10 @@ struct Scripts {
     forget_orphan: redis::Script,
     lock: redis::Script,
     unlock: redis::Script,
+    set_policy: redis::Script,
+    size_pools: redis::Script,
+    start_rollover: redis::Script,
+    finish_rollover: redis::Script,
 }
 
 fn scripts() -> &'static Scripts {
@@ -111,6 +122,10 @@ fn scripts() -> &'static Scripts {
             forget_orphan: script(include_str!("scripts/forget_orphan.lua")),
             lock: script(include_str!("scripts/lock.lua")),
             unlock: script(include_str!("scripts/unlock.lua")),
+            set_policy: script(include_str!("scripts/set_policy.lua")),
+            size_pools: script(include_str!("scripts/size_pools.lua")),
+            start_rollover: script(include_str!("scripts/start_rollover.lua")),
+            finish_rollover: script(include_str!("scripts/finish_rollover.lua")),
         }
     })
 }

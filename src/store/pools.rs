@@ -65,6 +65,8 @@ impl Store {
             .key(n.orphaned())
             .key(n.pool_metrics(pool))
             .key(n.metrics())
+            .key(n.policies())
+            .key(n.sizing())
             .arg(pool.to_string());
         let moved: i64 = invocation.invoke_async(&mut self.conn.clone()).await?;
         Ok(u64::try_from(moved).ok())

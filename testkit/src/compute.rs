@@ -44,6 +44,9 @@ pub struct State {
     pub insert_faults: VecDeque<u16>,
     pub stockout_zones: HashSet<String>,
     pub quota_exhausted: bool,
+    /// Images that do not exist: an insert booting one is refused with 404, as the real API
+    /// does for a deleted or misspelled image.
+    pub missing_images: HashSet<String>,
     /// Operations never reach DONE.
     pub never_finish: bool,
     pub boot_delay: Duration,
@@ -468,6 +471,18 @@ fn insert(
     };
     if let Err(message) = check_insert_body(zone, &body) {
         return error(400, "invalid", &message);
+    }
+    let image = body["disks"][0]["initializeParams"]["sourceImage"]
+        .as_str()
+        .unwrap_or_default();
+    if let Some((_, name)) = image.rsplit_once("/images/")
+        && state.missing_images.contains(name)
+    {
+        return error(
+            404,
+            "notFound",
+            &format!("The resource '{image}' was not found"),
+        );
     }
     let name = body["name"].as_str().unwrap_or_default().to_string();
     if state.instances.contains_key(&name) {

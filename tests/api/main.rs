@@ -16,6 +16,7 @@ mod refill;
 mod scripts;
 mod secrets;
 mod simulate;
+mod sizing;
 mod topology;
 mod watchdog;
 mod web;

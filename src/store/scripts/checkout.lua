@@ -3,8 +3,10 @@
 -- KEYS[1] poolconfigs hash   KEYS[2] the pool's list   KEYS[3] leases hash
 -- KEYS[4] lease deadlines zset   KEYS[5] orphaned list   KEYS[6] refill hints zset
 -- KEYS[7] the pool's metrics hash   KEYS[8] the metrics hash of no pool
+-- KEYS[9] the pool's demand hash of today
 -- ARGV[1] request identity   ARGV[2] pool name   ARGV[3] now (ms)
 -- ARGV[4] the request's deadline (ms)   ARGV[5] when an unsettled lease is given up (ms)
+-- ARGV[6] now's demand bucket within the day
 --
 -- Invariant: a VM leaves the pool only into a lease keyed by the request's identity, in the same
 -- step. A request that comes again (redelivery, retry after an I/O error) finds its lease and
@@ -18,6 +20,10 @@
 -- Counts the request's outcome when it is decided here (checkouts|<outcome>): pool_empty,
 -- no_pool, expired (nothing popped), unsettled; a popped VM is counted handed_out by settle.lua
 -- once its reply is confirmed.
+--
+-- Records the request as demand for the sizer when it first takes or misses a VM: h:<bucket>
+-- (a hit) or m:<bucket> (a miss) in the pool's demand hash of the day, which expires 9 days
+-- after its last write (the sizer reads at most 8 days back).
 --
 -- Returns {"popped", entry, hint} | {"lease", entry} | {"orphaned", entry} | {"expired"}
 --       | {"no_pool"} | {"empty", hint}
@@ -48,6 +54,10 @@ if not exists then
   count(KEYS[8], 'checkouts|no_pool')
   return {'no_pool'}
 end
+local function arrived(kind)
+  redis.call('HINCRBY', KEYS[9], kind .. ':' .. ARGV[6], 1)
+  redis.call('EXPIRE', KEYS[9], 777600)
+end
 local function hint()
   if redis.call('ZADD', KEYS[6], 'NX', now, pool) == 1 then return '1' end
   return '0'
@@ -55,9 +65,11 @@ end
 local entry = redis.call('LPOP', KEYS[2])
 if not entry then
   count(KEYS[7], 'checkouts|pool_empty')
+  arrived('m')
   return {'empty', hint()}
 end
 redis.call('HSET', KEYS[3], identity,
   cjson.encode({state = 'pending', pool = pool, entry = entry, at = now}))
 redis.call('ZADD', KEYS[4], ARGV[5], identity)
+arrived('h')
 return {'popped', entry, hint()}

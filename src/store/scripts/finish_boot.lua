@@ -3,6 +3,7 @@
 --
 -- KEYS[1] poolconfigs hash   KEYS[2] the pool's list   KEYS[3] the pool's booting zset
 -- KEYS[4] orphaned list   KEYS[5] the pool's metrics hash   KEYS[6] the metrics hash of no pool
+-- KEYS[7] the pool's boot times list
 -- ARGV[1] pool name   ARGV[2] VM name   ARGV[3] pool entry (JSON)   ARGV[4] zone   ARGV[5] now (ms)
 -- ARGV[6] the bucket of the boot's duration   ARGV[7] the boot's duration (ms)
 --
@@ -14,10 +15,16 @@
 --
 -- Counts boots|<zone>|<result> (the result returned; a deleted pool's under no pool) and
 -- observes the boot's duration in boot_duration|<zone>, whatever the result: the cloud took
--- that long.
+-- that long. The duration also joins the pool's last 20 boot times, for the sizer (unless the
+-- pool is gone); the list expires 9 days after the pool's last boot.
 -- Returns "ready", "expired", "no_pool" or "surplus".
 local function counted(result, metrics)
   count(metrics or KEYS[5], 'boots|' .. ARGV[4] .. '|' .. result)
+  if not metrics then
+    redis.call('LPUSH', KEYS[7], ARGV[7])
+    redis.call('LTRIM', KEYS[7], 0, 19)
+    redis.call('EXPIRE', KEYS[7], 777600)
+  end
   observe(KEYS[6], 'boot_duration|' .. ARGV[4], ARGV[6], ARGV[7])
   return result
 end

@@ -1,0 +1,286 @@
+//! The sizer: one step of the active reconciler's pass. It reads every policy, the demand and
+//! boot times of the pools that size from demand, decides each pool's target with the pure
+//! [`plan::decide`], writes the targets that changed (with why) to `poolconfigs`, and moves
+//! rollovers along (completes or aborts them with [`plan::judge`]). The reconcile pass that
+//! follows publishes fills for pools now below target and evicts surplus of pools lowered.
+//!
+//! While the safety brake holds, it changes nothing.
+//!
+//! During a rollover the new pool is sized like the old one, from both pools' demand (workers
+//! may move to the new image before it is at target), and at least at the old pool's target.
+//! For 9 days after a rollover completed, the new pool's demand includes the old pool's, so
+//! last week's history is not lost with the image name.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::plan::{self, Verdict};
+use super::policy::Policy;
+use crate::events::{Event, Events};
+use crate::pool::parse_target;
+use crate::store::sizing::{History, Rollover, RolloverState, SizingView};
+use crate::store::{Decision, Store, now_ms};
+
+/// How long a finished rollover is kept: as long as the demand it lends its new pool.
+const FINISHED_KEPT_SECS: u64 = 9 * 86_400;
+
+/// The sizer's clock (Unix seconds): the system's, or one a test sets.
+#[derive(Clone, Debug, Default)]
+pub struct Clock(Option<Arc<AtomicU64>>);
+
+impl Clock {
+    /// A clock that says `at` until it is [`Self::set`].
+    pub fn manual(at: u64) -> Self {
+        Clock(Some(Arc::new(AtomicU64::new(at))))
+    }
+
+    pub fn set(&self, at: u64) {
+        if let Some(clock) = &self.0 {
+            clock.store(at, Ordering::SeqCst);
+        }
+    }
+
+    pub fn now(&self) -> u64 {
+        self.0
+            .as_ref()
+            .map_or(now_ms() / 1000, |clock| clock.load(Ordering::SeqCst))
+    }
+}
+
+/// What one sizing step did.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// The brake held: nothing was looked at.
+    pub frozen: bool,
+    /// Pools whose target or reason changed: (pool, target before, decision).
+    pub changed: Vec<(String, Option<u64>, Decision)>,
+    /// Rollovers finished: (from, to, verdict).
+    pub finished: Vec<(String, String, Verdict)>,
+}
+
+/// Sizes every pool with a policy and moves rollovers along, at `now` (Unix seconds).
+pub async fn step(store: &Store, events: &Events, now: u64) -> anyhow::Result<Report> {
+    let view = store.sizing_view().await?;
+    if view.brake {
+        return Ok(Report {
+            frozen: true,
+            ..Report::default()
+        });
+    }
+    for (pool, policy) in &view.policies {
+        if let Err(error) = policy {
+            tracing::warn!(%pool, %error, "unreadable policy: the pool keeps its target");
+        }
+    }
+    let rolling: BTreeMap<&str, &str> = view
+        .rollovers
+        .iter()
+        .filter(|(_, r)| r.state == RolloverState::Rolling)
+        .map(|(from, r)| (r.to.as_str(), from.as_str()))
+        .collect();
+    let histories = store
+        .histories(&demand_read(&view, &rolling), &plan::windows(now))
+        .await?;
+    let decided = decide_all(&view, &rolling, &histories, now);
+    let changed: Vec<(String, Option<u64>, Decision)> = decided
+        .iter()
+        .filter(|(pool, decision)| {
+            let target = view.targets.get(*pool).and_then(|t| parse_target(t));
+            let reason = view.decisions.get(*pool).map(|d| d.reason.as_str());
+            target != Some(u64::from(decision.target)) || reason != Some(&decision.reason)
+        })
+        .map(|(pool, decision)| {
+            let before = view.targets.get(pool).and_then(|t| parse_target(t));
+            (pool.clone(), before, decision.clone())
+        })
+        .collect();
+    let writes: Vec<(String, Decision)> = changed
+        .iter()
+        .map(|(pool, _, decision)| (pool.clone(), decision.clone()))
+        .collect();
+    store.apply_decisions(&writes).await?;
+    for (pool, before, decision) in &changed {
+        tracing::info!(
+            %pool,
+            before = ?before,
+            target = decision.target,
+            reason = decision.reason,
+            "sized"
+        );
+    }
+    let finished = move_rollovers(store, events, &view, &decided, now).await?;
+    Ok(Report {
+        frozen: false,
+        changed,
+        finished,
+    })
+}
+
+/// The pool whose policy sizes `pool`: during a rollover the new pool is sized as the old one.
+fn policy_of<'a>(
+    view: &'a SizingView,
+    rolling: &BTreeMap<&str, &str>,
+    pool: &str,
+) -> Option<&'a Policy> {
+    let owner = rolling.get(pool).copied().unwrap_or(pool);
+    view.policies.get(owner)?.as_ref().ok()
+}
+
+/// Pools whose demand counts for `pool`: its own, and that of pools rolled (or rolling) into
+/// it.
+fn demand_sources<'a>(view: &'a SizingView, pool: &'a str) -> impl Iterator<Item = &'a str> {
+    std::iter::once(pool).chain(
+        view.rollovers
+            .iter()
+            .filter(move |(_, r)| r.to == pool && r.state != RolloverState::Aborted)
+            .map(|(from, _)| from.as_str()),
+    )
+}
+
+/// Pools whose demand and boot times must be read: the sources of every adaptive pool.
+fn demand_read(view: &SizingView, rolling: &BTreeMap<&str, &str>) -> BTreeSet<String> {
+    view.targets
+        .keys()
+        .filter(|pool| policy_of(view, rolling, pool).is_some_and(|p| p.adaptive))
+        .flat_map(|pool| demand_sources(view, pool))
+        .map(String::from)
+        .collect()
+}
+
+/// Every sized pool's decision: pools with a policy, then the new pools of rollovers (which
+/// follow their old pool's new target).
+fn decide_all(
+    view: &SizingView,
+    rolling: &BTreeMap<&str, &str>,
+    histories: &BTreeMap<String, History>,
+    now: u64,
+) -> BTreeMap<String, Decision> {
+    let decide = |pool: &str, policy: &Policy| {
+        let mut demand = plan::Demand::new();
+        let mut boot_ms = Vec::new();
+        for source in demand_sources(view, pool) {
+            if let Some(history) = histories.get(source) {
+                for (at, n) in &history.demand {
+                    *demand.entry(*at).or_default() += n;
+                }
+                if boot_ms.is_empty() {
+                    boot_ms.clone_from(&history.boot_ms);
+                }
+            }
+        }
+        plan::decide(policy, &demand, plan::boot_secs(&boot_ms), now)
+    };
+    let mut decided: BTreeMap<String, Decision> = BTreeMap::new();
+    for pool in view.targets.keys() {
+        if rolling.contains_key(pool.as_str()) {
+            continue;
+        }
+        if let Some(Ok(policy)) = view.policies.get(pool) {
+            let (target, reason) = decide(pool, policy);
+            decided.insert(
+                pool.clone(),
+                Decision {
+                    target,
+                    reason: reason.label().to_string(),
+                    at: now,
+                },
+            );
+        }
+    }
+    for (to, from) in rolling {
+        if !view.targets.contains_key(*to) {
+            continue;
+        }
+        let from_target = decided.get(*from).map(|d| d.target).or_else(|| {
+            let target = view.targets.get(*from).and_then(|t| parse_target(t))?;
+            u32::try_from(target).ok()
+        });
+        let own = policy_of(view, rolling, to).map(|policy| decide(to, policy).0);
+        let target = own.max(from_target).unwrap_or(0);
+        decided.insert(
+            to.to_string(),
+            Decision {
+                target,
+                reason: "rollover".into(),
+                at: now,
+            },
+        );
+    }
+    decided
+}
+
+/// Completes or aborts each rollover in progress, and forgets long-finished ones.
+async fn move_rollovers(
+    store: &Store,
+    events: &Events,
+    view: &SizingView,
+    decided: &BTreeMap<String, Decision>,
+    now: u64,
+) -> anyhow::Result<Vec<(String, String, Verdict)>> {
+    let in_progress: Vec<(&String, &Rollover)> = view
+        .rollovers
+        .iter()
+        .filter(|(_, r)| r.state == RolloverState::Rolling)
+        .collect();
+    let tos: Vec<&str> = in_progress.iter().map(|(_, r)| r.to.as_str()).collect();
+    let progress = store.progress(&tos).await?;
+    let mut finished = Vec::new();
+    for ((from, rollover), progress) in in_progress.into_iter().zip(progress) {
+        let to = &rollover.to;
+        let verdict = match decided.get(to) {
+            _ if !view.targets.contains_key(from) => Verdict::Abort(format!("{from} was deleted")),
+            None => Verdict::Abort(format!("{to} was deleted")),
+            Some(decision) => plan::judge(
+                progress.ready,
+                decision.target,
+                progress.failed.saturating_sub(rollover.failed_before),
+                progress.booted.saturating_sub(rollover.ready_before),
+                now,
+                rollover.deadline,
+            ),
+        };
+        let (state, reason) = match &verdict {
+            Verdict::Continue => continue,
+            Verdict::Complete => (RolloverState::Completed, ""),
+            Verdict::Abort(reason) => (RolloverState::Aborted, reason.as_str()),
+        };
+        if !store.finish_rollover(from, state, now, reason).await? {
+            continue;
+        }
+        let (from, to) = (from.clone(), to.clone());
+        match &verdict {
+            Verdict::Abort(reason) => {
+                tracing::warn!(%from, %to, reason, "rollover aborted: {from} is left as it was");
+                events
+                    .emit(Event::RolloverAborted {
+                        from: from.clone(),
+                        to: to.clone(),
+                        reason: reason.clone(),
+                    })
+                    .await;
+            }
+            _ => {
+                tracing::info!(%from, %to, "rollover completed: {from} goes to target 0");
+                events
+                    .emit(Event::RolloverCompleted {
+                        from: from.clone(),
+                        to: to.clone(),
+                    })
+                    .await;
+            }
+        }
+        finished.push((from, to, verdict));
+    }
+    let forgotten: Vec<&str> = view
+        .rollovers
+        .iter()
+        .filter(|(_, r)| {
+            r.finished_at
+                .is_some_and(|at| at + FINISHED_KEPT_SECS < now)
+        })
+        .map(|(from, _)| from.as_str())
+        .collect();
+    store.forget_rollovers(&forgotten).await?;
+    Ok(finished)
+}
