@@ -38,7 +38,7 @@ async fn status_shows_target_ready_and_the_oldest_age() {
     let status = operator::status(&app.ctx).await.unwrap();
 
     let row: Vec<&str> = status.lines().nth(1).unwrap().split_whitespace().collect();
-    assert_eq!(row, [POOL, "5", "2", "0", "0", "3h"]);
+    assert_eq!(row, [POOL, "5", "-", "-", "static", "2", "0", "0", "3h"]);
 }
 
 #[tokio::test]
