@@ -24,7 +24,7 @@ use crate::deletion::Deleter;
 use crate::events::{Event, Events, FillCommand, RefillMessage};
 use crate::names::Names;
 use crate::shutdown::Shutdown;
-use crate::sizing::sizer::{self, Clock};
+use crate::sizing::sizer::{self, Clock, Sizer};
 use crate::store::now_ms;
 use crate::topology;
 use plan::LeasedVm;
@@ -94,6 +94,7 @@ pub struct Reconciler {
     cloud: Cloud,
     owner: String,
     deleter: tokio::sync::Mutex<Deleter>,
+    sizer: Sizer,
     clock: Clock,
 }
 
@@ -104,6 +105,7 @@ impl Reconciler {
             ctx,
             cloud,
             owner: format!("reconciler-{}", uuid::Uuid::new_v4().simple()),
+            sizer: Sizer::default(),
             clock: Clock::default(),
         }
     }
@@ -252,7 +254,10 @@ impl Reconciler {
         // lowered. A failed sizing leaves targets as they were; reconciling goes on.
         let unconnected = Events::new(self.ctx.names.clone());
         let events = broker.map_or(&unconnected, |b| &b.events);
-        let sizing = sizer::step(&self.ctx.store, events, self.clock.now()).await;
+        let sizing = self
+            .sizer
+            .step(&self.ctx.store, events, self.clock.now())
+            .await;
         let sizing = match sizing {
             Ok(sizing) => sizing,
             Err(error) => {

@@ -11,9 +11,11 @@
 //! - the last [`IDLE_SECS`] (3 h): the target follows demand up at once, and comes down only
 //!   once the busy period has left the window, i.e. after the VMs it called for sat unused that
 //!   long;
-//! - the coming [`LOOKAHEAD_SECS`] (2 h) one day and one week ago (last week's only from
-//!   Friday to Saturday and Sunday to Monday): the morning peak is ready before it starts (CI
-//!   load repeats daily and weekly), instead of being met with cold boots.
+//! - the time-of-day profile: the past [`PROFILE_DAYS`] days of the same kind (weekdays for a
+//!   weekday, weekend days for a weekend day), from [`PROFILE_BEFORE_SECS`] (1 h) before to
+//!   [`LOOKAHEAD_SECS`] (2 h) after the time of day, taken together. The morning peak is ready
+//!   before it starts (CI load repeats daily), and a pool whose pipelines are rare on any one
+//!   day but come most days at that hour keeps room for one.
 
 use std::collections::BTreeMap;
 
@@ -21,8 +23,15 @@ use std::collections::BTreeMap;
 pub const BUCKET_SECS: u64 = 10;
 /// How long VMs called for by demand are kept after that demand is gone.
 pub const IDLE_SECS: u64 = 3 * 3600;
-/// How far ahead the daily and weekly history is read.
+/// How far ahead of the time of day the profile reads past days.
 pub const LOOKAHEAD_SECS: u64 = 2 * 3600;
+/// How far before the time of day the profile reads past days.
+pub const PROFILE_BEFORE_SECS: u64 = 3600;
+/// How many past days the profile reads.
+pub const PROFILE_DAYS: u64 = 7;
+/// Days of the same kind (weekday, weekend day) with demand the profile needs before it reads
+/// only those; until then it reads every day.
+pub const PROFILE_ALIKE_DAYS: usize = 2;
 const DAY: u64 = 86_400;
 
 pub use super::policy::Policy;
@@ -40,7 +49,7 @@ pub enum Reason {
     Schedule,
     /// The last [`IDLE_SECS`] of demand.
     Recent,
-    /// The same hour a day or a week ago.
+    /// The same time of day on past days (the profile).
     History,
     /// Demand asks for more than the maximum.
     Max,
@@ -77,20 +86,7 @@ pub fn decide(policy: &Policy, demand: &Demand, boot_secs: u64, now: u64) -> (u3
         now,
         policy.hit,
     );
-    let history = [DAY, 7 * DAY]
-        .iter()
-        .filter_map(|ago| now.checked_sub(*ago))
-        .map(|then| covering(demand, boot_secs, then, then + LOOKAHEAD_SECS, policy.hit))
-        .max()
-        .unwrap_or(0);
-    let history = if is_weekend(now) != is_weekend(now.saturating_sub(DAY)) {
-        // Monday does not follow Sunday's demand, nor Saturday Friday's: last week's only.
-        now.checked_sub(7 * DAY).map_or(0, |then| {
-            covering(demand, boot_secs, then, then + LOOKAHEAD_SECS, policy.hit)
-        })
-    } else {
-        history
-    };
+    let history = profile(demand, boot_secs, now, policy.hit);
     let (wanted, reason) = if history > recent {
         (history, Reason::History)
     } else {
@@ -123,20 +119,10 @@ pub fn boot_secs(boot_ms: &[u64]) -> u64 {
     sorted[index].div_ceil(1000).clamp(1, MAX_BOOT_SECS)
 }
 
-/// The time ranges (`[from, to)`, Unix seconds) of demand [`decide`] reads at `now`.
-pub fn windows(now: u64) -> [(u64, u64); 3] {
-    let window = |from: u64, to: u64| (from.saturating_sub(MAX_BOOT_SECS), to);
-    [
-        window(now.saturating_sub(IDLE_SECS), now + 1),
-        window(
-            now.saturating_sub(DAY),
-            now.saturating_sub(DAY) + LOOKAHEAD_SECS,
-        ),
-        window(
-            now.saturating_sub(7 * DAY),
-            now.saturating_sub(7 * DAY) + LOOKAHEAD_SECS,
-        ),
-    ]
+/// The time range (`[from, to)`, Unix seconds) of demand [`decide`] reads at `now`.
+pub fn window(now: u64) -> (u64, u64) {
+    let from = now.saturating_sub(PROFILE_DAYS * DAY + PROFILE_BEFORE_SECS + MAX_BOOT_SECS);
+    (from, now + 1)
 }
 
 /// Failed boots of a rollover's new pool after which it is aborted, when they outnumber its
@@ -187,11 +173,55 @@ fn is_weekend(at: u64) -> bool {
 /// The smallest target under which a share `hit` of the arrivals in `[from, to)` find a warm
 /// VM, each arrival seeing the arrivals of the `boot_secs` before it (its bucket included).
 pub fn covering(demand: &Demand, boot_secs: u64, from: u64, to: u64, hit: f64) -> u32 {
+    let mut loads = Vec::new();
+    loads_into(&mut loads, demand, boot_secs, from, to);
+    quantile(loads, hit)
+}
+
+/// The time-of-day profile: what covers a share `hit` of the arrivals of the past
+/// [`PROFILE_DAYS`] days from [`PROFILE_BEFORE_SECS`] before to [`LOOKAHEAD_SECS`] after the
+/// time of `now`, taken together — weekdays for a weekday, weekend days for a weekend day
+/// (every day until [`PROFILE_ALIKE_DAYS`] of them have demand). Together, because a pipeline in a given pool
+/// at a given hour is rare on any one day, yet likely on some day of the week: one day's
+/// window would miss it, the week's does not.
+fn profile(demand: &Demand, boot_secs: u64, now: u64, hit: f64) -> u32 {
+    let days: Vec<u64> = (1..=PROFILE_DAYS)
+        .filter_map(|ago| now.checked_sub(ago * DAY))
+        .collect();
+    let window = |then: u64| {
+        (
+            then.saturating_sub(PROFILE_BEFORE_SECS),
+            then + LOOKAHEAD_SECS,
+        )
+    };
+    let alike: Vec<u64> = days
+        .iter()
+        .copied()
+        .filter(|then| is_weekend(*then) == is_weekend(now))
+        .filter(|then| {
+            let (from, to) = window(*then);
+            demand.range(from..to).next().is_some()
+        })
+        .collect();
+    let days = if alike.len() < PROFILE_ALIKE_DAYS {
+        days
+    } else {
+        alike
+    };
+    let mut loads = Vec::new();
+    for then in days {
+        let (from, to) = window(then);
+        loads_into(&mut loads, demand, boot_secs, from, to);
+    }
+    quantile(loads, hit)
+}
+
+/// Adds `(load, arrivals)` for each bucket of `[from, to)` with arrivals: the arrivals of the
+/// `boot_secs` up to and including the bucket.
+fn loads_into(loads: &mut Vec<(u32, u32)>, demand: &Demand, boot_secs: u64, from: u64, to: u64) {
     let span = boot_secs.div_ceil(BUCKET_SECS).max(1);
     let first = from / BUCKET_SECS * BUCKET_SECS;
     let window_start = first.saturating_sub((span - 1) * BUCKET_SECS);
-    // (load seen by the arrivals of a bucket, how many arrived)
-    let mut loads: Vec<(u32, u32)> = Vec::new();
     let mut window: std::collections::VecDeque<(u64, u32)> = std::collections::VecDeque::new();
     let mut in_window: u32 = 0;
     for (&at, &n) in demand.range(window_start..to) {
@@ -209,6 +239,10 @@ pub fn covering(demand: &Demand, boot_secs: u64, from: u64, to: u64, hit: f64) -
             loads.push((in_window, n));
         }
     }
+}
+
+/// The smallest load under which a share `hit` of the arrivals fall.
+fn quantile(mut loads: Vec<(u32, u32)>, hit: f64) -> u32 {
     let total: u64 = loads.iter().map(|(_, n)| u64::from(*n)).sum();
     if total == 0 {
         return 0;
@@ -276,7 +310,7 @@ mod tests {
     }
 
     #[test]
-    fn yesterdays_and_last_weeks_coming_hour_raise_the_target_before_the_peak() {
+    fn past_days_coming_hours_raise_the_target_before_the_peak() {
         let yesterday = demand(&[(NOW - DAY + 1800, 25)]);
         assert_eq!(
             decide(&policy(), &yesterday, 60, NOW),
@@ -289,10 +323,32 @@ mod tests {
         );
         let too_late = demand(&[(NOW - DAY + LOOKAHEAD_SECS + 10, 25)]);
         assert_eq!(decide(&policy(), &too_late, 60, NOW), (1, Reason::Min));
-        // A Monday does not follow Sunday's demand.
+        let long_ago = demand(&[(NOW - 8 * DAY, 25)]);
+        assert_eq!(decide(&policy(), &long_ago, 60, NOW), (1, Reason::Min));
+    }
+
+    #[test]
+    fn a_pipeline_rare_on_any_day_but_seen_this_week_keeps_room_for_one() {
+        // At this hour, a lone job each day, and a pipeline of 30 on last Friday.
+        let mut arrivals: Vec<(u64, u32)> = (1..=7).map(|d| (NOW - d * DAY + 60, 1)).collect();
+        arrivals.push((NOW - 4 * DAY + 900, 30));
+        assert_eq!(
+            decide(&policy(), &demand(&arrivals), 60, NOW),
+            (30, Reason::History)
+        );
+    }
+
+    #[test]
+    fn weekdays_follow_weekdays_and_weekends_weekends_once_there_are_two_of_them() {
         let monday = NOW - DAY;
-        let sunday = demand(&[(monday - DAY + 600, 25)]);
-        assert_eq!(decide(&policy(), &sunday, 60, monday), (1, Reason::Min));
+        // Sunday was busy; last Thursday and Friday were quiet at this hour.
+        let mut arrivals = vec![(monday - DAY + 600, 25)];
+        let alike = [(monday - 4 * DAY + 600, 2), (monday - 3 * DAY + 600, 2)];
+        arrivals.extend(alike);
+        assert_eq!(decide(&policy(), &demand(&arrivals), 60, monday).0, 2);
+        // With one weekday of history only, every day counts.
+        arrivals.truncate(2);
+        assert_eq!(decide(&policy(), &demand(&arrivals), 60, monday).0, 25);
     }
 
     #[test]
@@ -319,22 +375,14 @@ mod tests {
     }
 
     #[test]
-    fn every_window_decide_reads_is_covered() {
-        let windows = windows(NOW);
-        // Busy within the idle time, and the coming hours a day and a week ago.
-        for at in [
-            NOW - IDLE_SECS + 5,
-            NOW,
-            NOW - DAY + LOOKAHEAD_SECS - 1,
-            NOW - 7 * DAY,
-        ] {
-            assert!(windows.iter().any(|(from, to)| (*from..*to).contains(&at)));
+    fn the_window_read_covers_every_demand_decide_looks_at() {
+        let (from, to) = window(NOW);
+        for at in [NOW, NOW - IDLE_SECS, NOW - 7 * DAY - PROFILE_BEFORE_SECS] {
+            assert!((from..to).contains(&at));
+            // Moving demand just outside the window changes nothing: decide does not read it.
         }
-        assert!(
-            !windows
-                .iter()
-                .any(|(from, to)| (*from..*to).contains(&(NOW - 2 * DAY)))
-        );
+        let outside = demand(&[(from - BUCKET_SECS, 40)]);
+        assert_eq!(decide(&policy(), &outside, 60, NOW), (1, Reason::Min));
     }
 
     #[test]

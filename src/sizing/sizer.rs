@@ -12,18 +12,33 @@
 //! last week's history is not lost with the image name.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use super::plan::{self, Verdict};
 use super::policy::Policy;
 use crate::events::{Event, Events};
 use crate::pool::parse_target;
-use crate::store::sizing::{History, Rollover, RolloverState, SizingView};
+use crate::store::sizing::{DayDemand, Rollover, RolloverState, SizingView};
 use crate::store::{Decision, Store, now_ms};
 
 /// How long a finished rollover is kept: as long as the demand it lends its new pool.
-const FINISHED_KEPT_SECS: u64 = 9 * 86_400;
+const FINISHED_KEPT_SECS: u64 = 9 * DAY;
+const DAY: u64 = 86_400;
+
+/// A pool's demand and its recent boot durations (ms, newest first).
+#[derive(Debug, Clone, Default)]
+struct History {
+    demand: plan::Demand,
+    boot_ms: Vec<u64>,
+}
+
+/// The active reconciler's sizer. It keeps the demand of past days it has read (a day's
+/// demand no longer changes once the day is over), so that a pass reads only today's.
+#[derive(Debug, Default)]
+pub struct Sizer {
+    past: Mutex<BTreeMap<(String, u64), Arc<DayDemand>>>,
+}
 
 /// The sizer's clock (Unix seconds): the system's, or one a test sets.
 #[derive(Clone, Debug, Default)]
@@ -59,62 +74,113 @@ pub struct Report {
     pub finished: Vec<(String, String, Verdict)>,
 }
 
-/// Sizes every pool with a policy and moves rollovers along, at `now` (Unix seconds).
-pub async fn step(store: &Store, events: &Events, now: u64) -> anyhow::Result<Report> {
-    let view = store.sizing_view().await?;
-    if view.brake {
-        return Ok(Report {
-            frozen: true,
-            ..Report::default()
-        });
-    }
-    for (pool, policy) in &view.policies {
-        if let Err(error) = policy {
-            tracing::warn!(%pool, %error, "unreadable policy: the pool keeps its target");
+impl Sizer {
+    /// Sizes every pool with a policy and moves rollovers along, at `now` (Unix seconds).
+    pub async fn step(&self, store: &Store, events: &Events, now: u64) -> anyhow::Result<Report> {
+        let view = store.sizing_view().await?;
+        if view.brake {
+            return Ok(Report {
+                frozen: true,
+                ..Report::default()
+            });
         }
-    }
-    let rolling: BTreeMap<&str, &str> = view
-        .rollovers
-        .iter()
-        .filter(|(_, r)| r.state == RolloverState::Rolling)
-        .map(|(from, r)| (r.to.as_str(), from.as_str()))
-        .collect();
-    let histories = store
-        .histories(&demand_read(&view, &rolling), &plan::windows(now))
-        .await?;
-    let decided = decide_all(&view, &rolling, &histories, now);
-    let changed: Vec<(String, Option<u64>, Decision)> = decided
-        .iter()
-        .filter(|(pool, decision)| {
-            let target = view.targets.get(*pool).and_then(|t| parse_target(t));
-            let reason = view.decisions.get(*pool).map(|d| d.reason.as_str());
-            target != Some(u64::from(decision.target)) || reason != Some(&decision.reason)
+        for (pool, policy) in &view.policies {
+            if let Err(error) = policy {
+                tracing::warn!(%pool, %error, "unreadable policy: the pool keeps its target");
+            }
+        }
+        let rolling: BTreeMap<&str, &str> = view
+            .rollovers
+            .iter()
+            .filter(|(_, r)| r.state == RolloverState::Rolling)
+            .map(|(from, r)| (r.to.as_str(), from.as_str()))
+            .collect();
+        let histories = self
+            .histories(store, &demand_read(&view, &rolling), now)
+            .await?;
+        let decided = decide_all(&view, &rolling, &histories, now);
+        let changed: Vec<(String, Option<u64>, Decision)> = decided
+            .iter()
+            .filter(|(pool, decision)| {
+                let target = view.targets.get(*pool).and_then(|t| parse_target(t));
+                let reason = view.decisions.get(*pool).map(|d| d.reason.as_str());
+                target != Some(u64::from(decision.target)) || reason != Some(&decision.reason)
+            })
+            .map(|(pool, decision)| {
+                let before = view.targets.get(pool).and_then(|t| parse_target(t));
+                (pool.clone(), before, decision.clone())
+            })
+            .collect();
+        let writes: Vec<(String, Decision)> = changed
+            .iter()
+            .map(|(pool, _, decision)| (pool.clone(), decision.clone()))
+            .collect();
+        store.apply_decisions(&writes).await?;
+        for (pool, before, decision) in &changed {
+            tracing::info!(
+                %pool,
+                before = ?before,
+                target = decision.target,
+                reason = decision.reason,
+                "sized"
+            );
+        }
+        let finished = move_rollovers(store, events, &view, &decided, now).await?;
+        Ok(Report {
+            frozen: false,
+            changed,
+            finished,
         })
-        .map(|(pool, decision)| {
-            let before = view.targets.get(pool).and_then(|t| parse_target(t));
-            (pool.clone(), before, decision.clone())
-        })
-        .collect();
-    let writes: Vec<(String, Decision)> = changed
-        .iter()
-        .map(|(pool, _, decision)| (pool.clone(), decision.clone()))
-        .collect();
-    store.apply_decisions(&writes).await?;
-    for (pool, before, decision) in &changed {
-        tracing::info!(
-            %pool,
-            before = ?before,
-            target = decision.target,
-            reason = decision.reason,
-            "sized"
-        );
     }
-    let finished = move_rollovers(store, events, &view, &decided, now).await?;
-    Ok(Report {
-        frozen: false,
-        changed,
-        finished,
-    })
+
+    /// The demand [`plan::decide`] reads at `now` and the boot times of `pools`: past days from
+    /// memory once read, the rest from Redis.
+    async fn histories(
+        &self,
+        store: &Store,
+        pools: &BTreeSet<String>,
+        now: u64,
+    ) -> anyhow::Result<BTreeMap<String, History>> {
+        let (from, to) = plan::window(now);
+        let days: Vec<u64> = (from / DAY..=to.saturating_sub(1) / DAY).collect();
+        // Over a minute ago: a checkout that took its time still counted in its own day.
+        let is_over = |day: u64| (day + 1) * DAY + 60 <= now;
+        let wanted: Vec<(String, u64)> = {
+            let mut past = self.past.lock().unwrap_or_else(|e| e.into_inner());
+            past.retain(|(pool, day), _| pools.contains(pool) && days.contains(day));
+            pools
+                .iter()
+                .flat_map(|pool| days.iter().map(move |day| (pool.clone(), *day)))
+                .filter(|key| !past.contains_key(key))
+                .collect()
+        };
+        let pool_list: Vec<String> = pools.iter().cloned().collect();
+        let (read, boots) = store.histories(&wanted, &pool_list).await?;
+        let mut past = self.past.lock().unwrap_or_else(|e| e.into_inner());
+        let mut fresh: BTreeMap<(String, u64), Arc<DayDemand>> = BTreeMap::new();
+        for (key, demand) in wanted.into_iter().zip(read) {
+            let demand = Arc::new(demand);
+            if is_over(key.1) {
+                past.insert(key.clone(), demand.clone());
+            }
+            fresh.insert(key, demand);
+        }
+        let mut histories = BTreeMap::new();
+        for (pool, boot_ms) in pool_list.into_iter().zip(boots) {
+            let mut history = History {
+                boot_ms,
+                ..History::default()
+            };
+            for day in &days {
+                let key = (pool.clone(), *day);
+                if let Some(demand) = fresh.get(&key).or_else(|| past.get(&key)) {
+                    history.demand.extend(demand.iter().copied());
+                }
+            }
+            histories.insert(pool, history);
+        }
+        Ok(histories)
+    }
 }
 
 /// The pool whose policy sizes `pool`: during a rollover the new pool is sized as the old one.

@@ -2,14 +2,14 @@
 //! (`<ns>:_demand:<day>:<pool>`, written by `checkout.lua`), boot times
 //! (`<ns>:_boot_times:<pool>`, written by `finish_boot.lua`) and rollovers (`<ns>:_rollovers`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 use super::{Store, unexpected};
 use crate::pool::PoolName;
-use crate::sizing::plan::{BUCKET_SECS, Demand};
+use crate::sizing::plan::BUCKET_SECS;
 use crate::sizing::policy::Policy;
 
 const DAY: u64 = 86_400;
@@ -97,12 +97,8 @@ pub struct SizingView {
     pub brake: bool,
 }
 
-/// A pool's demand and its recent boot durations (ms, newest first).
-#[derive(Debug, Clone, Default)]
-pub struct History {
-    pub demand: Demand,
-    pub boot_ms: Vec<u64>,
-}
+/// One pool's arrivals on one UTC day: (bucket start, arrivals), in time order.
+pub type DayDemand = Vec<(u64, u32)>;
 
 impl Store {
     /// Targets, policies, decisions, rollovers and the brake, in one MULTI.
@@ -145,25 +141,22 @@ impl Store {
         })
     }
 
-    /// Each pool's demand in the windows `[from, to)` (Unix seconds; a pool's demand hashes of
-    /// every UTC day they touch) and its recent boot times, in one round trip.
+    /// The demand of each `(pool, day)` (UTC day: Unix seconds / 86400) as (bucket start,
+    /// arrivals) in time order, and each pool's recent boot times (ms, newest first), in one
+    /// round trip.
     pub async fn histories(
         &self,
-        pools: &BTreeSet<String>,
-        windows: &[(u64, u64)],
-    ) -> anyhow::Result<BTreeMap<String, History>> {
-        if pools.is_empty() {
-            return Ok(BTreeMap::new());
+        days: &[(String, u64)],
+        pools: &[String],
+    ) -> anyhow::Result<(Vec<DayDemand>, Vec<Vec<u64>>)> {
+        if days.is_empty() && pools.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
         }
-        let days: BTreeSet<u64> = windows
-            .iter()
-            .flat_map(|(from, to)| from / DAY..=to.saturating_sub(1) / DAY)
-            .collect();
         let mut pipe = redis::pipe();
+        for (pool, day) in days {
+            pipe.hgetall(self.names.demand(*day, pool));
+        }
         for pool in pools {
-            for day in &days {
-                pipe.hgetall(self.names.demand(*day, pool));
-            }
             pipe.lrange(self.names.boot_times(pool), 0, -1);
         }
         let pipe = &pipe;
@@ -172,30 +165,28 @@ impl Store {
             .await
             .context("reading demand and boot times")?;
         let mut values = values.into_iter();
-        let mut histories = BTreeMap::new();
-        for pool in pools {
-            let mut history = History::default();
-            for day in &days {
-                let buckets: BTreeMap<String, u32> =
-                    redis::from_redis_value(values.next().unwrap_or(redis::Value::Nil))
-                        .unwrap_or_default();
-                for (field, n) in buckets {
-                    let bucket = field
-                        .split_once(':')
-                        .and_then(|(_, b)| b.parse::<u64>().ok());
-                    if let Some(bucket) = bucket.filter(|b| b * BUCKET_SECS < DAY) {
-                        *history
-                            .demand
-                            .entry(day * DAY + bucket * BUCKET_SECS)
-                            .or_default() += n;
-                    }
+        let mut demand = Vec::with_capacity(days.len());
+        for (_, day) in days {
+            let buckets: BTreeMap<String, u32> =
+                redis::from_redis_value(values.next().unwrap_or(redis::Value::Nil))
+                    .unwrap_or_default();
+            let mut arrivals: BTreeMap<u64, u32> = BTreeMap::new();
+            for (field, n) in buckets {
+                let bucket = field
+                    .split_once(':')
+                    .and_then(|(_, b)| b.parse::<u64>().ok());
+                if let Some(bucket) = bucket.filter(|b| b * BUCKET_SECS < DAY) {
+                    *arrivals
+                        .entry(day * DAY + bucket * BUCKET_SECS)
+                        .or_default() += n;
                 }
             }
-            history.boot_ms = redis::from_redis_value(values.next().unwrap_or(redis::Value::Nil))
-                .unwrap_or_default();
-            histories.insert(pool.clone(), history);
+            demand.push(arrivals.into_iter().collect());
         }
-        Ok(histories)
+        let boots = values
+            .map(|value| redis::from_redis_value(value).unwrap_or_default())
+            .collect();
+        Ok((demand, boots))
     }
 
     /// Replaces `pool`'s policy, or removes it (`None`); `false` if the pool does not exist
