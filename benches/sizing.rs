@@ -12,7 +12,7 @@
 use std::time::Instant;
 
 use warmer::sizing::simulate::{
-    BootTime, Candidate, Outcome, generate_diurnal, parse_trace, replay,
+    BootTime, Candidate, GENERATED_START, Outcome, generate_diurnal, parse_trace, replay,
 };
 use warmer_testkit::bench::env_or;
 
@@ -20,7 +20,7 @@ fn main() -> anyhow::Result<()> {
     let days = env_or("BENCH_DAYS", 7) as u64;
     let pools = env_or("BENCH_POOLS", 20);
     let seed = env_or("BENCH_SEED", 1) as u64;
-    let trace = parse_trace(&generate_diurnal(days, pools, 1_795_910_400, seed))?;
+    let trace = parse_trace(&generate_diurnal(days, pools, GENERATED_START, seed))?;
     let boot = BootTime::Fixed(45);
     println!(
         "{days} days, {pools} pools, {} checkouts, boots of 45 s",
@@ -75,7 +75,7 @@ fn main() -> anyhow::Result<()> {
     }
 
     // The week after: a trace of twice the days, the first week's outcomes subtracted.
-    let both = parse_trace(&generate_diurnal(2 * days, pools, 1_795_910_400, seed))?;
+    let both = parse_trace(&generate_diurnal(2 * days, pools, GENERATED_START, seed))?;
     let second_week = |policy: &str| -> anyhow::Result<Outcome> {
         let policy = Candidate::parse(policy)?.policy;
         let (_, first) = replay(&trace, &policy, boot);

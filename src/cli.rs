@@ -73,7 +73,8 @@ pub enum Command {
         /// How long a boot takes: `45s`, or a range drawn per boot such as `30s-90s`.
         #[arg(long, default_value = "45s")]
         boot_time: String,
-        /// A policy to compare: `static:N` or `adaptive[:hit=0.99][:min=N][:max=N]`; repeatable.
+        /// A policy to compare: `static:N` or `adaptive[:hit=0.99][:min=N][:max=N]`, either with
+        /// `:schedule=CRON@TZ=MIN` options; repeatable.
         #[arg(long = "policy", default_value = "adaptive")]
         policies: Vec<String>,
         /// Print JSON instead of a table.

@@ -11,8 +11,8 @@
 //! - the last [`IDLE_SECS`] (3 h): the target follows demand up at once, and comes down only
 //!   once the busy period has left the window, i.e. after the VMs it called for sat unused that
 //!   long;
-//! - the time-of-day profile: the past [`PROFILE_DAYS`] days of the same kind (weekdays for a
-//!   weekday, weekend days for a weekend day), from [`PROFILE_BEFORE_SECS`] (1 h) before to
+//! - the time-of-day profile: the past [`PROFILE_DAYS`] days (only weekdays for a weekday once
+//!   three have demand), from [`PROFILE_BEFORE_SECS`] (1 h) before to
 //!   [`LOOKAHEAD_SECS`] (2 h) after the time of day, taken together. The morning peak is ready
 //!   before it starts (CI load repeats daily), and a pool whose pipelines are rare on any one
 //!   day but come most days at that hour keeps room for one.
@@ -30,8 +30,9 @@ pub const PROFILE_BEFORE_SECS: u64 = 3600;
 /// How many past days the profile reads.
 pub const PROFILE_DAYS: u64 = 7;
 /// Days of the same kind (weekday, weekend day) with demand the profile needs before it reads
-/// only those; until then it reads every day.
-pub const PROFILE_ALIKE_DAYS: usize = 2;
+/// only those; until then it reads every day. A week holds two weekend days: too few to learn a
+/// pool's pipelines from, so weekend days always read the whole week.
+pub const PROFILE_ALIKE_DAYS: usize = 3;
 const DAY: u64 = 86_400;
 
 pub use super::policy::Policy;
@@ -180,8 +181,8 @@ pub fn covering(demand: &Demand, boot_secs: u64, from: u64, to: u64, hit: f64) -
 
 /// The time-of-day profile: what covers a share `hit` of the arrivals of the past
 /// [`PROFILE_DAYS`] days from [`PROFILE_BEFORE_SECS`] before to [`LOOKAHEAD_SECS`] after the
-/// time of `now`, taken together — weekdays for a weekday, weekend days for a weekend day
-/// (every day until [`PROFILE_ALIKE_DAYS`] of them have demand). Together, because a pipeline in a given pool
+/// time of `now`, taken together — once [`PROFILE_ALIKE_DAYS`] of them have demand, only days
+/// of the same kind (weekdays for a weekday). Together, because a pipeline in a given pool
 /// at a given hour is rare on any one day, yet likely on some day of the week: one day's
 /// window would miss it, the week's does not.
 fn profile(demand: &Demand, boot_secs: u64, now: u64, hit: f64) -> u32 {
@@ -339,16 +340,22 @@ mod tests {
     }
 
     #[test]
-    fn weekdays_follow_weekdays_and_weekends_weekends_once_there_are_two_of_them() {
+    fn weekdays_follow_weekdays_once_there_are_three_and_weekends_the_whole_week() {
         let monday = NOW - DAY;
-        // Sunday was busy; last Thursday and Friday were quiet at this hour.
+        // Sunday was busy; last Wednesday to Friday were quiet at this hour.
         let mut arrivals = vec![(monday - DAY + 600, 25)];
-        let alike = [(monday - 4 * DAY + 600, 2), (monday - 3 * DAY + 600, 2)];
+        let alike = (3..=5).map(|ago| (monday - ago * DAY + 600, 2));
         arrivals.extend(alike);
         assert_eq!(decide(&policy(), &demand(&arrivals), 60, monday).0, 2);
-        // With one weekday of history only, every day counts.
-        arrivals.truncate(2);
+        // With two weekdays of history only, every day counts.
+        arrivals.truncate(3);
         assert_eq!(decide(&policy(), &demand(&arrivals), 60, monday).0, 25);
+        // A Saturday reads the weekdays too.
+        let saturday = monday + 5 * DAY;
+        let weekdays: Vec<(u64, u32)> = (1..=5)
+            .map(|ago| (saturday - ago * DAY + 600, 20))
+            .collect();
+        assert_eq!(decide(&policy(), &demand(&weekdays), 60, saturday).0, 20);
     }
 
     #[test]

@@ -106,36 +106,55 @@ pub struct Candidate {
     pub policy: Policy,
 }
 
+/// A candidate's `schedule=CRON@TZ=MIN` option.
+fn scheduled(value: &str, schedule: &str) -> anyhow::Result<super::policy::Schedule> {
+    schedule
+        .parse()
+        .map_err(|error| anyhow::anyhow!("--policy {value}: {error}"))
+}
+
 impl Candidate {
     pub fn parse(value: &str) -> anyhow::Result<Candidate> {
         let mut parts = value.split(':');
         let kind = parts.next().unwrap_or_default();
-        let policy =
-            match kind {
-                "static" => {
-                    let n = parts.next().unwrap_or_default();
-                    let n: u32 = n.parse().with_context(|| {
-                        format!("--policy {value}: `static:N` needs a number of VMs")
-                    })?;
-                    Policy {
-                        min: n,
-                        max: n,
-                        adaptive: false,
-                        hit: DEFAULT_HIT,
-                        schedules: Vec::new(),
+        let policy = match kind {
+            "static" => {
+                let n = parts.next().unwrap_or_default();
+                let n: u32 = n.parse().with_context(|| {
+                    format!("--policy {value}: `static:N` needs a number of VMs")
+                })?;
+                let mut policy = Policy {
+                    min: n,
+                    max: n,
+                    adaptive: false,
+                    hit: DEFAULT_HIT,
+                    schedules: Vec::new(),
+                };
+                for option in parts.by_ref() {
+                    match option.split_once('=') {
+                        Some(("schedule", schedule)) => {
+                            policy.schedules.push(scheduled(value, schedule)?);
+                            policy.max = policy
+                                .max
+                                .max(policy.schedules.iter().map(|s| s.min).max().unwrap_or(0));
+                        }
+                        _ => bail!("--policy {value}: unknown option `{option}` (schedule=)"),
                     }
                 }
-                "adaptive" => {
-                    let mut policy = Policy {
-                        min: 0,
-                        max: 1000,
-                        adaptive: true,
-                        hit: DEFAULT_HIT,
-                        schedules: Vec::new(),
-                    };
-                    for option in parts.by_ref() {
-                        match option.split_once('=') {
-                            Some(("hit", h)) => policy.hit = h
+                policy
+            }
+            "adaptive" => {
+                let mut policy = Policy {
+                    min: 0,
+                    max: 1000,
+                    adaptive: true,
+                    hit: DEFAULT_HIT,
+                    schedules: Vec::new(),
+                };
+                for option in parts.by_ref() {
+                    match option.split_once('=') {
+                        Some(("hit", h)) => {
+                            policy.hit = h
                                 .parse()
                                 .ok()
                                 .filter(|h| *h > 0.0 && *h < 1.0)
@@ -143,29 +162,33 @@ impl Candidate {
                                     format!(
                                         "--policy {value}: hit must be a share in (0, 1), got `{h}`"
                                     )
-                                })?,
-                            Some(("min", n)) => {
-                                policy.min = n
-                                    .parse()
-                                    .with_context(|| format!("--policy {value}: min `{n}`"))?
-                            }
-                            Some(("max", n)) => {
-                                policy.max = n
-                                    .parse()
-                                    .with_context(|| format!("--policy {value}: max `{n}`"))?
-                            }
-                            _ => bail!(
-                                "--policy {value}: unknown option `{option}` (hit=, min=, max=)"
-                            ),
+                                })?
                         }
+                        Some(("min", n)) => {
+                            policy.min = n
+                                .parse()
+                                .with_context(|| format!("--policy {value}: min `{n}`"))?
+                        }
+                        Some(("max", n)) => {
+                            policy.max = n
+                                .parse()
+                                .with_context(|| format!("--policy {value}: max `{n}`"))?
+                        }
+                        Some(("schedule", schedule)) => {
+                            policy.schedules.push(scheduled(value, schedule)?)
+                        }
+                        _ => bail!(
+                            "--policy {value}: unknown option `{option}` (hit=, min=, max=, schedule=)"
+                        ),
                     }
-                    if policy.min > policy.max {
-                        bail!("--policy {value}: min is above max");
-                    }
-                    policy
                 }
-                _ => bail!("--policy must be `static:N` or `adaptive[:hit=0.99]`, got `{value}`"),
-            };
+                policy
+                    .validate()
+                    .map_err(|error| anyhow::anyhow!("--policy {value}: {error}"))?;
+                policy
+            }
+            _ => bail!("--policy must be `static:N` or `adaptive[:hit=0.99]`, got `{value}`"),
+        };
         if parts.next().is_some() {
             bail!("--policy {value}: too many parts");
         }
@@ -296,12 +319,11 @@ pub fn command(
     generate: Option<(u64, usize, u64)>,
 ) -> anyhow::Result<String> {
     /// 2026-11-30 00:00 UTC, a Monday.
-    const MONDAY: u64 = 1_795_910_400;
     if let Some((days, pools, seed)) = generate {
         if days == 0 || pools == 0 {
             bail!("--days and --pools must be at least 1");
         }
-        return Ok(generate_diurnal(days, pools, MONDAY, seed));
+        return Ok(generate_diurnal(days, pools, GENERATED_START, seed));
     }
     let Some(path) = trace else {
         bail!("--trace FILE is required (or --generate diurnal to write one)");
@@ -387,6 +409,9 @@ pub fn table(reports: &[Report]) -> String {
 /// weekdays, single jobs plus pipeline bursts of 10–40 jobs within a minute (a third of the jobs
 /// at the peak, rarer when fewer developers push), pools weighted unevenly. Reproducible from
 /// `seed`.
+/// Where `warmer simulate --generate` starts its traces: 2026-11-30 00:00 UTC, a Monday.
+pub const GENERATED_START: u64 = 1_795_996_800;
+
 pub fn generate_diurnal(days: u64, pools: usize, start: u64, seed: u64) -> String {
     let mut rng = Rng(seed | 1);
     let names: Vec<String> = (0..pools)
@@ -543,7 +568,7 @@ mod tests {
 
     #[test]
     fn the_generated_trace_has_quiet_nights_and_weekends_and_bursts() {
-        let monday = 1_795_910_400; // 2026-11-30 00:00 UTC, a Monday
+        let monday = GENERATED_START;
         let trace = parse_trace(&generate_diurnal(7, 4, monday, 7)).unwrap();
         let count = |from_h: u64, to_h: u64, day: u64| {
             let (from, to) = (
