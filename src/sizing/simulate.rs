@@ -318,7 +318,6 @@ pub fn command(
     (boot_time, policies, json): (&str, &[String], bool),
     generate: Option<(u64, usize, u64)>,
 ) -> anyhow::Result<String> {
-    /// 2026-11-30 00:00 UTC, a Monday.
     if let Some((days, pools, seed)) = generate {
         if days == 0 || pools == 0 {
             bail!("--days and --pools must be at least 1");
@@ -369,15 +368,21 @@ pub fn compare(trace: &Trace, candidates: &[Candidate], boot: BootTime) -> Vec<R
 /// The reports as a text table: the totals, then each pool.
 pub fn table(reports: &[Report]) -> String {
     let mut out = String::new();
+    let width = reports
+        .iter()
+        .map(|r| r.candidate.len() + 2)
+        .max()
+        .unwrap_or(0)
+        .max(28);
     let _ = writeln!(
         out,
-        "{:<28} {:>10} {:>9} {:>16} {:>9} {:>9}",
+        "{:<width$} {:>10} {:>9} {:>16} {:>9} {:>9}",
         "policy", "checkouts", "warm hit", "idle VM-minutes", "peak VMs", "boots"
     );
     let row = |out: &mut String, name: &str, o: &Outcome| {
         let _ = writeln!(
             out,
-            "{:<28} {:>10} {:>8.2}% {:>16.0} {:>9} {:>9}",
+            "{:<width$} {:>10} {:>8.2}% {:>16.0} {:>9} {:>9}",
             name,
             o.checkouts,
             o.hit_rate * 100.0,

@@ -43,6 +43,11 @@ async fn reason(app: &TestApp, name: &str) -> Option<String> {
     view.decisions.get(name).map(|d| d.reason.clone())
 }
 
+/// `warmer pool rollover <from> <to> --deadline <secs>s`.
+async fn rollover(app: &TestApp, from: &str, to: &str, secs: u64) -> anyhow::Result<String> {
+    operator::pool_rollover(&app.ctx, &pool(from), &pool(to), Duration::from_secs(secs)).await
+}
+
 async fn pass(app: &TestApp, reconciler: &Reconciler) -> warmer::reconcile::Report {
     reconciler.pass(Some(&app.broker().await)).await.unwrap()
 }
@@ -298,14 +303,7 @@ async fn a_rollover_moves_target_and_policy_and_completes_once_the_new_pool_is_w
     let mut started = app.listen("rollover.started").await;
     let mut completed = app.listen("rollover.completed").await;
 
-    operator::pool_rollover(
-        &app.ctx,
-        &pool(POOL),
-        &pool(NEW_POOL),
-        Duration::from_secs(1800),
-    )
-    .await
-    .unwrap();
+    rollover(&app, POOL, NEW_POOL, 1800).await.unwrap();
     assert_eq!(started.next().await, json!({"from": POOL, "to": NEW_POOL}));
     assert_eq!(target(&app, NEW_POOL).await.as_deref(), Some("3"));
     // Refused while it rolls: either pool again, or a new pool that has a target.
@@ -314,10 +312,7 @@ async fn a_rollover_moves_target_and_policy_and_completes_once_the_new_pool_is_w
         ("other-image:n1-standard-2", NEW_POOL, "already takes part"),
     ] {
         app.seed("other-image:n1-standard-2", 2, &[]).await;
-        let error =
-            operator::pool_rollover(&app.ctx, &pool(from), &pool(to), Duration::from_secs(60))
-                .await
-                .unwrap_err();
+        let error = rollover(&app, from, to, 60).await.unwrap_err();
         assert!(error.to_string().contains(wanted), "{error}");
     }
     operator::pool_delete(&app.ctx, &pool("other-image:n1-standard-2"))
@@ -379,14 +374,7 @@ async fn a_rollover_to_an_image_that_cannot_boot_is_aborted_and_the_old_pool_is_
     assert_eq!(pool_target.as_deref(), Some("3"));
     let before = app.pool_vms(POOL).await;
 
-    operator::pool_rollover(
-        &app.ctx,
-        &pool(POOL),
-        &pool(NEW_POOL),
-        Duration::from_secs(1800),
-    )
-    .await
-    .unwrap();
+    rollover(&app, POOL, NEW_POOL, 1800).await.unwrap();
     app.start_refill().await;
     app.fill(NEW_POOL).await;
     eventually("three failed boots of the new image", || async {
@@ -428,27 +416,13 @@ async fn a_rollover_to_an_image_that_cannot_boot_is_aborted_and_the_old_pool_is_
 async fn a_rollover_that_makes_no_progress_is_aborted_at_its_deadline() {
     let app = TestApp::builder().start().await;
     app.seed(POOL, 2, &[vm("old-1"), vm("old-2")]).await;
-    let no_target = operator::pool_rollover(
-        &app.ctx,
-        &pool(NEW_POOL),
-        &pool(POOL),
-        Duration::from_secs(60),
-    )
-    .await
-    .unwrap_err();
+    let no_target = rollover(&app, NEW_POOL, POOL, 60).await.unwrap_err();
     assert!(
         no_target.to_string().contains("no target above 0"),
         "{no_target}"
     );
     app.seed(NEW_POOL, 1, &[]).await;
-    let has_target = operator::pool_rollover(
-        &app.ctx,
-        &pool(POOL),
-        &pool(NEW_POOL),
-        Duration::from_secs(60),
-    )
-    .await
-    .unwrap_err();
+    let has_target = rollover(&app, POOL, NEW_POOL, 60).await.unwrap_err();
     assert!(
         has_target.to_string().contains("has target 1 already"),
         "{has_target}"
@@ -456,14 +430,7 @@ async fn a_rollover_that_makes_no_progress_is_aborted_at_its_deadline() {
     app.ctx.store.set_target(&pool(NEW_POOL), 0).await.unwrap();
 
     let now = now_ms() / 1000;
-    operator::pool_rollover(
-        &app.ctx,
-        &pool(POOL),
-        &pool(NEW_POOL),
-        Duration::from_secs(600),
-    )
-    .await
-    .unwrap();
+    rollover(&app, POOL, NEW_POOL, 600).await.unwrap();
     // No refill consumer runs: nothing boots.
     let clock = Clock::manual(now + 300);
     let reconciler = app.reconciler().await.with_clock(clock.clone());
