@@ -12,7 +12,8 @@
 //! |---|---|---|
 //! | [`checkout`] | `warmer checkout`: serves checkout requests (`request.rs` parses one, `reply.rs` answers) | [`checkout::Checkout::handle`] |
 //! | [`refill`] | `warmer refill`: boots VMs until every pool is at its target (`boot.rs`), reads refill messages (`command.rs`) | [`refill::Refill::handle`] |
-//! | [`reconcile`] | `warmer reconcile`: compares Redis with the cloud; `plan.rs` decides, purely | [`reconcile::Reconciler::pass`] |
+//! | [`reconcile`] | `warmer reconcile`: sizes pools ([`sizing`]), then compares Redis with the cloud; `plan.rs` decides, purely | [`reconcile::Reconciler::pass`] |
+//! | [`sizing`] | the sizer inside the reconciler (`sizer.rs`), policies (`policy.rs`), its pure decisions (`plan.rs`), and `warmer simulate` (`simulate.rs`) | [`sizing::sizer::Sizer::step`] |
 //! | [`web`] | `warmer web`: health, metrics, HireFire | one HTTP answer |
 //! | [`autoscale`] | `warmer autoscale`: scales dynos through the Heroku Platform API; `plan.rs` decides | one check |
 //! | [`dev`] | `warmer dev`: all of the above on the local provider | |
@@ -22,7 +23,7 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | `store` | Redis: every key, record format ([`PoolEntry`], [`Lease`], [`OrphanRecord`]) and Lua script, split by aggregate (`pools`, `leases`, `boots`, `orphans`, `reconcile`, `lock`). Nothing else issues a Redis command |
+//! | `store` | Redis: every key, record format ([`PoolEntry`], [`Lease`], [`OrphanRecord`]) and Lua script, split by aggregate (`pools`, `leases`, `boots`, `orphans`, `reconcile`, `lock`, `metrics`, `sizing`, `local_cloud`). Nothing else issues a Redis command |
 //! | `amqp` | RabbitMQ transport: connections, the consume loop, publishing with confirms ([`Publisher`], `Courier`), direct reply-to and its presence probe |
 //! | `topology` | what is declared on RabbitMQ, and the queue depths HireFire and the autoscaler read |
 //! | `events` | every message besides replies: [`Event`] (routing key and body) and [`FillCommand`] |

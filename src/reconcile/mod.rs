@@ -214,6 +214,7 @@ impl Reconciler {
                         format!("{}ms", report.elapsed.as_millis()),
                     "count#warmer.reconcile.deleted" = report.deleted,
                     "count#warmer.reconcile.evicted" = report.evicted,
+                    "count#warmer.sizing.changed" = report.sizing.changed.len(),
                     "sample#warmer.cloud_vms" = report.cloud_vms,
                     "sample#warmer.warmed" = report.warmed,
                     "sample#warmer.orphaned" = report.orphans,
