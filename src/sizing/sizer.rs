@@ -101,19 +101,17 @@ impl Sizer {
         let decided = decide_all(&view, &rolling, &histories, now);
         let changed: Vec<(String, Option<u64>, Decision)> = decided
             .iter()
-            .filter(|(pool, decision)| {
-                let target = view.targets.get(*pool).and_then(|t| parse_target(t));
-                let reason = view.decisions.get(*pool).map(|d| d.reason.as_str());
-                target != Some(u64::from(decision.target)) || reason != Some(&decision.reason)
-            })
-            .map(|(pool, decision)| {
+            .filter_map(|(pool, decision)| {
                 let before = view.targets.get(pool).and_then(|t| parse_target(t));
-                (pool.clone(), before, decision.clone())
+                let reason = view.decisions.get(pool).map(|d| d.reason.as_str());
+                let same = before == Some(u64::from(decision.target))
+                    && reason == Some(decision.reason.as_str());
+                (!same).then(|| (pool.clone(), before, decision.clone()))
             })
             .collect();
-        let writes: Vec<(String, Decision)> = changed
+        let writes: Vec<(&String, &Decision)> = changed
             .iter()
-            .map(|(pool, _, decision)| (pool.clone(), decision.clone()))
+            .map(|(pool, _, decision)| (pool, decision))
             .collect();
         store.apply_decisions(&writes).await?;
         for (pool, before, decision) in &changed {

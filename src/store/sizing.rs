@@ -214,7 +214,7 @@ impl Store {
 
     /// Writes the sizer's targets, each `(pool, decision)`, to pools that still exist (see
     /// `size_pools.lua`).
-    pub async fn apply_decisions(&self, decisions: &[(String, Decision)]) -> anyhow::Result<()> {
+    pub async fn apply_decisions(&self, decisions: &[(&String, &Decision)]) -> anyhow::Result<()> {
         if decisions.is_empty() {
             return Ok(());
         }
