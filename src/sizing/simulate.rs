@@ -106,92 +106,68 @@ pub struct Candidate {
     pub policy: Policy,
 }
 
-/// A candidate's `schedule=CRON@TZ=MIN` option.
-fn scheduled(value: &str, schedule: &str) -> anyhow::Result<super::policy::Schedule> {
-    schedule
-        .parse()
-        .map_err(|error| anyhow::anyhow!("--policy {value}: {error}"))
-}
-
 impl Candidate {
     pub fn parse(value: &str) -> anyhow::Result<Candidate> {
         let mut parts = value.split(':');
-        let kind = parts.next().unwrap_or_default();
-        let policy = match kind {
+        let policy = |min, max, adaptive| Policy {
+            min,
+            max,
+            adaptive,
+            hit: DEFAULT_HIT,
+            schedules: Vec::new(),
+        };
+        let (mut policy, options): (Policy, &[&str]) = match parts.next().unwrap_or_default() {
             "static" => {
                 let n = parts.next().unwrap_or_default();
                 let n: u32 = n.parse().with_context(|| {
                     format!("--policy {value}: `static:N` needs a number of VMs")
                 })?;
-                let mut policy = Policy {
-                    min: n,
-                    max: n,
-                    adaptive: false,
-                    hit: DEFAULT_HIT,
-                    schedules: Vec::new(),
-                };
-                for option in parts.by_ref() {
-                    match option.split_once('=') {
-                        Some(("schedule", schedule)) => {
-                            policy.schedules.push(scheduled(value, schedule)?);
-                            policy.max = policy
-                                .max
-                                .max(policy.schedules.iter().map(|s| s.min).max().unwrap_or(0));
-                        }
-                        _ => bail!("--policy {value}: unknown option `{option}` (schedule=)"),
-                    }
-                }
-                policy
+                (policy(n, n, false), &["schedule"])
             }
-            "adaptive" => {
-                let mut policy = Policy {
-                    min: 0,
-                    max: 1000,
-                    adaptive: true,
-                    hit: DEFAULT_HIT,
-                    schedules: Vec::new(),
-                };
-                for option in parts.by_ref() {
-                    match option.split_once('=') {
-                        Some(("hit", h)) => {
-                            policy.hit = h
-                                .parse()
-                                .ok()
-                                .filter(|h| *h > 0.0 && *h < 1.0)
-                                .with_context(|| {
-                                    format!(
-                                        "--policy {value}: hit must be a share in (0, 1), got `{h}`"
-                                    )
-                                })?
-                        }
-                        Some(("min", n)) => {
-                            policy.min = n
-                                .parse()
-                                .with_context(|| format!("--policy {value}: min `{n}`"))?
-                        }
-                        Some(("max", n)) => {
-                            policy.max = n
-                                .parse()
-                                .with_context(|| format!("--policy {value}: max `{n}`"))?
-                        }
-                        Some(("schedule", schedule)) => {
-                            policy.schedules.push(scheduled(value, schedule)?)
-                        }
-                        _ => bail!(
-                            "--policy {value}: unknown option `{option}` (hit=, min=, max=, schedule=)"
-                        ),
-                    }
-                }
-                policy
-                    .validate()
-                    .map_err(|error| anyhow::anyhow!("--policy {value}: {error}"))?;
-                policy
-            }
+            "adaptive" => (policy(0, 1000, true), &["hit", "min", "max", "schedule"]),
             _ => bail!("--policy must be `static:N` or `adaptive[:hit=0.99]`, got `{value}`"),
         };
-        if parts.next().is_some() {
-            bail!("--policy {value}: too many parts");
+        for option in parts {
+            let Some((name, given)) = option
+                .split_once('=')
+                .filter(|(name, _)| options.contains(name))
+            else {
+                bail!(
+                    "--policy {value}: unknown option `{option}` ({}=)",
+                    options.join("=, ")
+                );
+            };
+            let number = |what: &str| {
+                given
+                    .parse::<u32>()
+                    .with_context(|| format!("--policy {value}: {what} `{given}` is not a number"))
+            };
+            match name {
+                "hit" => {
+                    policy.hit = given
+                        .parse()
+                        .with_context(|| format!("--policy {value}: hit `{given}`"))?
+                }
+                "min" => policy.min = number("min")?,
+                "max" => policy.max = number("max")?,
+                _ => policy.schedules.push(
+                    given
+                        .parse()
+                        .map_err(|error| anyhow::anyhow!("--policy {value}: {error}"))?,
+                ),
+            }
         }
+        if !policy.adaptive {
+            // A static policy's schedules may go above its N.
+            policy.max = policy
+                .schedules
+                .iter()
+                .map(|s| s.min)
+                .fold(policy.max, u32::max);
+        }
+        policy
+            .validate()
+            .map_err(|error| anyhow::anyhow!("--policy {value}: {error}"))?;
         Ok(Candidate {
             name: value.to_string(),
             policy,
@@ -538,15 +514,26 @@ mod tests {
             (adaptive.hit, adaptive.max, adaptive.adaptive),
             (0.95, 20, true)
         );
-        for bad in [
-            "static",
-            "static:x",
-            "adaptive:hit=1",
-            "adaptive:x=1",
-            "magic",
-            "adaptive:min=5:max=2",
+        let scheduled = Candidate::parse("static:2:schedule=* 9-17 * * MON-FRI@UTC=30")
+            .unwrap()
+            .policy;
+        assert_eq!(
+            (scheduled.min, scheduled.max, scheduled.schedules.len()),
+            (2, 30, 1)
+        );
+        for (bad, named) in [
+            ("static", "needs a number"),
+            ("static:x", "needs a number"),
+            ("static:3:hit=0.5", "unknown option `hit=0.5` (schedule=)"),
+            ("adaptive:hit=1", "outside (0, 1)"),
+            ("adaptive:x=1", "unknown option `x=1`"),
+            ("magic", "must be `static:N`"),
+            ("adaptive:min=5:max=2", "min 5 is above max 2"),
+            ("adaptive:max=lots", "max `lots` is not a number"),
+            ("adaptive:schedule=* * * * *@Nowhere=2", "unknown time zone"),
         ] {
-            assert!(Candidate::parse(bad).is_err(), "{bad}");
+            let error = Candidate::parse(bad).unwrap_err().to_string();
+            assert!(error.contains(named), "{bad}: {error}");
         }
         assert_eq!(BootTime::parse("45s").unwrap(), BootTime::Fixed(45));
         assert_eq!(
