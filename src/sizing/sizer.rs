@@ -4,7 +4,9 @@
 //! rollovers along (completes or aborts them with [`plan::judge`]). The reconcile pass that
 //! follows publishes fills for pools now below target and evicts surplus of pools lowered.
 //!
-//! While the safety brake holds, it changes nothing.
+//! While the safety brake holds, it changes nothing, and rollovers in progress have their
+//! deadlines moved later by the time it held (from this sizer's previous step: a reconciler
+//! that takes over under the brake gives back the time from its own first step).
 //!
 //! During a rollover the new pool is sized like the old one, from both pools' demand (workers
 //! may move to the new image before it is at target), and at least at the old pool's target.
@@ -38,6 +40,8 @@ struct History {
 #[derive(Debug, Default)]
 pub struct Sizer {
     past: Mutex<BTreeMap<(String, u64), Arc<DayDemand>>>,
+    /// When this sizer last ran (Unix seconds).
+    last_step: Mutex<Option<u64>>,
 }
 
 /// The sizer's clock (Unix seconds): the system's, or one a test sets.
@@ -78,7 +82,16 @@ impl Sizer {
     /// Sizes every pool with a policy and moves rollovers along, at `now` (Unix seconds).
     pub async fn step(&self, store: &Store, events: &Events, now: u64) -> anyhow::Result<Report> {
         let view = store.sizing_view().await?;
+        let since = self
+            .last_step
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(now);
         if view.brake {
+            // Nothing boots under the brake: rollovers get the time back.
+            if let Some(since) = since.filter(|since| *since < now) {
+                store.postpone_rollovers(now - since).await?;
+            }
             return Ok(Report {
                 frozen: true,
                 ..Report::default()

@@ -96,6 +96,7 @@ struct Scripts {
     size_pools: redis::Script,
     start_rollover: redis::Script,
     finish_rollover: redis::Script,
+    postpone_rollovers: redis::Script,
 }
 
 fn scripts() -> &'static Scripts {
@@ -126,6 +127,7 @@ fn scripts() -> &'static Scripts {
             size_pools: script(include_str!("scripts/size_pools.lua")),
             start_rollover: script(include_str!("scripts/start_rollover.lua")),
             finish_rollover: script(include_str!("scripts/finish_rollover.lua")),
+            postpone_rollovers: script(include_str!("scripts/postpone_rollovers.lua")),
         }
     })
 }

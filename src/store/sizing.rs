@@ -13,6 +13,8 @@ use crate::sizing::plan::BUCKET_SECS;
 use crate::sizing::policy::Policy;
 
 const DAY: u64 = 86_400;
+/// Demand hashes and boot-time lists read per round trip.
+const HISTORY_BATCH: usize = 32;
 
 /// The UTC day of `now_ms`, as in a demand key's name.
 pub fn demand_day(now_ms: u64) -> u64 {
@@ -142,51 +144,52 @@ impl Store {
     }
 
     /// The demand of each `(pool, day)` (UTC day: Unix seconds / 86400) as (bucket start,
-    /// arrivals) in time order, and each pool's recent boot times (ms, newest first), in one
-    /// round trip.
+    /// arrivals) in time order, and each pool's recent boot times (ms, newest first). Pipelined
+    /// [`HISTORY_BATCH`] keys at a time: a day of a busy pool is up to 17,280 fields, and a
+    /// reconciler starting with many adaptive pools reads a week of each.
     pub async fn histories(
         &self,
         days: &[(String, u64)],
         pools: &[String],
     ) -> anyhow::Result<(Vec<DayDemand>, Vec<Vec<u64>>)> {
-        if days.is_empty() && pools.is_empty() {
-            return Ok((Vec::new(), Vec::new()));
-        }
-        let mut pipe = redis::pipe();
-        for (pool, day) in days {
-            pipe.hgetall(self.names.demand(*day, pool));
-        }
-        for pool in pools {
-            pipe.lrange(self.names.boot_times(pool), 0, -1);
-        }
-        let pipe = &pipe;
-        let values: Vec<redis::Value> = self
-            .call(|mut conn| async move { pipe.query_async(&mut conn).await })
-            .await
-            .context("reading demand and boot times")?;
-        let mut values = values.into_iter();
         let mut demand = Vec::with_capacity(days.len());
-        for (_, day) in days {
-            let buckets: BTreeMap<String, u32> =
-                redis::from_redis_value(values.next().unwrap_or(redis::Value::Nil))
-                    .unwrap_or_default();
-            let mut arrivals: BTreeMap<u64, u32> = BTreeMap::new();
-            for (field, n) in buckets {
-                let bucket = field
-                    .split_once(':')
-                    .and_then(|(_, b)| b.parse::<u64>().ok());
-                if let Some(bucket) = bucket.filter(|b| b * BUCKET_SECS < DAY) {
-                    *arrivals
-                        .entry(day * DAY + bucket * BUCKET_SECS)
-                        .or_default() += n;
-                }
+        for batch in days.chunks(HISTORY_BATCH) {
+            let mut pipe = redis::pipe();
+            for (pool, day) in batch {
+                pipe.hgetall(self.names.demand(*day, pool));
             }
-            demand.push(arrivals.into_iter().collect());
+            let hashes: Vec<BTreeMap<String, u32>> = self.query(&pipe).await?;
+            for ((_, day), buckets) in batch.iter().zip(hashes) {
+                let mut arrivals: BTreeMap<u64, u32> = BTreeMap::new();
+                for (field, n) in buckets {
+                    let bucket = field
+                        .split_once(':')
+                        .and_then(|(_, b)| b.parse::<u64>().ok());
+                    if let Some(bucket) = bucket.filter(|b| b * BUCKET_SECS < DAY) {
+                        *arrivals
+                            .entry(day * DAY + bucket * BUCKET_SECS)
+                            .or_default() += n;
+                    }
+                }
+                demand.push(arrivals.into_iter().collect());
+            }
         }
-        let boots = values
-            .map(|value| redis::from_redis_value(value).unwrap_or_default())
-            .collect();
+        let mut boots = Vec::with_capacity(pools.len());
+        for batch in pools.chunks(HISTORY_BATCH) {
+            let mut pipe = redis::pipe();
+            for pool in batch {
+                pipe.lrange(self.names.boot_times(pool), 0, -1);
+            }
+            boots.extend(self.query::<Vec<Vec<u64>>>(&pipe).await?);
+        }
         Ok((demand, boots))
+    }
+
+    /// Runs a pipeline of reads (see [`Store::call`]).
+    async fn query<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> anyhow::Result<T> {
+        self.call(|mut conn| async move { pipe.query_async(&mut conn).await })
+            .await
+            .context("reading demand and boot times")
     }
 
     /// Replaces `pool`'s policy, or removes it (`None`); `false` if the pool does not exist
@@ -291,6 +294,15 @@ impl Store {
             .arg(reason);
         let finished: i64 = self.invoke(&invocation).await?;
         Ok(finished == 1)
+    }
+
+    /// Moves the deadline of every rollover in progress `secs` later (see
+    /// `postpone_rollovers.lua`).
+    pub async fn postpone_rollovers(&self, secs: u64) -> anyhow::Result<()> {
+        let mut invocation = self.scripts.postpone_rollovers.prepare_invoke();
+        invocation.key(self.names.rollovers()).arg(secs);
+        let _: i64 = self.invoke(&invocation).await?;
+        Ok(())
     }
 
     /// Forgets finished rollovers (their `to` no longer reads `from`'s demand).

@@ -292,6 +292,30 @@ async fn while_the_brake_holds_the_sizer_changes_nothing() {
 }
 
 #[tokio::test]
+async fn a_rollover_gets_back_the_time_the_brake_held() {
+    let app = TestApp::builder().start().await;
+    app.seed(POOL, 2, &[]).await;
+    let now = now_ms() / 1000;
+    rollover(&app, POOL, NEW_POOL, 600).await.unwrap();
+    let clock = Clock::manual(now);
+    let reconciler = app.reconciler().await.with_clock(clock.clone());
+    pass(&app, &reconciler).await;
+
+    // The brake holds for 500 s (each pass releases it: nothing is unaccounted).
+    app.ctx.store.engage_brake(100).await.unwrap();
+    clock.set(now + 500);
+    assert!(pass(&app, &reconciler).await.sizing.frozen);
+    // Past the original deadline, not past the postponed one.
+    clock.set(now + 700);
+    let report = pass(&app, &reconciler).await;
+    assert!(report.sizing.finished.is_empty(), "{:?}", report.sizing);
+    assert_eq!(target(&app, NEW_POOL).await.as_deref(), Some("2"));
+    clock.set(now + 1101);
+    let report = pass(&app, &reconciler).await;
+    assert_eq!(report.sizing.finished.len(), 1, "{:?}", report.sizing);
+}
+
+#[tokio::test]
 async fn a_rollover_moves_target_and_policy_and_completes_once_the_new_pool_is_warm() {
     let compute = ComputeStandIn::start(Duration::ZERO).await;
     let mut app = TestApp::builder().gce(&compute).start().await;
