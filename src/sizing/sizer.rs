@@ -21,8 +21,9 @@ use super::plan::{self, Verdict};
 use super::policy::Policy;
 use crate::events::{Event, Events};
 use crate::pool::parse_target;
+use crate::store::sizing::Decision;
 use crate::store::sizing::{DayDemand, Rollover, RolloverState, SizingView};
-use crate::store::{Decision, Store, now_ms};
+use crate::store::{Store, now_ms};
 
 /// How long a finished rollover is kept: as long as the demand it lends its new pool.
 const FINISHED_KEPT_SECS: u64 = 9 * DAY;

@@ -56,7 +56,6 @@ pub use boots::{Finished, Reservation};
 pub use leases::{Checkout, Disposal, GiveBack, Settled, Swept, ToSettle};
 pub use pools::{PoolLevel, PoolStatus};
 pub use records::{Lease, LeaseState, Orphan, OrphanRecord, PoolEntry};
-pub use sizing::Decision;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {

@@ -544,3 +544,71 @@ async fn one_owner_holds_the_lock_until_it_releases_or_lets_it_expire() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn sizing_writes_only_pools_that_exist_and_a_rollover_finishes_once() {
+    use warmer::sizing::policy::Policy;
+    use warmer::{Decision, RolloverState, StartRollover};
+
+    let app = TestApp::builder().start().await;
+    let store = &app.ctx.store;
+    let new: PoolName = "travis-ci-new-image:n1-standard-2".parse().unwrap();
+    let policy = Policy {
+        min: 1,
+        max: 4,
+        adaptive: true,
+        hit: 0.99,
+        schedules: Vec::new(),
+    };
+    // set_policy.lua: no policy for a pool that does not exist.
+    assert!(!store.set_policy(pool(), Some(&policy)).await.unwrap());
+    app.seed(POOL, 2, &[]).await;
+    assert!(store.set_policy(pool(), Some(&policy)).await.unwrap());
+
+    // size_pools.lua: a pool deleted while the sizer decided stays deleted; repeating is safe.
+    let decision = Decision {
+        target: 3,
+        reason: "demand".into(),
+        at: 1,
+    };
+    let (pool_name, ghost) = (POOL.to_string(), "ghost-image:n1-standard-2".to_string());
+    for _ in 0..2 {
+        store
+            .apply_decisions(&[(&pool_name, &decision), (&ghost, &decision)])
+            .await
+            .unwrap();
+    }
+    let targets = store.targets().await.unwrap();
+    assert_eq!(targets.get(POOL).map(String::as_str), Some("3"));
+    assert!(!targets.contains_key(&ghost));
+
+    // start_rollover.lua and finish_rollover.lua: once started, a second start is refused; a
+    // finish applies once, and a repeated one (a retry after a lost answer) changes nothing.
+    assert_eq!(
+        store.start_rollover(pool(), &new, 10, 70).await.unwrap(),
+        StartRollover::Started(3)
+    );
+    assert_eq!(
+        store.start_rollover(pool(), &new, 10, 70).await.unwrap(),
+        StartRollover::Rolling(POOL.into())
+    );
+    assert!(
+        store
+            .finish_rollover(POOL, RolloverState::Completed, 20, "")
+            .await
+            .unwrap()
+    );
+    store.set_target(pool(), 5).await.unwrap();
+    assert!(
+        !store
+            .finish_rollover(POOL, RolloverState::Aborted, 30, "late")
+            .await
+            .unwrap()
+    );
+    let targets = store.targets().await.unwrap();
+    assert_eq!(targets.get(POOL).map(String::as_str), Some("5"));
+    assert_eq!(targets.get(&new.to_string()).map(String::as_str), Some("3"));
+    let view = store.sizing_view().await.unwrap();
+    assert_eq!(view.policies.get(&new.to_string()), Some(&Ok(policy)));
+    assert_eq!(view.rollovers[POOL].state, RolloverState::Completed);
+}
