@@ -54,12 +54,24 @@ pub async fn pool_policy(
     if !set {
         bail!("no pool {pool}: create it with `warmer pool set {pool} <target>` first");
     }
-    Ok(match policy {
-        Some(policy) => {
-            format!("{pool}: policy {policy}; the active reconciler sizes it from its next pass\n")
-        }
-        None => format!("{pool}: policy removed; its target stays as it is, static\n"),
-    })
+    let Some(policy) = policy else {
+        return Ok(format!(
+            "{pool}: policy removed; its target stays as it is, static\n"
+        ));
+    };
+    let mut out =
+        format!("{pool}: policy {policy}; the active reconciler sizes it from its next pass\n");
+    let target = ctx.store.targets().await?.remove(&pool.to_string());
+    if let Some(target) = target.as_deref().and_then(crate::pool::parse_target)
+        && target > u64::from(policy.min)
+    {
+        let _ = writeln!(
+            out,
+            "note: its target ({target}) may go down to min {} from that pass (at once when no schedule or recent demand asks for more); warm VMs above the target are deleted",
+            policy.min
+        );
+    }
+    Ok(out)
 }
 
 /// `warmer pool rollover <from> <to>`: `to` takes `from`'s target and policy and boots; the
