@@ -272,7 +272,7 @@ impl Reconciler {
         if !self.ctx.store.lock(&self.owner, self.lock_ttl()).await? {
             anyhow::bail!("lost the reconciler lock before applying");
         }
-        let mut report = self.apply(plan, broker).await?;
+        let mut report = self.apply(plan, broker, events).await?;
         report.elapsed = started.elapsed();
         report.cloud_vms = snapshot.cloud.len();
         report.warmed = snapshot.pools.values().map(Vec::len).sum();
@@ -314,11 +314,15 @@ impl Reconciler {
         })
     }
 
-    async fn apply(&self, plan: Plan, broker: Option<&Broker>) -> anyhow::Result<Report> {
+    /// Applies `plan`; `events` is the broker's, or one that drops them when there is none.
+    async fn apply(
+        &self,
+        plan: Plan,
+        broker: Option<&Broker>,
+        events: &Events,
+    ) -> anyhow::Result<Report> {
         let store = &self.ctx.store;
         let names = &self.ctx.names;
-        let unconnected = Events::new(names.clone());
-        let events = broker.map_or(&unconnected, |b| &b.events);
         let mut report = Report::default();
 
         // Every eviction of the pass, per pool: the plan's, and those the lookups below decide.

@@ -37,6 +37,15 @@ async fn target(app: &TestApp, name: &str) -> Option<String> {
     app.ctx.store.targets().await.unwrap().remove(name)
 }
 
+/// `<ns>:_policies` as stored.
+async fn stored_policies(app: &TestApp) -> BTreeMap<String, String> {
+    app.redis
+        .clone()
+        .hgetall(app.names.policies())
+        .await
+        .unwrap()
+}
+
 /// The sizer's recorded reason for a pool.
 async fn reason(app: &TestApp, name: &str) -> Option<String> {
     let view = app.ctx.store.sizing_view().await.unwrap();
@@ -207,41 +216,20 @@ async fn bad_policies_are_refused_and_change_nothing() {
     operator::pool_policy(&app.ctx, &pool(POOL), Some(&good))
         .await
         .unwrap();
-    let before: BTreeMap<String, String> = app
-        .redis
-        .clone()
-        .hgetall(app.names.policies())
-        .await
-        .unwrap();
+    let before = stored_policies(&app).await;
 
-    let error = operator::pool_policy(&app.ctx, &pool(POOL), Some(&policy(6, 5, true, &[])))
-        .await
-        .unwrap_err();
-    assert!(
-        error.to_string().contains("min 6 is above max 5"),
-        "{error}"
-    );
     let high = policy(0, 5, false, &["* * * * *@UTC=9"]);
-    let error = operator::pool_policy(&app.ctx, &pool(POOL), Some(&high))
-        .await
-        .unwrap_err();
-    assert!(error.to_string().contains("above max 5"), "{error}");
-    let error = operator::pool_policy(&app.ctx, &pool(NEW_POOL), Some(&good))
-        .await
-        .unwrap_err();
-    assert!(
-        error
-            .to_string()
-            .contains("create it with `warmer pool set"),
-        "{error}"
-    );
-    let after: BTreeMap<String, String> = app
-        .redis
-        .clone()
-        .hgetall(app.names.policies())
-        .await
-        .unwrap();
-    assert_eq!(before, after);
+    for (name, refused, wanted) in [
+        (POOL, policy(6, 5, true, &[]), "min 6 is above max 5"),
+        (POOL, high, "above max 5"),
+        (NEW_POOL, good, "create it with `warmer pool set"),
+    ] {
+        let error = operator::pool_policy(&app.ctx, &pool(name), Some(&refused))
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains(wanted), "{error}");
+    }
+    assert_eq!(stored_policies(&app).await, before);
 
     // From the command line: a bad cron and an unknown zone are named.
     for (schedule, wanted) in [
@@ -262,13 +250,7 @@ async fn bad_policies_are_refused_and_change_nothing() {
         assert!(!output.status.success());
         assert!(stderr.contains(wanted), "{stderr}");
     }
-    let after: BTreeMap<String, String> = app
-        .redis
-        .clone()
-        .hgetall(app.names.policies())
-        .await
-        .unwrap();
-    assert_eq!(before, after);
+    assert_eq!(stored_policies(&app).await, before);
 }
 
 #[tokio::test]
