@@ -82,7 +82,7 @@ pub use sshkey::generate_blocking as generate_ssh_key;
 pub use store::reconcile::{LeaseView, RedisView, WarmedVm};
 pub use store::sizing::{Decision, Rollover, RolloverState, SizingView, StartRollover};
 pub use store::{
-    Checkout as CheckoutOutcome, Disposal, Finished, GiveBack, Lease, LeaseState, Orphan,
+    Checkout as CheckoutOutcome, Delivery, Disposal, Finished, GiveBack, Lease, LeaseState, Orphan,
     OrphanRecord, PoolEntry, Reservation, Settled, Store, Swept, ToSettle, now_ms,
 };
 pub use topology::{

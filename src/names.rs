@@ -99,6 +99,12 @@ impl Names {
         format!("{}:_lease_deadlines", self.namespace)
     }
 
+    /// Sorted set: handed-out leases whose entry still holds the VM's SSH key → when the key
+    /// leaves Redis (the request's deadline, ms).
+    pub fn lease_keys(&self) -> String {
+        format!("{}:_lease_keys", self.namespace)
+    }
+
     /// Sorted set: names of the pool's VMs being booted → when the reservation expires (ms).
     pub fn booting(&self, pool: &PoolName) -> String {
         format!("{}{}", self.booting_key_prefix(), pool)

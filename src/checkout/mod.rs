@@ -182,8 +182,11 @@ async fn sweep_leases(store: Store, shutdown: Shutdown) {
             Ok(Swept {
                 pending: 0,
                 handed: 0,
+                ..
             }) => {}
-            Ok(Swept { pending, handed }) => tracing::warn!(
+            Ok(Swept {
+                pending, handed, ..
+            }) => tracing::warn!(
                 pending,
                 handed,
                 "leases expired: VMs of unanswered requests and of handouts older than WARMER_MAX_HANDOUT_AGE recorded in orphaned"
@@ -262,10 +265,16 @@ impl Checkout {
         // it adds no latency; nothing is ever published to a name the broker does not confirm.
         // A name nobody owns (a requester that left, or a forged name) pops nothing for good:
         // the VM goes straight back to the head.
-        let (found, presence) = tokio::join!(
-            self.pop(&identity, pool, received, deadline, give_up_at),
-            self.presence(reply_to)
-        );
+        let nonce = uuid::Uuid::new_v4().simple().to_string();
+        let delivery = store::Delivery {
+            identity: &identity,
+            nonce: &nonce,
+            redelivered: message.redelivered,
+            now: received,
+            deadline,
+            give_up_at,
+        };
+        let (found, presence) = tokio::join!(self.pop(delivery, pool), self.presence(reply_to));
         let (entry, again) = match found {
             Ok(store::Checkout::Popped { entry, hint }) => {
                 if hint {
@@ -277,6 +286,22 @@ impl Checkout {
             Ok(store::Checkout::Expired) => {
                 tracing::debug!(%pool, "request past its deadline: nothing popped");
                 return Outcome::Expired;
+            }
+            Ok(store::Checkout::Late) => {
+                tracing::debug!(%pool, "repeat of a handed-out request past its deadline: nothing sent");
+                return Outcome::Expired;
+            }
+            Ok(store::Checkout::Replayed) => {
+                tracing::warn!(%pool, "a request reused the message_id or correlation_id of another request to the same reply address without being a redelivery: nothing popped");
+                return self
+                    .refuse(
+                        reply_to,
+                        presence,
+                        props,
+                        Code::BadRequest,
+                        "bad request: this message_id (or correlation_id) was already used by another request; each request needs its own".into(),
+                    )
+                    .await;
             }
             Ok(store::Checkout::Orphaned(entry)) => {
                 let vm = serde_json::from_str::<PoolEntry>(&entry).map_or(entry, |e| e.name);
@@ -394,6 +419,7 @@ impl Checkout {
                     identity: identity.clone(),
                     pool: pool.clone(),
                     keep_until,
+                    deadline,
                     wait: Duration::from_millis(now_ms().saturating_sub(received)),
                 })
             })
@@ -438,16 +464,13 @@ impl Checkout {
     /// Redis does, so a stalled Redis gets the request an `internal` reply in time.
     async fn pop(
         &self,
-        identity: &str,
+        delivery: store::Delivery<'_>,
         pool: &PoolName,
-        received: u64,
-        deadline: u64,
-        give_up_at: u64,
     ) -> redis::RedisResult<store::Checkout> {
-        let budget = budget_until(deadline);
+        let budget = budget_until(delivery.deadline);
         redis_within(
             budget,
-            (|| self.store.checkout(identity, pool, received, deadline, give_up_at))
+            (|| self.store.checkout(delivery, pool))
                 .retry(redis_retry(budget))
                 .when(is_transient)
                 .notify(|error, delay| {

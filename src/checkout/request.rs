@@ -113,16 +113,29 @@ fn kind(value: &Value) -> &'static str {
 }
 
 /// The request's identity: the same for every delivery of one request, different between
-/// requests. The message id if the requester set one, else its reply address and correlation id.
-/// `None` without `reply_to`, or without both `message_id` and `correlation_id` (a reply
-/// address alone is shared by every request of a channel: two requests would share a VM).
+/// requests, and bound to the address its replies go to, so that nobody who sends another
+/// request's ids from another connection can be given that request's lease: a SHA-256 of the
+/// reply address and the message id if the requester set one, else its correlation id. Hashed,
+/// so that Redis never holds a reply address (knowing a direct reply-to name lets one send that
+/// requester a forged reply). `None` without `reply_to`, or without both `message_id` and
+/// `correlation_id` (a reply address alone is shared by every request of a channel: two
+/// requests would share a VM).
 pub fn identity(properties: &BasicProperties) -> Option<String> {
-    if let Some(id) = properties.message_id() {
-        return Some(format!("m:{id}"));
-    }
     let reply_to = properties.reply_to().as_ref()?;
-    let correlation = properties.correlation_id().as_ref()?;
-    Some(format!("r:{reply_to}|{correlation}"))
+    let (kind, id) = match (properties.message_id(), properties.correlation_id()) {
+        (Some(id), _) => ("message_id", id),
+        (None, Some(id)) => ("correlation_id", id),
+        (None, None) => return None,
+    };
+    let mut hashed = openssl::sha::Sha256::new();
+    for part in [reply_to.as_str(), kind, id.as_str()] {
+        // Length-prefixed, so that no two different triples hash the same bytes.
+        hashed.update(&(part.len() as u64).to_be_bytes());
+        hashed.update(part.as_bytes());
+    }
+    let digest = hashed.finish();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    Some(format!("i:{hex}"))
 }
 
 /// When the requester stops waiting (ms since epoch): the `x-warmer-deadline` header, else
@@ -243,6 +256,45 @@ mod tests {
             let err = parse(body).unwrap_err();
             assert!(err.contains(expected), "{err:?} lacks {expected:?}");
         }
+    }
+
+    #[test]
+    fn an_identity_is_bound_to_the_reply_address_and_never_shows_it() {
+        let reply_to = "amq.rabbitmq.reply-to.g1h2AA5yZXBseUAy";
+        let request = BasicProperties::default()
+            .with_reply_to(reply_to.into())
+            .with_message_id("job-42".into())
+            .with_correlation_id("c-1".into());
+        let same = identity(&request.clone().with_correlation_id("c-2".into()));
+        let elsewhere = identity(
+            &request
+                .clone()
+                .with_reply_to("amq.rabbitmq.reply-to.other".into()),
+        );
+        let by_correlation = BasicProperties::default()
+            .with_reply_to(reply_to.into())
+            .with_correlation_id("job-42".into());
+        let id = identity(&request).unwrap();
+        assert_eq!(Some(&id), same.as_ref(), "the message id names the request");
+        assert_ne!(
+            Some(&id),
+            elsewhere.as_ref(),
+            "another reply address, another request"
+        );
+        assert_ne!(
+            Some(&id),
+            identity(&by_correlation).as_ref(),
+            "an id's kind counts"
+        );
+        assert!(!id.contains(reply_to) && !id.contains("job-42"));
+        assert_eq!(
+            identity(&BasicProperties::default().with_message_id("x".into())),
+            None
+        );
+        assert_eq!(
+            identity(&BasicProperties::default().with_reply_to(reply_to.into())),
+            None
+        );
     }
 
     #[test]

@@ -22,6 +22,12 @@ pub enum Checkout {
     },
     /// This request already holds a lease (a redelivery): the same VM again.
     Leased(String),
+    /// Another delivery reused this request's identity without being a redelivery: nothing
+    /// was taken, nothing is sent.
+    Replayed,
+    /// A repeat of a request whose VM was handed out and whose deadline has passed: nothing is
+    /// sent again.
+    Late,
     /// This request's lease was pending past its deadline: the VM was recorded for deletion.
     Orphaned(String),
     /// The request's deadline has passed; nothing was taken.
@@ -44,6 +50,21 @@ pub enum Settled {
     Swept,
 }
 
+/// One delivery of a checkout request, as `checkout.lua` judges it.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery<'a> {
+    /// The request's identity (see `checkout::request::identity`).
+    pub identity: &'a str,
+    /// Unique per delivery: a retry of this delivery's own step finds its lease as its own.
+    pub nonce: &'a str,
+    /// The broker's flag: only a redelivery may be given a lease another delivery made.
+    pub redelivered: bool,
+    /// Now, the request's deadline, and when an unsettled lease is given up (ms).
+    pub now: u64,
+    pub deadline: u64,
+    pub give_up_at: u64,
+}
+
 /// A lease whose reply the broker confirmed (see [`Store::settle`]).
 #[derive(Debug, Clone)]
 pub struct ToSettle {
@@ -51,6 +72,9 @@ pub struct ToSettle {
     pub pool: PoolName,
     /// When its handed-out record is swept (ms).
     pub keep_until: u64,
+    /// The request's deadline (ms): no redelivery gets the VM after it, so its key leaves the
+    /// lease then.
+    pub deadline: u64,
     /// From the request's delivery to its reply's confirmation.
     pub wait: Duration,
 }
@@ -80,22 +104,22 @@ pub struct Swept {
     pub pending: u64,
     /// Handed-out leases past `WARMER_MAX_HANDOUT_AGE`.
     pub handed: u64,
+    /// Handed-out leases past their request's deadline whose SSH key was removed.
+    pub stripped: u64,
 }
 
 /// Leases swept per script call, so one call never blocks Redis for long.
 const SWEEP_BATCH: u64 = 100;
 
 impl Store {
-    /// Takes the oldest VM of `pool` for the request `identity` (see `checkout.lua`).
+    /// Takes the oldest VM of `pool` for one delivery of a request (see `checkout.lua`).
     pub async fn checkout(
         &self,
-        identity: &str,
+        delivery: Delivery<'_>,
         pool: &PoolName,
-        now: u64,
-        deadline: u64,
-        give_up_at: u64,
     ) -> redis::RedisResult<Checkout> {
         let n = &self.names;
+        let now = delivery.now;
         let mut invocation = self.scripts.checkout.prepare_invoke();
         invocation
             .key(n.pool_configs())
@@ -107,12 +131,14 @@ impl Store {
             .key(n.pool_metrics(pool))
             .key(n.metrics())
             .key(n.demand(demand_day(now), &pool.to_string()))
-            .arg(identity)
+            .arg(delivery.identity)
             .arg(pool.to_string())
             .arg(now)
-            .arg(deadline)
-            .arg(give_up_at)
-            .arg(demand_bucket(now));
+            .arg(delivery.deadline)
+            .arg(delivery.give_up_at)
+            .arg(demand_bucket(now))
+            .arg(delivery.nonce)
+            .arg(u8::from(delivery.redelivered));
         let reply: Vec<String> = self.invoke(&invocation).await?;
         let mut reply = reply.into_iter();
         Ok(
@@ -122,6 +148,8 @@ impl Store {
                     hint: hint == "1",
                 },
                 (Some("lease"), Some(e), _) => Checkout::Leased(e),
+                (Some("replayed"), ..) => Checkout::Replayed,
+                (Some("late"), ..) => Checkout::Late,
                 (Some("orphaned"), Some(e), _) => Checkout::Orphaned(e),
                 (Some("expired"), ..) => Checkout::Expired,
                 (Some("no_pool"), ..) => Checkout::NoPool,
@@ -138,8 +166,9 @@ impl Store {
         invocation
             .key(self.names.leases())
             .key(self.names.lease_deadlines())
-            .key(self.names.metrics());
-        // Each pool's metrics hash once, at its index in KEYS (Lua counts from 1; three before).
+            .key(self.names.metrics())
+            .key(self.names.lease_keys());
+        // Each pool's metrics hash once, at its index in KEYS (Lua counts from 1; four before).
         let mut pools: Vec<&PoolName> = Vec::new();
         for lease in leases {
             let index = match pools.iter().position(|p| *p == &lease.pool) {
@@ -153,9 +182,10 @@ impl Store {
             invocation
                 .arg(&lease.identity)
                 .arg(lease.keep_until)
-                .arg(index + 4)
+                .arg(index + 5)
                 .arg(metrics::CHECKOUT_WAIT.index(lease.wait))
-                .arg(lease.wait.as_millis() as u64);
+                .arg(lease.wait.as_millis() as u64)
+                .arg(lease.deadline);
         }
         let answers: Vec<i64> = self.invoke(&invocation).await?;
         if answers.len() != leases.len() {
@@ -243,13 +273,15 @@ impl Store {
                 .key(self.names.lease_deadlines())
                 .key(self.names.orphaned())
                 .key(self.names.metrics())
+                .key(self.names.lease_keys())
                 .arg(now)
                 .arg(SWEEP_BATCH)
                 .arg(self.names.pool_metrics_key_prefix());
-            let (pending, handed): (u64, u64) = self.invoke(&invocation).await?;
+            let (pending, handed, stripped): (u64, u64, u64) = self.invoke(&invocation).await?;
             swept.pending += pending;
             swept.handed += handed;
-            if pending + handed < SWEEP_BATCH {
+            swept.stripped += stripped;
+            if pending + handed < SWEEP_BATCH && stripped < SWEEP_BATCH {
                 return Ok(swept);
             }
         }

@@ -9,6 +9,7 @@
 //! | `<ns>:_deleting` | zset | [`orphans`] | records a deleter claimed → when the claim expires (ms) |
 //! | `<ns>:_leases` | hash | [`leases`] | request identity → [`Lease`] |
 //! | `<ns>:_lease_deadlines` | zset | [`leases`] | request identity → when its lease is swept (ms) |
+//! | `<ns>:_lease_keys` | zset | [`leases`] | handed-out leases still holding the VM's SSH key → when it is removed (the request's deadline, ms) |
 //! | `<ns>:_booting:<pool>` | zset | [`boots`] | VM name → when its boot reservation expires (ms) |
 //! | `<ns>:_brake` | string | [`reconcile`] | present while the safety brake holds every boot |
 //! | `<ns>:_suspects` | set | [`reconcile`] | cloud VMs the last reconcile pass found unaccounted |
@@ -53,7 +54,7 @@ use crate::config::ServerUrl;
 use crate::names::Names;
 
 pub use boots::{Finished, Reservation};
-pub use leases::{Checkout, Disposal, GiveBack, Settled, Swept, ToSettle};
+pub use leases::{Checkout, Delivery, Disposal, GiveBack, Settled, Swept, ToSettle};
 pub use pools::{PoolLevel, PoolStatus};
 pub use records::{Lease, LeaseState, Orphan, OrphanRecord, PoolEntry};
 

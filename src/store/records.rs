@@ -62,12 +62,26 @@ pub struct Lease {
     pub entry: String,
     /// When it was popped (ms since the epoch); its handout follows within the request's budget.
     pub at: u64,
+    /// The deadline of the request's first delivery (ms; absent in leases of older warmers):
+    /// no repeat of the request is sent the VM after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<u64>,
+    /// The delivery that made the lease (absent in leases of older warmers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    /// The entry was cut down to the VM's name and zone: its SSH key left Redis.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stripped: bool,
 }
 
 impl Lease {
     /// The leased VM's name, if its entry can be read.
     pub fn vm_name(&self) -> Option<String> {
-        serde_json::from_str::<PoolEntry>(&self.entry)
+        #[derive(Deserialize)]
+        struct Named {
+            name: String,
+        }
+        serde_json::from_str::<Named>(&self.entry)
             .ok()
             .map(|e| e.name)
     }
@@ -80,6 +94,8 @@ impl fmt::Debug for Lease {
             .field("pool", &self.pool)
             .field("vm", &self.vm_name())
             .field("at", &self.at)
+            .field("deadline", &self.deadline)
+            .field("stripped", &self.stripped)
             .finish_non_exhaustive()
     }
 }

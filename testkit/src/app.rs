@@ -13,7 +13,10 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use warmer::shutdown::{self, Shutdown, Trigger};
-use warmer::{Cloud, Config, Context, Lease, LeaseState, Names, PoolName, Publisher};
+use warmer::{
+    CheckoutOutcome, Cloud, Config, Context, Delivery, Lease, LeaseState, Names, PoolName,
+    Publisher, now_ms,
+};
 
 use crate::clients::{Listener, Requester};
 use crate::compute::ComputeStandIn;
@@ -130,6 +133,19 @@ impl AppBuilder {
         }
         app
     }
+}
+
+/// What [`TestApp::crashed_consumer`] did before it died.
+#[derive(Debug)]
+pub struct Crashed {
+    /// The request's identity.
+    pub identity: String,
+    /// What its pop found.
+    pub popped: CheckoutOutcome,
+    /// The request's deadline (ms), as warmer reads it.
+    pub deadline: u64,
+    /// Where its reply goes, as the broker delivered it (a direct reply-to name is expanded).
+    pub reply_to: lapin::types::ShortString,
 }
 
 /// One test's warmer: its own names, a context, and processes it can stop.
@@ -400,6 +416,65 @@ impl TestApp {
     /// A requester on its own channel, using direct reply-to like the travis worker.
     pub async fn requester(&self) -> Requester {
         Requester::new(&self.amqp, &self.names).await
+    }
+
+    /// A checkout consumer that dies mid-request: it takes the next request off the checkout
+    /// queue, pops its VM for `pool` as warmer's consumer would (the request's real identity,
+    /// a delivery of its own), and closes its channel without replying or acking, so the broker
+    /// redelivers the request. Call it before any consumer of the app runs.
+    pub async fn crashed_consumer(&self, pool: &str) -> Crashed {
+        let channel = self.amqp.create_channel().await.expect("a channel");
+        let mut doomed = channel
+            .basic_consume(
+                self.names.checkout_queue().as_str().into(),
+                "doomed".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("consuming the checkout queue");
+        let delivery = within(
+            "the first delivery",
+            futures_lite::StreamExt::next(&mut doomed),
+        )
+        .await
+        .expect("a delivery")
+        .expect("a delivery");
+        assert!(!delivery.redelivered, "a first delivery");
+        let identity =
+            warmer::checkout::request::identity(&delivery.properties).expect("an identity");
+        let now = now_ms();
+        let deadline =
+            warmer::checkout::request::deadline(&delivery.properties, now).expect("a deadline");
+        let popped = self
+            .ctx
+            .store
+            .checkout(
+                Delivery {
+                    identity: &identity,
+                    nonce: "the-consumer-that-died",
+                    redelivered: false,
+                    now,
+                    deadline,
+                    give_up_at: deadline + 60_000,
+                },
+                &pool.parse().expect("a pool name"),
+            )
+            .await
+            .expect("the pop");
+        channel.close(200, "died".into()).await.expect("closed");
+        self.wait_for_no_consumers(&self.names.checkout_queue())
+            .await;
+        Crashed {
+            identity,
+            popped,
+            deadline,
+            reply_to: delivery
+                .properties
+                .reply_to()
+                .clone()
+                .expect("a reply address"),
+        }
     }
 
     /// Sends the travis request for [`crate::POOL`] and returns the reply.

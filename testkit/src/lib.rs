@@ -21,7 +21,7 @@ mod servers;
 use std::future::Future;
 use std::time::Duration;
 
-pub use app::{AppBuilder, TestApp, remove_deployment, spawn_app, vm};
+pub use app::{AppBuilder, Crashed, TestApp, remove_deployment, spawn_app, vm};
 pub use clients::{Listener, Requester};
 pub use compute::ComputeStandIn;
 pub use heroku::HerokuStandIn;
@@ -40,6 +40,24 @@ pub const TRAVIS_REQUEST: &str = r#"{"site":"org","zone":"us-central1-c",
  "public_ip":false}"#;
 /// The SSH key passphrase of deployments on the Compute Engine stand-in.
 pub const PASSPHRASE: &str = "test passphrase";
+
+/// The first delivery of the request `identity` (its nonce is the identity), received at `now`
+/// with `deadline`; an unsettled lease of it is given up at `give_up_at`.
+pub fn first_delivery(
+    identity: &str,
+    now: u64,
+    deadline: u64,
+    give_up_at: u64,
+) -> warmer::Delivery<'_> {
+    warmer::Delivery {
+        identity,
+        nonce: identity,
+        redelivered: false,
+        now,
+        deadline,
+        give_up_at,
+    }
+}
 
 /// Awaits `future` for at most [`PATIENCE`], failing the test with `what` otherwise.
 pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {

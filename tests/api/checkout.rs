@@ -297,8 +297,75 @@ async fn many_requesters_on_several_consumers_never_share_a_vm() {
     assert!(app.pool_vms(POOL).await.is_empty());
 }
 
+/// The attack of a second connection that learnt another job's ids (by reading the checkout
+/// queue, or from a log): it sends them again, with a reply address of its own.
 #[tokio::test]
-async fn a_redelivered_request_gets_the_same_vm_again() {
+async fn a_request_replayed_with_another_jobs_ids_gets_neither_its_vm_nor_its_key() {
+    let app = spawn_app().await;
+    let mut victim = app.requester().await;
+    let attacker_connection = lapin::Connection::connect(AMQP_URL, Default::default())
+        .await
+        .unwrap();
+    let mut attacker = Requester::new(&attacker_connection, &app.names).await;
+    let by_message_id = Requester::properties().with_message_id("job-1234".into());
+    let by_correlation_id = Requester::properties();
+
+    for ids in [by_message_id, by_correlation_id] {
+        app.seed(POOL, 1, &[vm("victims-vm")]).await;
+        let served = victim
+            .send_with(TRAVIS_REQUEST.as_bytes(), ids.clone())
+            .await;
+        assert_eq!(served["name"], "victims-vm");
+
+        let replayed = attacker
+            .send_with(TRAVIS_REQUEST.as_bytes(), ids.clone())
+            .await;
+        assert_eq!(replayed["code"], "pool_empty", "{replayed}");
+        assert!(replayed.get("ssh_private_key").is_none());
+        assert!(!replayed.to_string().contains("victims-vm"));
+    }
+}
+
+/// The same attack with the victim's own reply address too (as a consumer of the checkout queue
+/// sees it): the victim's lease is still not sent again, and nothing reaches the attacker.
+#[tokio::test]
+async fn a_replay_to_the_victims_reply_address_sends_the_victim_a_refusal_and_nothing_else() {
+    let mut app = TestApp::builder().start().await;
+    app.seed(POOL, 2, &[vm("victims-vm"), vm("other")]).await;
+    let mut victim = app.requester().await;
+    let ids = Requester::properties().with_message_id("job-1234".into());
+    let correlation = ids.correlation_id().clone().unwrap();
+    victim.publish(TRAVIS_REQUEST.as_bytes(), ids.clone()).await;
+    // A consumer sees the victim's request (with its expanded reply address) and dies.
+    let seen = app.crashed_consumer(POOL).await;
+    app.start_consumer().await;
+    assert_eq!(
+        victim.reply_to(correlation.as_str()).await["name"],
+        "victims-vm"
+    );
+
+    let attacker = app.requester().await;
+    attacker
+        .publish(
+            TRAVIS_REQUEST.as_bytes(),
+            ids.with_reply_to(seen.reply_to.clone()),
+        )
+        .await;
+
+    let refusal = victim.reply_to(correlation.as_str()).await;
+    assert_eq!(refusal["code"], "bad_request", "{refusal}");
+    assert!(refusal["error"].as_str().unwrap().contains("already used"));
+    assert_eq!(app.pool_vms(POOL).await, ["other"], "nothing popped");
+    let leases = app.leases().await;
+    assert_eq!(
+        leases[&seen.identity],
+        ("victims-vm".to_string(), "handed".to_string())
+    );
+    assert_eq!(leases.len(), 1);
+}
+
+#[tokio::test]
+async fn a_request_sent_again_with_the_same_id_is_refused_not_given_the_vm_again() {
     let app = spawn_app().await;
     app.seed(POOL, 2, &[vm("first"), vm("second")]).await;
     let mut requester = app.requester().await;
@@ -315,46 +382,77 @@ async fn a_redelivered_request_gets_the_same_vm_again() {
         .await;
 
     assert_eq!(once["name"], "first");
-    assert_eq!(again["name"], "first");
+    assert_eq!(again["code"], "bad_request");
     assert_eq!(app.pool_vms(POOL).await, ["second"]);
 }
 
 #[tokio::test]
 async fn a_consumer_that_died_between_pop_and_reply_leaves_the_vm_to_the_redelivery() {
-    let app = spawn_app().await;
+    let mut app = TestApp::builder().start().await;
     app.seed(POOL, 2, &[vm("popped"), vm("other")]).await;
-    let pool: PoolName = POOL.parse().unwrap();
+    let mut requester = app.requester().await;
+    let properties = Requester::properties().with_message_id("crashed-request".into());
+    let correlation = properties.correlation_id().clone().unwrap();
+    requester
+        .publish(TRAVIS_REQUEST.as_bytes(), properties)
+        .await;
     // The dead consumer's step: the pop happened, the reply never went out.
-    let now = now_ms();
-    let popped = app
-        .ctx
-        .store
-        .checkout("m:crashed-request", &pool, now, now + 30_000, now + 60_000)
-        .await
-        .unwrap();
-    assert!(matches!(popped, CheckoutOutcome::Popped { .. }));
+    let crashed = app.crashed_consumer(POOL).await;
+    assert!(matches!(crashed.popped, CheckoutOutcome::Popped { .. }));
     assert_eq!(app.pool_vms(POOL).await, ["other"]);
 
     // The broker redelivers the request to a live consumer.
-    let mut requester = app.requester().await;
-    let reply = requester
-        .send_with(
-            TRAVIS_REQUEST.as_bytes(),
-            Requester::properties().with_message_id("crashed-request".into()),
-        )
-        .await;
+    app.start_consumer().await;
 
-    assert_eq!(reply["name"], "popped");
+    assert_eq!(
+        requester.reply_to(correlation.as_str()).await["name"],
+        "popped"
+    );
     assert_eq!(
         app.pool_vms(POOL).await,
         ["other"],
         "no second VM was taken"
     );
-    let leases = app.leases().await;
     assert_eq!(
-        leases["m:crashed-request"],
+        app.leases().await[&crashed.identity],
         ("popped".into(), "handed".into())
     );
+}
+
+#[tokio::test]
+async fn a_consumer_that_died_after_its_reply_leaves_the_same_vm_to_the_redelivery() {
+    let mut app = TestApp::builder().start().await;
+    app.seed(POOL, 2, &[vm("handed"), vm("other")]).await;
+    let mut requester = app.requester().await;
+    let properties = Requester::properties();
+    let correlation = properties.correlation_id().clone().unwrap();
+    requester
+        .publish(TRAVIS_REQUEST.as_bytes(), properties)
+        .await;
+    // It popped, replied (the reply is lost with the requester's patience: not read here),
+    // settled the lease, and died before acking.
+    let crashed = app.crashed_consumer(POOL).await;
+    let settled = app
+        .ctx
+        .store
+        .settle(&[warmer::ToSettle {
+            identity: crashed.identity.clone(),
+            pool: POOL.parse().unwrap(),
+            keep_until: now_ms() + 3_600_000,
+            deadline: crashed.deadline,
+            wait: std::time::Duration::from_millis(5),
+        }])
+        .await
+        .unwrap();
+    assert_eq!(settled, [warmer::Settled::Now]);
+
+    app.start_consumer().await;
+
+    assert_eq!(
+        requester.reply_to(correlation.as_str()).await["name"],
+        "handed"
+    );
+    assert_eq!(app.pool_vms(POOL).await, ["other"]);
 }
 
 #[tokio::test]
@@ -365,7 +463,10 @@ async fn a_lease_never_answered_becomes_an_orphan_not_a_pool_entry() {
     let now = now_ms();
     app.ctx
         .store
-        .checkout("m:dead-lettered", &pool, now, now + 1, now + 2)
+        .checkout(
+            first_delivery("m:dead-lettered", now, now + 1, now + 2),
+            &pool,
+        )
         .await
         .unwrap();
 
@@ -375,7 +476,8 @@ async fn a_lease_never_answered_becomes_an_orphan_not_a_pool_entry() {
         swept,
         Swept {
             pending: 1,
-            handed: 0
+            handed: 0,
+            stripped: 0
         }
     );
     assert_eq!(app.orphaned().await, ["unknown-fate"]);
@@ -385,28 +487,25 @@ async fn a_lease_never_answered_becomes_an_orphan_not_a_pool_entry() {
 
 #[tokio::test]
 async fn a_redelivery_after_the_deadline_orphans_the_vm_of_its_lease() {
-    let app = spawn_app().await;
+    let mut app = TestApp::builder().start().await;
     app.seed(POOL, 2, &[vm("unknown-fate"), vm("other")]).await;
-    let pool: PoolName = POOL.parse().unwrap();
-    let now = now_ms();
-    app.ctx
-        .store
-        .checkout("m:late", &pool, now, now + 60_000, now + 120_000)
-        .await
-        .unwrap();
-
-    // Redelivered after its deadline (timestamp + expiration in the past): nothing is replied.
     let requester = app.requester().await;
-    let mut orphaned = app.listen("instance.orphaned").await;
+    let deadline = now_ms() + 1_500;
     requester
         .publish(
             TRAVIS_REQUEST.as_bytes(),
-            Requester::properties()
-                .with_message_id("late".into())
-                .with_timestamp(now / 1000 - 120)
-                .with_headers(deadline_header(now - 1_000)),
+            Requester::properties().with_headers(deadline_header(deadline)),
         )
         .await;
+    let crashed = app.crashed_consumer(POOL).await;
+    assert_eq!(crashed.deadline, deadline);
+    let mut orphaned = app.listen("instance.orphaned").await;
+    // Redelivered after its deadline: nothing is replied, the VM's fate is unknown.
+    tokio::time::sleep(std::time::Duration::from_millis(
+        deadline.saturating_sub(now_ms()) + 50,
+    ))
+    .await;
+    app.start_consumer().await;
 
     assert_eq!(orphaned.next().await["instance"], "unknown-fate");
     assert_eq!(app.orphaned().await, ["unknown-fate"]);
@@ -585,31 +684,13 @@ async fn a_redelivered_request_whose_requester_left_has_its_vm_deleted_not_reuse
     app.seed(POOL, 2, &[vm("maybe-delivered"), vm("other")])
         .await;
     // A consumer popped a VM for this request, may have replied, and died before acking.
-    let now = now_ms();
-    app.ctx
-        .store
-        .checkout(
-            "m:ghost",
-            &POOL.parse().unwrap(),
-            now,
-            now + 30_000,
-            now + 60_000,
-        )
-        .await
-        .unwrap();
-    {
-        // The redelivered request's requester has gone (perhaps with that reply).
-        let quitter = app.requester().await;
-        quitter
-            .publish(
-                TRAVIS_REQUEST.as_bytes(),
-                Requester::properties()
-                    .with_message_id("ghost".into())
-                    .with_timestamp(now / 1000 - 5),
-            )
-            .await;
-        quitter.channel.close(200, "gone".into()).await.unwrap();
-    }
+    let quitter = app.requester().await;
+    quitter
+        .publish(TRAVIS_REQUEST.as_bytes(), Requester::properties())
+        .await;
+    app.crashed_consumer(POOL).await;
+    // The redelivered request's requester has gone (perhaps with that reply).
+    quitter.channel.close(200, "gone".into()).await.unwrap();
     let mut orphaned = app.listen("instance.orphaned").await;
 
     app.start_consumer().await;
@@ -704,70 +785,6 @@ async fn a_timestamp_from_the_future_does_not_skip_the_presence_probe() {
 
     assert_eq!(returned.next().await["instance"], "oldest");
     assert_eq!(app.pool_vms(POOL).await, ["oldest"]);
-}
-
-#[tokio::test]
-async fn a_request_really_redelivered_after_its_consumer_died_gets_the_vm_of_its_lease() {
-    let mut app = TestApp::builder().start().await;
-    app.seed(POOL, 2, &[vm("leased"), vm("other")]).await;
-    let mut requester = app.requester().await;
-    let properties = Requester::properties().with_message_id("real-redelivery".into());
-    let correlation = properties.correlation_id().clone().unwrap();
-    requester
-        .publish(TRAVIS_REQUEST.as_bytes(), properties)
-        .await;
-    // A consumer takes the request, pops its VM, and dies (its channel closes) without replying.
-    let channel = app.amqp.create_channel().await.unwrap();
-    let mut doomed = channel
-        .basic_consume(
-            app.names.checkout_queue().as_str().into(),
-            "doomed".into(),
-            lapin::options::BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let delivery = within(
-        "the first delivery",
-        futures_lite::StreamExt::next(&mut doomed),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    assert!(!delivery.redelivered);
-    let identity = warmer::checkout::request::identity(&delivery.properties).unwrap();
-    let now = now_ms();
-    let popped = app
-        .ctx
-        .store
-        .checkout(
-            &identity,
-            &POOL.parse().unwrap(),
-            now,
-            now + 30_000,
-            now + 60_000,
-        )
-        .await
-        .unwrap();
-    assert!(matches!(popped, CheckoutOutcome::Popped { .. }));
-    channel.close(200, "died".into()).await.unwrap();
-    app.wait_for_no_consumers(&app.names.checkout_queue()).await;
-
-    app.start_consumer().await;
-
-    assert_eq!(
-        requester.reply_to(correlation.as_str()).await["name"],
-        "leased"
-    );
-    assert_eq!(
-        app.pool_vms(POOL).await,
-        ["other"],
-        "no second VM was taken"
-    );
-    assert_eq!(
-        app.leases().await["m:real-redelivery"],
-        ("leased".to_string(), "handed".to_string())
-    );
 }
 
 /// The adversarial mix: direct reply-to requesters, requesters with a live reply queue of their

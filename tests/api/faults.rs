@@ -80,7 +80,9 @@ async fn a_consumer_killed_mid_flight_hands_no_vm_twice_and_leaks_none() {
         );
         // Handed out, or (its requester left before a redelivery re-checked it) of unknown fate,
         // hence recorded for deletion: never back in the pool.
-        let handed = leases.get(&format!("m:{id}")) == Some(&(vm.clone(), "handed".to_string()));
+        let handed = leases
+            .values()
+            .any(|lease| *lease == (vm.clone(), "handed".to_string()));
         assert!(
             handed || orphaned.contains(vm),
             "{vm} of {id} is unaccounted for"

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use warmer::{
-    CheckoutOutcome, Disposal, Finished, GiveBack, PoolEntry, PoolName, Settled, ToSettle, now_ms,
+    CheckoutOutcome, Delivery, Disposal, Finished, GiveBack, PoolEntry, PoolName, Settled,
+    ToSettle, now_ms,
 };
 use warmer_testkit::*;
 
@@ -32,6 +33,7 @@ fn to_settle(identity: &str, keep_until: u64) -> ToSettle {
         identity: identity.into(),
         pool: pool().clone(),
         keep_until,
+        deadline: keep_until,
         wait: Duration::from_millis(30),
     }
 }
@@ -46,34 +48,134 @@ async fn checkout_pops_the_oldest_into_the_requests_lease_once() {
     app.seed(POOL, 3, &[vm("old"), vm("young")]).await;
     let store = &app.ctx.store;
     let now = now_ms();
+    let first = first_delivery("m:a", now, now + 30_000, now + 60_000);
 
-    let first = store.checkout("m:a", pool(), now, now + 30_000, now + 60_000);
-    let again = store.checkout("m:a", pool(), now, now + 30_000, now + 60_000);
-    let (first, again) = (first.await.unwrap(), again.await.unwrap());
-
-    assert!(matches!(&first, CheckoutOutcome::Popped { entry, .. } if entry.contains("\"old\"")));
-    assert!(matches!(&again, CheckoutOutcome::Leased(e) if e.contains("\"old\"")));
+    let popped = store.checkout(first, pool());
+    // The same delivery's step again (its answer was lost with the connection): its own lease.
+    let own = store.checkout(first, pool());
+    let (popped, own) = (popped.await.unwrap(), own.await.unwrap());
+    assert!(matches!(&popped, CheckoutOutcome::Popped { entry, .. } if entry.contains("\"old\"")));
+    assert!(
+        matches!(&own, CheckoutOutcome::Popped { entry, hint: false } if entry.contains("\"old\""))
+    );
     assert_eq!(app.pool_vms(POOL).await, ["young"], "one VM left the pool");
-    let late = store.checkout("m:b", pool(), now + 5, now, now + 60_000);
+    // The broker redelivers the request: the same VM again.
+    let redelivery = Delivery {
+        nonce: "redelivery",
+        redelivered: true,
+        ..first
+    };
+    let again = store.checkout(redelivery, pool()).await.unwrap();
+    assert!(matches!(&again, CheckoutOutcome::Leased(e) if e.contains("\"old\"")));
+    // A fresh publish with the same identity is not the same request: nothing, however often.
+    let replay = Delivery {
+        nonce: "replay",
+        ..first
+    };
+    assert_eq!(
+        store.checkout(replay, pool()).await.unwrap(),
+        CheckoutOutcome::Replayed
+    );
+    assert_eq!(
+        app.pool_vms(POOL).await,
+        ["young"],
+        "the replay took nothing"
+    );
+
+    let late = store.checkout(first_delivery("m:b", now + 5, now, now + 60_000), pool());
     assert_eq!(late.await.unwrap(), CheckoutOutcome::Expired);
     let missing: PoolName = "other-image:n1-standard-1".parse().unwrap();
-    let none = store.checkout("m:c", &missing, now, now + 30_000, now + 60_000);
+    let none = store.checkout(
+        first_delivery("m:c", now, now + 30_000, now + 60_000),
+        &missing,
+    );
     assert_eq!(none.await.unwrap(), CheckoutOutcome::NoPool);
     store
-        .checkout("m:d", pool(), now, now + 30_000, now + 60_000)
+        .checkout(
+            first_delivery("m:d", now, now + 30_000, now + 60_000),
+            pool(),
+        )
         .await
         .unwrap();
-    let empty = store.checkout("m:e", pool(), now, now + 30_000, now + 60_000);
+    let empty = store.checkout(
+        first_delivery("m:e", now, now + 30_000, now + 60_000),
+        pool(),
+    );
     assert!(matches!(
         empty.await.unwrap(),
         CheckoutOutcome::Empty { .. }
     ));
-    // A pending lease found past its deadline: its fate is unknown, the VM is deleted.
-    let past = store.checkout("m:a", pool(), now + 40_000, now + 30_000, now + 60_000);
-    assert!(matches!(past.await.unwrap(), CheckoutOutcome::Orphaned(_)));
+    // A pending lease found past its deadline by a redelivery: its fate is unknown, the VM is
+    // deleted. The lease's own deadline counts, even if the redelivery's says later.
+    let past = Delivery {
+        now: now + 40_000,
+        deadline: now + 90_000,
+        ..redelivery
+    };
+    assert!(matches!(
+        store.checkout(past, pool()).await.unwrap(),
+        CheckoutOutcome::Orphaned(_)
+    ));
     assert_eq!(
         orphan_reasons(&app).await,
         [("old".to_string(), "checkout_unsettled".to_string())]
+    );
+}
+
+#[tokio::test]
+async fn a_handed_out_lease_loses_its_key_at_its_deadline_and_is_sent_no_more() {
+    let app = TestApp::builder().start().await;
+    app.seed(POOL, 1, &[vm("vm")]).await;
+    let store = &app.ctx.store;
+    let now = now_ms();
+    let first = first_delivery("m:a", now, now + 30_000, now + 60_000);
+    store.checkout(first, pool()).await.unwrap();
+    let mut settled = to_settle("m:a", now + 3_600_000);
+    settled.deadline = now + 30_000;
+    assert_eq!(store.settle(&[settled]).await.unwrap(), [Settled::Now]);
+    let redelivery = Delivery {
+        nonce: "redelivery",
+        redelivered: true,
+        now: now + 1_000,
+        ..first
+    };
+    assert!(matches!(
+        store.checkout(redelivery, pool()).await.unwrap(),
+        CheckoutOutcome::Leased(_)
+    ));
+
+    // Before the deadline the sweep keeps the key; after it, only the name and zone are left.
+    let early = store.sweep_leases(now + 29_000).await.unwrap();
+    assert_eq!(early.stripped, 0);
+    let raw = || async {
+        let leases: std::collections::HashMap<String, String> =
+            redis::AsyncCommands::hgetall(&mut app.redis.clone(), app.names.leases())
+                .await
+                .unwrap();
+        leases["m:a"].clone()
+    };
+    assert!(raw().await.contains("PRIVATE KEY"));
+    let swept = store.sweep_leases(now + 31_000).await.unwrap();
+    assert_eq!((swept.stripped, swept.handed, swept.pending), (1, 0, 0));
+    let lease = raw().await;
+    assert!(!lease.contains("PRIVATE KEY"), "{lease}");
+    assert_eq!(
+        app.leases().await["m:a"],
+        ("vm".to_string(), "handed".to_string())
+    );
+    // A redelivery past the deadline gets nothing, whatever deadline it carries itself.
+    let later = Delivery {
+        now: now + 31_000,
+        deadline: now + 90_000,
+        ..redelivery
+    };
+    assert_eq!(
+        store.checkout(later, pool()).await.unwrap(),
+        CheckoutOutcome::Late
+    );
+    assert!(
+        app.orphaned().await.is_empty(),
+        "handed out: nobody's to delete yet"
     );
 }
 
@@ -88,9 +190,18 @@ async fn a_pool_has_at_most_one_refill_hint_pending_until_the_refill_consumer_lo
         other => panic!("{other:?}"),
     };
 
-    let first = store.checkout("m:1", pool(), now, now + 30_000, now + 60_000);
-    let second = store.checkout("m:2", pool(), now, now + 30_000, now + 60_000);
-    let miss = store.checkout("m:3", pool(), now, now + 30_000, now + 60_000);
+    let first = store.checkout(
+        first_delivery("m:1", now, now + 30_000, now + 60_000),
+        pool(),
+    );
+    let second = store.checkout(
+        first_delivery("m:2", now, now + 30_000, now + 60_000),
+        pool(),
+    );
+    let miss = store.checkout(
+        first_delivery("m:3", now, now + 30_000, now + 60_000),
+        pool(),
+    );
     assert_eq!(
         [
             hint(first.await.unwrap()),
@@ -102,11 +213,17 @@ async fn a_pool_has_at_most_one_refill_hint_pending_until_the_refill_consumer_lo
     );
     // The refill consumer clears it before it looks at the pool: the next drop sends one.
     store.trim_pool(pool()).await.unwrap();
-    let after = store.checkout("m:4", pool(), now, now + 30_000, now + 60_000);
+    let after = store.checkout(
+        first_delivery("m:4", now, now + 30_000, now + 60_000),
+        pool(),
+    );
     assert!(hint(after.await.unwrap()));
     // A hint that could not be sent is cleared, so the next drop sends it.
     store.clear_hint(pool()).await.unwrap();
-    let next = store.checkout("m:5", pool(), now, now + 30_000, now + 60_000);
+    let next = store.checkout(
+        first_delivery("m:5", now, now + 30_000, now + 60_000),
+        pool(),
+    );
     assert!(hint(next.await.unwrap()));
 }
 
@@ -117,7 +234,10 @@ async fn settle_hands_out_once_and_says_when_the_lease_was_swept() {
     let store = &app.ctx.store;
     let now = now_ms();
     store
-        .checkout("m:a", pool(), now, now + 30_000, now + 60_000)
+        .checkout(
+            first_delivery("m:a", now, now + 30_000, now + 60_000),
+            pool(),
+        )
         .await
         .unwrap();
 
@@ -153,7 +273,7 @@ async fn give_back_returns_only_a_pending_lease_and_never_past_the_target() {
     let now = now_ms();
     for id in ["m:a", "m:b", "m:c"] {
         store
-            .checkout(id, pool(), now, now + 30_000, now + 60_000)
+            .checkout(first_delivery(id, now, now + 30_000, now + 60_000), pool())
             .await
             .unwrap();
     }
@@ -213,11 +333,11 @@ async fn sweep_records_pending_and_handed_leases_past_their_time_with_their_reas
     let store = &app.ctx.store;
     let now = now_ms();
     store
-        .checkout("m:p", pool(), now, now + 1, now + 2)
+        .checkout(first_delivery("m:p", now, now + 1, now + 2), pool())
         .await
         .unwrap();
     store
-        .checkout("m:h", pool(), now, now + 1, now + 2)
+        .checkout(first_delivery("m:h", now, now + 1, now + 2), pool())
         .await
         .unwrap();
     store.settle(&[to_settle("m:h", now + 3)]).await.unwrap();
@@ -483,7 +603,10 @@ async fn the_reconcile_view_reads_names_zones_and_ages_without_the_keys() {
     let store = &app.ctx.store;
     let now = now_ms();
     store
-        .checkout("m:1", pool(), now, now + 30_000, now + 60_000)
+        .checkout(
+            first_delivery("m:1", now, now + 30_000, now + 60_000),
+            pool(),
+        )
         .await
         .unwrap();
 

@@ -6,11 +6,21 @@
 -- KEYS[9] the pool's demand hash of today
 -- ARGV[1] request identity   ARGV[2] pool name   ARGV[3] now (ms)
 -- ARGV[4] the request's deadline (ms)   ARGV[5] when an unsettled lease is given up (ms)
--- ARGV[6] now's demand bucket within the day
+-- ARGV[6] now's demand bucket within the day   ARGV[7] this delivery's nonce (unique per
+-- delivery)   ARGV[8] 1 if the broker redelivered the request, else 0
 --
 -- Invariant: a VM leaves the pool only into a lease keyed by the request's identity, in the same
--- step. A request that comes again (redelivery, retry after an I/O error) finds its lease and
--- gets the same VM: no request ever takes two, no VM ever goes to two requests.
+-- step. A request that comes again finds its lease and gets the same VM: no request ever takes
+-- two, no VM ever goes to two requests.
+--
+-- Who may be given an existing lease: the identity is bound to the request's reply address (see
+-- checkout/request.rs), so a lease's VM can only ever be sent where its first reply went. Of the
+-- deliveries with that identity, only the same request gets the lease: the delivery that made it
+-- (a retry of its own step after an I/O error: same nonce) or one the broker *redelivered*. A
+-- fresh publish reusing the identity is a replay ("replayed": nothing popped, nothing sent). The
+-- lease's own deadline (its first delivery's) bounds every repeat: past it, a pending lease's VM
+-- has an unknown fate and is orphaned, and a handed one is sent no more ("late"), so a handed
+-- lease's key can leave Redis at that deadline (sweep_leases.lua strips it).
 --
 -- A pop or a miss means the pool may want VMs: unless a refill hint for the pool is pending
 -- already (the refill consumer clears it before it looks at the pool, so no drop is missed), the
@@ -19,21 +29,32 @@
 --
 -- Counts the request's outcome when it is decided here (checkouts|<outcome>): pool_empty,
 -- no_pool, expired (nothing popped), unsettled; a popped VM is counted handed_out by settle.lua
--- once its reply is confirmed.
+-- once its reply is confirmed. Repeats of a request are not counted again.
 --
 -- Records the request as demand for the sizer when it first takes or misses a VM: h:<bucket>
 -- (a hit) or m:<bucket> (a miss) in the pool's demand hash of the day, which expires 9 days
 -- after its last write (the sizer reads at most 8 days back).
 --
 -- Returns {"popped", entry, hint} | {"lease", entry} | {"orphaned", entry} | {"expired"}
---       | {"no_pool"} | {"empty", hint}
+--       | {"late"} | {"replayed"} | {"no_pool"} | {"empty", hint}
 local identity, pool = ARGV[1], ARGV[2]
 local now, deadline = tonumber(ARGV[3]), tonumber(ARGV[4])
+local nonce, redelivered = ARGV[7], ARGV[8] == '1'
 
 local existing = redis.call('HGET', KEYS[3], identity)
 if existing then
   local lease = cjson.decode(existing)
-  if lease.state == 'pending' and now > deadline then
+  local own = lease.nonce == nonce
+  if not own and not redelivered then
+    return {'replayed'}
+  end
+  if type(lease.deadline) == 'number' and lease.deadline < deadline then
+    deadline = lease.deadline
+  end
+  if now > deadline then
+    if lease.state ~= 'pending' then
+      return {'late'}
+    end
     -- The requester's deadline passed while its reply may or may not have gone out: the VM's
     -- fate is unknown, so it is never reused.
     orphan_entry(KEYS[5], lease.entry, 'checkout_unsettled')
@@ -41,6 +62,12 @@ if existing then
     redis.call('HDEL', KEYS[3], identity)
     redis.call('ZREM', KEYS[4], identity)
     return {'orphaned', lease.entry}
+  end
+  if lease.stripped then
+    return {'late'}
+  end
+  if own then
+    return {'popped', lease.entry, '0'}
   end
   return {'lease', lease.entry}
 end
@@ -68,8 +95,8 @@ if not entry then
   arrived('m')
   return {'empty', hint()}
 end
-redis.call('HSET', KEYS[3], identity,
-  cjson.encode({state = 'pending', pool = pool, entry = entry, at = now}))
+redis.call('HSET', KEYS[3], identity, cjson.encode(
+  {state = 'pending', pool = pool, entry = entry, at = now, deadline = deadline, nonce = nonce}))
 redis.call('ZADD', KEYS[4], ARGV[5], identity)
 arrived('h')
 return {'popped', entry, hint()}
