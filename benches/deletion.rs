@@ -9,13 +9,16 @@
 //!   `rateLimitExceeded` until the minute turns, as Compute Engine's write quota does;
 //! - `BENCH_LIMIT=second`: `BENCH_PER_SECOND` (200) deletes a second with a burst of 50, then 429.
 //!
+//! The deleter is given the VMs as the reconciler's listing shows them (`BENCH_LOOKUP=1`: as the
+//! refill consumer runs it, with no listing, so each VM is looked up before it is deleted).
+//!
 //! It reports the time to delete them all, the rate reached against the limit's, the calls
 //! refused for the rate, and the most calls in flight; and, for comparison, what the previous
 //! deletion (500 orphans per reconcile pass every 30 s, 16 at a time) takes for as many.
 
 use std::time::{Duration, Instant};
 
-use warmer::{Cloud, Deleter, Events, OrphanRecord};
+use warmer::{Cloud, Deleter, Events, Listed, OrphanRecord};
 use warmer_testkit::bench::{context, env_or, vars};
 use warmer_testkit::{ComputeStandIn, remove_deployment};
 
@@ -54,13 +57,21 @@ async fn main() -> anyhow::Result<()> {
         ctx.store.record_orphans(chunk).await?;
     }
 
+    let listed: Listed = if std::env::var("BENCH_LOOKUP").is_ok_and(|v| v == "1") {
+        Listed::new()
+    } else {
+        records
+            .iter()
+            .filter_map(|r| Some((r.name.clone()?, ZONE.to_string())))
+            .collect()
+    };
     let mut deleter = Deleter::new(ctx.store.clone(), cloud);
     let events = Events::new(ctx.names.clone());
     let started = Instant::now();
     let mut deleted = 0;
     while deleted < orphans {
         let drained = deleter
-            .drain(&events, Instant::now() + Duration::from_secs(30))
+            .drain(&events, Instant::now() + Duration::from_secs(30), &listed)
             .await;
         anyhow::ensure!(
             drained > 0 || started.elapsed() < Duration::from_secs(900),

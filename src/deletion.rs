@@ -10,15 +10,29 @@
 //! a deletion that fails otherwise keeps its claim until the claim expires, so it is tried again
 //! a few minutes later, never in a tight loop. Claims a deleter did not start when it stops go
 //! back to `orphaned` at once.
+//!
+//! A record says only a name (and perhaps a zone), and anyone who can write to Redis can write
+//! one, so a record is never taken at its word: its name and zone must be Compute Engine names,
+//! and the VM must be this deployment's as the cloud shows it — in the listing the reconciler
+//! took this pass (a label filter), or else looked up first (`instances.get`, in each zone of
+//! the region when the record has none): labelled `warmer=<namespace>`, or travis-ci/warmer's
+//! own (`warmth=warmed` and no `warmer` label; see [`crate::cloud::owner`]). Anything else is
+//! *refused*: never deleted, moved to `<ns>:_refused` for an operator, logged and counted. A
+//! name the cloud does not know is already gone.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 
-use crate::cloud::{Cloud, DeleteError, gce::until_next_minute};
+use crate::cloud::{Cloud, DeleteError, Owner, gce::until_next_minute, owner};
 use crate::events::{Event, Events};
+use crate::pool::{is_gce_name, resource_name};
 use crate::store::{Orphan, Store, now_ms};
+
+/// VMs the cloud listed with this deployment's label, name → zone: deleting one of them needs
+/// no lookup first.
+pub type Listed = HashMap<String, String>;
 
 /// Deletions in flight at first, and at most.
 const START_IN_FLIGHT: f64 = 8.0;
@@ -92,12 +106,17 @@ pub struct Deleter {
     store: Store,
     cloud: Cloud,
     pace: Pace,
+    /// This deployment's namespace: its VMs' `warmer` label.
+    namespace: String,
 }
 
 /// How one deletion ended.
 enum Ended {
+    /// Deleted, or gone already.
     Deleted(Orphan),
     RateLimited(Orphan, u64, Duration),
+    /// Not this deployment's to delete: why (`invalid_name`, `foreign`).
+    Refused(Orphan, &'static str),
     /// Why, for the summary line.
     Failed(String),
 }
@@ -105,6 +124,7 @@ enum Ended {
 impl Deleter {
     pub fn new(store: Store, cloud: Cloud) -> Self {
         Self {
+            namespace: store.names().namespace().to_string(),
             store,
             cloud,
             pace: Pace::default(),
@@ -112,15 +132,18 @@ impl Deleter {
     }
 
     /// Deletes recorded orphans until none is left or `deadline` passes, announcing each on
-    /// `events`; returns how many were deleted. Calls in flight at the deadline are waited for;
-    /// unstarted claims are released. Logs one line for the whole drain (a bulk deletion is tens
-    /// of thousands of VMs), and one for its failures.
-    pub async fn drain(&mut self, events: &Events, deadline: Instant) -> usize {
+    /// `events`; returns how many were deleted. `listed`: VMs the cloud has just listed with
+    /// this deployment's label (the reconciler's pass), deleted without a lookup. Calls in
+    /// flight at the deadline are waited for; unstarted claims are released. Logs one line for
+    /// the whole drain (a bulk deletion is tens of thousands of VMs), one for its failures and
+    /// one for its refusals.
+    pub async fn drain(&mut self, events: &Events, deadline: Instant, listed: &Listed) -> usize {
         let mut waiting: VecDeque<Orphan> = VecDeque::new();
         let mut calls: JoinSet<Ended> = JoinSet::new();
         let mut exhausted = false;
         let (mut deleted, mut failed) = (0, 0);
         let mut last_error = None;
+        let mut refused: Vec<(String, &'static str)> = Vec::new();
         loop {
             let now = Instant::now();
             let open = now < deadline;
@@ -144,7 +167,11 @@ impl Deleter {
                     break;
                 };
                 let (cloud, window) = (self.cloud.clone(), self.pace.window());
-                calls.spawn(async move { delete(&cloud, orphan, window).await });
+                let listed_zone = orphan.name().and_then(|name| listed.get(name)).cloned();
+                let namespace = self.namespace.clone();
+                calls.spawn(async move {
+                    delete(&cloud, &namespace, orphan, listed_zone, window).await
+                });
             }
             if calls.is_empty() && (!open || (waiting.is_empty() && exhausted)) {
                 break;
@@ -166,6 +193,13 @@ impl Deleter {
                     self.pace.rate_limited(window, Instant::now(), pause);
                     waiting.push_front(orphan);
                 }
+                Some(Ok(Ended::Refused(orphan, why))) => {
+                    if let Err(error) = self.store.refuse_orphan(&orphan, why).await {
+                        tracing::warn!(%error, "recording a refused orphan failed; it is looked at again once its claim expires");
+                    }
+                    let name = orphan.name().unwrap_or_default();
+                    refused.push((name.chars().take(80).collect(), why));
+                }
                 Some(Ok(Ended::Failed(error))) => {
                     failed += 1;
                     last_error = Some(error);
@@ -178,6 +212,15 @@ impl Deleter {
         }
         if deleted > 0 {
             tracing::info!(deleted, "count#warmer.deletions" = deleted, "deleted VMs");
+        }
+        if !refused.is_empty() {
+            let first = &refused[..refused.len().min(10)];
+            tracing::warn!(
+                refused = refused.len(),
+                ?first,
+                "count#warmer.deletions.refused" = refused.len(),
+                "orphan records refused: not this deployment's VMs, or not Compute Engine names; nothing deleted (kept in <ns>:_refused)"
+            );
         }
         if let Some(last_error) = last_error {
             tracing::warn!(
@@ -207,15 +250,51 @@ impl Deleter {
     }
 }
 
-/// One deletion, started in `window` of the pace.
-async fn delete(cloud: &Cloud, orphan: Orphan, window: u64) -> Ended {
+/// One deletion, started in `window` of the pace: the record checked, the VM found to be this
+/// deployment's (`listed_zone`: listed with its label this pass), then deleted.
+async fn delete(
+    cloud: &Cloud,
+    namespace: &str,
+    orphan: Orphan,
+    listed_zone: Option<String>,
+    window: u64,
+) -> Ended {
     let name = orphan.name().unwrap_or_default().to_string();
-    match cloud.delete(&name, orphan.record.zone.as_deref()).await {
+    // A zone is a name, or a zone's URL as travis-ci/warmer wrote it.
+    let zone = orphan
+        .record
+        .zone
+        .as_deref()
+        .map(|zone| resource_name(zone, "zones"))
+        .transpose();
+    let zone = match zone {
+        Ok(zone) if is_gce_name(&name) => zone,
+        _ => return Ended::Refused(orphan, "invalid_name"),
+    };
+    let zone = match listed_zone {
+        Some(zone) => zone,
+        None => match cloud.find(&name, zone).await {
+            Ok(None) => return Ended::Deleted(orphan),
+            Ok(Some(vm)) => match owner(&vm, namespace) {
+                Owner::Us | Owner::TravisCiWarmer => vm.zone,
+                Owner::Other => return Ended::Refused(orphan, "foreign"),
+            },
+            Err(error) => return ended_by(error, orphan, window, &name),
+        },
+    };
+    match cloud.delete(&name, &zone).await {
         Ok(()) => Ended::Deleted(orphan),
-        Err(DeleteError::RateLimited {
+        Err(error) => ended_by(error, orphan, window, &name),
+    }
+}
+
+/// What a failed call means for the deletion of `orphan` (named `name`).
+fn ended_by(error: DeleteError, orphan: Orphan, window: u64, name: &str) -> Ended {
+    match error {
+        DeleteError::RateLimited {
             retry_after,
             per_minute,
-        }) => {
+        } => {
             let pause = retry_after.unwrap_or(if per_minute {
                 until_next_minute()
             } else {
@@ -223,7 +302,7 @@ async fn delete(cloud: &Cloud, orphan: Orphan, window: u64) -> Ended {
             });
             Ended::RateLimited(orphan, window, pause)
         }
-        Err(DeleteError::Failed(error)) => {
+        DeleteError::Failed(error) => {
             let error = format!("{name}: {}", crate::telemetry::report(&error));
             tracing::debug!(%error, "deleting an orphan failed");
             Ended::Failed(error)

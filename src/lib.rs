@@ -74,7 +74,7 @@ pub use amqp::{
 pub use cloud::{Cloud, VmSpec};
 pub use config::{Config, DEV_NAMES, Secret, ServerUrl};
 pub use context::Context;
-pub use deletion::Deleter;
+pub use deletion::{Deleter, Listed};
 pub use events::{Event, Events, FillCommand, RefillMessage};
 pub use names::Names;
 pub use pool::PoolName;

@@ -18,6 +18,7 @@
 //! | `warmer_boot_duration_seconds` | histogram | zone | finish_boot.lua: from the insert call to the VM's joining its pool |
 //! | `warmer_evictions_total` | counter | pool, reason | evict.lua, trim_pool.lua, delete_pool.lua |
 //! | `warmer_deletions_total` | counter | reason | forget_orphan.lua, once the cloud confirmed |
+//! | `warmer_deletions_refused_total` | counter | why | refuse_orphan.lua: records naming what warmer must not delete |
 //! | `warmer_reconcile_passes_total` | counter | result | the reconciler |
 //! | `warmer_reconcile_duration_seconds` | histogram | | the reconciler |
 //! | `warmer_reconcile_last_success_timestamp_seconds` | gauge | | the reconciler |
@@ -134,6 +135,14 @@ pub const DELETIONS: Family = Family {
     per_pool: false,
     kind: Kind::Counter,
 };
+pub const DELETIONS_REFUSED: Family = Family {
+    key: "deletions_refused",
+    name: "warmer_deletions_refused",
+    help: "Orphan records warmer refused to delete, by why: invalid_name (not a Compute Engine name), foreign (the cloud shows the VM is not this deployment's); kept in <ns>:_refused",
+    labels: &["why"],
+    per_pool: false,
+    kind: Kind::Counter,
+};
 pub const RECONCILE_PASSES: Family = Family {
     key: "reconcile_passes",
     name: "warmer_reconcile_passes",
@@ -160,13 +169,14 @@ pub const RECONCILE_LAST_SUCCESS: Family = Family {
 };
 
 /// Every family kept in Redis, in the order they are exported.
-const STORED: [&Family; 9] = [
+const STORED: [&Family; 10] = [
     &CHECKOUTS,
     &CHECKOUT_WAIT_SECONDS,
     &BOOTS,
     &BOOT_SECONDS,
     &EVICTIONS,
     &DELETIONS,
+    &DELETIONS_REFUSED,
     &RECONCILE_PASSES,
     &RECONCILE_SECONDS,
     &RECONCILE_LAST_SUCCESS,

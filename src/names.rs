@@ -89,6 +89,11 @@ impl Names {
         format!("{}:_deleting", self.namespace)
     }
 
+    /// List: orphan records refused (an invalid name, a VM that is not this deployment's).
+    pub fn refused(&self) -> String {
+        format!("{}:_refused", self.namespace)
+    }
+
     /// Hash: request identity → lease (the VM popped for it, pending or handed out).
     pub fn leases(&self) -> String {
         format!("{}:_leases", self.namespace)

@@ -48,6 +48,22 @@ pub enum GceError {
     Transport(String),
     #[error("cannot get an access token: {0}")]
     Auth(String),
+    /// A name from outside (Redis) that is not a Compute Engine name: never sent.
+    #[error("{0}")]
+    InvalidName(String),
+}
+
+/// A name that goes into a URL, checked against Compute Engine's pattern first: a name read
+/// from Redis can never be a path (`../../global/firewalls/x`), a query or another resource.
+pub fn checked<'a>(what: &str, name: &'a str) -> Result<&'a str, GceError> {
+    if crate::pool::is_gce_name(name) {
+        Ok(name)
+    } else {
+        Err(GceError::InvalidName(format!(
+            "{what} `{}` is not a valid Compute Engine name: not sent",
+            name.chars().take(80).collect::<String>().escape_debug()
+        )))
+    }
 }
 
 impl GceError {
@@ -111,7 +127,7 @@ pub struct Gce {
 struct Inner {
     http: reqwest::Client,
     auth: Arc<dyn gcp_auth::TokenProvider>,
-    base: String,
+    base: reqwest::Url,
     project: String,
     region: String,
     configured_zones: Vec<String>,
@@ -155,7 +171,12 @@ impl Gce {
             inner: Arc::new(Inner {
                 http,
                 auth,
-                base: config.compute_url.clone(),
+                base: reqwest::Url::parse(&config.compute_url).with_context(|| {
+                    format!(
+                        "WARMER_GOOGLE_COMPUTE_URL `{}` is not a URL",
+                        config.compute_url
+                    )
+                })?,
                 project: config.project.clone(),
                 region: config.region.clone(),
                 configured_zones: config.zones.clone(),
@@ -173,11 +194,41 @@ impl Gce {
         self.inner.creation_timeout + Duration::from_secs(60)
     }
 
+    /// The URL of `segments` below `projects/<project>` of the API base, with `query`: each
+    /// segment percent-encoded on its own (a `/` in one stays inside it; `.` and `..` are
+    /// dropped), so nothing can reach another path. Names from outside are [`checked`] first.
+    fn url(&self, segments: &[&str], query: &[(&str, &str)]) -> reqwest::Url {
+        let mut url = self.inner.base.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty()
+                .extend(["projects", self.inner.project.as_str()])
+                .extend(segments);
+        }
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        url
+    }
+
+    /// The URL of an instance (and of `rest` below it), its zone and name [`checked`].
+    fn instance_url(
+        &self,
+        zone: &str,
+        name: &str,
+        rest: &[&str],
+    ) -> Result<reqwest::Url, GceError> {
+        let zone = checked("zone", short_zone(zone))?;
+        let name = checked("VM name", name)?;
+        let mut segments = vec!["zones", zone, "instances", name];
+        segments.extend_from_slice(rest);
+        Ok(self.url(&segments, &[]))
+    }
+
     /// One API call, without retries.
     async fn call(
         &self,
         method: Method,
-        path: &str,
+        url: &reqwest::Url,
         body: Option<&Value>,
     ) -> Result<Value, GceError> {
         let token = self
@@ -186,11 +237,10 @@ impl Gce {
             .token(&[SCOPE])
             .await
             .map_err(|e| GceError::Auth(e.to_string()))?;
-        let url = format!("{}/{}", self.inner.base, path);
         let mut request = self
             .inner
             .http
-            .request(method, url)
+            .request(method, url.clone())
             .bearer_auth(token.as_str());
         if let Some(body) = body {
             request = request.json(body);
@@ -223,10 +273,11 @@ impl Gce {
     async fn call_retrying(
         &self,
         method: Method,
-        path: &str,
+        url: &reqwest::Url,
         body: Option<&Value>,
     ) -> Result<Value, GceError> {
-        (|| self.call(method.clone(), path, body))
+        let path = url.path();
+        (|| self.call(method.clone(), url, body))
             .retry(
                 ExponentialBuilder::default()
                     .with_jitter()
@@ -260,17 +311,16 @@ impl Gce {
         self.inner
             .zones
             .get_or_try_init(|| async {
-                let path = format!(
-                    "projects/{}/regions/{}",
-                    self.inner.project, self.inner.region
-                );
-                let region = self.call_retrying(Method::GET, &path, None).await?;
+                let url = self.url(&["regions", &self.inner.region], &[]);
+                let region = self.call_retrying(Method::GET, &url, None).await?;
                 let zones: Vec<String> = region["zones"]
                     .as_array()
                     .map(|z| {
                         z.iter()
                             .filter_map(Value::as_str)
-                            .map(|z| short_zone(z).to_string())
+                            .map(short_zone)
+                            .filter(|z| crate::pool::is_gce_name(z))
+                            .map(String::from)
                             .collect()
                     })
                     .unwrap_or_default();
@@ -324,11 +374,13 @@ impl Gce {
                 reason,
             })
         };
-        let zone_path = format!("projects/{}/zones/{zone}", self.inner.project);
-        let request_id = uuid::Uuid::new_v4();
-        let insert_path = format!("{zone_path}/instances?requestId={request_id}");
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let insert_url = self.url(
+            &["zones", zone, "instances"],
+            &[("requestId", request_id.as_str())],
+        );
         let body = self.instance_body(spec, zone);
-        let insert = self.call_retrying(Method::POST, &insert_path, Some(&body));
+        let insert = self.call_retrying(Method::POST, &insert_url, Some(&body));
         let operation = match tokio::time::timeout_at(deadline.into(), insert).await {
             Err(_) => {
                 return Err(halfway(
@@ -352,7 +404,7 @@ impl Gce {
         };
         let operation = match tokio::time::timeout_at(
             deadline.into(),
-            self.wait_for_operation(&zone_path, operation),
+            self.wait_for_operation(zone, operation),
         )
         .await
         {
@@ -385,12 +437,11 @@ impl Gce {
             }
             return Err(halfway(text));
         }
+        let instance_url = self
+            .instance_url(zone, &spec.name, &[])
+            .map_err(|e| halfway(e.to_string()))?;
         let instance = self
-            .call_retrying(
-                Method::GET,
-                &format!("{zone_path}/instances/{}", spec.name),
-                None,
-            )
+            .call_retrying(Method::GET, &instance_url, None)
             .await
             .map_err(|e| halfway(format!("reading the new instance: {e}")))?;
         let interface = &instance["networkInterfaces"][0];
@@ -413,7 +464,7 @@ impl Gce {
     /// Waits until a zone operation is `DONE` (`operations.wait` may return early).
     async fn wait_for_operation(
         &self,
-        zone_path: &str,
+        zone: &str,
         mut operation: Value,
     ) -> Result<Value, GceError> {
         loop {
@@ -428,13 +479,8 @@ impl Gce {
                 });
             }
             let asked = Instant::now();
-            operation = self
-                .call_retrying(
-                    Method::POST,
-                    &format!("{zone_path}/operations/{name}/wait"),
-                    None,
-                )
-                .await?;
+            let url = self.url(&["zones", zone, "operations", &name, "wait"], &[]);
+            operation = self.call_retrying(Method::POST, &url, None).await?;
             if operation["status"] != "DONE" && asked.elapsed() < Duration::from_millis(200) {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -490,9 +536,37 @@ impl Gce {
         })
     }
 
-    /// Deletes a VM (404 counts as deleted); with no zone, every zone of the region is tried.
-    /// One call per zone, no retry: a rate limit is the caller's to pace.
-    pub async fn delete(&self, name: &str, zone: Option<&str>) -> Result<(), DeleteError> {
+    /// Deletes a VM (404 counts as deleted). One call, no retry: a rate limit is the caller's
+    /// to pace. The caller has checked that the VM is this deployment's ([`super::owner`]).
+    pub async fn delete(&self, name: &str, zone: &str) -> Result<(), DeleteError> {
+        let url = self
+            .instance_url(zone, name, &[])
+            .map_err(|e| DeleteError::Failed(e.into()))?;
+        let mut url = url;
+        url.query_pairs_mut()
+            .append_pair("requestId", &uuid::Uuid::new_v4().to_string());
+        match self.call(Method::DELETE, &url, None).await {
+            Ok(_) | Err(GceError::NotFound) => Ok(()),
+            Err(GceError::RateLimited {
+                retry_after,
+                per_minute,
+                ..
+            }) => Err(DeleteError::RateLimited {
+                retry_after,
+                per_minute,
+            }),
+            Err(error) => Err(anyhow::anyhow!("deleting {name} in {zone}: {error}").into()),
+        }
+    }
+
+    /// One instance, or `None` if it does not exist; `zone` unknown: each zone of the region is
+    /// asked until one has it. One call per zone, no retry (a rate limit is the caller's to
+    /// pace), for the deleter.
+    pub async fn find(
+        &self,
+        name: &str,
+        zone: Option<&str>,
+    ) -> Result<Option<CloudVm>, DeleteError> {
         let zones: Vec<String> = match zone {
             Some(zone) => vec![short_zone(zone).to_string()],
             None => self
@@ -502,13 +576,12 @@ impl Gce {
                 .to_vec(),
         };
         for zone in zones {
-            let path = format!(
-                "projects/{}/zones/{zone}/instances/{name}?requestId={}",
-                self.inner.project,
-                uuid::Uuid::new_v4()
-            );
-            match self.call(Method::DELETE, &path, None).await {
-                Ok(_) | Err(GceError::NotFound) => {}
+            let url = self
+                .instance_url(&zone, name, &[])
+                .map_err(|e| DeleteError::Failed(e.into()))?;
+            match self.call(Method::GET, &url, None).await {
+                Ok(instance) => return Ok(Some(cloud_vm(&instance))),
+                Err(GceError::NotFound) => {}
                 Err(GceError::RateLimited {
                     retry_after,
                     per_minute,
@@ -520,21 +593,17 @@ impl Gce {
                     });
                 }
                 Err(error) => {
-                    return Err(anyhow::anyhow!("deleting {name} in {zone}: {error}").into());
+                    return Err(anyhow::anyhow!("reading {name} in {zone}: {error}").into());
                 }
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// One instance, or `None` if it does not exist.
     pub async fn get(&self, name: &str, zone: &str) -> anyhow::Result<Option<CloudVm>> {
-        let path = format!(
-            "projects/{}/zones/{}/instances/{name}",
-            self.inner.project,
-            short_zone(zone)
-        );
-        match self.call_retrying(Method::GET, &path, None).await {
+        let url = self.instance_url(zone, name, &[])?;
+        match self.call_retrying(Method::GET, &url, None).await {
             Ok(instance) => Ok(Some(cloud_vm(&instance))),
             Err(GceError::NotFound) => Ok(None),
             Err(error) => Err(anyhow::anyhow!("reading {name}: {error}")),
@@ -544,10 +613,8 @@ impl Gce {
     /// Adds labels with `setLabels`, which needs the current label fingerprint: a stale one
     /// (412 `conditionNotMet`) is re-read and the call retried.
     pub async fn set_labels(&self, vm: &CloudVm, labels: &[(&str, String)]) -> anyhow::Result<()> {
-        let instance_path = format!(
-            "projects/{}/zones/{}/instances/{}",
-            self.inner.project, vm.zone, vm.name
-        );
+        let instance_url = self.instance_url(&vm.zone, &vm.name, &[])?;
+        let set_labels_url = self.instance_url(&vm.zone, &vm.name, &["setLabels"])?;
         let mut current = vm.clone();
         for _ in 0..3 {
             let mut merged: serde_json::Map<String, Value> = current
@@ -560,18 +627,12 @@ impl Gce {
             }
             let body = json!({"labels": merged, "labelFingerprint": current.label_fingerprint});
             match self
-                .call_retrying(
-                    Method::POST,
-                    &format!("{instance_path}/setLabels"),
-                    Some(&body),
-                )
+                .call_retrying(Method::POST, &set_labels_url, Some(&body))
                 .await
             {
                 Ok(_) | Err(GceError::NotFound) => return Ok(()),
                 Err(GceError::Refused { status: 412, .. }) => {
-                    let fresh = self
-                        .call_retrying(Method::GET, &instance_path, None)
-                        .await?;
+                    let fresh = self.call_retrying(Method::GET, &instance_url, None).await?;
                     current = cloud_vm(&fresh);
                 }
                 Err(error) => return Err(anyhow::anyhow!("labelling {}: {error}", vm.name)),
@@ -590,9 +651,9 @@ impl Gce {
             .token(&[SCOPE])
             .await
             .map_err(|e| anyhow::anyhow!("getting an access token: {e}"))?;
-        let region_path = format!("projects/{}/regions/{}", inner.project, inner.region);
+        let region_url = self.url(&["regions", &inner.region], &[]);
         let region = self
-            .call(Method::GET, &region_path, None)
+            .call(Method::GET, &region_url, None)
             .await
             .map_err(|e| {
                 anyhow::anyhow!(
@@ -619,10 +680,10 @@ impl Gce {
                 zones.join(", ")
             );
         }
-        let listing = format!(
-            "projects/{}/aggregated/instances?filter=labels.warmer%3D{}&maxResults=1",
-            inner.project,
-            label_value(namespace)
+        let filter = format!("labels.{}={}", super::DEPLOYMENT, label_value(namespace));
+        let listing = self.url(
+            &["aggregated", "instances"],
+            &[("filter", filter.as_str()), ("maxResults", "1")],
         );
         self.call(Method::GET, &listing, None)
             .await
@@ -639,16 +700,14 @@ impl Gce {
     pub async fn list(&self, namespace: &str) -> anyhow::Result<Vec<CloudVm>> {
         let mut vms = Vec::new();
         let mut page_token = String::new();
+        let filter = format!("labels.{}={}", super::DEPLOYMENT, label_value(namespace));
         loop {
-            let mut path = format!(
-                "projects/{}/aggregated/instances?filter=labels.warmer%3D{}&maxResults=500",
-                self.inner.project,
-                label_value(namespace)
-            );
+            let mut query = vec![("filter", filter.as_str()), ("maxResults", "500")];
             if !page_token.is_empty() {
-                path.push_str(&format!("&pageToken={page_token}"));
+                query.push(("pageToken", page_token.as_str()));
             }
-            let page = self.call_retrying(Method::GET, &path, None).await?;
+            let url = self.url(&["aggregated", "instances"], &query);
+            let page = self.call_retrying(Method::GET, &url, None).await?;
             if let Some(scopes) = page["items"].as_object() {
                 for scope in scopes.values() {
                     for vm in scope["instances"].as_array().into_iter().flatten() {

@@ -92,6 +92,33 @@ pub const COOLED: (&str, &str) = ("warmth", "cooled");
 pub const CHECKED_OUT_AT: &str = "checked-out-at";
 /// Label naming the deployment (its Redis namespace) a VM belongs to.
 pub const DEPLOYMENT: &str = "warmer";
+/// The label every warmed VM carries, travis-ci/warmer's as well as warmer's.
+pub const WARMED: (&str, &str) = ("warmth", "warmed");
+
+/// Whose a VM is, as its labels say: the only thing that lets warmer delete or relabel it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// This deployment's: `warmer=<its namespace>`.
+    Us,
+    /// travis-ci/warmer's: `warmth=warmed` and no `warmer` label (it sets no other label), so
+    /// one of the VMs a Redis written by travis-ci/warmer names: adopted, or deleted.
+    TravisCiWarmer,
+    /// Anyone else's (another deployment's, made by hand, by other tools): never relabelled,
+    /// never deleted.
+    Other,
+}
+
+/// Whose `vm` is, for the deployment of `namespace`.
+pub fn owner(vm: &CloudVm, namespace: &str) -> Owner {
+    match vm.labels.get(DEPLOYMENT) {
+        Some(label) if *label == label_value(namespace) => Owner::Us,
+        Some(_) => Owner::Other,
+        None if vm.labels.get(WARMED.0).map(String::as_str) == Some(WARMED.1) => {
+            Owner::TravisCiWarmer
+        }
+        None => Owner::Other,
+    }
+}
 
 /// The configured cloud.
 #[derive(Clone)]
@@ -109,12 +136,26 @@ impl Cloud {
         }
     }
 
-    /// Deletes a VM, one call per zone and no retry: a rate limit goes to the caller, which
-    /// paces itself. A VM that does not exist counts as deleted. `zone` may be unknown.
-    pub async fn delete(&self, name: &str, zone: Option<&str>) -> Result<(), DeleteError> {
+    /// Deletes a VM, one call and no retry: a rate limit goes to the caller, which paces
+    /// itself. A VM that does not exist counts as deleted. Only for a VM the caller found to be
+    /// this deployment's ([`owner`]).
+    pub async fn delete(&self, name: &str, zone: &str) -> Result<(), DeleteError> {
         match self {
             Cloud::Gce(gce) => gce.delete(name, zone).await,
             Cloud::Local(local) => Ok(local.delete(name).await?),
+        }
+    }
+
+    /// One VM as the cloud has it now, or `None` when it does not exist; `zone` unknown: each
+    /// zone of the region is asked. No retry: a rate limit goes to the caller (the deleter).
+    pub async fn find(
+        &self,
+        name: &str,
+        zone: Option<&str>,
+    ) -> Result<Option<CloudVm>, DeleteError> {
+        match self {
+            Cloud::Gce(gce) => gce.find(name, zone).await,
+            Cloud::Local(local) => Ok(local.get(name).await?),
         }
     }
 

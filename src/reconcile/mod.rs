@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use crate::amqp::Publisher;
-use crate::cloud::{CHECKED_OUT_AT, COOLED, Cloud, CloudVm, DEPLOYMENT, label_value};
+use crate::cloud::{CHECKED_OUT_AT, COOLED, Cloud, CloudVm, DEPLOYMENT, Owner, label_value, owner};
 use crate::context::Context;
-use crate::deletion::Deleter;
+use crate::deletion::{Deleter, Listed};
 use crate::events::{Event, Events, FillCommand, RefillMessage};
 use crate::names::Names;
 use crate::shutdown::Shutdown;
@@ -272,7 +272,14 @@ impl Reconciler {
         if !self.ctx.store.lock(&self.owner, self.lock_ttl()).await? {
             anyhow::bail!("lost the reconciler lock before applying");
         }
-        let mut report = self.apply(plan, broker, events).await?;
+        // What the cloud showed as this deployment's: deleted without another lookup.
+        let listed: Listed = snapshot
+            .cloud
+            .iter()
+            .filter(|vm| owner(vm, self.ctx.names.namespace()) == Owner::Us)
+            .map(|vm| (vm.name.clone(), vm.zone.clone()))
+            .collect();
+        let mut report = self.apply(plan, broker, events, &listed).await?;
         report.elapsed = started.elapsed();
         report.cloud_vms = snapshot.cloud.len();
         report.warmed = snapshot.pools.values().map(Vec::len).sum();
@@ -320,6 +327,7 @@ impl Reconciler {
         plan: Plan,
         broker: Option<&Broker>,
         events: &Events,
+        listed: &Listed,
     ) -> anyhow::Result<Report> {
         let store = &self.ctx.store;
         let names = &self.ctx.names;
@@ -369,19 +377,22 @@ impl Reconciler {
             };
             let reason = match found {
                 None => "gone",
-                Some(found) if found.status != "RUNNING" => "not_running",
-                Some(found) => {
-                    // A VM this deployment did not label (booted by travis-ci/warmer): adopt it.
-                    let labels = [
-                        (DEPLOYMENT, label_value(names.namespace())),
-                        ("warmth", "warmed".to_string()),
-                    ];
-                    match self.cloud.set_labels(&found, &labels).await {
-                        Ok(()) => adopted.push(vm.name.as_str()),
-                        Err(error) => failures.add("adopting VMs", &vm.name, &error),
+                Some(found) => match owner(&found, names.namespace()) {
+                    // Whoever's it is, it is not to be handed to a job unless it is ours.
+                    Owner::Other => "foreign",
+                    _ if found.status != "RUNNING" => "not_running",
+                    // Labelled ours after the listing was taken.
+                    Owner::Us => continue,
+                    // Booted by travis-ci/warmer, whose Redis this deployment took over: adopt it.
+                    Owner::TravisCiWarmer => {
+                        let labels = [(DEPLOYMENT, label_value(names.namespace()))];
+                        match self.cloud.set_labels(&found, &labels).await {
+                            Ok(()) => adopted.push(vm.name.as_str()),
+                            Err(error) => failures.add("adopting VMs", &vm.name, &error),
+                        }
+                        continue;
                     }
-                    continue;
-                }
+                },
             };
             evictions
                 .entry(pool)
@@ -393,7 +404,7 @@ impl Reconciler {
             tracing::info!(
                 adopted = adopted.len(),
                 ?first,
-                "adopted VMs without this deployment's label"
+                "adopted travis-ci/warmer's VMs (labelled warmth=warmed, without a warmer label): labelled with this deployment's"
             );
         }
         // Evicted VMs are now orphans, deleted below with the rest. One line for the pass, not
@@ -441,7 +452,12 @@ impl Reconciler {
         store.unmark_suspects(&unmark).await?;
         // Deletion goes as fast as the cloud takes, until the next pass is due at the latest.
         let deadline = Instant::now() + self.ctx.config.reconcile_interval;
-        report.deleted = self.deleter.lock().await.drain(events, deadline).await;
+        report.deleted = self
+            .deleter
+            .lock()
+            .await
+            .drain(events, deadline, listed)
+            .await;
         for (vm, checked_out_at) in &plan.label {
             let labels = [
                 (COOLED.0, COOLED.1.to_string()),

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::cloud::{CHECKED_OUT_AT, COOLED, CloudVm};
+use crate::pool::{is_gce_name, resource_name};
 use crate::store::reconcile::WarmedVm;
 use crate::store::{Orphan, OrphanRecord};
 
@@ -174,6 +175,10 @@ pub fn decide(snapshot: &Snapshot, limits: Limits) -> Plan {
             let age = vm.booted_at.map(|t| now.saturating_sub(t));
             let reason = match cloud.get(vm.name.as_str()) {
                 _ if vm.name.is_empty() => Some("unreadable"),
+                // Never sent to the cloud: the deleter refuses its record for an operator.
+                _ if !is_gce_name(&vm.name) || resource_name(&vm.zone, "zones").is_err() => {
+                    Some("invalid_name")
+                }
                 _ if target.is_none() => Some("pool_deleted"),
                 None if age.is_none_or(|a| a > FRESH_GRACE_SECS) => {
                     plan.verify.push((pool.clone(), vm.clone()));

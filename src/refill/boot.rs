@@ -11,7 +11,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::Refill;
 use crate::cloud::{BootError, VmSpec};
-use crate::deletion::Deleter;
+use crate::deletion::{Deleter, Listed};
 use crate::events::Event;
 use crate::pool::PoolName;
 use crate::shutdown::Shutdown;
@@ -229,6 +229,8 @@ impl Refill {
     /// boot), as fast as the cloud takes, until `shutdown`.
     pub(super) async fn delete_orphans(self: Arc<Self>, shutdown: Shutdown) {
         let mut deleter = Deleter::new(self.ctx.store.clone(), self.cloud.clone());
+        // Refill lists nothing: each VM is looked up before it is deleted.
+        let listed = Listed::new();
         loop {
             tokio::select! {
                 _ = self.deletions.notified() => {}
@@ -236,7 +238,7 @@ impl Refill {
             }
             let slice = Instant::now() + DELETION_SLICE;
             tokio::select! {
-                _ = deleter.drain(&self.events, slice) => {}
+                _ = deleter.drain(&self.events, slice, &listed) => {}
                 // Claims of calls cut short expire and go back to orphaned.
                 _ = shutdown.wait() => return,
             }

@@ -7,6 +7,7 @@
 //! | `<ns>:<pool>` | list | [`pools`] | warmed VMs as [`PoolEntry`] JSON, oldest at the head (legacy) |
 //! | `<ns>:orphaned` | list | [`orphans`] | [`OrphanRecord`]s: VMs to delete (legacy, `reason` added) |
 //! | `<ns>:_deleting` | zset | [`orphans`] | records a deleter claimed → when the claim expires (ms) |
+//! | `<ns>:_refused` | list | [`orphans`] | orphan records warmer refused to act on (a name that is not a Compute Engine name, a VM that is not this deployment's), with `refused` and `at`; the last 1,000 |
 //! | `<ns>:_leases` | hash | [`leases`] | request identity → [`Lease`] |
 //! | `<ns>:_lease_deadlines` | zset | [`leases`] | request identity → when its lease is swept (ms) |
 //! | `<ns>:_lease_keys` | zset | [`leases`] | handed-out leases still holding the VM's SSH key → when it is removed (the request's deadline, ms) |
@@ -90,6 +91,7 @@ struct Scripts {
     pool_heads: redis::Script,
     release_orphans: redis::Script,
     forget_orphan: redis::Script,
+    refuse_orphan: redis::Script,
     lock: redis::Script,
     unlock: redis::Script,
     set_policy: redis::Script,
@@ -121,6 +123,7 @@ fn scripts() -> &'static Scripts {
             pool_heads: script(include_str!("scripts/pool_heads.lua")),
             release_orphans: script(include_str!("scripts/release_orphans.lua")),
             forget_orphan: script(include_str!("scripts/forget_orphan.lua")),
+            refuse_orphan: script(include_str!("scripts/refuse_orphan.lua")),
             lock: script(include_str!("scripts/lock.lua")),
             unlock: script(include_str!("scripts/unlock.lua")),
             set_policy: script(include_str!("scripts/set_policy.lua")),

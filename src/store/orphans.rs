@@ -6,6 +6,9 @@ use redis::AsyncCommands;
 
 use super::{Orphan, OrphanRecord, Store, now_ms};
 
+/// Refused orphan records kept for an operator; beyond, the oldest go.
+pub const REFUSED_KEPT: u64 = 1_000;
+
 impl Store {
     /// How many VMs wait for deletion (recorded, or claimed by a deleter).
     pub async fn orphan_count(&self) -> redis::RedisResult<u64> {
@@ -72,6 +75,30 @@ impl Store {
             .call(|mut conn| async move { conn.rpush(key, raw).await })
             .await?;
         Ok(())
+    }
+
+    /// Takes a claimed record off the deleters' hands for good, `why` (`invalid_name`,
+    /// `foreign`): it goes to `<ns>:_refused` (the last [`REFUSED_KEPT`]) and is counted (see
+    /// `refuse_orphan.lua`).
+    pub async fn refuse_orphan(&self, orphan: &Orphan, why: &str) -> redis::RedisResult<()> {
+        let mut invocation = self.scripts.refuse_orphan.prepare_invoke();
+        invocation
+            .key(self.names.deleting())
+            .key(self.names.refused())
+            .key(self.names.metrics())
+            .arg(&orphan.raw)
+            .arg(why)
+            .arg(now_ms())
+            .arg(REFUSED_KEPT);
+        let _: i64 = self.invoke(&invocation).await?;
+        Ok(())
+    }
+
+    /// Refused records, oldest first, as stored (see [`Self::refuse_orphan`]).
+    pub async fn refused(&self) -> redis::RedisResult<Vec<String>> {
+        let key = &self.names.refused();
+        self.call(|mut conn| async move { conn.lrange(key, 0, -1).await })
+            .await
     }
 
     /// Forgets a claimed record once its VM is deleted, counting the deletion (see

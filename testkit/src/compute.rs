@@ -73,6 +73,8 @@ pub struct State {
     delete_tokens: Option<(f64, Instant)>,
     /// Calls refused for the rate.
     pub rate_limited: usize,
+    /// Every call but the token's: method and path (percent-decoded as the server reads it).
+    pub calls: Vec<(String, String)>,
     next_ip: u32,
 }
 
@@ -182,6 +184,17 @@ impl ComputeStandIn {
         self.with(|s| s.instances[name]["labels"].clone())
     }
 
+    /// The paths of every `DELETE` call it was sent.
+    pub fn delete_paths(&self) -> Vec<String> {
+        self.with(|s| {
+            s.calls
+                .iter()
+                .filter(|(method, _)| method == "DELETE")
+                .map(|(_, path)| path.clone())
+                .collect()
+        })
+    }
+
     /// Names of instances that exist now.
     pub fn instances(&self) -> HashSet<String> {
         self.with(|s| s.instances.keys().cloned().collect())
@@ -263,6 +276,11 @@ async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Respons
     if !authorized {
         return error(401, "authError", "Invalid Credentials");
     }
+    state
+        .lock()
+        .unwrap()
+        .calls
+        .push((method.to_string(), path.clone()));
     let Some(rest) = path.strip_prefix(&format!("/compute/v1/projects/{PROJECT}/")) else {
         return error(404, "notFound", "unknown project");
     };

@@ -320,7 +320,7 @@ async fn the_simulated_cloud_is_shared_by_the_processes_of_a_deployment() {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].name, "travis-job-shared");
     reconcile
-        .delete("travis-job-shared", Some("local-a"))
+        .delete("travis-job-shared", "local-a")
         .await
         .unwrap();
     assert_eq!(

@@ -15,6 +15,7 @@ mod reconcile;
 mod refill;
 mod scripts;
 mod secrets;
+mod security;
 mod simulate;
 mod sizing;
 mod topology;
