@@ -135,6 +135,8 @@ pub struct Config {
     /// How long a boot takes with the local provider (`WARMER_LOCAL_BOOT_DELAY`).
     pub local_boot_delay: Duration,
     pub boot_concurrency: usize,
+    /// The fleet cap: ready + booting + handed-out VMs over every pool.
+    pub max_vms: u32,
     pub orphan_threshold: u64,
     pub reconcile_interval: Duration,
     pub max_vm_age: Duration,
@@ -195,6 +197,9 @@ struct Given {
 
 /// The prefix and namespace of `warmer dev` unless others are given: never production's.
 pub const DEV_NAMES: &str = "warmer-dev";
+/// `WARMER_MAX_VMS` unless set.
+pub const DEFAULT_MAX_VMS: u32 = 200;
+
 /// The prefix and namespace of every other process unless others are given.
 const DEFAULT_NAMES: &str = "warmer";
 
@@ -260,6 +265,7 @@ struct Raw {
     warmer_vm_creation_timeout: Option<String>,
     warmer_local_boot_delay: Option<String>,
     warmer_boot_concurrency: Option<String>,
+    warmer_max_vms: Option<String>,
     warmer_orphan_threshold: Option<String>,
     warmer_reconcile_interval: Option<String>,
     warmer_max_vm_age: Option<String>,
@@ -544,6 +550,7 @@ impl Config {
             )?,
             local_boot_delay: duration("WARMER_LOCAL_BOOT_DELAY", raw.warmer_local_boot_delay, 3)?,
             boot_concurrency: number("WARMER_BOOT_CONCURRENCY", raw.warmer_boot_concurrency, 8)?,
+            max_vms: number("WARMER_MAX_VMS", raw.warmer_max_vms, DEFAULT_MAX_VMS)?,
             orphan_threshold: number("WARMER_ORPHAN_THRESHOLD", raw.warmer_orphan_threshold, 20)?,
             reconcile_interval: duration(
                 "WARMER_RECONCILE_INTERVAL",

@@ -72,6 +72,9 @@ pub enum Event {
         zone: String,
         reason: String,
     },
+    /// `fleet.capped`: a boot `pool` wanted was not started because the fleet is at
+    /// `WARMER_MAX_VMS` (`max`); said once until a reservation finds room again (refill).
+    FleetCapped { pool: String, max: u32 },
     /// `brake.engaged`: unaccounted VMs exceed the threshold; boots stop (reconcile).
     BrakeEngaged { unaccounted: u64, threshold: u64 },
     /// `brake.released`: unaccounted VMs are back at or below the threshold (reconcile).
@@ -115,6 +118,7 @@ impl Event {
             Event::BootFailed { .. } => "boot.failed",
             Event::InstanceDeleted { .. } => "instance.deleted",
             Event::InstanceEvicted { .. } => "instance.evicted",
+            Event::FleetCapped { .. } => "fleet.capped",
             Event::BrakeEngaged { .. } => "brake.engaged",
             Event::BrakeReleased { .. } => "brake.released",
             Event::DynoMemory { .. } => "dyno.memory",

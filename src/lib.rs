@@ -82,8 +82,8 @@ pub use sshkey::generate_blocking as generate_ssh_key;
 pub use store::reconcile::{LeaseView, RedisView, WarmedVm};
 pub use store::sizing::{Decision, Rollover, RolloverState, SizingView, StartRollover};
 pub use store::{
-    Checkout as CheckoutOutcome, Delivery, Disposal, Finished, GiveBack, Lease, LeaseState, Orphan,
-    OrphanRecord, PoolEntry, Reservation, Settled, Store, Swept, ToSettle, now_ms,
+    Capped, Checkout as CheckoutOutcome, Delivery, Disposal, Finished, GiveBack, Lease, LeaseState,
+    Orphan, OrphanRecord, PoolEntry, Reservation, Settled, Store, Swept, ToSettle, now_ms,
 };
 pub use topology::{
     DEAD_LETTER_LIMIT, DELIVERY_LIMIT, REFILL_QUEUE_LIMIT, declare as declare_topology,

@@ -15,6 +15,7 @@
 //! | `warmer_checkouts_total` | counter | pool, outcome | checkout.lua, settle.lua, give_back.lua, sweep_leases.lua; `bad_request`, `no_reply_to`, `internal` by the checkout process |
 //! | `warmer_checkout_wait_seconds` | histogram | | settle.lua: from a request's delivery to its reply's confirmation |
 //! | `warmer_boots_total` | counter | pool, zone, result | finish_boot.lua, abandon_boot.lua |
+//! | `warmer_fleet_capped_boots_total` | counter | pool | reserve_boots.lua: boots not started because the fleet was at `WARMER_MAX_VMS` |
 //! | `warmer_boot_duration_seconds` | histogram | zone | finish_boot.lua: from the insert call to the VM's joining its pool |
 //! | `warmer_evictions_total` | counter | pool, reason | evict.lua, trim_pool.lua, delete_pool.lua |
 //! | `warmer_deletions_total` | counter | reason | forget_orphan.lua, once the cloud confirmed |
@@ -111,6 +112,14 @@ pub const BOOTS: Family = Family {
     per_pool: true,
     kind: Kind::Counter,
 };
+pub const FLEET_CAPPED: Family = Family {
+    key: "fleet_capped",
+    name: "warmer_fleet_capped_boots",
+    help: "Boots a pool wanted that were not started because the fleet was at WARMER_MAX_VMS",
+    labels: &[],
+    per_pool: true,
+    kind: Kind::Counter,
+};
 pub const BOOT_SECONDS: Family = Family {
     key: "boot_duration",
     name: "warmer_boot_duration",
@@ -169,10 +178,11 @@ pub const RECONCILE_LAST_SUCCESS: Family = Family {
 };
 
 /// Every family kept in Redis, in the order they are exported.
-const STORED: [&Family; 10] = [
+const STORED: [&Family; 11] = [
     &CHECKOUTS,
     &CHECKOUT_WAIT_SECONDS,
     &BOOTS,
+    &FLEET_CAPPED,
     &BOOT_SECONDS,
     &EVICTIONS,
     &DELETIONS,
@@ -324,6 +334,8 @@ pub struct Scrape {
     pub counters: Counters,
     /// Now, in milliseconds since the Unix epoch.
     pub now_ms: u64,
+    /// `WARMER_MAX_VMS`.
+    pub max_vms: u32,
 }
 
 /// The exposition of `scrape`: OpenMetrics if `openmetrics`, else Prometheus text 0.0.4.
@@ -392,6 +404,25 @@ impl prometheus_client::collector::Collector for Scrape {
             )],
         )?;
         self.encode_pools(&mut encoder)?;
+        let fleet: u64 = self
+            .pools
+            .iter()
+            .map(|p| p.level.ready + p.level.booting + p.handed_out)
+            .sum();
+        gauges(
+            &mut encoder,
+            "warmer_fleet_vms",
+            "This deployment's VMs, warmed, booting and handed out, over every pool: what WARMER_MAX_VMS caps",
+            None,
+            [(NO_LABELS, fleet as f64)],
+        )?;
+        gauges(
+            &mut encoder,
+            "warmer_fleet_max_vms",
+            "WARMER_MAX_VMS: the most VMs the fleet may have; no boot starts beyond it",
+            None,
+            [(NO_LABELS, f64::from(self.max_vms))],
+        )?;
         gauges(
             &mut encoder,
             "warmer_orphaned_vms",
@@ -570,6 +601,7 @@ mod tests {
             dead_letters: Some(2),
             counters,
             now_ms: 160_500,
+            max_vms: 200,
         }
     }
 
@@ -624,6 +656,8 @@ mod tests {
             "warmer_boot_duration_seconds_count{zone=\"us-central1-c\"} 3",
             "warmer_boot_duration_seconds_sum{zone=\"us-central1-c\"} 700.0",
             "warmer_reconcile_last_success_timestamp_seconds 1.5",
+            "warmer_fleet_vms 7.0",
+            "warmer_fleet_max_vms 200.0",
             "warmer_pool_oldest_age_seconds{pool=\"img:n1-standard-1\"} 60.5",
             "warmer_pool_oldest_age_seconds{pool=\"empty:n1-standard-1\"} 0.0",
             "warmer_pool_ready{pool=\"empty:n1-standard-1\"} 0.0",

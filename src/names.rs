@@ -125,6 +125,11 @@ impl Names {
         format!("{}:_brake", self.namespace)
     }
 
+    /// String: present (the fleet's size) while the fleet cap holds boots back.
+    pub fn fleet_capped(&self) -> String {
+        format!("{}:_fleet_capped", self.namespace)
+    }
+
     /// String: the owner id of the active reconciler (expires unless renewed).
     pub fn reconciler_lock(&self) -> String {
         format!("{}:_reconciler", self.namespace)

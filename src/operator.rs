@@ -45,6 +45,7 @@ pub async fn pool_policy(
         policy
             .validate()
             .map_err(|error| anyhow::anyhow!("policy of {pool} not changed: {error}"))?;
+        within_fleet_cap(ctx, pool, "--max", policy.max)?;
     }
     let set = ctx
         .store
@@ -134,8 +135,21 @@ pub async fn pool_rollover(
     Ok(out)
 }
 
+/// Refuses a pool `what` (its target, its policy's max) above the fleet cap: no pool can have
+/// more VMs than the whole deployment.
+fn within_fleet_cap(ctx: &Context, pool: &PoolName, what: &str, n: u32) -> anyhow::Result<()> {
+    let cap = ctx.config.max_vms;
+    if n > cap {
+        bail!(
+            "{pool} not changed: {what} {n} is above WARMER_MAX_VMS ({cap}), the most VMs this deployment may have over every pool; raise WARMER_MAX_VMS first if you mean it"
+        );
+    }
+    Ok(())
+}
+
 /// `warmer pool set <pool> <target>`.
 pub async fn pool_set(ctx: &Context, pool: &PoolName, target: u32) -> anyhow::Result<String> {
+    within_fleet_cap(ctx, pool, "target", target)?;
     ctx.store
         .set_target(pool, target)
         .await

@@ -243,6 +243,7 @@ impl Web {
                 dead_letters: None,
                 counters,
                 now_ms: now_ms(),
+                max_vms: self.ctx.config.max_vms,
             })
         })
         .await

@@ -102,10 +102,10 @@ impl Reconciler {
     pub fn new(ctx: Context, cloud: Cloud) -> Self {
         Self {
             deleter: tokio::sync::Mutex::new(Deleter::new(ctx.store.clone(), cloud.clone())),
+            sizer: Sizer::new(ctx.config.max_vms),
             ctx,
             cloud,
             owner: format!("reconciler-{}", uuid::Uuid::new_v4().simple()),
-            sizer: Sizer::default(),
             clock: Clock::default(),
         }
     }
@@ -296,10 +296,12 @@ impl Reconciler {
             .leases
             .into_iter()
             .map(|lease| LeasedVm {
+                identity: lease.identity,
                 name: lease.vm,
                 pool: lease.pool,
                 handed: lease.handed,
                 at: lease.at / 1000,
+                deadline: lease.deadline.map(|ms| ms / 1000),
             })
             .collect();
         let cloud = self
@@ -437,6 +439,10 @@ impl Reconciler {
             );
         }
         store.record_orphans(&plan.delete).await?;
+        let forgotten = store.forget_leases(&plan.forget_leases).await?;
+        if forgotten > 0 {
+            tracing::debug!(forgotten, "leases forgotten: their handed-out VMs are gone");
+        }
         if !plan.mark.is_empty() {
             store.mark_suspects(&plan.mark).await?;
             // One line however many: the first few names, and the count.

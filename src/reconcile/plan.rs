@@ -17,12 +17,20 @@ pub const HINT_STALE_SECS: u64 = 300;
 /// A lease: a VM taken for a request, pending its reply or handed out.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LeasedVm {
+    /// The request's identity, the lease's key.
+    pub identity: String,
     pub name: String,
     pub pool: String,
     pub handed: bool,
     /// When it was popped or handed out, in Unix seconds.
     pub at: u64,
+    /// Its request's deadline, in Unix seconds (unknown for an older warmer's lease).
+    pub deadline: Option<u64>,
 }
+
+/// How long after its pop a lease of an older warmer (no deadline recorded) may still be
+/// redelivered: the longest deadline a request may ask for.
+pub const LONGEST_DEADLINE_SECS: u64 = 3_600;
 
 /// Everything a pass decides on. Redis is read first (atomically), the cloud second, so a VM
 /// that moves between states while the snapshot is taken is always seen somewhere.
@@ -76,6 +84,9 @@ pub struct Plan {
     pub unmark: Vec<String>,
     /// Handed-out VMs to label `warmth=cooled`, with their checkout time.
     pub label: Vec<(CloudVm, u64)>,
+    /// Handed-out leases (identity, VM) whose VM the cloud no longer has, past their request's
+    /// deadline: forgotten, so that the leases count only VMs that exist (the fleet cap).
+    pub forget_leases: Vec<(String, String)>,
     /// Pools below target with nothing booting and no fresh refill hint pending: publish a fill
     /// for each.
     pub fill: Vec<String>,
@@ -96,6 +107,7 @@ impl Plan {
             && self.mark.is_empty()
             && self.unmark.is_empty()
             && self.label.is_empty()
+            && self.forget_leases.is_empty()
             && self.fill.is_empty()
             && self.brake.is_none()
             && self.orphans == 0
@@ -212,12 +224,21 @@ pub fn decide(snapshot: &Snapshot, limits: Limits) -> Plan {
         }
     }
 
-    // Rule 5 (labels): handed-out VMs not yet marked in the cloud.
+    // Rule 5 (labels): handed-out VMs not yet marked in the cloud; leases of VMs that are gone
+    // (the worker deleted its VM), once no redelivery can need them and the listing cannot lag.
     for lease in snapshot.leases.iter().filter(|l| l.handed) {
-        if let Some(vm) = cloud.get(lease.name.as_str())
-            && vm.labels.get(COOLED.0).map(String::as_str) != Some(COOLED.1)
-        {
-            plan.label.push(((*vm).clone(), lease.at));
+        match cloud.get(lease.name.as_str()) {
+            Some(vm) if vm.labels.get(COOLED.0).map(String::as_str) != Some(COOLED.1) => {
+                plan.label.push(((*vm).clone(), lease.at));
+            }
+            Some(_) => {}
+            None => {
+                let deadline = lease.deadline.unwrap_or(lease.at + LONGEST_DEADLINE_SECS);
+                if now > deadline.max(lease.at) + FRESH_GRACE_SECS {
+                    plan.forget_leases
+                        .push((lease.identity.clone(), lease.name.clone()));
+                }
+            }
         }
     }
 
@@ -371,12 +392,31 @@ mod tests {
         let mut snapshot = world(&[]);
         snapshot.targets.clear();
         snapshot.leases.push(LeasedVm {
+            identity: "i:new".into(),
             name: "new".into(),
             pool: POOL.into(),
             handed: true,
             at: NOW - 60,
+            deadline: Some(NOW - 30),
         });
         snapshot.cloud.push(running("new"));
+        // Gone from the cloud: the worker deleted them. Forgotten once past their deadline
+        // and the listing's grace, and an older warmer's lease an hour after its pop.
+        for (identity, at, deadline) in [
+            ("i:done", NOW - 600, Some(NOW - 570)),
+            ("i:just-done", NOW - 60, Some(NOW - 30)),
+            ("i:older-warmer", NOW - 2 * 3_600, None),
+            ("i:older-warmer-recent", NOW - 600, None),
+        ] {
+            snapshot.leases.push(LeasedVm {
+                identity: identity.into(),
+                name: format!("vm-of-{identity}"),
+                pool: POOL.into(),
+                handed: true,
+                at,
+                deadline,
+            });
+        }
         let mut old = running("old");
         old.labels.insert("warmth".into(), "cooled".into());
         old.labels
@@ -390,6 +430,16 @@ mod tests {
 
         let plan = decide(&snapshot, LIMITS);
 
+        assert_eq!(
+            plan.forget_leases,
+            [
+                ("i:done".to_string(), "vm-of-i:done".to_string()),
+                (
+                    "i:older-warmer".to_string(),
+                    "vm-of-i:older-warmer".to_string()
+                ),
+            ]
+        );
         assert_eq!(plan.label.len(), 1);
         assert_eq!(
             (plan.label[0].0.name.as_str(), plan.label[0].1),

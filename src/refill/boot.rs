@@ -16,7 +16,7 @@ use crate::events::Event;
 use crate::pool::PoolName;
 use crate::shutdown::Shutdown;
 use crate::store::PoolEntry;
-use crate::store::{Finished, now_ms};
+use crate::store::{Capped, Finished, now_ms};
 
 /// How long one drain of the refill process's deleter runs before it looks at shutdown again.
 const DELETION_SLICE: std::time::Duration = std::time::Duration::from_secs(60);
@@ -73,7 +73,7 @@ impl Refill {
             let reservation = match self
                 .ctx
                 .store
-                .reserve_boots(&pool, &[vm_name()], expires_at)
+                .reserve_boots(&pool, &[vm_name()], expires_at, self.ctx.config.max_vms)
                 .await
             {
                 Ok(reservation) => reservation,
@@ -84,6 +84,26 @@ impl Refill {
             };
             if reservation.braked {
                 tracing::warn!(%pool, "safety brake on: no boots");
+            }
+            match reservation.capped {
+                Capped::No => {}
+                Capped::Still => {
+                    tracing::debug!(%pool, "fleet at WARMER_MAX_VMS: no boot");
+                }
+                Capped::Newly => {
+                    let max = self.ctx.config.max_vms;
+                    tracing::warn!(
+                        %pool,
+                        max,
+                        "the fleet reached WARMER_MAX_VMS: boots wait until VMs are deleted or handed-out VMs are gone (raise WARMER_MAX_VMS if this is the fleet you want)"
+                    );
+                    self.events
+                        .emit(Event::FleetCapped {
+                            pool: pool.to_string(),
+                            max,
+                        })
+                        .await;
+                }
             }
             // None: the pool is at its target (or braked, or gone); the permit is freed.
             let Some(name) = reservation.names.into_iter().next() else {

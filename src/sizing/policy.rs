@@ -53,6 +53,18 @@ impl Policy {
         Ok(())
     }
 
+    /// This policy within the fleet cap: no bound, schedule or demand asks for more than `cap`
+    /// (a policy set under a higher `WARMER_MAX_VMS`).
+    pub fn capped(&self, cap: u32) -> Policy {
+        let mut capped = self.clone();
+        capped.max = capped.max.min(cap);
+        capped.min = capped.min.min(capped.max);
+        for schedule in &mut capped.schedules {
+            schedule.min = schedule.min.min(capped.max);
+        }
+        capped
+    }
+
     /// The minimum at `now` (Unix seconds): the policy's, raised by every active schedule.
     /// Also says whether a schedule raised it.
     pub fn min_at(&self, now: u64) -> (u32, bool) {

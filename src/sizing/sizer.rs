@@ -38,11 +38,24 @@ struct History {
 
 /// The active reconciler's sizer. It keeps the demand of past days it has read (a day's
 /// demand no longer changes once the day is over), so that a pass reads only today's.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Sizer {
     past: Mutex<BTreeMap<(String, u64), Arc<DayDemand>>>,
     /// When this sizer last ran (Unix seconds).
     last_step: Mutex<Option<u64>>,
+    /// `WARMER_MAX_VMS`: no target goes above it, whatever a stored policy says.
+    fleet_cap: u32,
+}
+
+impl Sizer {
+    /// A sizer whose targets never exceed `fleet_cap`.
+    pub fn new(fleet_cap: u32) -> Self {
+        Self {
+            past: Mutex::default(),
+            last_step: Mutex::default(),
+            fleet_cap,
+        }
+    }
 }
 
 /// The sizer's clock (Unix seconds): the system's, or one a test sets.
@@ -112,7 +125,7 @@ impl Sizer {
         let histories = self
             .histories(store, &demand_read(&view, &rolling), now)
             .await?;
-        let decided = decide_all(&view, &rolling, &histories, now);
+        let decided = decide_all(&view, &rolling, &histories, now, self.fleet_cap);
         let changed: Vec<(String, Option<u64>, Decision)> = decided
             .iter()
             .filter_map(|(pool, decision)| {
@@ -233,8 +246,10 @@ fn decide_all(
     rolling: &BTreeMap<&str, &str>,
     histories: &BTreeMap<String, History>,
     now: u64,
+    fleet_cap: u32,
 ) -> BTreeMap<String, Decision> {
     let decide = |pool: &str, policy: &Policy| {
+        let policy = &policy.capped(fleet_cap);
         let mut demand = plan::Demand::new();
         let mut boot_ms = Vec::new();
         for source in demand_sources(view, pool) {

@@ -15,8 +15,20 @@ pub struct Reservation {
     pub ready: u64,
     pub booting: u64,
     pub braked: bool,
+    /// The fleet cap cut the reservation short.
+    pub capped: Capped,
     /// Names whose boot slots were reserved.
     pub names: Vec<String>,
+}
+
+/// Whether the fleet cap (`WARMER_MAX_VMS`) cut a reservation short (see `reserve_boots.lua`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capped {
+    No,
+    /// Yes, and the fleet was at the cap already.
+    Still,
+    /// Yes, and it is the first reservation the cap cut since it was last not reached.
+    Newly,
 }
 
 /// Where a booted VM went (see `finish_boot.lua`).
@@ -33,12 +45,14 @@ pub enum Finished {
 }
 
 impl Store {
-    /// Reserves up to `names.len()` boot slots for `pool` (see `reserve_boots.lua`).
+    /// Reserves up to `names.len()` boot slots for `pool`, never taking the fleet past
+    /// `max_vms` (see `reserve_boots.lua`).
     pub async fn reserve_boots(
         &self,
         pool: &PoolName,
         names: &[String],
         expires_at: u64,
+        max_vms: u32,
     ) -> redis::RedisResult<Reservation> {
         let n = &self.names;
         let mut invocation = self.scripts.reserve_boots.prepare_invoke();
@@ -48,9 +62,15 @@ impl Store {
             .key(n.booting(pool))
             .key(n.orphaned())
             .key(n.brake())
+            .key(n.leases())
+            .key(n.fleet_capped())
+            .key(n.pool_metrics(pool))
             .arg(pool.to_string())
             .arg(now_ms())
-            .arg(expires_at);
+            .arg(expires_at)
+            .arg(max_vms)
+            .arg(n.pool_key_prefix())
+            .arg(n.booting_key_prefix());
         for name in names {
             invocation.arg(name);
         }
@@ -66,9 +86,14 @@ impl Store {
             ready: number(1)?.max(0) as u64,
             booting: number(2)?.max(0) as u64,
             braked: number(3)? == 1,
+            capped: match number(4)? {
+                0 => Capped::No,
+                2 => Capped::Newly,
+                _ => Capped::Still,
+            },
             names: reply
                 .iter()
-                .skip(4)
+                .skip(5)
                 .map(|v| redis::from_redis_value_ref::<String>(v).map_err(Into::into))
                 .collect::<redis::RedisResult<_>>()?,
         })

@@ -13,6 +13,7 @@
 //! | `<ns>:_lease_keys` | zset | [`leases`] | handed-out leases still holding the VM's SSH key → when it is removed (the request's deadline, ms) |
 //! | `<ns>:_booting:<pool>` | zset | [`boots`] | VM name → when its boot reservation expires (ms) |
 //! | `<ns>:_brake` | string | [`reconcile`] | present while the safety brake holds every boot |
+//! | `<ns>:_fleet_capped` | string | [`boots`] | present (the fleet's size) while `WARMER_MAX_VMS` holds boots back |
 //! | `<ns>:_suspects` | set | [`reconcile`] | cloud VMs the last reconcile pass found unaccounted |
 //! | `<ns>:_reconciler` | string | [`lock`] | owner of the active reconciler's lock |
 //! | `<ns>:_metrics` | hash | [`metrics`] | counters and histogram buckets of no pool in particular |
@@ -54,7 +55,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use crate::config::ServerUrl;
 use crate::names::Names;
 
-pub use boots::{Finished, Reservation};
+pub use boots::{Capped, Finished, Reservation};
 pub use leases::{Checkout, Delivery, Disposal, GiveBack, Settled, Swept, ToSettle};
 pub use pools::{PoolLevel, PoolStatus};
 pub use records::{Lease, LeaseState, Orphan, OrphanRecord, PoolEntry};
@@ -92,6 +93,7 @@ struct Scripts {
     release_orphans: redis::Script,
     forget_orphan: redis::Script,
     refuse_orphan: redis::Script,
+    forget_leases: redis::Script,
     lock: redis::Script,
     unlock: redis::Script,
     set_policy: redis::Script,
@@ -124,6 +126,7 @@ fn scripts() -> &'static Scripts {
             release_orphans: script(include_str!("scripts/release_orphans.lua")),
             forget_orphan: script(include_str!("scripts/forget_orphan.lua")),
             refuse_orphan: script(include_str!("scripts/refuse_orphan.lua")),
+            forget_leases: script(include_str!("scripts/forget_leases.lua")),
             lock: script(include_str!("scripts/lock.lua")),
             unlock: script(include_str!("scripts/unlock.lua")),
             set_policy: script(include_str!("scripts/set_policy.lua")),

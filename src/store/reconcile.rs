@@ -21,10 +21,14 @@ pub struct WarmedVm {
 /// A lease, as a reconcile pass sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseView {
+    /// The request's identity, the lease's key.
+    pub identity: String,
     pub handed: bool,
     pub pool: String,
     /// When its VM was popped (ms).
     pub at: u64,
+    /// Its request's deadline (ms), unless the lease is an older warmer's.
+    pub deadline: Option<u64>,
     pub vm: String,
 }
 
@@ -125,12 +129,14 @@ impl Store {
         };
         let leases: Vec<String> = redis::from_redis_value(leases)?;
         view.leases = leases
-            .chunks_exact(4)
+            .chunks_exact(6)
             .map(|lease| LeaseView {
-                handed: lease[0] == "handed",
-                pool: lease[1].clone(),
-                at: lease[2].parse().unwrap_or(0),
-                vm: lease[3].clone(),
+                identity: lease[0].clone(),
+                handed: lease[1] == "handed",
+                pool: lease[2].clone(),
+                at: lease[3].parse().unwrap_or(0),
+                deadline: lease[4].parse().ok(),
+                vm: lease[5].clone(),
             })
             .collect();
         let mut orphans: Vec<String> = redis::from_redis_value(orphans)?;
@@ -157,6 +163,23 @@ impl Store {
             }
         }
         Ok(view)
+    }
+
+    /// Forgets handed-out leases, given as (identity, VM name), whose VM is gone (see
+    /// `forget_leases.lua`); returns how many.
+    pub async fn forget_leases(&self, leases: &[(String, String)]) -> redis::RedisResult<u64> {
+        if leases.is_empty() {
+            return Ok(0);
+        }
+        let mut invocation = self.scripts.forget_leases.prepare_invoke();
+        invocation
+            .key(self.names.leases())
+            .key(self.names.lease_deadlines())
+            .key(self.names.lease_keys());
+        for (identity, vm) in leases {
+            invocation.arg(identity).arg(vm);
+        }
+        self.invoke(&invocation).await
     }
 
     /// Adds cloud VMs found unaccounted to the suspects.

@@ -4,10 +4,13 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use warmer::{
-    CheckoutOutcome, Delivery, Disposal, Finished, GiveBack, PoolEntry, PoolName, Settled,
+    Capped, CheckoutOutcome, Delivery, Disposal, Finished, GiveBack, PoolEntry, PoolName, Settled,
     ToSettle, now_ms,
 };
 use warmer_testkit::*;
+
+/// A fleet cap no test of the targets reaches.
+const NO_CAP: u32 = u32::MAX;
 
 fn pool() -> &'static PoolName {
     static PARSED: std::sync::LazyLock<PoolName> =
@@ -388,14 +391,20 @@ async fn reservations_never_exceed_the_target_repeat_safely_and_expire_into_orph
     let names: Vec<String> = (0..5).map(|i| format!("boot-{i}")).collect();
     let later = now_ms() + 60_000;
 
-    let first = store.reserve_boots(pool(), &names, later).await.unwrap();
+    let first = store
+        .reserve_boots(pool(), &names, later, NO_CAP)
+        .await
+        .unwrap();
     assert_eq!(first.names, ["boot-0", "boot-1"], "ready + booting <= 3");
     // The same call again (its answer lost with a connection): the same names, nothing more.
-    let again = store.reserve_boots(pool(), &names, later).await.unwrap();
+    let again = store
+        .reserve_boots(pool(), &names, later, NO_CAP)
+        .await
+        .unwrap();
     assert_eq!(again.names, ["boot-0", "boot-1"]);
     assert_eq!(app.booting(POOL).await, 2);
     let full = store
-        .reserve_boots(pool(), &["boot-9".to_string()], later)
+        .reserve_boots(pool(), &["boot-9".to_string()], later, NO_CAP)
         .await
         .unwrap();
     assert!(full.names.is_empty());
@@ -406,12 +415,12 @@ async fn reservations_never_exceed_the_target_repeat_safely_and_expire_into_orph
     let orphaned: PoolName = "expiring-image:n1-standard-1".parse().unwrap();
     store.set_target(&orphaned, 1).await.unwrap();
     store
-        .reserve_boots(&orphaned, &["doomed".to_string()], soon)
+        .reserve_boots(&orphaned, &["doomed".to_string()], soon, NO_CAP)
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
     let after = store
-        .reserve_boots(&orphaned, &["next".to_string()], later)
+        .reserve_boots(&orphaned, &["next".to_string()], later, NO_CAP)
         .await
         .unwrap();
     assert_eq!(after.names, ["next"]);
@@ -422,13 +431,79 @@ async fn reservations_never_exceed_the_target_repeat_safely_and_expire_into_orph
 }
 
 #[tokio::test]
+async fn the_fleet_cap_holds_over_every_pool_whatever_the_targets_say() {
+    let app = TestApp::builder().start().await;
+    let lying: PoolName = "other-image:n1-standard-1".parse().unwrap();
+    // A target written into Redis by hand (or by an attacker): far beyond any bill.
+    app.seed(&lying.to_string(), 4_000_000_000, &[vm("a-1"), vm("a-2")])
+        .await;
+    app.seed(POOL, 5, &[vm("b-1")]).await;
+    let store = &app.ctx.store;
+    let now = now_ms();
+    // Two VMs out of the pools: one handed out, one popped for a request in flight.
+    for id in ["m:handed", "m:pending"] {
+        store
+            .checkout(first_delivery(id, now, now + 30_000, now + 60_000), pool())
+            .await
+            .unwrap();
+        app.seed(POOL, 5, &[vm(&format!("refilled-{id}"))]).await;
+    }
+    store
+        .settle(&[to_settle("m:handed", now + 3_600_000)])
+        .await
+        .unwrap();
+    // The fleet: 2 + 2 ready, 2 leased = 6; the cap 9 leaves room for 3.
+    let names: Vec<String> = (0..6).map(|i| format!("boot-{i}")).collect();
+    let later = now + 60_000;
+
+    let first = store.reserve_boots(&lying, &names, later, 8).await.unwrap();
+    assert_eq!(first.names, ["boot-0", "boot-1", "boot-2"]);
+    assert_eq!(first.capped, Capped::Newly);
+    let other = store
+        .reserve_boots(pool(), &["boot-b".to_string()], later, 8)
+        .await
+        .unwrap();
+    assert!(
+        other.names.is_empty(),
+        "the fleet is full, whichever pool asks"
+    );
+    assert_eq!(other.capped, Capped::Still);
+    assert_eq!(
+        app.counters(Some(&lying.to_string()))
+            .await
+            .get("fleet_capped"),
+        Some(&3),
+        "three boots of six not started"
+    );
+    assert_eq!(app.counters(Some(POOL)).await.get("fleet_capped"), Some(&1));
+
+    // Room again (the reconciler forgot the lease of a VM its worker deleted): boots resume.
+    let forgotten = store
+        .forget_leases(&[("m:handed".to_string(), "b-1".to_string())])
+        .await
+        .unwrap();
+    assert_eq!(forgotten, 1);
+    let wrong = store
+        .forget_leases(&[("m:pending".to_string(), "a-1".to_string())])
+        .await
+        .unwrap();
+    assert_eq!(wrong, 0, "a pending lease, or one of another VM, is kept");
+    let resumed = store
+        .reserve_boots(pool(), &["boot-b".to_string()], later, 8)
+        .await
+        .unwrap();
+    assert_eq!(resumed.names, ["boot-b"]);
+    assert_eq!(resumed.capped, Capped::No);
+}
+
+#[tokio::test]
 async fn a_finished_boot_joins_its_pool_once_or_is_recorded_never_both() {
     let app = TestApp::builder().start().await;
     app.seed(POOL, 1, &[]).await;
     let store = &app.ctx.store;
     let later = now_ms() + 60_000;
     store
-        .reserve_boots(pool(), &["vm-1".to_string()], later)
+        .reserve_boots(pool(), &["vm-1".to_string()], later, NO_CAP)
         .await
         .unwrap();
 
@@ -455,7 +530,7 @@ async fn a_finished_boot_joins_its_pool_once_or_is_recorded_never_both() {
     // Target reached meanwhile: the late boot is surplus.
     store.set_target(pool(), 2).await.unwrap();
     store
-        .reserve_boots(pool(), &["vm-3".to_string()], later)
+        .reserve_boots(pool(), &["vm-3".to_string()], later, NO_CAP)
         .await
         .unwrap();
     store.set_target(pool(), 1).await.unwrap();
@@ -497,7 +572,7 @@ async fn an_abandoned_boot_frees_its_slot_and_is_recorded_once() {
     let store = &app.ctx.store;
     let names = ["halfway".to_string(), "never-created".to_string()];
     store
-        .reserve_boots(pool(), &names, now_ms() + 60_000)
+        .reserve_boots(pool(), &names, now_ms() + 60_000, NO_CAP)
         .await
         .unwrap();
 
@@ -533,7 +608,7 @@ async fn trimming_gives_up_the_oldest_surplus_and_no_more() {
     let store = &app.ctx.store;
     store.set_target(pool(), 2).await.unwrap();
     store
-        .reserve_boots(pool(), &[], now_ms() + 60_000)
+        .reserve_boots(pool(), &[], now_ms() + 60_000, NO_CAP)
         .await
         .unwrap();
 

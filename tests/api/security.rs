@@ -143,3 +143,79 @@ async fn a_pool_entry_naming_a_vm_that_is_not_ours_relabels_nothing_and_is_never
     app.start_consumer().await;
     assert_eq!(app.checkout().await["code"], "pool_empty");
 }
+
+#[tokio::test]
+async fn the_fleet_never_grows_past_warmer_max_vms_whatever_the_targets_say() {
+    let mut app = TestApp::builder()
+        .envs(&[("WARMER_MAX_VMS", "6"), ("WARMER_LOCAL_BOOT_DELAY", "50ms")])
+        .start()
+        .await;
+    let pools: Vec<String> = (0..5).map(|i| format!("image-{i}:n1-standard-1")).collect();
+    for pool in &pools {
+        app.seed(pool, 3, &[]).await;
+    }
+    // A target written into Redis directly: the refill consumers must not believe it.
+    app.seed("lying-image:n1-standard-1", 4_000_000_000, &[])
+        .await;
+    let mut capped = app.listen("fleet.capped").await;
+    app.start_refill().await;
+    app.start_refill().await;
+
+    warmer::operator::fill(&app.ctx, None, None).await.unwrap();
+
+    let event = capped.next().await;
+    assert_eq!(event["max"], 6);
+    let cloud = app.cloud().await;
+    eventually("the fleet to be full and idle", || async {
+        let mut ready = 0;
+        let mut booting = 0;
+        for pool in pools
+            .iter()
+            .map(String::as_str)
+            .chain(["lying-image:n1-standard-1"])
+        {
+            ready += app.pool_vms(pool).await.len();
+            booting += app.booting(pool).await;
+        }
+        ready == 6 && booting == 0
+    })
+    .await;
+    // More fills change nothing: the fleet stays at the cap.
+    warmer::operator::fill(&app.ctx, None, None).await.unwrap();
+    app.wait_for_empty(&app.names.refill_queue()).await;
+    let vms = cloud.list(app.names.namespace()).await.unwrap();
+    assert_eq!(vms.len(), 6, "VMs that exist in the (simulated) cloud");
+    let capped_boots: i64 = {
+        let mut total = 0;
+        for pool in pools
+            .iter()
+            .map(String::as_str)
+            .chain(["lying-image:n1-standard-1"])
+        {
+            total += app
+                .counters(Some(pool))
+                .await
+                .get("fleet_capped")
+                .copied()
+                .unwrap_or(0);
+        }
+        total
+    };
+    assert!(capped_boots > 0);
+
+    // Operators cannot ask for more than the fleet either.
+    let pool: warmer::PoolName = pools[0].parse().unwrap();
+    let refused = warmer::operator::pool_set(&app.ctx, &pool, 7)
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("WARMER_MAX_VMS (6)"),
+        "{refused}"
+    );
+    let policy: warmer::sizing::policy::Policy =
+        serde_json::from_value(json!({"min": 1, "max": 7, "adaptive": true, "hit": 0.99})).unwrap();
+    let refused = warmer::operator::pool_policy(&app.ctx, &pool, Some(&policy))
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("--max 7"), "{refused}");
+}

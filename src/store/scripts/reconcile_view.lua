@@ -11,7 +11,8 @@
 -- known age, as travis-ci/warmer's have none); an entry whose name cannot be found this way is
 -- decoded, and one that cannot be decoded either is reported with an empty name (unreadable).
 -- Returns {leases, orphans, claimed, suspects, brake, hints, pools, booting}:
---   leases: flat {state, pool, at, vm name, ...}   orphans, claimed: the records as stored
+--   leases: flat {identity, state, pool, at, deadline ('' if unknown), vm name, ...}
+--   orphans, claimed: the records as stored
 --   hints: flat {pool, since (ms), ...}   pools: per pool, flat {name, zone, booted_at, ...}
 --   booting: per pool, the names of unexpired reservations
 local function text(s, key)
@@ -34,23 +35,26 @@ local function entry_fields(entry)
 end
 
 local leases = {}
-for _, raw in ipairs(redis.call('HVALS', KEYS[1])) do
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local identity, raw = all[i], all[i + 1]
   local state, pool = text(raw, 'state'), text(raw, 'pool')
   local at = string.match(raw, '"at"%s*:%s*(%d+)')
+  local deadline = string.match(raw, '"deadline"%s*:%s*(%d+)')
   -- The entry is a JSON string inside the lease: its quotes are escaped.
   local vm = string.match(raw, '\\"name\\"%s*:%s*\\"([^"\\]*)\\"')
   if not (state and pool and at and vm) then
     local ok, lease = pcall(cjson.decode, raw)
     if ok and type(lease) == 'table' and type(lease.entry) == 'string' then
       state, pool, at = lease.state, lease.pool, tostring(lease.at)
+      if type(lease.deadline) == 'number' then deadline = tostring(lease.deadline) end
       vm = entry_fields(lease.entry)
     end
   end
   if state and pool and at and vm and vm ~= '' then
-    table.insert(leases, state)
-    table.insert(leases, pool)
-    table.insert(leases, at)
-    table.insert(leases, vm)
+    for _, field in ipairs({identity, state, pool, at, deadline or '', vm}) do
+      table.insert(leases, field)
+    end
   end
 end
 
