@@ -59,6 +59,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("rabbitmq: connecting to {amqp_url}"))?;
     let declared = crate::topology::declare(&connection, &ctx.names).await;
+    let breadth = match &declared {
+        Ok(()) => Some(crate::topology::probe_permissions(&connection, &ctx.names).await),
+        Err(_) => None,
+    };
     let _ = connection.close(200, "checked".into()).await;
     declared.with_context(|| format!("rabbitmq: declaring the topology at {amqp_url}"))?;
     let names = &ctx.names;
@@ -73,6 +77,51 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ),
     );
 
+    let user = ctx.config.amqp_user();
+    match breadth {
+        Some(Ok(breadth)) if breadth.describe().is_empty() => passed(
+            "permissions",
+            &format!("broker user `{user}` may do what warmer's processes need and no more"),
+        ),
+        Some(Ok(breadth)) => warned(
+            "permissions",
+            &format!(
+                "broker user `{user}` may also {}: anyone holding its password can; give warmer's processes a user of their own (`warmer permissions` prints the commands)",
+                breadth.describe().join(", ")
+            ),
+        ),
+        Some(Err(error)) => warned(
+            "permissions",
+            &format!(
+                "could not ask the broker what `{user}` may do: {}",
+                crate::telemetry::report(&error)
+            ),
+        ),
+        None => {}
+    }
+    let wanted: u64 = ctx
+        .store
+        .targets()
+        .await
+        .context("redis: reading the pools")?
+        .values()
+        .filter_map(|t| crate::pool::parse_target(t))
+        .sum();
+    let cap = u64::from(ctx.config.max_vms);
+    if wanted > cap {
+        warned(
+            "fleet",
+            &format!(
+                "the pools' targets add up to {wanted}, above WARMER_MAX_VMS ({cap}): boots stop at {cap} VMs"
+            ),
+        );
+    } else {
+        passed(
+            "fleet",
+            &format!("the pools' targets add up to {wanted}, within WARMER_MAX_VMS ({cap})"),
+        );
+    }
+
     let cloud = Cloud::from_config(&ctx.config)
         .await
         .context("cloud credentials")?;
@@ -86,7 +135,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 /// One line on stdout, at once (a release log shows how far it got).
 fn passed(what: &str, detail: &str) {
+    line("ok  ", what, detail);
+}
+
+/// A line for something that works but should not be left so: the release goes on.
+fn warned(what: &str, detail: &str) {
+    line("warn ", what, detail);
+}
+
+fn line(mark: &str, what: &str, detail: &str) {
     let mut stdout = std::io::stdout().lock();
-    let _ = writeln!(stdout, "ok  {what}: {detail}");
+    let _ = writeln!(stdout, "{mark}{what}: {detail}");
     let _ = stdout.flush();
 }

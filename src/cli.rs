@@ -51,6 +51,14 @@ pub enum Command {
     /// with the topology declared, and for WARMER_PROVIDER=gce a token and access to the
     /// project. One line per check; exits 2 at the first failure, with its reason.
     Check,
+    /// Print the RabbitMQ users warmer's roles need — worker, operator, and warmer's own
+    /// processes — each with the narrowest permissions that work, as commands to run with
+    /// `rabbitmqctl` and with the management HTTP API (CloudAMQP's). Connects to nothing.
+    Permissions {
+        /// Only this role's user.
+        #[arg(long, value_enum)]
+        role: Option<crate::topology::Role>,
+    },
     /// Manage pools and their target sizes.
     #[command(subcommand)]
     Pool(PoolCommand),
@@ -243,6 +251,9 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<Output> {
         return crate::sizing::simulate::command(trace.as_deref(), options, generated)
             .map(Output::from);
     }
+    if let Command::Permissions { role } = &command {
+        return Ok(operator::permissions(&config, *role).into());
+    }
     // The release check connects step by step, saying how far it got.
     if let Command::Check = command {
         crate::check::run(config).await?;
@@ -250,7 +261,7 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<Output> {
     }
     let ctx = Context::new(config).await?;
     Ok(match command {
-        Command::Check | Command::Simulate { .. } => quiet, // done above
+        Command::Check | Command::Simulate { .. } | Command::Permissions { .. } => quiet, // done above
         Command::Checkout => {
             checkout::run(ctx, shutdown::on_signals()?).await?;
             quiet

@@ -64,6 +64,14 @@ impl ServerUrl {
         Some(password)
     }
 
+    /// The user of the URL's user info, percent-decoded, if any.
+    pub fn user(&self) -> Option<String> {
+        let (_, rest) = self.0.expose().split_once("://")?;
+        let (userinfo, _) = rest.rsplit_once('@')?;
+        let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+        (!user.is_empty()).then(|| percent_decode(user))
+    }
+
     /// The URL with any password masked, safe for logs.
     pub fn redacted(&self) -> String {
         let url = self.0.expose();
@@ -640,6 +648,28 @@ impl Config {
             }
         }
         secrets
+    }
+
+    /// The broker user warmer's processes connect as (RabbitMQ's default, `guest`, when the URL
+    /// names none): the `user_id` of the messages they publish, which the broker vouches for.
+    pub fn amqp_user(&self) -> String {
+        self.amqp_url.user().unwrap_or_else(|| "guest".into())
+    }
+
+    /// The broker's virtual host, from the AMQP URL's path (`/` when it names none).
+    pub fn amqp_vhost(&self) -> String {
+        let url = self.amqp_url.expose();
+        let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+        let after_host = after_scheme
+            .rsplit_once('@')
+            .map_or(after_scheme, |(_, h)| h);
+        let path = after_host.split_once('/').map_or("", |(_, path)| path);
+        let path = path.split(['?', '#']).next().unwrap_or_default();
+        if path.is_empty() {
+            "/".into()
+        } else {
+            percent_decode(path)
+        }
     }
 
     /// Checks what the `gce` provider needs; called by the processes that boot VMs.

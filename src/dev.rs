@@ -42,12 +42,7 @@ pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
         tokio::spawn(crate::reconcile::Reconciler::new(ctx.clone(), cloud).run(shutdown.clone()));
     let web = tokio::spawn(crate::web::serve(ctx.clone(), listener, shutdown.clone()));
     // Fill every pool at start: the local cloud starts empty.
-    crate::operator::fill(
-        &ctx,
-        None,
-        ctx.config.auth_tokens.first().map(|t| t.expose()),
-    )
-    .await?;
+    crate::operator::fill(&ctx, None, None).await?;
     let (checkout, refill, reconcile, web) = tokio::join!(checkout, refill, reconcile, web);
     checkout??;
     refill??;

@@ -16,6 +16,7 @@ use lapin::{BasicProperties, Channel};
 use serde::Serialize;
 
 use crate::amqp::{Publisher, json_properties};
+use crate::config::Secret;
 use crate::names::Names;
 use crate::pool::PoolName;
 use crate::store::now_ms;
@@ -206,51 +207,72 @@ pub enum RefillMessage {
 }
 
 impl RefillMessage {
-    /// The JSON body.
+    /// The JSON body (a fill signed now, if it has a signer).
     pub fn body(&self) -> Vec<u8> {
         match self {
             RefillMessage::Hint(pool) => serde_json::json!({"pool": pool.to_string()})
                 .to_string()
                 .into_bytes(),
-            RefillMessage::Fill(command) => command.body(),
+            RefillMessage::Fill(command) => command.body(now_ms()),
         }
     }
 
-    /// Persistent JSON; a fill expires after [`FILL_TTL`].
-    pub fn properties(&self) -> BasicProperties {
+    /// Persistent JSON from the broker user `sender` (the `user_id` the broker vouches for);
+    /// a fill expires after [`FILL_TTL`].
+    pub fn properties(&self, sender: &str) -> BasicProperties {
+        let properties = json_properties().with_user_id(sender.into());
         match self {
-            RefillMessage::Hint(_) => json_properties(),
+            RefillMessage::Hint(_) => properties,
             RefillMessage::Fill(_) => {
-                json_properties().with_expiration(FILL_TTL.as_millis().to_string().as_str().into())
+                properties.with_expiration(FILL_TTL.as_millis().to_string().as_str().into())
             }
         }
     }
 
-    /// Publishes to the refill queue and waits for the broker's confirm.
-    pub async fn send(&self, publisher: &Publisher, names: &Names) -> anyhow::Result<()> {
+    /// Publishes to the refill queue as the broker user `sender` (the publisher's connection's)
+    /// and waits for the broker's confirm.
+    pub async fn send(
+        &self,
+        publisher: &Publisher,
+        names: &Names,
+        sender: &str,
+    ) -> anyhow::Result<()> {
         publisher
-            .publish("", &names.refill_queue(), &self.body(), self.properties())
+            .publish(
+                "",
+                &names.refill_queue(),
+                &self.body(),
+                self.properties(sender),
+            )
             .await
     }
 }
 
-/// An operator's fill command for the refill queue: `{"command":"fill"}` for every pool, with
-/// `"pool"` for one, with `"token"` when `WARMER_AUTH_TOKENS` is set. `Debug` hides the token.
+/// A fill command for the refill queue: `{"command":"fill"}` for every pool, with `"pool"` for
+/// one. An operator's is signed with a token (`"issued_at"`, `"signature"`; see [`crate::auth`]):
+/// the token itself is never in the message. `Debug` hides the signer.
 #[derive(Clone, PartialEq, Eq)]
 pub struct FillCommand {
     pub pool: Option<PoolName>,
-    pub token: Option<String>,
+    /// The operator token that signs it; `None` for warmer's own processes, whose broker user
+    /// vouches for them.
+    pub signer: Option<Secret>,
 }
 
 impl FillCommand {
-    /// The JSON body.
-    pub fn body(&self) -> Vec<u8> {
+    /// The JSON body, signed as issued at `now` (ms) if there is a signer.
+    pub fn body(&self, now: u64) -> Vec<u8> {
         let mut command = serde_json::json!({"command": "fill"});
         if let Some(pool) = &self.pool {
             command["pool"] = pool.to_string().into();
         }
-        if let Some(token) = &self.token {
-            command["token"] = token.as_str().into();
+        if let Some(signature) = self
+            .signer
+            .as_ref()
+            .and_then(|token| crate::auth::sign_fill(token, self.pool.as_ref(), now))
+        {
+            command["issued_at"] = now.into();
+            command["signature"] = signature.into();
         }
         command.to_string().into_bytes()
     }
@@ -260,7 +282,7 @@ impl std::fmt::Debug for FillCommand {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FillCommand")
             .field("pool", &self.pool)
-            .field("token", &self.token.as_ref().map(|_| "[redacted]"))
+            .field("signed", &self.signer.is_some())
             .finish()
     }
 }
@@ -294,24 +316,28 @@ mod tests {
     }
 
     #[test]
-    fn a_fill_command_reads_as_the_refill_consumer_expects_and_hides_its_token() {
+    fn a_signed_fill_reads_as_the_refill_consumer_expects_and_never_holds_its_token() {
+        let token = Secret::new("s3cret");
         let command = FillCommand {
             pool: Some("img:n1-standard-1".parse().unwrap()),
-            token: Some("s3cret".into()),
+            signer: Some(token.clone()),
         };
-        let parsed =
-            crate::refill::command::parse(&command.body(), &[crate::config::Secret::new("s3cret")]);
+        let now = 1_800_000_000_000;
+        let body = command.body(now);
+        let from = crate::refill::command::From::Other;
+        let parsed = crate::refill::command::parse(&body, &[token], from, now);
         assert_eq!(
             parsed,
             Ok(crate::refill::command::Work::Pool(
                 "img:n1-standard-1".parse().unwrap()
             ))
         );
+        assert!(!String::from_utf8_lossy(&body).contains("s3cret"));
         assert!(!format!("{command:?}").contains("s3cret"));
         let all = FillCommand {
             pool: None,
-            token: None,
+            signer: None,
         };
-        assert_eq!(all.body(), br#"{"command":"fill"}"#);
+        assert_eq!(all.body(now), br#"{"command":"fill"}"#);
     }
 }

@@ -54,6 +54,7 @@ pub mod watchdog;
 pub mod web;
 
 mod amqp;
+mod auth;
 mod cloud;
 mod config;
 mod context;
@@ -86,5 +87,6 @@ pub use store::{
     Orphan, OrphanRecord, PoolEntry, Reservation, Settled, Store, Swept, ToSettle, now_ms,
 };
 pub use topology::{
-    DEAD_LETTER_LIMIT, DELIVERY_LIMIT, REFILL_QUEUE_LIMIT, declare as declare_topology,
+    DEAD_LETTER_LIMIT, DELIVERY_LIMIT, Permissions, REFILL_QUEUE_LIMIT, Role,
+    declare as declare_topology, permissions,
 };

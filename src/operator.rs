@@ -20,6 +20,59 @@ use crate::pool::PoolName;
 use crate::sizing::policy::Policy;
 use crate::store::now_ms;
 use crate::store::sizing::{RolloverState, StartRollover};
+use crate::topology::Role;
+
+/// `warmer permissions`: the RabbitMQ user of each role (or of `only`), with the narrowest
+/// permissions that work for this prefix, as `rabbitmqctl` commands and management API calls.
+pub fn permissions(config: &crate::Config, only: Option<Role>) -> String {
+    let names = crate::names::Names::new(&config.amqp_prefix, &config.redis_namespace);
+    let vhost = config.amqp_vhost();
+    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let roles: Vec<Role> = only.map_or(Role::ALL.to_vec(), |role| vec![role]);
+    let mut out = format!(
+        "# RabbitMQ users for warmer's prefix `{}` on vhost `{vhost}`: one per role, each allowed only\n\
+         # what it needs. Set PASSWORD to a new password for each user before its lines; give each\n\
+         # process the URL of its role's user (WARMER_AMQP_URL).\n",
+        names.prefix()
+    );
+    let api_vhost: String = vhost
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let mut api = String::from(
+        "\n# The same through the management HTTP API (CloudAMQP: the console's API URL), as an\n\
+         # administrator: set API to the API's base URL (…/api) and ADMIN to `user:password`.\n",
+    );
+    for role in roles {
+        let user = format!("{}-{}", names.prefix(), role.name());
+        let p = crate::topology::permissions(role, &names);
+        let _ = writeln!(out, "\n# {}: {}", role.name(), role.purpose());
+        let _ = writeln!(out, "rabbitmqctl add_user {} \"$PASSWORD\"", quote(&user));
+        let _ = writeln!(
+            out,
+            "rabbitmqctl set_permissions -p {} {} {} {} {}",
+            quote(&vhost),
+            quote(&user),
+            quote(&p.configure),
+            quote(&p.write),
+            quote(&p.read)
+        );
+        let body = json!({"configure": p.configure, "write": p.write, "read": p.read});
+        let _ = writeln!(
+            api,
+            "curl -fsS -u \"$ADMIN\" -X PUT -H 'content-type: application/json' \"$API/users/{user}\" -d '{{\"password\":\"'\"$PASSWORD\"'\",\"tags\":\"\"}}'"
+        );
+        let _ = writeln!(
+            api,
+            "curl -fsS -u \"$ADMIN\" -X PUT -H 'content-type: application/json' \"$API/permissions/{api_vhost}/{user}\" -d {}",
+            quote(&body.to_string())
+        );
+    }
+    out + &api
+}
 
 /// `warmer pool list`: every pool and its target, one per line, with its policy if it has one.
 pub async fn pool_list(ctx: &Context) -> anyhow::Result<String> {
@@ -186,7 +239,8 @@ pub async fn pool_delete(ctx: &Context, pool: &PoolName) -> anyhow::Result<Strin
     }
 }
 
-/// `warmer fill [<pool>]`: publishes a fill command for the refill consumer.
+/// `warmer fill [<pool>]`: publishes a fill command for the refill consumer, as this broker
+/// user, signed with `token` if there is one (the token itself is not sent; see `auth.rs`).
 pub async fn fill(
     ctx: &Context,
     pool: Option<&PoolName>,
@@ -194,12 +248,17 @@ pub async fn fill(
 ) -> anyhow::Result<String> {
     let fill = RefillMessage::Fill(FillCommand {
         pool: pool.cloned(),
-        token: token.map(String::from),
+        signer: token.map(crate::config::Secret::new),
     });
     let connection = Arc::new(ctx.amqp("fill").await?);
     let courier = Courier::new(connection.clone());
+    let sender = ctx.config.amqp_user();
     let published = courier
-        .publish(&ctx.names.refill_queue(), &fill.body(), fill.properties())
+        .publish(
+            &ctx.names.refill_queue(),
+            &fill.body(),
+            fill.properties(&sender),
+        )
         .await
         .context("publishing the fill command (refused when the refill queue is full)")?;
     courier.close().await;

@@ -160,6 +160,229 @@ fn is_precondition_failed(error: &lapin::Error) -> bool {
     )
 }
 
+/// Who uses the broker: each should connect as a RabbitMQ user of its own, with the narrowest
+/// permissions that work ([`permissions`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// A CI worker: publishes checkout requests and reads its direct replies.
+    Worker,
+    /// An operator's CLI: publishes (signed) fill commands, checkout requests and rollover
+    /// events, reads direct replies and queue depths.
+    Operator,
+    /// Warmer's own processes: declare the topology, consume their queues, publish replies,
+    /// refill messages and events.
+    Service,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Worker, Role::Operator, Role::Service];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Worker => "worker",
+            Role::Operator => "operator",
+            Role::Service => "service",
+        }
+    }
+
+    /// What the role's user does, in a line.
+    pub fn purpose(self) -> &'static str {
+        match self {
+            Role::Worker => {
+                "a CI worker: publishes checkout requests, reads its direct replies; nothing else"
+            }
+            Role::Operator => {
+                "the operator CLI: signed fills, checkout requests, rollover events, queue depths"
+            }
+            Role::Service => {
+                "warmer's processes (checkout, refill, reconcile, web, autoscale, watchdog, check)"
+            }
+        }
+    }
+}
+
+/// A role's RabbitMQ permissions on the vhost: regular expressions of the queue and exchange
+/// names it may configure (declare, delete), write (publish to, bind) and read (consume, get).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permissions {
+    pub configure: String,
+    pub write: String,
+    pub read: String,
+}
+
+/// What `role` needs, and nothing more. RabbitMQ checks nothing for the direct reply-to
+/// pseudo-queue or for a passive declare, and one permission on the default exchange
+/// (`amq.default`) covers every queue it routes to: a worker that may publish checkout
+/// requests may also publish to `<prefix>.refill`, which is why the refill consumer believes a
+/// message only from warmer's own user or signed with an operator token (see `auth.rs`).
+pub fn permissions(role: Role, names: &Names) -> Permissions {
+    let escaped: String = names
+        .prefix()
+        .chars()
+        .flat_map(|c| {
+            let escape = !c.is_ascii_alphanumeric() && c != '_';
+            escape.then_some('\\').into_iter().chain([c])
+        })
+        .collect();
+    let own = format!("{escaped}\\.(checkout|refill|dead|events)");
+    let nothing = "^$".to_string();
+    match role {
+        Role::Worker => Permissions {
+            configure: nothing.clone(),
+            write: "^amq\\.default$".into(),
+            read: nothing,
+        },
+        Role::Operator => Permissions {
+            configure: nothing.clone(),
+            write: format!("^(amq\\.default|{escaped}\\.events)$"),
+            read: nothing,
+        },
+        // Writing to its queues is for unbinding them; reading a queue with a dead-letter
+        // exchange is what RabbitMQ asks of whoever declares it.
+        Role::Service => Permissions {
+            configure: format!("^{own}$"),
+            write: format!("^(amq\\.default|{own})$"),
+            read: format!("^{own}$"),
+        },
+    }
+}
+
+/// What the broker lets this connection's user do beyond [`Role::Service`]'s permissions, found
+/// by asking for what the role must be refused, on names nobody uses: each `true` is a
+/// permission broader than warmer's processes need.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Breadth {
+    /// May declare queues and exchanges that are not warmer's.
+    pub configure: bool,
+    /// May publish to exchanges that are not warmer's.
+    pub write: bool,
+    /// May read queues that are not warmer's.
+    pub read: bool,
+    /// May publish as another user (the `impersonator` tag): it could forge warmer's own.
+    pub impersonate: bool,
+}
+
+impl Breadth {
+    /// What is broader than needed, in words; empty when nothing is.
+    pub fn describe(&self) -> Vec<&'static str> {
+        [
+            (
+                self.configure,
+                "configure queues and exchanges that are not warmer's",
+            ),
+            (self.write, "publish to exchanges that are not warmer's"),
+            (self.read, "read queues that are not warmer's"),
+            (
+                self.impersonate,
+                "publish as another user (impersonator tag)",
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(broad, what)| broad.then_some(what))
+        .collect()
+    }
+}
+
+/// Asks the broker, on channels of their own, for what warmer's processes must be refused:
+/// declaring a queue, reading a queue and publishing to an exchange that are not warmer's
+/// (names in its prefix and outside it that nobody uses), and publishing as someone else.
+/// Whatever is not refused is broader than needed. Leaves nothing behind: the probe queue is
+/// exclusive, and nothing is routed.
+pub async fn probe_permissions(connection: &Connection, names: &Names) -> anyhow::Result<Breadth> {
+    use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let probes = [
+        format!("{}.check-{}", names.prefix(), &id[..12]),
+        format!("warmer-check-{}", &id[..12]),
+    ];
+    let mut breadth = Breadth::default();
+    for name in &probes {
+        let channel = connection
+            .create_channel()
+            .await
+            .context("opening a channel")?;
+        let exclusive = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..QueueDeclareOptions::default()
+        };
+        let declared = channel
+            .queue_declare(name.as_str().into(), exclusive, FieldTable::default())
+            .await
+            .map(|_| ());
+        breadth.configure |= declared.is_ok();
+        let _ = channel.close(200, "probed".into()).await;
+
+        let channel = connection
+            .create_channel()
+            .await
+            .context("opening a channel")?;
+        let missing = format!("{name}-read");
+        let read = channel
+            .basic_get(missing.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .map(|_| ());
+        breadth.read |= match read {
+            Ok(()) => true,
+            Err(error) => crate::amqp::is_not_found(&error),
+        };
+        let _ = channel.close(200, "probed".into()).await;
+
+        let channel = connection
+            .create_channel()
+            .await
+            .context("opening a channel")?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .context("confirm mode")?;
+        let missing = format!("{name}-write");
+        let published = async {
+            channel
+                .basic_publish(
+                    missing.as_str().into(),
+                    "".into(),
+                    BasicPublishOptions::default(),
+                    b"",
+                    lapin::BasicProperties::default(),
+                )
+                .await?
+                .await
+                .map(|_| ())
+        };
+        breadth.write |= match published.await {
+            Ok(()) => true,
+            Err(error) => crate::amqp::is_not_found(&error),
+        };
+        let _ = channel.close(200, "probed".into()).await;
+    }
+    let channel = connection
+        .create_channel()
+        .await
+        .context("opening a channel")?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .context("confirm mode")?;
+    let impersonated = async {
+        channel
+            .basic_publish(
+                "".into(),
+                probes[0].as_str().into(),
+                BasicPublishOptions::default(),
+                b"",
+                lapin::BasicProperties::default().with_user_id(probes[1].as_str().into()),
+            )
+            .await?
+            .await
+            .map(|_| ())
+    };
+    // Refused with PRECONDITION_FAILED unless the user may impersonate.
+    breadth.impersonate = impersonated.await.is_ok();
+    let _ = channel.close(200, "probed".into()).await;
+    Ok(breadth)
+}
+
 /// The consumer process types and the queue each consumes: what HireFire and
 /// `warmer autoscale` scale by.
 pub fn consumer_queues(names: &Names) -> [(&'static str, String); 2] {

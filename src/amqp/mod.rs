@@ -129,9 +129,13 @@ fn is_hard(error: &lapin::Error) -> bool {
 
 /// Whether the broker answered NOT_FOUND (no such queue or reply-to).
 pub fn is_not_found(error: &lapin::Error) -> bool {
+    is_soft(error, AMQPSoftError::NOTFOUND)
+}
+
+/// Whether the broker closed the channel with this soft error.
+pub fn is_soft(error: &lapin::Error, soft: AMQPSoftError) -> bool {
     matches!(
         error.kind(),
-        lapin::ErrorKind::ProtocolError(e)
-            if *e.kind() == AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)
+        lapin::ErrorKind::ProtocolError(e) if *e.kind() == AMQPErrorKind::Soft(soft)
     )
 }

@@ -489,9 +489,10 @@ impl Checkout {
             self.ctx.names.clone(),
             pool.clone(),
         );
+        let sender = self.ctx.config.amqp_user();
         tokio::spawn(async move {
             let hint = RefillMessage::Hint(pool.clone());
-            if let Err(error) = hint.send(&hints, &names).await {
+            if let Err(error) = hint.send(&hints, &names, &sender).await {
                 tracing::warn!(error = %crate::telemetry::report(&error), %pool, "refill hint not sent; the next checkout sends it");
                 if let Err(error) = store.clear_hint(&pool).await {
                     tracing::warn!(%error, %pool, "refill hint not cleared; the reconciler sends a fill once it is stale");

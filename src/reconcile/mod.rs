@@ -23,6 +23,7 @@ use crate::context::Context;
 use crate::deletion::{Deleter, Listed};
 use crate::events::{Event, Events, FillCommand, RefillMessage};
 use crate::names::Names;
+use crate::pool::PoolName;
 use crate::shutdown::Shutdown;
 use crate::sizing::sizer::{self, Clock, Sizer};
 use crate::store::now_ms;
@@ -502,21 +503,22 @@ impl Reconciler {
             None => {}
         }
         if let Some(broker) = broker {
-            let token = self
-                .ctx
-                .config
-                .auth_tokens
-                .first()
-                .map(|t| t.expose().to_string());
             // Coalesced with checkouts' hints: a checkout meanwhile sends none of its own.
             store.set_hints(&plan.fill, now_ms()).await?;
-            for pool in &plan.fill {
+            // Warmer's own: the broker vouches for the sender, no operator token is lent.
+            let sender = self.ctx.config.amqp_user();
+            for name in &plan.fill {
+                // A fill is of one pool or of every pool: never of every pool by mistake.
+                let Ok(pool) = name.parse::<PoolName>() else {
+                    tracing::warn!(pool = %name.escape_debug(), "not a pool name: no fill sent");
+                    continue;
+                };
                 let fill = RefillMessage::Fill(FillCommand {
-                    pool: pool.parse().ok(),
-                    token: token.clone(),
+                    pool: Some(pool),
+                    signer: None,
                 });
-                if let Err(error) = fill.send(&broker.fills, names).await {
-                    tracing::warn!(error = %crate::telemetry::report(&error), %pool, "fill not published");
+                if let Err(error) = fill.send(&broker.fills, names, &sender).await {
+                    tracing::warn!(error = %crate::telemetry::report(&error), pool = %name, "fill not published");
                 }
             }
         }

@@ -20,14 +20,17 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
-use crate::amqp::{self, Disposition, Incoming};
+use anyhow::Context as _;
+
+use crate::amqp::{self, Disposition, Incoming, Publisher};
 use crate::cloud::Cloud;
 use crate::config::Secret;
 use crate::context::Context;
-use crate::events::Events;
+use crate::events::{Events, FillCommand, RefillMessage};
 use crate::pool::PoolName;
 use crate::shutdown::Shutdown;
 use crate::sshkey::KeyStock;
+use crate::store::now_ms;
 use crate::topology;
 use command::Work;
 
@@ -39,16 +42,23 @@ pub const PREFETCH: u16 = 16;
 pub enum Outcome {
     /// The pools were looked at; `boots` boots started.
     Refilled { pools: usize, boots: usize },
-    /// Not a valid event or command: dead-lettered.
+    /// Not a valid hint or command, or not from someone who may send it: dead-lettered.
     Rejected(String),
+    /// Rejected, and it carried a token: a copy without it was dead-lettered instead (acked).
+    RejectedRedacted(String),
     /// Redis failed: requeued for another try.
     Failed,
+    /// Redis failed on a message that carried a token: a fill of warmer's own for the same
+    /// work was queued instead, so that the token does not stay in the queue (acked).
+    Requeued,
 }
 
 impl Outcome {
     pub fn disposition(&self) -> Disposition {
         match self {
-            Outcome::Refilled { .. } => Disposition::Ack,
+            Outcome::Refilled { .. } | Outcome::RejectedRedacted(_) | Outcome::Requeued => {
+                Disposition::Ack
+            }
             Outcome::Rejected(_) => Disposition::DeadLetter,
             Outcome::Failed => Disposition::Requeue,
         }
@@ -65,6 +75,9 @@ pub struct Refill {
     keys: KeyStock,
     /// Events, through the current broker session's channel.
     events: Events,
+    /// The current broker session's confirmed publisher: dead letters without a token, fills
+    /// of warmer's own.
+    publisher: std::sync::RwLock<Option<Publisher>>,
     /// Wakes the deleter (see [`Refill::delete_orphans`]).
     deletions: tokio::sync::Notify,
     shutdown: Shutdown,
@@ -91,6 +104,7 @@ impl Refill {
             wanting: Mutex::default(),
             keys: KeyStock::new(passphrase, concurrency),
             events: Events::new(ctx.names.clone()),
+            publisher: std::sync::RwLock::default(),
             deletions: tokio::sync::Notify::new(),
             ctx,
             cloud,
@@ -100,41 +114,119 @@ impl Refill {
 
     /// Handles one refill message.
     pub async fn handle(self: &Arc<Self>, message: Incoming) -> Outcome {
-        let work = match command::parse(&message.data, &self.ctx.config.auth_tokens) {
+        let own = self.ctx.config.amqp_user();
+        let from = match message.properties.user_id() {
+            Some(user) if user.as_str() == own => command::From::Warmer,
+            _ => command::From::Other,
+        };
+        let tokens = &self.ctx.config.auth_tokens;
+        let work = match command::parse(&message.data, tokens, from, now_ms()) {
             Ok(work) => work,
             Err(why) => {
                 tracing::warn!(%why, "refill message rejected: dead-lettered");
-                return Outcome::Rejected(why);
+                return match command::redacted(&message.data) {
+                    None => Outcome::Rejected(why),
+                    Some(redacted) => self.dead_letter(&message, redacted, why).await,
+                };
             }
         };
-        let pools = match work {
-            Work::Pool(pool) => vec![pool],
-            Work::AllPools => match self.ctx.store.targets().await {
-                Ok(targets) => targets.keys().filter_map(|p| p.parse().ok()).collect(),
-                Err(error) => {
-                    tracing::warn!(%error, "reading pool targets failed; requeued");
-                    return Outcome::Failed;
-                }
-            },
-        };
-        for pool in &pools {
-            if let Err(error) = self.want(pool).await {
-                tracing::warn!(error = %crate::telemetry::report(&error), %pool, "refill failed; requeued");
-                return Outcome::Failed;
+        match self.refill(&work).await {
+            Ok(outcome) => outcome,
+            Err(error) if command::carries_token(&message.data) => {
+                tracing::warn!(error = %crate::telemetry::report(&error), "refill failed; queued again as a fill of warmer's own");
+                self.queue_again(work).await
             }
-        }
-        let boots = match self.dispatch().await {
-            Ok(started) => started,
             Err(error) => {
                 tracing::warn!(error = %crate::telemetry::report(&error), "refill failed; requeued");
-                return Outcome::Failed;
+                Outcome::Failed
             }
+        }
+    }
+
+    /// Trims and queues the pools `work` names, then starts what boots it can.
+    async fn refill(self: &Arc<Self>, work: &Work) -> anyhow::Result<Outcome> {
+        let pools = match work {
+            Work::Pool(pool) => vec![pool.clone()],
+            Work::AllPools => self
+                .ctx
+                .store
+                .targets()
+                .await
+                .context("reading pool targets")?
+                .keys()
+                .filter_map(|p| p.parse().ok())
+                .collect(),
         };
+        for pool in &pools {
+            self.want(pool)
+                .await
+                .with_context(|| format!("refilling {pool}"))?;
+        }
+        let boots = self.dispatch().await?;
         self.deletions.notify_one();
-        Outcome::Refilled {
+        Ok(Outcome::Refilled {
             pools: pools.len(),
             boots,
+        })
+    }
+
+    /// Dead-letters `redacted` (a rejected message's body without its token) in place of the
+    /// message, which is acked; if that cannot be published, the message is requeued.
+    async fn dead_letter(&self, message: &Incoming, redacted: Vec<u8>, why: String) -> Outcome {
+        let mut headers = lapin::types::FieldTable::default();
+        headers.insert(
+            "x-warmer-rejected".into(),
+            lapin::types::AMQPValue::LongString(why.as_str().into()),
+        );
+        let properties = message.properties.clone().with_headers(headers);
+        match self
+            .publish(&self.ctx.names.dead_letter_queue(), &redacted, properties)
+            .await
+        {
+            Ok(()) => Outcome::RejectedRedacted(why),
+            Err(error) => {
+                tracing::warn!(error = %crate::telemetry::report(&error), "the dead letter without its token was not published; requeued");
+                Outcome::Failed
+            }
         }
+    }
+
+    /// Queues `work` again as a fill of warmer's own (no token), acking the message that
+    /// carried a token; if that cannot be published, the message is requeued.
+    async fn queue_again(&self, work: Work) -> Outcome {
+        let fill = RefillMessage::Fill(FillCommand {
+            pool: match work {
+                Work::Pool(pool) => Some(pool),
+                Work::AllPools => None,
+            },
+            signer: None,
+        });
+        let sender = self.ctx.config.amqp_user();
+        match self
+            .publish(
+                &self.ctx.names.refill_queue(),
+                &fill.body(),
+                fill.properties(&sender),
+            )
+            .await
+        {
+            Ok(()) => Outcome::Requeued,
+            Err(_) => Outcome::Failed,
+        }
+    }
+
+    /// Publishes to `queue` on this broker session, confirmed.
+    async fn publish(
+        &self,
+        queue: &str,
+        body: &[u8],
+        properties: lapin::BasicProperties,
+    ) -> anyhow::Result<()> {
+        let publisher = self.publisher.read().ok().and_then(|p| p.clone());
+        let Some(publisher) = publisher else {
+            anyhow::bail!("no broker session");
+        };
+        publisher.publish("", queue, body, properties).await
     }
 
     /// Waits until every boot in flight has finished, at most `limit`.
@@ -163,6 +255,10 @@ pub async fn run(ctx: Context, cloud: Cloud, shutdown: Shutdown) -> anyhow::Resu
         topology::declare(&connection, &ctx.names).await?;
         let channel = connection.create_channel().await?;
         refill.events.attach(connection.create_channel().await?);
+        let publisher = Publisher::open(&connection).await?;
+        if let Ok(mut session) = refill.publisher.write() {
+            *session = Some(publisher.clone());
+        }
         let queue = ctx.names.refill_queue();
         let consuming = amqp::consume(
             &channel,
@@ -187,6 +283,9 @@ pub async fn run(ctx: Context, cloud: Cloud, shutdown: Shutdown) -> anyhow::Resu
         });
         if let Some(events) = refill.events.detach() {
             let _ = events.close(200, "bye".into()).await;
+        }
+        if let Some(publisher) = refill.publisher.write().ok().and_then(|mut p| p.take()) {
+            let _ = publisher.channel().close(200, "bye".into()).await;
         }
         let _ = connection.close(200, "bye".into()).await;
         result

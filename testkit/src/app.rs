@@ -31,9 +31,23 @@ pub struct AppBuilder {
     own_redis_url: String,
     env: Vec<(String, String)>,
     checkout_consumers: usize,
+    prefix: Option<String>,
+}
+
+/// A fresh AMQP prefix and Redis namespace for one test's deployment.
+pub fn fresh_prefix() -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("test-{}", &id[..12])
 }
 
 impl AppBuilder {
+    /// The deployment's AMQP prefix and Redis namespace (from [`fresh_prefix`]): for what must
+    /// know its names before it starts, such as broker users' permissions.
+    pub fn prefix(mut self, prefix: &str) -> Self {
+        self.prefix = Some(prefix.into());
+        self
+    }
+
     /// The app reaches RabbitMQ through `url` (e.g. a [`crate::Proxy`]).
     pub fn amqp_url(mut self, url: &str) -> Self {
         self.amqp_url = url.into();
@@ -87,8 +101,7 @@ impl AppBuilder {
             .with_env_filter(warmer::telemetry::filter("warn"))
             .with_test_writer()
             .try_init();
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        let prefix = format!("test-{}", &id[..12]);
+        let prefix = self.prefix.unwrap_or_else(fresh_prefix);
         let env: HashMap<String, String> = [
             ("WARMER_AMQP_URL", self.amqp_url.as_str()),
             ("WARMER_REDIS_URL", self.redis_url.as_str()),
@@ -189,7 +202,17 @@ impl TestApp {
             own_redis_url: REDIS_URL.into(),
             env: Vec::new(),
             checkout_consumers: 0,
+            prefix: None,
         }
+    }
+
+    /// A context of this deployment whose processes reach RabbitMQ through `amqp_url` (another
+    /// broker user, say).
+    pub async fn context_as(&self, amqp_url: &str) -> Context {
+        let mut env = self.env.clone();
+        env.insert("WARMER_AMQP_URL".into(), amqp_url.into());
+        let config = Config::from_vars(env).expect("test configuration");
+        Context::new(config).await.expect("Redis is up")
     }
 
     /// A shutdown signal for a new process (a fresh one after [`Self::stop_consumers`]).

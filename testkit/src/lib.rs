@@ -21,11 +21,11 @@ mod servers;
 use std::future::Future;
 use std::time::Duration;
 
-pub use app::{AppBuilder, Crashed, TestApp, remove_deployment, spawn_app, vm};
+pub use app::{AppBuilder, Crashed, TestApp, fresh_prefix, remove_deployment, spawn_app, vm};
 pub use clients::{Listener, Requester};
 pub use compute::ComputeStandIn;
 pub use heroku::HerokuStandIn;
-pub use servers::{PrivateRedis, Proxy, serve_http};
+pub use servers::{BrokerUser, PrivateRedis, Proxy, serve_http};
 
 pub const AMQP_URL: &str = "amqp://127.0.0.1:5672/%2f";
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379/0";

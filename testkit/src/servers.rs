@@ -162,3 +162,56 @@ where
         }
     })
 }
+
+/// A RabbitMQ user of one test's, made with `rabbitmqctl` on the shared server with the given
+/// permissions on `/`, deleted when dropped.
+pub struct BrokerUser {
+    pub name: String,
+    pub password: String,
+}
+
+impl BrokerUser {
+    /// A user with `permissions` (see [`warmer::permissions`]).
+    pub async fn create(permissions: &warmer::Permissions) -> BrokerUser {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let user = BrokerUser {
+            name: format!("warmer-test-{}", &id[..12]),
+            password: format!("pw-{}", &id[12..]),
+        };
+        for args in [
+            vec!["add_user", &user.name, &user.password],
+            vec![
+                "set_permissions",
+                "-p",
+                "/",
+                &user.name,
+                &permissions.configure,
+                &permissions.write,
+                &permissions.read,
+            ],
+        ] {
+            let status = tokio::process::Command::new("rabbitmqctl")
+                .args(&args)
+                .stdout(std::process::Stdio::null())
+                .status()
+                .await
+                .expect("rabbitmqctl, to add a RabbitMQ user");
+            assert!(status.success(), "rabbitmqctl {args:?}");
+        }
+        user
+    }
+
+    /// Its AMQP URL on the shared server.
+    pub fn url(&self) -> String {
+        format!("amqp://{}:{}@127.0.0.1:5672/%2f", self.name, self.password)
+    }
+}
+
+impl Drop for BrokerUser {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["delete_user", &self.name])
+            .stdout(std::process::Stdio::null())
+            .status();
+    }
+}

@@ -64,10 +64,20 @@ async fn a_fill_command_reaches_the_refill_queue() {
         app.take_refill_message().await,
         app.take_refill_message().await,
     ];
+    // Signed with the token, which is not in it.
+    let signed = &bodies[0];
     assert_eq!(
-        bodies[0],
-        json!({"command": "fill", "pool": POOL, "token": "tok"})
+        (&signed["command"], &signed["pool"]),
+        (&json!("fill"), &json!(POOL))
     );
+    assert!(
+        signed["issued_at"]
+            .as_u64()
+            .is_some_and(|at| at <= warmer::now_ms())
+    );
+    assert_eq!(signed["signature"].as_str().map(str::len), Some(64));
+    assert!(!signed.to_string().contains("tok\""), "{signed}");
+    assert_eq!(signed.as_object().map(|o| o.len()), Some(4));
     assert_eq!(bodies[1], json!({"command": "fill"}));
 }
 

@@ -118,10 +118,10 @@ async fn three_refill_consumers_and_a_hundred_messages_never_overshoot() {
             } else {
                 warmer::RefillMessage::Fill(warmer::FillCommand {
                     pool: Some(pool),
-                    token: None,
+                    signer: None,
                 })
             };
-            message.send(&publisher, &names).await
+            message.send(&publisher, &names, "guest").await
         });
     }
     while let Some(sent) = sends.join_next().await {
@@ -370,7 +370,14 @@ async fn the_worker_can_decrypt_the_key_and_it_matches_the_vms_metadata() {
 #[tokio::test]
 async fn a_fill_command_without_a_valid_token_is_dead_lettered_and_boots_nothing() {
     let compute = ComputeStandIn::start(BOOT).await;
+    let prefix = fresh_prefix();
+    let operator_user = BrokerUser::create(&warmer::permissions(
+        warmer::Role::Operator,
+        &warmer::Names::new(&prefix, &prefix),
+    ))
+    .await;
     let mut app = TestApp::builder()
+        .prefix(&prefix)
         .gce(&compute)
         .envs(&[("WARMER_AUTH_TOKENS", "ops-token-1,ops-token-2")])
         .start()
@@ -378,8 +385,10 @@ async fn a_fill_command_without_a_valid_token_is_dead_lettered_and_boots_nothing
     app.seed(POOL, 1, &[]).await;
     let mut dead = app.dead_letters().await;
     app.start_refill().await;
+    // An operator with a broker user of its own: its fills must prove a token.
+    let as_operator = app.context_as(&operator_user.url()).await;
 
-    operator::fill(&app.ctx, Some(&POOL.parse().unwrap()), Some("guessed"))
+    operator::fill(&as_operator, Some(&POOL.parse().unwrap()), Some("guessed"))
         .await
         .unwrap();
 
@@ -391,9 +400,13 @@ async fn a_fill_command_without_a_valid_token_is_dead_lettered_and_boots_nothing
     assert_eq!(command["command"], "fill");
     assert!(compute.with(|s| s.insert_calls.is_empty()));
 
-    operator::fill(&app.ctx, Some(&POOL.parse().unwrap()), Some("ops-token-2"))
-        .await
-        .unwrap();
+    operator::fill(
+        &as_operator,
+        Some(&POOL.parse().unwrap()),
+        Some("ops-token-2"),
+    )
+    .await
+    .unwrap();
     app.wait_until_settled(POOL, 1).await;
 }
 

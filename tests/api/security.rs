@@ -219,3 +219,216 @@ async fn the_fleet_never_grows_past_warmer_max_vms_whatever_the_targets_say() {
         .unwrap_err();
     assert!(refused.to_string().contains("--max 7"), "{refused}");
 }
+
+/// A user per role, with exactly the permissions `warmer permissions` prints for `names`.
+async fn role_users(names: &warmer::Names) -> [BrokerUser; 3] {
+    let mut users = Vec::new();
+    for role in warmer::Role::ALL {
+        users.push(BrokerUser::create(&warmer::permissions(role, names)).await);
+    }
+    users.try_into().unwrap_or_else(|_| unreachable!())
+}
+
+/// Whether the broker refused `what` on a fresh channel of `connection` with ACCESS_REFUSED.
+async fn access_refused<T>(
+    connection: &lapin::Connection,
+    what: impl AsyncFnOnce(&lapin::Channel) -> lapin::Result<T>,
+) -> bool {
+    let channel = connection.create_channel().await.unwrap();
+    match what(&channel).await {
+        Ok(_) => false,
+        Err(error) => error.to_string().contains("ACCESS_REFUSED"),
+    }
+}
+
+#[tokio::test]
+async fn under_least_privilege_users_a_worker_can_check_out_and_nothing_else() {
+    let prefix = fresh_prefix();
+    let names = warmer::Names::new(&prefix, &prefix);
+    let [worker, operator, service] = role_users(&names).await;
+    let token = "ops-token-4f1c";
+    let mut app = TestApp::builder()
+        .prefix(&prefix)
+        .amqp_url(&service.url())
+        .envs(&[
+            ("WARMER_AUTH_TOKENS", token),
+            ("WARMER_LOCAL_BOOT_DELAY", "50ms"),
+        ])
+        .start()
+        .await;
+    app.seed(POOL, 1, &[]).await;
+    let mut dead = app.dead_letters().await;
+    // Warmer's processes, as the service user: they declare, consume and publish all they need.
+    app.start_consumer().await;
+    app.start_refill().await;
+    let as_worker = lapin::Connection::connect(&worker.url(), Default::default())
+        .await
+        .unwrap();
+
+    // A worker reads none of warmer's queues: no request of another job, no fill, no dead letter.
+    for queue in [
+        names.checkout_queue(),
+        names.refill_queue(),
+        names.dead_letter_queue(),
+    ] {
+        let consume = async |channel: &lapin::Channel| {
+            channel
+                .basic_consume(
+                    queue.as_str().into(),
+                    "".into(),
+                    Default::default(),
+                    Default::default(),
+                )
+                .await
+        };
+        assert!(
+            access_refused(&as_worker, consume).await,
+            "consuming {queue}"
+        );
+    }
+    // It cannot declare a queue to listen to events either.
+    let declare = async |channel: &lapin::Channel| {
+        channel
+            .queue_declare("".into(), Default::default(), Default::default())
+            .await
+    };
+    assert!(access_refused(&as_worker, declare).await);
+
+    // Fills and hints it publishes boot nothing and are dead-lettered, without a token in them;
+    // it cannot pass for warmer's own user.
+    let publisher = warmer::Publisher::open(&as_worker).await.unwrap();
+    for body in [
+        json!({"command": "fill", "pool": POOL}),
+        json!({"command": "fill", "pool": POOL, "token": "guessed-token"}),
+        json!({"pool": POOL}),
+    ] {
+        publisher
+            .publish(
+                "",
+                &names.refill_queue(),
+                body.to_string().as_bytes(),
+                warmer::json_properties(),
+            )
+            .await
+            .unwrap();
+    }
+    let forged = publisher
+        .publish(
+            "",
+            &names.refill_queue(),
+            json!({"command": "fill"}).to_string().as_bytes(),
+            warmer::json_properties().with_user_id(service.name.as_str().into()),
+        )
+        .await;
+    assert!(
+        forged.is_err_and(|e| format!("{e:#}").contains("PRECONDITION_FAILED")),
+        "the broker vouches for user_id"
+    );
+    for _ in 0..3 {
+        let letter = within("a dead letter", futures_lite::StreamExt::next(&mut dead))
+            .await
+            .unwrap()
+            .unwrap();
+        let body = String::from_utf8_lossy(&letter.data).into_owned();
+        assert!(!body.contains("guessed-token"), "{body}");
+    }
+    let cloud = app.cloud().await;
+    assert!(
+        cloud.list(&prefix).await.unwrap().is_empty(),
+        "nothing booted"
+    );
+
+    // An operator's fill, signed with a token it never sends, boots the pool.
+    let as_operator = app.context_as(&operator.url()).await;
+    warmer::operator::fill(&as_operator, Some(&POOL.parse().unwrap()), Some(token))
+        .await
+        .unwrap();
+    app.wait_until_settled(POOL, 1).await;
+    let status = warmer::operator::status(&as_operator).await.unwrap();
+    assert!(status.contains(POOL), "{status}");
+
+    // And what a worker is for works: a checkout.
+    let mut requester = Requester::new(&as_worker, &names).await;
+    let reply = requester.send(TRAVIS_REQUEST.as_bytes()).await;
+    assert!(reply["name"].is_string(), "{reply}");
+
+    // The reconciler, as the service user, publishes its events and fills.
+    let as_service = lapin::Connection::connect(&service.url(), Default::default())
+        .await
+        .unwrap();
+    let broker = warmer::reconcile::Broker::open(&as_service, &names)
+        .await
+        .unwrap();
+    app.reconciler().await.pass(Some(&broker)).await.unwrap();
+}
+
+#[tokio::test]
+async fn warmer_check_says_when_its_broker_user_may_do_more_than_warmer_needs() {
+    let prefix = fresh_prefix();
+    let names = warmer::Names::new(&prefix, &prefix);
+    let service = BrokerUser::create(&warmer::permissions(warmer::Role::Service, &names)).await;
+    let app = TestApp::builder().prefix(&prefix).start().await;
+    let check = async |amqp_url: &str| {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_warmer"))
+            .arg("check")
+            .env_clear()
+            .envs(&app.env)
+            .env("WARMER_AMQP_URL", amqp_url)
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true)
+            .output();
+        let output = within("warmer check", output).await.unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+
+    let narrow = check(&service.url()).await;
+    let broad = check(AMQP_URL).await;
+
+    assert!(
+        narrow.contains(&format!(
+            "ok  permissions: broker user `{}` may do what warmer's processes need and no more",
+            service.name
+        )),
+        "{narrow}"
+    );
+    assert!(
+        broad.contains("warn permissions: broker user `guest` may also configure queues and exchanges that are not warmer's, publish to exchanges that are not warmer's, read queues that are not warmer's"),
+        "{broad}"
+    );
+}
+
+#[tokio::test]
+async fn warmer_permissions_prints_the_permissions_the_tests_run_under() {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_warmer"))
+        .arg("permissions")
+        .env_clear()
+        .env("WARMER_AMQP_PREFIX", "ci.prod-1")
+        .env("WARMER_AMQP_URL", "amqps://u:p@broker.example/ci-vhost")
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success());
+    let script = String::from_utf8(output.stdout).unwrap();
+    let names = warmer::Names::new("ci.prod-1", "x");
+    for role in warmer::Role::ALL {
+        let p = warmer::permissions(role, &names);
+        let line = format!(
+            "rabbitmqctl set_permissions -p 'ci-vhost' 'ci.prod-1-{}' '{}' '{}' '{}'",
+            role.name(),
+            p.configure,
+            p.write,
+            p.read
+        );
+        assert!(script.contains(&line), "{line}\n{script}");
+    }
+    assert!(
+        script.contains(r"'^ci\.prod\-1\.(checkout|refill|dead|events)$'"),
+        "{script}"
+    );
+    assert!(
+        script.contains("\"$API/permissions/ci-vhost/ci.prod-1-worker\""),
+        "{script}"
+    );
+    assert!(!script.contains("u:p"), "no credential of the URL");
+}
