@@ -133,6 +133,8 @@ pub struct GoogleConfig {
 pub struct Config {
     pub amqp_url: ServerUrl,
     pub redis_url: ServerUrl,
+    /// `WARMER_REDIS_CA_FILE`'s certificates (PEM): a `rediss://` server is verified with them.
+    pub redis_ca_pem: Option<Vec<u8>>,
     pub amqp_prefix: String,
     pub redis_namespace: String,
     pub provider: Provider,
@@ -152,6 +154,10 @@ pub struct Config {
     pub auth_tokens: Vec<Secret>,
     pub port: Option<u16>,
     pub hirefire_token: Option<Secret>,
+    /// `/metrics` answers only requests with this bearer token.
+    pub metrics_token: Option<Secret>,
+    /// `/metrics` is served without a token on a dyno too.
+    pub metrics_public: bool,
     pub heroku_api_token: Option<Secret>,
     pub heroku_app_name: Option<String>,
     /// Heroku Platform API base (`WARMER_HEROKU_API_URL`; tests point it at a stand-in).
@@ -258,6 +264,7 @@ struct Raw {
     cloudamqp_url: Option<String>,
     warmer_redis_url: Option<String>,
     redis_url: Option<String>,
+    warmer_redis_ca_file: Option<String>,
     warmer_amqp_prefix: Option<String>,
     warmer_redis_namespace: Option<String>,
     warmer_provider: Option<String>,
@@ -281,6 +288,8 @@ struct Raw {
     warmer_auth_tokens: Option<String>,
     port: Option<String>,
     hirefire_token: Option<String>,
+    warmer_metrics_token: Option<String>,
+    warmer_metrics_public: Option<String>,
     heroku_api_token: Option<String>,
     heroku_app_name: Option<String>,
     warmer_heroku_api_url: Option<String>,
@@ -412,17 +421,51 @@ impl Config {
             .or(raw.cloudamqp_url.map(|v| ("CLOUDAMQP_URL", v)))
             .unwrap_or(("WARMER_AMQP_URL", "amqp://127.0.0.1:5672/%2f".into()));
         let amqp_url = server_url(amqp_url.0, amqp_url.1, &["amqp", "amqps"])?;
+        let redis_ca_pem = match &raw.warmer_redis_ca_file {
+            None => None,
+            Some(path) => {
+                let pem = std::fs::read(path.trim()).with_context(|| {
+                    format!("WARMER_REDIS_CA_FILE: cannot read `{}`", path.trim())
+                })?;
+                if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                    bail!(
+                        "WARMER_REDIS_CA_FILE: `{}` holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                        path.trim()
+                    );
+                }
+                Some(pem)
+            }
+        };
+        let mut warnings = warnings;
         let redis_url = raw
             .warmer_redis_url
             .map(|v| ("WARMER_REDIS_URL", v))
             .or(raw.redis_url.map(|v| ("REDIS_URL", v)))
             .unwrap_or(("WARMER_REDIS_URL", "redis://127.0.0.1:6379/0".into()));
         let redis_url = match redis_url {
-            // Heroku Redis presents a self-signed certificate and rotates REDIS_URL itself.
-            ("REDIS_URL", url) if url.starts_with("rediss://") && !url.contains('#') => {
+            // Heroku Key-Value Store (Heroku Redis) presents a self-signed certificate and
+            // rotates REDIS_URL itself: on a dyno, for Heroku's own hosts and nothing else, its
+            // certificate goes unverified unless a CA is given.
+            ("REDIS_URL", url)
+                if raw.dyno.is_some()
+                    && redis_ca_pem.is_none()
+                    && url.starts_with("rediss://")
+                    && !url.contains('#')
+                    && is_heroku_redis_host(&url) =>
+            {
+                warnings.push(
+                    "REDIS_URL: Heroku Redis's certificate is self-signed, so it is not verified; set WARMER_REDIS_CA_FILE to verify it".into(),
+                );
                 ("REDIS_URL", format!("{url}#insecure"))
             }
-            other => other,
+            (var, url) => {
+                if url.starts_with("rediss://") && url.ends_with("#insecure") {
+                    warnings.push(format!(
+                        "{var} asks not to verify the Redis server's certificate (its insecure fragment): anyone on the path can pose as the server"
+                    ));
+                }
+                (var, url)
+            }
         };
         let redis_url = server_url(redis_url.0, redis_url.1, &["redis", "rediss"])?;
 
@@ -455,6 +498,17 @@ impl Config {
             );
         }
         let ssh_key_passphrase = raw.warmer_ssh_key_passphrase.map(Secret::new);
+        if let Some(passphrase) = &ssh_key_passphrase {
+            match passphrase_strength(passphrase.expose()) {
+                Strength::Weak(why) if provider == Provider::Gce => bail!(
+                    "WARMER_SSH_KEY_PASSPHRASE is too weak ({why}): it encrypts every VM's SSH key with OpenSSL's legacy, fast key derivation, so anyone who reads Redis can guess it; use at least {GOOD_PASSPHRASE} random characters, e.g. `openssl rand -hex 24`"
+                ),
+                Strength::Weak(why) | Strength::Short(why) => warnings.push(format!(
+                    "WARMER_SSH_KEY_PASSPHRASE is weak ({why}): use at least {GOOD_PASSPHRASE} random characters, e.g. `openssl rand -hex 24`"
+                )),
+                Strength::Good => {}
+            }
+        }
 
         let google = match raw.warmer_google_cloud_project {
             Some(project) => {
@@ -546,6 +600,7 @@ impl Config {
             given,
             amqp_url,
             redis_url,
+            redis_ca_pem,
             amqp_prefix,
             redis_namespace,
             provider,
@@ -584,6 +639,14 @@ impl Config {
                 })
                 .transpose()?,
             hirefire_token: raw.hirefire_token.map(Secret::new),
+            metrics_token: raw.warmer_metrics_token.map(Secret::new),
+            metrics_public: match raw.warmer_metrics_public.as_deref().map(str::trim) {
+                None | Some("false") => false,
+                Some("true") => true,
+                Some(other) => {
+                    bail!("WARMER_METRICS_PUBLIC must be `true` or `false`, got `{other}`")
+                }
+            },
             heroku_api_token: raw.heroku_api_token.map(Secret::new),
             heroku_app_name: raw.heroku_app_name,
             heroku_api_url: http_url(
@@ -634,6 +697,7 @@ impl Config {
             &self.ssh_key_passphrase,
             &self.hirefire_token,
             &self.heroku_api_token,
+            &self.metrics_token,
         ];
         secrets.extend(tokens.into_iter().flatten().map(|s| s.expose().to_string()));
         secrets.extend(self.auth_tokens.iter().map(|s| s.expose().to_string()));
@@ -681,6 +745,67 @@ impl Config {
         };
         Ok(google)
     }
+}
+
+/// Passphrases shorter than this are refused for Compute Engine.
+const LEAST_PASSPHRASE: usize = 12;
+/// Passphrases shorter than this are warned about.
+const GOOD_PASSPHRASE: usize = 20;
+
+/// How well a passphrase stands an offline guess (the travis worker's key format derives its
+/// key with one round of MD5: billions of guesses a second).
+#[derive(Debug, PartialEq, Eq)]
+enum Strength {
+    /// Refused with the gce provider: why.
+    Weak(&'static str),
+    /// Accepted with a warning: why.
+    Short(&'static str),
+    Good,
+}
+
+fn passphrase_strength(passphrase: &str) -> Strength {
+    // travis-ci/warmer's default, and what an example or a quick test would use.
+    const KNOWN: [&str; 7] = [
+        "fixme_wat",
+        "warmer",
+        "password",
+        "passphrase",
+        "changeme",
+        "secret",
+        "travis",
+    ];
+    let lowered = passphrase.trim().to_lowercase();
+    let distinct = {
+        let mut chars: Vec<char> = passphrase.chars().collect();
+        chars.sort_unstable();
+        chars.dedup();
+        chars.len()
+    };
+    if KNOWN.iter().any(|known| {
+        lowered == *known || lowered.trim_end_matches(|c: char| c.is_ascii_digit()) == *known
+    }) {
+        Strength::Weak("a well-known passphrase")
+    } else if passphrase.chars().count() < LEAST_PASSPHRASE {
+        Strength::Weak("shorter than 12 characters")
+    } else if distinct < 6 {
+        Strength::Weak("fewer than 6 different characters")
+    } else if passphrase.chars().count() < GOOD_PASSPHRASE {
+        Strength::Short("shorter than 20 characters")
+    } else {
+        Strength::Good
+    }
+}
+
+/// Whether a Redis URL's host is one of Heroku's (its Redis add-ons run on AWS hosts such as
+/// `ec2-3-222-1-2.compute-1.amazonaws.com`).
+fn is_heroku_redis_host(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let host = host.rsplit_once(':').map_or(host, |(host, _)| host);
+    host.ends_with(".amazonaws.com")
 }
 
 fn server_url(var: &str, value: String, schemes: &[&str]) -> anyhow::Result<ServerUrl> {
@@ -904,18 +1029,67 @@ mod tests {
             config.redis_url.expose(),
             "rediss://:pw@heroku:6380#insecure"
         );
-        let config = Config::from_vars(vars(&[("REDIS_URL", "rediss://:pw@heroku:6380")])).unwrap();
+        let heroku = "rediss://:pw@ec2-3-222-1-2.compute-1.amazonaws.com:13180";
+        let on_dyno =
+            |url: &str| Config::from_vars(vars(&[("REDIS_URL", url), ("DYNO", "web.1")])).unwrap();
+        let config = on_dyno(heroku);
         assert_eq!(
             config.redis_url.expose(),
-            "rediss://:pw@heroku:6380#insecure",
-            "Heroku Redis's self-signed certificate is accepted"
+            format!("{heroku}#insecure"),
+            "Heroku Redis's self-signed certificate is accepted, on a dyno"
         );
+        assert!(config.warnings.iter().any(|w| w.contains("not verified")));
+        // Anywhere else, and for any other host, the certificate is verified.
+        let off_dyno = Config::from_vars(vars(&[("REDIS_URL", heroku)])).unwrap();
+        assert_eq!(off_dyno.redis_url.expose(), heroku);
+        let attacker = "rediss://:pw@redis.attacker.example:6380";
+        assert_eq!(on_dyno(attacker).redis_url.expose(), attacker);
+        let hidden = "rediss://:pw@redis.attacker.example:6380/?x=.amazonaws.com";
+        assert_eq!(on_dyno(hidden).redis_url.expose(), hidden);
         let config = Config::from_vars(vars(&[
             ("CLOUDAMQP_URL", "amqps://u:p@cloudamqp/vhost"),
             ("WARMER_AMQP_URL", "amqp://mine/"),
         ]))
         .unwrap();
         assert_eq!(config.amqp_url.expose(), "amqp://mine/");
+    }
+
+    #[test]
+    fn weak_passphrases_are_refused_for_compute_engine_and_short_ones_warned_about() {
+        let gce = |passphrase: &str| {
+            Config::from_vars(vars(&[
+                ("WARMER_SSH_KEY_PASSPHRASE", passphrase),
+                ("WARMER_PROVIDER", "gce"),
+            ]))
+        };
+        for weak in [
+            "FIXME_WAT",
+            "secret",
+            "password123",
+            "kq3x",
+            "aaaaaaaaaaaaaaaaaaaaaaa",
+        ] {
+            let error = gce(weak).unwrap_err().to_string();
+            assert!(
+                error.contains("WARMER_SSH_KEY_PASSPHRASE is too weak"),
+                "{weak}: {error}"
+            );
+            assert!(
+                !error.contains(weak),
+                "the passphrase is not printed: {error}"
+            );
+        }
+        let short = gce("correct horse").unwrap();
+        assert!(short.warnings.iter().any(|w| w.contains("weak")));
+        let good = gce("6f1e0c9a2b7d44e3a8c5f0b1d2e3f4a5").unwrap();
+        assert!(good.warnings.is_empty(), "{:?}", good.warnings);
+        // The local provider (a simulated cloud) only warns.
+        let local = Config::from_vars(vars(&[
+            ("WARMER_SSH_KEY_PASSPHRASE", "secret"),
+            ("WARMER_PROVIDER", "local"),
+        ]))
+        .unwrap();
+        assert!(local.warnings.iter().any(|w| w.contains("weak")));
     }
 
     #[test]

@@ -18,7 +18,12 @@ impl Context {
     /// Connects to Redis and derives every name from the configuration.
     pub async fn new(config: Config) -> anyhow::Result<Self> {
         let names = Names::new(&config.amqp_prefix, &config.redis_namespace);
-        let store = Store::connect(&config.redis_url, names.clone()).await?;
+        let store = Store::connect(
+            &config.redis_url,
+            config.redis_ca_pem.as_deref(),
+            names.clone(),
+        )
+        .await?;
         Ok(Self {
             config: Arc::new(config),
             names,

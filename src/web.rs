@@ -3,14 +3,16 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /health` | 200 when Redis and RabbitMQ answer, else 503; JSON naming each dependency |
-//! | `GET /metrics` | Prometheus text (OpenMetrics if asked for): the counters and histograms every process keeps in Redis, summed, and the levels — pools, orphans, the brake, queue depths, dead letters (see `metrics.rs`) |
+//! | `GET /metrics` | Prometheus text (OpenMetrics if asked for): the counters and histograms every process keeps in Redis, summed, and the levels — pools, orphans, the brake, queue depths, dead letters (see `metrics.rs`). With `WARMER_METRICS_TOKEN`, only for `Authorization: Bearer <token>` (401 otherwise); without it, refused (403) on a Heroku dyno unless `WARMER_METRICS_PUBLIC=true` |
 //! | `GET /hirefire/<HIREFIRE_TOKEN>/info`, or `GET /hirefire` with header `HireFire-Token` | HireFire's job-queue format: each process type's backlog (`load.rs`) |
 //!
 //! Reads only: it declares nothing and changes nothing, so it can run anywhere. Without
 //! `HIREFIRE_TOKEN` the HireFire routes answer 404. Every dependency is asked for at most
 //! [`CHECK_TIMEOUT`], Redis and RabbitMQ at the same time, so an answer comes within Prometheus's
-//! and HireFire's timeouts even when one hangs. Runs until SIGTERM, then stops accepting and lets
-//! open requests finish (at most [`DRAIN`]).
+//! and HireFire's timeouts even when one hangs. At most [`MAX_CONNECTIONS`] connections are
+//! served at once (the others wait in the kernel's backlog), each answering one request, its
+//! headers within 10 s. Runs until SIGTERM, then stops accepting and lets open requests finish
+//! (at most [`DRAIN`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -19,7 +21,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{ACCEPT, ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use hyper::header::{
+    ACCEPT, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
@@ -38,6 +42,9 @@ use crate::topology::QueueMonitor;
 pub const DRAIN: Duration = Duration::from_secs(10);
 /// Each dependency check and query is bounded by this, so a scrape never hangs.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Connections served at once; more wait to be accepted.
+pub const MAX_CONNECTIONS: usize = 256;
 
 /// The port when `PORT` is unset (Heroku always sets it).
 pub const DEFAULT_PORT: u16 = 8080;
@@ -66,9 +73,23 @@ pub async fn serve(ctx: Context, listener: TcpListener, shutdown: Shutdown) -> a
         ctx.names.clone(),
         CHECK_TIMEOUT,
     );
+    if ctx.config.metrics_token.is_none() && ctx.config.on_heroku && !ctx.config.metrics_public {
+        tracing::warn!(
+            "/metrics is refused: set WARMER_METRICS_TOKEN (Prometheus sends it as a bearer token), or WARMER_METRICS_PUBLIC=true to serve it to anyone"
+        );
+    }
     let web = Arc::new(Web { ctx, queues });
     let mut connections = JoinSet::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        // A free slot before the next accept: a flood waits in the backlog, not in memory.
+        let slot = tokio::select! {
+            _ = shutdown.wait() => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+        };
         let stream = tokio::select! {
             _ = shutdown.wait() => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
@@ -84,6 +105,7 @@ pub async fn serve(ctx: Context, listener: TcpListener, shutdown: Shutdown) -> a
         };
         let web = web.clone();
         connections.spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |request| {
                 let web = web.clone();
                 async move { Ok::<_, Infallible>(web.respond(&request).await) }
@@ -119,6 +141,31 @@ pub async fn serve(ctx: Context, listener: TcpListener, shutdown: Shutdown) -> a
 struct Web {
     ctx: Context,
     queues: QueueMonitor,
+}
+
+/// Whether `/metrics` may be served to a request that sent `authorization`.
+fn metrics_allowed(config: &crate::Config, authorization: Option<&[u8]>) -> Result<(), Refusal> {
+    match &config.metrics_token {
+        Some(token) => {
+            let given = authorization.and_then(|value| value.strip_prefix(b"Bearer "));
+            if given.is_some_and(|given| token.matches(given)) {
+                Ok(())
+            } else {
+                Err(Refusal::Unauthorized)
+            }
+        }
+        None if config.on_heroku && !config.metrics_public => Err(Refusal::NotPublic),
+        None => Ok(()),
+    }
+}
+
+/// Why `/metrics` was refused.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    /// No bearer token, or not WARMER_METRICS_TOKEN.
+    Unauthorized,
+    /// On a dyno without WARMER_METRICS_TOKEN, not made public.
+    NotPublic,
 }
 
 /// What a request asks for.
@@ -179,8 +226,29 @@ impl Web {
         {
             Route::Health => self.health().await,
             Route::Metrics => {
-                let accept = request.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
-                self.metrics(metrics::wants_openmetrics(accept)).await
+                let authorization = request
+                    .headers()
+                    .get(AUTHORIZATION)
+                    .map(HeaderValue::as_bytes);
+                match metrics_allowed(&self.ctx.config, authorization) {
+                    Ok(()) => {
+                        let accept = request.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
+                        self.metrics(metrics::wants_openmetrics(accept)).await
+                    }
+                    Err(Refusal::Unauthorized) => {
+                        let mut response =
+                            text(StatusCode::UNAUTHORIZED, "a bearer token is needed\n");
+                        response.headers_mut().insert(
+                            WWW_AUTHENTICATE,
+                            HeaderValue::from_static("Bearer realm=\"warmer\""),
+                        );
+                        response
+                    }
+                    Err(Refusal::NotPublic) => text(
+                        StatusCode::FORBIDDEN,
+                        "/metrics needs WARMER_METRICS_TOKEN on Heroku (or WARMER_METRICS_PUBLIC=true)\n",
+                    ),
+                }
             }
             Route::HireFire => self.hirefire().await,
             // Like a missing page, so a scan learns nothing; never echoes the token.
@@ -363,6 +431,42 @@ mod tests {
         // Without HIREFIRE_TOKEN, no token opens the HireFire routes.
         assert_eq!(route(get, "/hirefire//info", None, None), Route::Forbidden);
         assert_eq!(route(get, "/hirefire", Some(b""), None), Route::Forbidden);
+    }
+
+    #[test]
+    fn metrics_need_the_bearer_token_and_are_not_public_on_a_dyno_unless_said() {
+        let config = |vars: &[(&str, &str)]| {
+            let vars = vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            crate::Config::from_vars(vars).unwrap()
+        };
+        let with_token = config(&[("WARMER_METRICS_TOKEN", "m3trics")]);
+        assert_eq!(
+            metrics_allowed(&with_token, Some(b"Bearer m3trics")),
+            Ok(())
+        );
+        for wrong in [
+            None,
+            Some(&b"Bearer nope"[..]),
+            Some(b"m3trics"),
+            Some(b"Basic m3trics"),
+        ] {
+            assert_eq!(
+                metrics_allowed(&with_token, wrong),
+                Err(Refusal::Unauthorized)
+            );
+        }
+        assert_eq!(
+            metrics_allowed(&config(&[]), None),
+            Ok(()),
+            "off Heroku: public"
+        );
+        let dyno = config(&[("DYNO", "web.1")]);
+        assert_eq!(metrics_allowed(&dyno, None), Err(Refusal::NotPublic));
+        let public = config(&[("DYNO", "web.1"), ("WARMER_METRICS_PUBLIC", "true")]);
+        assert_eq!(metrics_allowed(&public, None), Ok(()));
     }
 
     #[test]

@@ -225,7 +225,12 @@ impl Cloud {
             }
             crate::config::Provider::Local => {
                 let names = crate::names::Names::new(&config.amqp_prefix, &config.redis_namespace);
-                let store = crate::store::Store::connect(&config.redis_url, names).await?;
+                let store = crate::store::Store::connect(
+                    &config.redis_url,
+                    config.redis_ca_pem.as_deref(),
+                    names,
+                )
+                .await?;
                 Ok(Cloud::Local(local::Local::new(
                     config.local_boot_delay,
                     store,

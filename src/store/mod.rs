@@ -139,10 +139,25 @@ fn scripts() -> &'static Scripts {
 }
 
 impl Store {
-    /// Connects (waiting at most 10 s for the first connection).
-    pub async fn connect(url: &ServerUrl, names: Names) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url.expose())
-            .with_context(|| format!("WARMER_REDIS_URL {url} is not a valid Redis URL"))?;
+    /// Connects (waiting at most 10 s for the first connection); a `rediss://` server's
+    /// certificate is verified against `ca_pem` (PEM certificates) if given, else against the
+    /// usual roots (unless the URL ends in `#insecure`).
+    pub async fn connect(
+        url: &ServerUrl,
+        ca_pem: Option<&[u8]>,
+        names: Names,
+    ) -> anyhow::Result<Self> {
+        let client = match ca_pem {
+            None => redis::Client::open(url.expose()),
+            Some(ca) => redis::Client::build_with_tls(
+                url.expose(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.to_vec()),
+                },
+            ),
+        }
+        .with_context(|| format!("WARMER_REDIS_URL {url} is not a valid Redis URL"))?;
         let config = ConnectionManagerConfig::new()
             // The default 500 ms response timeout fails slow scripts on a busy server.
             .set_response_timeout(Some(Duration::from_secs(5)))

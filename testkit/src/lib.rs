@@ -17,6 +17,7 @@ mod clients;
 pub mod compute;
 pub mod heroku;
 mod servers;
+pub mod tls;
 
 use std::future::Future;
 use std::time::Duration;
@@ -39,7 +40,7 @@ pub const TRAVIS_REQUEST: &str = r#"{"site":"org","zone":"us-central1-c",
  "machine_type":"https://www.googleapis.com/compute/v1/projects/p/zones/us-central1-c/machineTypes/n1-standard-2",
  "public_ip":false}"#;
 /// The SSH key passphrase of deployments on the Compute Engine stand-in.
-pub const PASSPHRASE: &str = "test passphrase";
+pub const PASSPHRASE: &str = "test passphrase of the stand-in";
 
 /// The first delivery of the request `identity` (its nonce is the identity), received at `now`
 /// with `deadline`; an unsettled lease of it is given up at `give_up_at`.

@@ -110,6 +110,45 @@ impl PrivateRedis {
         PrivateRedis { port, child }
     }
 
+    /// A Redis that speaks only TLS, with the server certificate of `certificates`.
+    pub async fn start_tls(certificates: &crate::tls::Certificates) -> PrivateRedis {
+        let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+        let (cert, key, ca) = (
+            path(&certificates.cert),
+            path(&certificates.key),
+            path(&certificates.ca),
+        );
+        let port = crate::free_port().to_string();
+        let args = [
+            "--port",
+            "0",
+            "--tls-port",
+            &port,
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "no",
+        ];
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server on the PATH");
+        let port: u16 = port.parse().unwrap();
+        within("the TLS Redis to listen", async {
+            while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        PrivateRedis { port, child }
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }

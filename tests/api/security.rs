@@ -432,3 +432,61 @@ async fn warmer_permissions_prints_the_permissions_the_tests_run_under() {
     );
     assert!(!script.contains("u:p"), "no credential of the URL");
 }
+
+#[tokio::test]
+async fn a_redis_certificate_is_verified_unless_it_is_heroku_redis_on_a_dyno() {
+    let dir = std::env::temp_dir().join(format!("warmer-tls-{}", fresh_prefix()));
+    let ours =
+        warmer_testkit::tls::Certificates::generate(&dir.join("ours"), &["localhost", "127.0.0.1"]);
+    let theirs =
+        warmer_testkit::tls::Certificates::generate(&dir.join("theirs"), &["attacker.example"]);
+    let redis = PrivateRedis::start_tls(&ours).await;
+    let impostor = PrivateRedis::start_tls(&theirs).await;
+    let url = |redis: &PrivateRedis| format!("rediss://127.0.0.1:{}/0", redis.port);
+    let reaches = async |vars: &[(&str, String)]| {
+        let vars = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .chain([
+                ("WARMER_GOOGLE_CLOUD_PROJECT".into(), "p".into()),
+                ("WARMER_GOOGLE_CLOUD_REGION".into(), "r".into()),
+            ])
+            .collect();
+        let config = warmer::Config::from_vars(vars).expect("a configuration");
+        match warmer::Context::new(config).await {
+            Ok(ctx) => ctx.store.ping().await.is_ok(),
+            Err(_) => false,
+        }
+    };
+    let ca = ours.ca.to_string_lossy().into_owned();
+    let their_ca = theirs.ca.to_string_lossy().into_owned();
+
+    // Heroku's variable, off a dyno or for a host that is not Heroku's: verified, so refused.
+    assert!(!reaches(&[("REDIS_URL", url(&redis))]).await);
+    assert!(!reaches(&[("REDIS_URL", url(&redis)), ("DYNO", "web.1".into())]).await);
+    assert!(!reaches(&[("WARMER_REDIS_URL", url(&redis))]).await);
+    // With the authority that signed it: verified, and reached.
+    assert!(
+        reaches(&[
+            ("REDIS_URL", url(&redis)),
+            ("WARMER_REDIS_CA_FILE", ca.clone())
+        ])
+        .await
+    );
+    assert!(
+        reaches(&[
+            ("WARMER_REDIS_URL", url(&redis)),
+            ("WARMER_REDIS_CA_FILE", ca)
+        ])
+        .await
+    );
+    // A certificate for another name is refused, whoever signed it.
+    assert!(
+        !reaches(&[
+            ("WARMER_REDIS_URL", url(&impostor)),
+            ("WARMER_REDIS_CA_FILE", their_ca)
+        ])
+        .await
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -200,3 +200,38 @@ async fn without_rabbitmq_health_fails_and_metrics_keep_the_pools_until_it_retur
     wait_for_json(&health, None, json!({"redis": "ok", "rabbitmq": "ok"})).await;
     app.stop_consumers().await;
 }
+
+#[tokio::test]
+async fn metrics_with_a_token_are_served_only_to_its_bearer() {
+    let mut app = TestApp::builder()
+        .envs(&[("WARMER_METRICS_TOKEN", "m3trics-t0ken")])
+        .start()
+        .await;
+    app.seed(POOL, 1, &[]).await;
+    let url = format!("{}/metrics", app.start_web().await);
+
+    for header in [
+        None,
+        Some(("authorization", "Bearer wrong")),
+        Some(("authorization", "m3trics-t0ken")),
+        Some(("authorization", "Basic bTNyaWNzLXQwa2Vu")),
+    ] {
+        let (status, _, body) = get(&url, header).await;
+        assert_eq!(status, 401, "{header:?}");
+        assert!(!body.contains(POOL) && !body.contains("m3trics"), "{body}");
+    }
+    let (status, _, body) = get(&url, Some(("authorization", "Bearer m3trics-t0ken"))).await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains(&format!("warmer_pool_target{{pool=\"{POOL}\"}} 1")),
+        "{body}"
+    );
+    // Health stays open (Heroku and load balancers ask it) and says nothing of the pools.
+    let (status, _, body) = get(
+        &format!("{}/health", url.trim_end_matches("/metrics")),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(!body.contains(POOL));
+}
