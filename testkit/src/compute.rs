@@ -425,6 +425,9 @@ fn check_insert_body(zone: &str, body: &Value) -> Result<(), String> {
     if body["networkInterfaces"][0]["network"].as_str().is_none() {
         return Err("networkInterfaces[0].network is required".into());
     }
+    if body.get("serviceAccounts").is_some() {
+        return Err("warmer's VMs run customers' jobs: they get no service account".into());
+    }
     if body["labels"]["warmth"] != "warmed" {
         return Err("warmer's VMs carry the label warmth=warmed".into());
     }
