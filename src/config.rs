@@ -47,53 +47,105 @@ impl fmt::Display for Secret {
     }
 }
 
-/// A server URL that may carry a password; printed with the password replaced by `***`.
+/// A server URL that may carry a password; printed with the password replaced by `***`. An
+/// AMQP URL may list several brokers, comma-separated, each a whole URL (the nodes of a
+/// cluster): see [`Self::addresses`].
 #[derive(Clone, PartialEq, Eq)]
 pub struct ServerUrl(Secret);
+
+/// Splits a list of URLs at each comma that starts another URL (`,<scheme>://`), so that a raw
+/// comma inside a password does not split it.
+fn split_urls(list: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut start = 0;
+    for (i, _) in list.match_indices(',') {
+        let next = list[i + 1..].trim_start();
+        let scheme_len = next.find("://").filter(|&n| n > 0).filter(|&n| {
+            next[..n]
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c))
+        });
+        if scheme_len.is_some() {
+            parts.push(&list[start..i]);
+            start = i + 1;
+        }
+    }
+    parts.push(&list[start..]);
+    parts
+        .into_iter()
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect()
+}
 
 impl ServerUrl {
     pub fn expose(&self) -> &str {
         self.0.expose()
     }
 
-    /// The password of the URL's user info, as written (percent-encoded), if any.
+    /// Each server of a list (comma-separated whole URLs), in order; one for a plain URL.
+    pub fn addresses(&self) -> Vec<ServerUrl> {
+        split_urls(self.0.expose())
+            .into_iter()
+            .map(|url| ServerUrl(Secret::new(url)))
+            .collect()
+    }
+
+    /// The password of the (first) URL's user info, as written (percent-encoded), if any.
     pub fn password(&self) -> Option<&str> {
-        let (_, rest) = self.0.expose().split_once("://")?;
+        let first = split_urls(self.0.expose()).into_iter().next()?;
+        let (_, rest) = first.split_once("://")?;
         let (userinfo, _) = rest.rsplit_once('@')?;
         let (_, password) = userinfo.split_once(':')?;
         Some(password)
     }
 
-    /// The user of the URL's user info, percent-decoded, if any.
+    /// The passwords of every URL of the list, as written.
+    pub fn passwords(&self) -> Vec<String> {
+        self.addresses()
+            .iter()
+            .filter_map(|url| url.password().map(String::from))
+            .collect()
+    }
+
+    /// The user of the (first) URL's user info, percent-decoded, if any.
     pub fn user(&self) -> Option<String> {
-        let (_, rest) = self.0.expose().split_once("://")?;
+        let first = split_urls(self.0.expose()).into_iter().next()?;
+        let (_, rest) = first.split_once("://")?;
         let (userinfo, _) = rest.rsplit_once('@')?;
         let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
         (!user.is_empty()).then(|| percent_decode(user))
     }
 
-    /// The URL with any password masked, safe for logs.
+    /// The URL (each URL of a list) with any password masked, safe for logs.
     pub fn redacted(&self) -> String {
-        let url = self.0.expose();
-        let Some((scheme, rest)) = url.split_once("://") else {
-            return "[unparseable url]".into();
-        };
-        // The user info ends at the last `@`, so a password holding a raw `/` or `@` is still
-        // hidden (an `@` in the path hides more than needed, never less).
-        let (userinfo, rest) = match rest.rsplit_once('@') {
-            Some((userinfo, rest)) => (Some(userinfo), rest),
-            None => (None, rest),
-        };
-        let userinfo = match userinfo {
-            Some(userinfo) => match userinfo.split_once(':') {
-                Some((user, _)) => format!("{user}:***@"),
-                None => format!("{userinfo}@"),
-            },
-            None => String::new(),
-        };
-        let rest = rest.split('#').next().unwrap_or_default();
-        format!("{scheme}://{userinfo}{rest}")
+        split_urls(self.0.expose())
+            .into_iter()
+            .map(redact_one)
+            .collect::<Vec<_>>()
+            .join(",")
     }
+}
+
+fn redact_one(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "[unparseable url]".into();
+    };
+    // The user info ends at the last `@`, so a password holding a raw `/` or `@` is still
+    // hidden (an `@` in the path hides more than needed, never less).
+    let (userinfo, rest) = match rest.rsplit_once('@') {
+        Some((userinfo, rest)) => (Some(userinfo), rest),
+        None => (None, rest),
+    };
+    let userinfo = match userinfo {
+        Some(userinfo) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@"),
+            None => format!("{userinfo}@"),
+        },
+        None => String::new(),
+    };
+    let rest = rest.split('#').next().unwrap_or_default();
+    format!("{scheme}://{userinfo}{rest}")
 }
 
 impl fmt::Debug for ServerUrl {
@@ -420,7 +472,7 @@ impl Config {
             .map(|v| ("WARMER_AMQP_URL", v))
             .or(raw.cloudamqp_url.map(|v| ("CLOUDAMQP_URL", v)))
             .unwrap_or(("WARMER_AMQP_URL", "amqp://127.0.0.1:5672/%2f".into()));
-        let amqp_url = server_url(amqp_url.0, amqp_url.1, &["amqp", "amqps"])?;
+        let amqp_url = server_url(amqp_url.0, amqp_url.1, &["amqp", "amqps"], true)?;
         let redis_ca_pem = match &raw.warmer_redis_ca_file {
             None => None,
             Some(path) => {
@@ -467,7 +519,7 @@ impl Config {
                 (var, url)
             }
         };
-        let redis_url = server_url(redis_url.0, redis_url.1, &["redis", "rediss"])?;
+        let redis_url = server_url(redis_url.0, redis_url.1, &["redis", "rediss"], false)?;
 
         let given = Given {
             prefix: raw.warmer_amqp_prefix.is_some(),
@@ -688,9 +740,9 @@ impl Config {
     pub fn secrets(&self) -> Vec<String> {
         let mut secrets = Vec::new();
         for url in [&self.amqp_url, &self.redis_url] {
-            if let Some(password) = url.password() {
-                secrets.push(percent_decode(password));
-                secrets.push(password.to_string());
+            for password in url.passwords() {
+                secrets.push(percent_decode(&password));
+                secrets.push(password);
             }
         }
         let tokens = [
@@ -722,7 +774,8 @@ impl Config {
 
     /// The broker's virtual host, from the AMQP URL's path (`/` when it names none).
     pub fn amqp_vhost(&self) -> String {
-        let url = self.amqp_url.expose();
+        let first = self.amqp_url.addresses().into_iter().next();
+        let url = first.as_ref().map_or("", ServerUrl::expose);
         let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
         let after_host = after_scheme
             .rsplit_once('@')
@@ -808,20 +861,40 @@ fn is_heroku_redis_host(url: &str) -> bool {
     host.ends_with(".amazonaws.com")
 }
 
-fn server_url(var: &str, value: String, schemes: &[&str]) -> anyhow::Result<ServerUrl> {
+/// A URL starting with one of `schemes`; with `list`, several comma-separated.
+fn server_url(var: &str, value: String, schemes: &[&str], list: bool) -> anyhow::Result<ServerUrl> {
     let value = value.trim().to_string();
-    let scheme = value.split_once("://").map(|(s, _)| s);
-    match scheme {
-        Some(s) if schemes.contains(&s) => Ok(ServerUrl(Secret::new(value))),
-        _ => bail!(
-            "{var} must be a URL starting with {}",
-            schemes
-                .iter()
-                .map(|s| format!("{s}://"))
-                .collect::<Vec<_>>()
-                .join(" or ")
-        ),
+    let urls = split_urls(&value);
+    if urls.is_empty() {
+        bail!("{var} is empty");
     }
+    if urls.len() > 1 && !list {
+        bail!("{var} names {} servers: give one URL", urls.len());
+    }
+    for (i, url) in urls.iter().enumerate() {
+        let scheme = url.split_once("://").map(|(s, _)| s);
+        if !scheme.is_some_and(|s| schemes.contains(&s)) {
+            let which = if urls.len() > 1 {
+                format!(" (address {})", i + 1)
+            } else {
+                String::new()
+            };
+            bail!(
+                "{var}{which} must be a URL starting with {}{}",
+                schemes
+                    .iter()
+                    .map(|s| format!("{s}://"))
+                    .collect::<Vec<_>>()
+                    .join(" or "),
+                if list {
+                    ", or several such URLs separated by commas"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    Ok(ServerUrl(Secret::new(value)))
 }
 
 fn prefix(var: &str, value: Option<String>) -> anyhow::Result<String> {
@@ -1315,8 +1388,54 @@ mod tests {
             ("amqp://u:p@ss@h:5672/%2f", "amqp://u:***@h:5672/%2f"),
             ("redis://h:6379/0", "redis://h:6379/0"),
         ] {
-            let url = server_url("WARMER_AMQP_URL", url.into(), &["amqp", "redis"]).unwrap();
+            let url = server_url("WARMER_AMQP_URL", url.into(), &["amqp", "redis"], true).unwrap();
             assert_eq!(url.redacted(), shown);
+        }
+    }
+
+    #[test]
+    fn an_amqp_url_may_list_the_nodes_of_a_cluster() {
+        let config = Config::from_vars(vars(&[(
+            "WARMER_AMQP_URL",
+            "amqps://u:p,w@n1.example:5671/v, amqps://u:q@n2.example:5671/v",
+        )]))
+        .unwrap();
+        let addresses: Vec<String> = config
+            .amqp_url
+            .addresses()
+            .iter()
+            .map(|a| a.expose().to_string())
+            .collect();
+        assert_eq!(
+            addresses,
+            [
+                "amqps://u:p,w@n1.example:5671/v",
+                "amqps://u:q@n2.example:5671/v"
+            ],
+            "a raw comma in a password does not split"
+        );
+        assert_eq!(
+            config.amqp_url.redacted(),
+            "amqps://u:***@n1.example:5671/v,amqps://u:***@n2.example:5671/v"
+        );
+        assert_eq!(config.amqp_user(), "u");
+        let secrets = config.secrets();
+        assert!(secrets.contains(&"p,w".to_string()) && secrets.contains(&"q".to_string()));
+        for (var, value, error) in [
+            ("WARMER_AMQP_URL", "amqp://a/,http://b/", "address 2"),
+            (
+                "WARMER_REDIS_URL",
+                "redis://a/0,redis://b/0",
+                "give one URL",
+            ),
+        ] {
+            let refused = Config::from_vars(vars(&[(var, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                refused.contains(var) && refused.contains(error),
+                "{refused}"
+            );
         }
     }
 }

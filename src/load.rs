@@ -74,6 +74,7 @@ mod tests {
             queue: "w.checkout".into(),
             ready: Some(70),
             consumers: Some(1),
+            state: crate::topology::QueueState::Ok,
         }];
         let pools = [pool("10", 3, 2), pool("2", 5, 0), pool("legacy", 0, 0)];
 

@@ -20,7 +20,7 @@ use crate::pool::PoolName;
 use crate::sizing::policy::Policy;
 use crate::store::now_ms;
 use crate::store::sizing::{RolloverState, StartRollover};
-use crate::topology::Role;
+use crate::topology::{QueueState, Role};
 
 /// `warmer permissions`: the RabbitMQ user of each role (or of `only`), with the narrowest
 /// permissions that work for this prefix, as `rabbitmqctl` commands and management API calls.
@@ -429,12 +429,49 @@ pub async fn status(ctx: &Context) -> anyhow::Result<String> {
     if brake {
         out.push_str("SAFETY BRAKE ON: boots are paused while unaccounted VMs exceed WARMER_ORPHAN_THRESHOLD, and sizing is frozen (see `warmer reconcile` logs)\n");
     }
+    out.push_str(&queue_lines(ctx).await);
     if pools.is_empty() {
         out.push_str(
             "(no pools: add one with `warmer pool set <image>:<machine_type> <target>`)\n",
         );
     }
     Ok(out)
+}
+
+/// One line per queue of the broker: ready messages and consumers, or why it cannot be read.
+async fn queue_lines(ctx: &Context) -> String {
+    let monitor = crate::topology::QueueMonitor::new(
+        ctx.config.amqp_url.clone(),
+        format!("{}.status", ctx.names.prefix()),
+        ctx.names.clone(),
+        Duration::from_secs(5),
+    );
+    let depths = monitor.depths().await;
+    monitor.close().await;
+    match depths {
+        Err(error) => format!(
+            "QUEUES: RabbitMQ cannot be read: {}\n",
+            crate::telemetry::report(&error)
+        ),
+        Ok(depths) => depths
+            .iter()
+            .map(|depth| match &depth.state {
+                QueueState::Ok => format!(
+                    "QUEUE {}: {} ready, {} consumers\n",
+                    depth.queue,
+                    depth.ready.unwrap_or(0),
+                    depth.consumers.unwrap_or(0)
+                ),
+                QueueState::Missing => format!(
+                    "QUEUE {}: not declared yet (start a consuming process)\n",
+                    depth.queue
+                ),
+                QueueState::Unavailable(why) => {
+                    format!("QUEUE {}: UNAVAILABLE: {why}\n", depth.queue)
+                }
+            })
+            .collect(),
+    }
 }
 
 fn age(secs: u64) -> String {

@@ -29,12 +29,15 @@ use tracing_subscriber::fmt::{FmtContext, MakeWriter};
 use tracing_subscriber::registry::LookupSpan;
 
 /// Targets capped whatever `RUST_LOG` says: frames and returned messages.
-const CAPPED: [&str; 6] = [
+const CAPPED: [&str; 7] = [
     "lapin=debug",
     "amq_protocol=debug",
     "lapin::returned_messages=off",
     "lapin::frames=info",
-    "lapin::channels=info",
+    // A lost connection (a broker node killed): lapin logs it at ERROR on each of these, a few
+    // dozen lines at once; warmer's supervisor says it once, with what it does next.
+    "lapin::channels=off",
+    "lapin::io_loop=off",
     // A failed presence probe closes its channel by design; lapin would log each at ERROR.
     "lapin::channel=off",
 ];

@@ -5,11 +5,17 @@
 //! | `<prefix>.checkout` | durable quorum queue | checkout requests |
 //! | `<prefix>.refill` | durable quorum queue, at most [`REFILL_QUEUE_LIMIT`] messages (further publishes are refused; those already in flight when it fills may still get in, as a quorum queue learns its length as its log commits) | refill hints and fill commands ([`RefillMessage`](crate::events::RefillMessage)) |
 //! | `<prefix>.events` | durable topic exchange | [`Event`]s |
-//! | `<prefix>.dead` | durable queue, at most [`DEAD_LETTER_LIMIT`] messages (the oldest go first) | dead letters |
+//! | `<prefix>.dead` | durable quorum queue, at most [`DEAD_LETTER_LIMIT`] messages (the oldest go first) | dead letters |
 //!
 //! Both quorum queues redeliver a message at most [`DELIVERY_LIMIT`] times, then dead-letter it
-//! to `<prefix>.dead` through the default exchange. Every consuming process declares all of it,
-//! idempotently; `web` and `autoscale` only read queue depths ([`QueueMonitor`]).
+//! to `<prefix>.dead` through the default exchange. Every queue is a quorum queue, replicated on
+//! the nodes of a cluster, so the loss of one node costs a leader election (seconds), never a
+//! queue (RabbitMQ 3.10 or later: quorum queues take `x-max-length` with `drop-head` or
+//! `reject-publish`, `x-delivery-limit`, dead-lettering, and per-message TTL). Every consuming
+//! process declares all of it, idempotently, each queue on its own ([`declare_each`]): what
+//! cannot be declared now does not stop the consumer of another queue, and is declared again in
+//! the background ([`redeclare`]); `web` and `autoscale` only read queue depths
+//! ([`QueueMonitor`]), queue by queue.
 //!
 //! Why the limits lose nothing that matters: refill messages are hints, idempotent and coalesced
 //! (one pending per pool), so the refill queue holds about one message per pool; a hint refused
@@ -66,18 +72,80 @@ fn bounded(mut args: FieldTable, limit: i64, overflow: &str) -> FieldTable {
     args
 }
 
-/// Declares every queue, exchange and binding (idempotent), on channels of `connection`.
+/// What [`declare_each`] could not declare, each with why; everything else is declared.
+#[derive(Debug, Default)]
+pub struct Declared {
+    pub failed: Vec<(String, anyhow::Error)>,
+}
+
+impl Declared {
+    /// `Ok` unless `name` is among what failed.
+    pub fn require(&self, name: &str) -> anyhow::Result<()> {
+        match self.failed.iter().find(|(failed, _)| failed == name) {
+            Some((_, error)) => Err(anyhow!("{}", crate::telemetry::report(error))),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether everything was declared.
+    pub fn is_complete(&self) -> bool {
+        self.failed.is_empty()
+    }
+}
+
+/// Declares every queue, exchange and binding (idempotent); fails if any one fails. For the
+/// release check and the tests; consumers use [`declare_each`].
 pub async fn declare(connection: &Connection, names: &Names) -> anyhow::Result<()> {
-    let dead = bounded(FieldTable::default(), DEAD_LETTER_LIMIT, "drop-head");
-    declare_queue(connection, &names.dead_letter_queue(), dead).await?;
-    let checkout = quorum_queue_arguments(names);
-    declare_queue(connection, &names.checkout_queue(), checkout).await?;
-    let refill = bounded(
-        quorum_queue_arguments(names),
-        REFILL_QUEUE_LIMIT,
-        "reject-publish",
+    let declared = declare_each(connection, names).await;
+    match declared.failed.into_iter().next() {
+        None => Ok(()),
+        Some((_, error)) => Err(error),
+    }
+}
+
+/// The queues, each with its arguments.
+fn queues(names: &Names) -> [(String, FieldTable); 3] {
+    let mut dead = FieldTable::default();
+    dead.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
     );
-    declare_queue(connection, &names.refill_queue(), refill).await?;
+    [
+        (
+            names.dead_letter_queue(),
+            bounded(dead, DEAD_LETTER_LIMIT, "drop-head"),
+        ),
+        (names.checkout_queue(), quorum_queue_arguments(names)),
+        (
+            names.refill_queue(),
+            bounded(
+                quorum_queue_arguments(names),
+                REFILL_QUEUE_LIMIT,
+                "reject-publish",
+            ),
+        ),
+    ]
+}
+
+/// Declares each queue, the events exchange and the bindings on a channel of its own, each
+/// independently: one that cannot be declared now (a classic queue whose node is down, a
+/// quorum queue without a majority) does not stop the others, and is returned with why.
+pub async fn declare_each(connection: &Connection, names: &Names) -> Declared {
+    let mut declared = Declared::default();
+    for (queue, arguments) in queues(names) {
+        if let Err(error) = declare_queue(connection, &queue, arguments).await {
+            declared.failed.push((queue, error));
+        }
+    }
+    let exchange = names.events_exchange();
+    if let Err(error) = declare_exchange(connection, names).await {
+        declared.failed.push((exchange, error));
+    }
+    declared
+}
+
+/// Declares the events exchange, and removes the bindings of earlier versions.
+async fn declare_exchange(connection: &Connection, names: &Names) -> anyhow::Result<()> {
     let channel = connection
         .create_channel()
         .await
@@ -110,8 +178,42 @@ pub async fn declare(connection: &Connection, names: &Names) -> anyhow::Result<(
     Ok(())
 }
 
+/// Declares again, in the background, what `declared` says failed, until all of it is
+/// declared, the connection is gone or `shutdown`: each failure is logged once, when the
+/// session finds it (so a broker node down is not an ERROR a second), and its recovery once.
+pub async fn redeclare(
+    connection: std::sync::Arc<Connection>,
+    names: Names,
+    declared: Declared,
+    shutdown: crate::shutdown::Shutdown,
+) {
+    if declared.is_complete() {
+        return;
+    }
+    for (name, error) in &declared.failed {
+        tracing::warn!(
+            what = %name,
+            error = %crate::telemetry::report(error),
+            "cannot be declared now (a broker node down?): consuming the rest, retrying in the background"
+        );
+    }
+    let mut waiting: Vec<String> = declared.failed.into_iter().map(|(name, _)| name).collect();
+    let mut pause = Duration::from_secs(1);
+    while !waiting.is_empty() && connection.status().connected() && shutdown.sleep(pause).await {
+        let again = declare_each(&connection, &names).await;
+        waiting.retain(|name| {
+            let still = again.failed.iter().any(|(failed, _)| failed == name);
+            if !still {
+                tracing::info!(what = %name, "declared again");
+            }
+            still
+        });
+        pause = (pause * 2).min(Duration::from_secs(30));
+    }
+}
+
 /// Declares a durable queue with `arguments`; if it exists with others (declared by an older
-/// warmer), it is used as it is, with a warning.
+/// warmer), it is used as it is, with a warning that says how to have it declared anew.
 async fn declare_queue(
     connection: &Connection,
     queue: &str,
@@ -142,10 +244,17 @@ async fn declare_queue(
                 .await
                 .with_context(|| format!("declaring queue {queue}"))?;
             let _ = channel.close(200, "declared".into()).await;
-            tracing::warn!(
-                queue,
-                "the queue exists with other arguments (declared by an older warmer): used as it is, without a length limit; delete it while it is empty to have it declared anew"
-            );
+            if error.to_string().contains("'x-queue-type'") {
+                tracing::warn!(
+                    queue,
+                    "the queue is a classic queue (declared by an older warmer): used as it is, but it lives on one node, and while that node is down it is unavailable; to have it declared as a replicated (quorum) queue, move or discard its messages and delete it (`rabbitmqctl delete_queue {queue}`, or the management UI): the next warmer process declares it anew"
+                );
+            } else {
+                tracing::warn!(
+                    queue,
+                    "the queue exists with other arguments (declared by an older warmer): used as it is, without a length limit; delete it while it is empty to have it declared anew"
+                );
+            }
             Ok(())
         }
         Err(error) => Err(anyhow!(error).context(format!("declaring queue {queue}"))),
@@ -399,13 +508,25 @@ fn monitored_queues(names: &Names) -> [(&'static str, String); 3] {
     [checkout, refill, ("dead", names.dead_letter_queue())]
 }
 
-/// One monitored queue's state; `None` when the queue does not exist (not declared yet).
+/// One monitored queue's state; counts are `None` when the broker could not give them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueDepth {
     pub process: &'static str,
     pub queue: String,
     pub ready: Option<u32>,
     pub consumers: Option<u32>,
+    pub state: QueueState,
+}
+
+/// Whether a queue can be used now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueState {
+    Ok,
+    /// Not declared yet (no consuming process has run).
+    Missing,
+    /// It exists but the broker cannot serve it now, and why: a classic queue whose node is
+    /// down, a quorum queue without a majority.
+    Unavailable(String),
 }
 
 /// Reads the depths of the consumer queues and the dead-letter queue on a connection of its own.
@@ -427,23 +548,25 @@ impl QueueMonitor {
     }
 
     /// Ready messages and consumers of every consumer queue and of the dead-letter queue, by
-    /// passive declare. A failure
-    /// drops the connection, so a hung one does not fail every later call.
+    /// passive declare, each queue on its own: one that is unavailable is said so, the others
+    /// are read. An error only when the broker cannot be reached (the connection is then
+    /// dropped, so a hung one does not fail every later call).
     pub async fn depths(&self) -> anyhow::Result<Vec<QueueDepth>> {
         let depths = tokio::time::timeout(self.timeout, async {
             let connection = self.connection.get().await?;
             let queues = monitored_queues(&self.names);
             let mut depths = Vec::with_capacity(queues.len());
             for (process, queue) in queues {
-                let depth = queue_depth(&connection, &queue).await?;
+                let (state, counts) = queue_depth(&connection, &queue).await?;
                 depths.push(QueueDepth {
                     process,
                     queue,
-                    ready: depth.map(|d| d.0),
-                    consumers: depth.map(|d| d.1),
+                    ready: counts.map(|d| d.0),
+                    consumers: counts.map(|d| d.1),
+                    state,
                 });
             }
-            Ok(depths)
+            anyhow::Ok(depths)
         })
         .await
         .map_err(|_| anyhow!("reading queue depths from RabbitMQ timed out"))
@@ -460,9 +583,12 @@ impl QueueMonitor {
     }
 }
 
-/// (ready messages, consumers) of `queue`, or `None` when it does not exist, each on its own
-/// channel.
-async fn queue_depth(connection: &Connection, queue: &str) -> anyhow::Result<Option<(u32, u32)>> {
+/// `queue`'s state and (ready messages, consumers), on a channel of its own. An error only when
+/// the connection itself fails.
+async fn queue_depth(
+    connection: &Connection,
+    queue: &str,
+) -> anyhow::Result<(QueueState, Option<(u32, u32)>)> {
     let channel = connection
         .create_channel()
         .await
@@ -470,9 +596,18 @@ async fn queue_depth(connection: &Connection, queue: &str) -> anyhow::Result<Opt
     match passive_declare(&channel, queue).await {
         Ok(q) => {
             let _ = channel.close(200, "ok".into()).await;
-            Ok(Some((q.message_count(), q.consumer_count())))
+            Ok((
+                QueueState::Ok,
+                Some((q.message_count(), q.consumer_count())),
+            ))
         }
-        Err(error) if is_not_found(&error) => Ok(None),
-        Err(error) => Err(anyhow!(error).context(format!("declaring {queue}"))),
+        // RabbitMQ says NOT_FOUND for a queue whose home node is down, too.
+        Err(error) if is_not_found(&error) && !error.to_string().contains("home node") => {
+            Ok((QueueState::Missing, None))
+        }
+        Err(_) if !connection.status().connected() => {
+            anyhow::bail!("the connection to RabbitMQ was lost")
+        }
+        Err(error) => Ok((QueueState::Unavailable(error.to_string()), None)),
     }
 }

@@ -36,7 +36,7 @@ use crate::load::{self, Backlog};
 use crate::metrics::{self, Scrape};
 use crate::shutdown::Shutdown;
 use crate::store::now_ms;
-use crate::topology::QueueMonitor;
+use crate::topology::{QueueMonitor, QueueState};
 
 /// How long open requests may take after SIGTERM.
 pub const DRAIN: Duration = Duration::from_secs(10);
@@ -280,8 +280,21 @@ impl Web {
             }
             Err(_) => "timed out",
         };
+        // Queues the broker cannot serve now (a node down): named, the broker itself answers.
+        let mut unavailable = serde_json::Map::new();
         let rabbitmq = match rabbitmq {
-            Ok(_) => "ok",
+            Ok(depths) => {
+                for depth in depths {
+                    if let QueueState::Unavailable(why) = depth.state {
+                        unavailable.insert(depth.queue, why.into());
+                    }
+                }
+                if unavailable.is_empty() {
+                    "ok"
+                } else {
+                    "degraded"
+                }
+            }
             Err(error) => {
                 tracing::warn!(error = %crate::telemetry::report(&error), "health: RabbitMQ failed");
                 "unavailable"
@@ -292,7 +305,11 @@ impl Web {
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         };
-        json_response(status, &json!({"redis": redis, "rabbitmq": rabbitmq}))
+        let mut body = json!({"redis": redis, "rabbitmq": rabbitmq});
+        if !unavailable.is_empty() {
+            body["queues"] = unavailable.into();
+        }
+        json_response(status, &body)
     }
 
     /// What a scrape exports from Redis, at most [`CHECK_TIMEOUT`].

@@ -18,7 +18,9 @@ mod reply_to;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, anyhow};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::anyhow;
 use lapin::options::QueueDeclareOptions;
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::FieldTable;
@@ -30,16 +32,37 @@ pub use consume::{DRAIN, Disposition, Incoming, consume, supervise};
 pub use publish::{Courier, Published, Publisher, json_properties};
 pub use reply_to::{DIRECT_REPLY_TO, Presence, Prober, consume_direct_replies};
 
-/// Connects to RabbitMQ, naming the connection so operators can find it.
+/// How long one broker address may take to accept a connection before the next is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where the next connection of this process starts in the list of broker addresses: each
+/// connection starts one further, so a process's connections spread over a cluster's nodes and
+/// a reconnect tries another node first.
+static NEXT_ADDRESS: AtomicUsize = AtomicUsize::new(0);
+
+/// Connects to RabbitMQ, naming the connection so operators can find it. `url` may list several
+/// brokers (the nodes of a cluster): they are tried in turn, from one further than the last
+/// connection of this process started, each for at most [`CONNECT_TIMEOUT`], and the first that
+/// answers is used.
 pub async fn connect(url: &ServerUrl, name: &str) -> anyhow::Result<Connection> {
-    let properties = ConnectionProperties::default().with_connection_name(name.into());
-    tokio::time::timeout(
-        Duration::from_secs(15),
-        Connection::connect(url.expose(), properties),
-    )
-    .await
-    .map_err(|_| anyhow!("connecting to RabbitMQ at {url} timed out"))?
-    .with_context(|| format!("connecting to RabbitMQ at {url}"))
+    let addresses = url.addresses();
+    let first = NEXT_ADDRESS.fetch_add(1, Ordering::Relaxed);
+    let mut errors = Vec::new();
+    for i in 0..addresses.len() {
+        let address = &addresses[(first + i) % addresses.len()];
+        let properties = ConnectionProperties::default().with_connection_name(name.into());
+        let connected = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            Connection::connect(address.expose(), properties),
+        )
+        .await;
+        match connected {
+            Ok(Ok(connection)) => return Ok(connection),
+            Ok(Err(error)) => errors.push(format!("{address}: {error}")),
+            Err(_) => errors.push(format!("{address}: timed out")),
+        }
+    }
+    Err(anyhow!("connecting to RabbitMQ: {}", errors.join("; ")))
 }
 
 /// A connection opened on first use and reopened once lost, for work that is not consuming

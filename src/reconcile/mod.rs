@@ -186,7 +186,13 @@ impl Reconciler {
 
     async fn connect_broker(&self) -> anyhow::Result<(lapin::Connection, Broker)> {
         let connection = self.ctx.amqp("reconcile").await?;
-        topology::declare(&connection, &self.ctx.names).await?;
+        // A pass needs none of it: what cannot be declared now is tried again next connection.
+        for (what, error) in topology::declare_each(&connection, &self.ctx.names)
+            .await
+            .failed
+        {
+            tracing::warn!(%what, error = %crate::telemetry::report(&error), "cannot be declared now");
+        }
         let broker = Broker::open(&connection, &self.ctx.names).await?;
         Ok((connection, broker))
     }

@@ -251,8 +251,16 @@ pub async fn run(ctx: Context, cloud: Cloud, shutdown: Shutdown) -> anyhow::Resu
     let deleter = tokio::spawn(refill.clone().delete_orphans(shutdown.clone()));
     refill.deletions.notify_one(); // what an earlier process left
     let result = amqp::supervise("refill", &shutdown, || async {
-        let connection = ctx.amqp("refill").await?;
-        topology::declare(&connection, &ctx.names).await?;
+        let connection = Arc::new(ctx.amqp("refill").await?);
+        // Only the refill queue must be there: the rest is declared again in the background.
+        let declared = topology::declare_each(&connection, &ctx.names).await;
+        declared.require(&ctx.names.refill_queue())?;
+        tokio::spawn(topology::redeclare(
+            connection.clone(),
+            ctx.names.clone(),
+            declared,
+            shutdown.clone(),
+        ));
         let channel = connection.create_channel().await?;
         refill.events.attach(connection.create_channel().await?);
         let publisher = Publisher::open(&connection).await?;

@@ -26,6 +26,8 @@ use crate::{eventually, within};
 /// How to build a [`TestApp`]: the servers it reaches, its environment, its consumers.
 pub struct AppBuilder {
     amqp_url: String,
+    /// Where the test reaches RabbitMQ itself.
+    own_amqp_url: String,
     redis_url: String,
     /// Where the test reads Redis itself (not through a proxy in front of the app's).
     own_redis_url: String,
@@ -57,6 +59,13 @@ impl AppBuilder {
     /// The app reaches Redis through `url`; the test still reads the shared server directly.
     pub fn redis_url(mut self, url: &str) -> Self {
         self.redis_url = url.into();
+        self
+    }
+
+    /// The app and the test both use this broker (a cluster of the test's own, say).
+    pub fn on_broker(mut self, url: &str) -> Self {
+        self.amqp_url = url.into();
+        self.own_amqp_url = url.into();
         self
     }
 
@@ -117,7 +126,7 @@ impl AppBuilder {
         let ctx = within("Redis", Context::new(config))
             .await
             .expect("Redis is up");
-        let amqp = Connection::connect(AMQP_URL, ConnectionProperties::default())
+        let amqp = Connection::connect(&self.own_amqp_url, ConnectionProperties::default())
             .await
             .expect("RabbitMQ is up");
         warmer::declare_topology(&amqp, &ctx.names)
@@ -138,6 +147,7 @@ impl AppBuilder {
             amqp,
             redis,
             env,
+            own_amqp_url: self.own_amqp_url,
             trigger,
             consumers: Vec::new(),
         };
@@ -171,6 +181,8 @@ pub struct TestApp {
     pub redis: redis::aio::ConnectionManager,
     /// The app's environment (also given to `warmer` processes the test starts).
     pub env: HashMap<String, String>,
+    /// Where the test reaches RabbitMQ itself.
+    own_amqp_url: String,
     trigger: Trigger,
     shutdown: Shutdown,
     consumers: Vec<JoinHandle<anyhow::Result<()>>>,
@@ -198,6 +210,7 @@ impl TestApp {
     pub fn builder() -> AppBuilder {
         AppBuilder {
             amqp_url: AMQP_URL.into(),
+            own_amqp_url: AMQP_URL.into(),
             redis_url: REDIS_URL.into(),
             own_redis_url: REDIS_URL.into(),
             env: Vec::new(),
@@ -317,9 +330,19 @@ impl TestApp {
         .await
     }
 
-    /// (messages ready, consumers) of a queue, by passive declare.
+    /// (messages ready, consumers) of a queue, by passive declare; on a connection of its own
+    /// once the test's has been lost (a broker node killed).
     pub async fn queue_counts(&self, queue: &str) -> (u32, u32) {
-        let channel = self.amqp.create_channel().await.expect("a channel");
+        let fresh;
+        let connection = if self.amqp.status().connected() {
+            &self.amqp
+        } else {
+            fresh = Connection::connect(&self.own_amqp_url, ConnectionProperties::default())
+                .await
+                .expect("RabbitMQ is up");
+            &fresh
+        };
+        let channel = connection.create_channel().await.expect("a channel");
         let q = warmer::passive_declare(&channel, queue)
             .await
             .expect("queue exists");

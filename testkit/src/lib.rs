@@ -14,6 +14,7 @@
 mod app;
 pub mod bench;
 mod clients;
+pub mod cluster;
 pub mod compute;
 pub mod heroku;
 mod servers;

@@ -24,6 +24,13 @@ pub struct Proxy {
 
 impl Proxy {
     pub async fn start(upstream: &'static str) -> Proxy {
+        Self::start_any(vec![upstream.to_string()]).await
+    }
+
+    /// A proxy that sends each new connection to the first of `upstreams` that accepts it, as a
+    /// cloud broker's load balancer does in front of a cluster's nodes.
+    pub async fn start_any(upstreams: Vec<String>) -> Proxy {
+        let upstreams = Arc::new(upstreams);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let up = Arc::new(AtomicBool::new(true));
@@ -31,15 +38,21 @@ impl Proxy {
         let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let accept = tokio::spawn({
             let (up, refused, connections) = (up.clone(), refused.clone(), connections.clone());
+            let upstreams = upstreams.clone();
             async move {
                 while let Ok((mut client, _)) = listener.accept().await {
                     if !up.load(Ordering::SeqCst) {
                         refused.fetch_add(1, Ordering::SeqCst);
                         continue; // dropped: connection refused by reset
                     }
+                    let upstreams = upstreams.clone();
                     let relay = tokio::spawn(async move {
-                        if let Ok(mut server) = TcpStream::connect(upstream).await {
-                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        for upstream in upstreams.iter() {
+                            if let Ok(mut server) = TcpStream::connect(upstream.as_str()).await {
+                                let _ =
+                                    tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                                return;
+                            }
                         }
                     });
                     connections.lock().unwrap().push(relay);

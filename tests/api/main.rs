@@ -6,6 +6,7 @@
 mod autoscale;
 mod check;
 mod checkout;
+mod cluster;
 mod faults;
 mod lifecycle;
 mod logs;

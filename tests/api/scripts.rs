@@ -494,6 +494,13 @@ async fn the_fleet_cap_holds_over_every_pool_whatever_the_targets_say() {
         .unwrap();
     assert_eq!(resumed.names, ["boot-b"]);
     assert_eq!(resumed.capped, Capped::No);
+    // A pool without a target gets nothing, whatever hint or fill names it.
+    let nowhere: PoolName = "no-such-image:n1-standard-1".parse().unwrap();
+    let none = store
+        .reserve_boots(&nowhere, &["boot-x".to_string()], later, 8)
+        .await
+        .unwrap();
+    assert_eq!((none.target, none.names.len()), (None, 0));
 }
 
 #[tokio::test]
