@@ -178,10 +178,30 @@ async fn declare_exchange(connection: &Connection, names: &Names) -> anyhow::Res
     Ok(())
 }
 
+/// What a consumer does first in each broker session: declares everything it can, fails only if
+/// `queue` (the one it consumes) cannot be declared, and declares the rest again in the
+/// background (see [`redeclare`]).
+pub async fn declare_for(
+    connection: &std::sync::Arc<Connection>,
+    names: &Names,
+    queue: &str,
+    shutdown: &crate::shutdown::Shutdown,
+) -> anyhow::Result<()> {
+    let declared = declare_each(connection, names).await;
+    declared.require(queue)?;
+    tokio::spawn(redeclare(
+        connection.clone(),
+        names.clone(),
+        declared,
+        shutdown.clone(),
+    ));
+    Ok(())
+}
+
 /// Declares again, in the background, what `declared` says failed, until all of it is
 /// declared, the connection is gone or `shutdown`: each failure is logged once, when the
 /// session finds it (so a broker node down is not an ERROR a second), and its recovery once.
-pub async fn redeclare(
+async fn redeclare(
     connection: std::sync::Arc<Connection>,
     names: Names,
     declared: Declared,
@@ -398,98 +418,93 @@ impl Breadth {
 /// Whatever is not refused is broader than needed. Leaves nothing behind: the probe queue is
 /// exclusive, and nothing is routed.
 pub async fn probe_permissions(connection: &Connection, names: &Names) -> anyhow::Result<Breadth> {
-    use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
+    use lapin::options::BasicGetOptions;
     let id = uuid::Uuid::new_v4().simple().to_string();
     let probes = [
         format!("{}.check-{}", names.prefix(), &id[..12]),
         format!("warmer-check-{}", &id[..12]),
     ];
+    // What a refused probe is told when its name does not exist but it may use it.
+    let allowed_but_missing = |result: lapin::Result<()>| match result {
+        Ok(()) => true,
+        Err(error) => crate::amqp::is_not_found(&error),
+    };
     let mut breadth = Breadth::default();
     for name in &probes {
-        let channel = connection
-            .create_channel()
-            .await
-            .context("opening a channel")?;
         let exclusive = QueueDeclareOptions {
             exclusive: true,
             auto_delete: true,
             ..QueueDeclareOptions::default()
         };
-        let declared = channel
-            .queue_declare(name.as_str().into(), exclusive, FieldTable::default())
-            .await
-            .map(|_| ());
-        breadth.configure |= declared.is_ok();
-        let _ = channel.close(200, "probed".into()).await;
-
-        let channel = connection
-            .create_channel()
-            .await
-            .context("opening a channel")?;
-        let missing = format!("{name}-read");
-        let read = channel
-            .basic_get(missing.as_str().into(), BasicGetOptions { no_ack: true })
-            .await
-            .map(|_| ());
-        breadth.read |= match read {
-            Ok(()) => true,
-            Err(error) => crate::amqp::is_not_found(&error),
-        };
-        let _ = channel.close(200, "probed".into()).await;
-
-        let channel = connection
-            .create_channel()
-            .await
-            .context("opening a channel")?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .context("confirm mode")?;
-        let missing = format!("{name}-write");
-        let published = async {
+        let declared = probe(connection, async |channel| {
             channel
-                .basic_publish(
-                    missing.as_str().into(),
-                    "".into(),
-                    BasicPublishOptions::default(),
-                    b"",
-                    lapin::BasicProperties::default(),
-                )
-                .await?
+                .queue_declare(name.as_str().into(), exclusive, FieldTable::default())
                 .await
                 .map(|_| ())
-        };
-        breadth.write |= match published.await {
-            Ok(()) => true,
-            Err(error) => crate::amqp::is_not_found(&error),
-        };
-        let _ = channel.close(200, "probed".into()).await;
+        });
+        breadth.configure |= declared.await?.is_ok();
+        let read = probe(connection, async |channel| {
+            let missing = format!("{name}-read");
+            channel
+                .basic_get(missing.as_str().into(), BasicGetOptions { no_ack: true })
+                .await
+                .map(|_| ())
+        });
+        breadth.read |= allowed_but_missing(read.await?);
+        let missing = format!("{name}-write");
+        let written = publish_probe(connection, &missing, "", None).await?;
+        breadth.write |= allowed_but_missing(written);
     }
+    // Refused with PRECONDITION_FAILED unless the user may impersonate.
+    let impersonated = publish_probe(connection, "", &probes[0], Some(&probes[1]));
+    breadth.impersonate = impersonated.await?.is_ok();
+    Ok(breadth)
+}
+
+/// Runs `op` on a channel of its own, then closes it: a refusal closes the channel anyway.
+async fn probe<T>(
+    connection: &Connection,
+    op: impl AsyncFnOnce(&lapin::Channel) -> lapin::Result<T>,
+) -> anyhow::Result<lapin::Result<T>> {
     let channel = connection
         .create_channel()
         .await
         .context("opening a channel")?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .context("confirm mode")?;
-    let impersonated = async {
+    let result = op(&channel).await;
+    let _ = channel.close(200, "probed".into()).await;
+    Ok(result)
+}
+
+/// Publishes an empty message to `exchange` with `routing_key` (as `user_id`, if given) and
+/// waits for the broker's confirm: the broker's answer to whether it may be published.
+async fn publish_probe(
+    connection: &Connection,
+    exchange: &str,
+    routing_key: &str,
+    user_id: Option<&str>,
+) -> anyhow::Result<lapin::Result<()>> {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    probe(connection, async |channel| {
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let mut properties = lapin::BasicProperties::default();
+        if let Some(user) = user_id {
+            properties = properties.with_user_id(user.into());
+        }
         channel
             .basic_publish(
-                "".into(),
-                probes[0].as_str().into(),
+                exchange.into(),
+                routing_key.into(),
                 BasicPublishOptions::default(),
                 b"",
-                lapin::BasicProperties::default().with_user_id(probes[1].as_str().into()),
+                properties,
             )
             .await?
             .await
             .map(|_| ())
-    };
-    // Refused with PRECONDITION_FAILED unless the user may impersonate.
-    breadth.impersonate = impersonated.await.is_ok();
-    let _ = channel.close(200, "probed".into()).await;
-    Ok(breadth)
+    })
+    .await
 }
 
 /// The consumer process types and the queue each consumes: what HireFire and

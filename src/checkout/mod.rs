@@ -134,15 +134,13 @@ pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
     let summary = tokio::spawn(tally.clone().summarize(shutdown.clone()));
     let result = amqp::supervise("checkout", &shutdown, || async {
         let connection = Arc::new(ctx.amqp("checkout").await?);
-        // Only the checkout queue must be there: the rest is declared again in the background.
-        let declared = topology::declare_each(&connection, &ctx.names).await;
-        declared.require(&ctx.names.checkout_queue())?;
-        tokio::spawn(topology::redeclare(
-            connection.clone(),
-            ctx.names.clone(),
-            declared,
-            shutdown.clone(),
-        ));
+        topology::declare_for(
+            &connection,
+            &ctx.names,
+            &ctx.names.checkout_queue(),
+            &shutdown,
+        )
+        .await?;
         let channel = connection.create_channel().await?;
         let events = Events::new(ctx.names.clone());
         events.attach(connection.create_channel().await?);

@@ -252,15 +252,8 @@ pub async fn run(ctx: Context, cloud: Cloud, shutdown: Shutdown) -> anyhow::Resu
     refill.deletions.notify_one(); // what an earlier process left
     let result = amqp::supervise("refill", &shutdown, || async {
         let connection = Arc::new(ctx.amqp("refill").await?);
-        // Only the refill queue must be there: the rest is declared again in the background.
-        let declared = topology::declare_each(&connection, &ctx.names).await;
-        declared.require(&ctx.names.refill_queue())?;
-        tokio::spawn(topology::redeclare(
-            connection.clone(),
-            ctx.names.clone(),
-            declared,
-            shutdown.clone(),
-        ));
+        topology::declare_for(&connection, &ctx.names, &ctx.names.refill_queue(), &shutdown)
+            .await?;
         let channel = connection.create_channel().await?;
         refill.events.attach(connection.create_channel().await?);
         let publisher = Publisher::open(&connection).await?;
