@@ -418,6 +418,17 @@ impl TestApp {
         self.redis.clone().hgetall(key).await.expect("counters")
     }
 
+    /// Appends `record` to `orphaned` as it is (as travis-ci/warmer, or anyone who can write to
+    /// Redis, would).
+    pub async fn push_orphan_record(&self, record: &Value) {
+        let _: () = self
+            .redis
+            .clone()
+            .rpush(self.names.orphaned(), record.to_string())
+            .await
+            .expect("a record pushed");
+    }
+
     /// The records of `orphaned`, as stored.
     pub async fn orphan_records(&self) -> Vec<Value> {
         let entries: Vec<String> = self

@@ -77,6 +77,20 @@ impl Requester {
             .unwrap();
     }
 
+    /// Publishes the travis request with `properties` (a fresh correlation id among them), without
+    /// waiting for its reply; returns the correlation id to wait for it with
+    /// [`Self::reply_to`].
+    pub async fn publish_travis_request(&self, properties: BasicProperties) -> String {
+        let correlation = properties
+            .correlation_id()
+            .clone()
+            .expect("a correlation id")
+            .to_string();
+        self.publish(crate::TRAVIS_REQUEST.as_bytes(), properties)
+            .await;
+        correlation
+    }
+
     /// Sends `body` with `properties` and returns the reply with the same correlation id.
     pub async fn send_with(&mut self, body: &[u8], properties: BasicProperties) -> Value {
         let correlation = properties.correlation_id().clone().expect("correlation id");

@@ -391,10 +391,8 @@ async fn a_consumer_that_died_between_pop_and_reply_leaves_the_vm_to_the_redeliv
     let mut app = TestApp::builder().start().await;
     app.seed(POOL, 2, &[vm("popped"), vm("other")]).await;
     let mut requester = app.requester().await;
-    let properties = Requester::properties().with_message_id("crashed-request".into());
-    let correlation = properties.correlation_id().clone().unwrap();
-    requester
-        .publish(TRAVIS_REQUEST.as_bytes(), properties)
+    let correlation = requester
+        .publish_travis_request(Requester::properties().with_message_id("crashed-request".into()))
         .await;
     // The dead consumer's step: the pop happened, the reply never went out.
     let crashed = app.crashed_consumer(POOL).await;
@@ -404,10 +402,7 @@ async fn a_consumer_that_died_between_pop_and_reply_leaves_the_vm_to_the_redeliv
     // The broker redelivers the request to a live consumer.
     app.start_consumer().await;
 
-    assert_eq!(
-        requester.reply_to(correlation.as_str()).await["name"],
-        "popped"
-    );
+    assert_eq!(requester.reply_to(&correlation).await["name"], "popped");
     assert_eq!(
         app.pool_vms(POOL).await,
         ["other"],
@@ -424,10 +419,8 @@ async fn a_consumer_that_died_after_its_reply_leaves_the_same_vm_to_the_redelive
     let mut app = TestApp::builder().start().await;
     app.seed(POOL, 2, &[vm("handed"), vm("other")]).await;
     let mut requester = app.requester().await;
-    let properties = Requester::properties();
-    let correlation = properties.correlation_id().clone().unwrap();
-    requester
-        .publish(TRAVIS_REQUEST.as_bytes(), properties)
+    let correlation = requester
+        .publish_travis_request(Requester::properties())
         .await;
     // It popped, replied (the reply is lost with the requester's patience: not read here),
     // settled the lease, and died before acking.
@@ -448,10 +441,7 @@ async fn a_consumer_that_died_after_its_reply_leaves_the_same_vm_to_the_redelive
 
     app.start_consumer().await;
 
-    assert_eq!(
-        requester.reply_to(correlation.as_str()).await["name"],
-        "handed"
-    );
+    assert_eq!(requester.reply_to(&correlation).await["name"], "handed");
     assert_eq!(app.pool_vms(POOL).await, ["other"]);
 }
 

@@ -119,17 +119,12 @@ async fn rabbitmq_going_away_and_coming_back_is_survived() {
     app.wait_for_no_consumers(&app.names.checkout_queue()).await;
     // A request sent while warmer is disconnected waits in the queue.
     let mut requester = app.requester().await;
-    let properties = Requester::properties();
-    let correlation = properties.correlation_id().clone().unwrap();
-    requester
-        .publish(TRAVIS_REQUEST.as_bytes(), properties)
+    let correlation = requester
+        .publish_travis_request(Requester::properties())
         .await;
     proxy.restore();
 
-    assert_eq!(
-        requester.reply_to(correlation.as_str()).await["name"],
-        "after"
-    );
+    assert_eq!(requester.reply_to(&correlation).await["name"], "after");
     app.stop_consumers().await;
 }
 

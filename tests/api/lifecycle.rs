@@ -99,18 +99,13 @@ async fn a_stopped_consumer_leaves_unanswered_requests_for_the_next_one() {
     app.seed(POOL, 1, &[vm("vm-1")]).await;
     app.stop_consumers().await;
     let mut requester = app.requester().await;
-    let properties = Requester::properties();
-    let correlation = properties.correlation_id().clone().unwrap();
-    requester
-        .publish(TRAVIS_REQUEST.as_bytes(), properties)
+    let correlation = requester
+        .publish_travis_request(Requester::properties())
         .await;
 
     app.start_consumer().await;
 
-    assert_eq!(
-        requester.reply_to(correlation.as_str()).await["name"],
-        "vm-1"
-    );
+    assert_eq!(requester.reply_to(&correlation).await["name"], "vm-1");
 }
 
 #[tokio::test]

@@ -32,12 +32,7 @@ async fn recorded_orphans_are_deleted_and_a_missing_vm_counts_as_deleted() {
     compute.add_instance("orphan-1", ZONE, labels(&app));
     for name in ["orphan-1", "already-gone"] {
         let record = json!({"name": name, "zone": format!("https://www.googleapis.com/compute/v1/projects/p/zones/{ZONE}")});
-        let _: () = app
-            .redis
-            .clone()
-            .rpush(app.names.orphaned(), record.to_string())
-            .await
-            .unwrap();
+        app.push_orphan_record(&record).await;
     }
     let mut deleted = app.listen("instance.deleted").await;
 

@@ -12,16 +12,6 @@ use warmer_testkit::*;
 
 const ZONE: &str = "us-central1-a";
 
-/// Appends `record` to the deployment's `orphaned` list, as anyone who can write to Redis can.
-async fn poison_orphaned(app: &TestApp, record: Value) {
-    let _: () = app
-        .redis
-        .clone()
-        .rpush(app.names.orphaned(), record.to_string())
-        .await
-        .unwrap();
-}
-
 /// The records of `<ns>:_refused`: (name, why).
 async fn refused(app: &TestApp) -> Vec<(String, String)> {
     let raw: Vec<String> = app
@@ -63,7 +53,7 @@ async fn orphan_records_written_into_redis_delete_nothing_that_is_not_this_deplo
         json!({"name": "prod-db", "zone": "../../global"}),
         json!({"name": "ours-leaked", "zone": ZONE, "reason": "surplus"}),
     ] {
-        poison_orphaned(&app, record).await;
+        app.push_orphan_record(&record).await;
     }
 
     // Both deleters: the refill consumer's (no listing: each VM looked up) and a reconcile pass.
