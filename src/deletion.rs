@@ -25,10 +25,11 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 
+use crate::clock::now_ms;
 use crate::cloud::{Cloud, DeleteError, Owner, gce::until_next_minute, owner};
 use crate::events::{Event, Events};
 use crate::pool::{is_gce_name, resource_name};
-use crate::store::{Orphan, Store, now_ms};
+use crate::store::{Orphan, Store};
 
 /// VMs the cloud listed with this deployment's label, name → zone: deleting one of them needs
 /// no lookup first.

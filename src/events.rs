@@ -16,10 +16,10 @@ use lapin::{BasicProperties, Channel};
 use serde::Serialize;
 
 use crate::amqp::{Publisher, json_properties};
+use crate::clock::{now_ms, now_secs};
 use crate::config::Secret;
 use crate::names::Names;
 use crate::pool::PoolName;
-use crate::store::now_ms;
 
 /// Something that happened, as published to `<prefix>.events`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -176,7 +176,7 @@ impl Events {
         };
         let properties = BasicProperties::default()
             .with_content_type("application/json".into())
-            .with_timestamp(now_ms() / 1000);
+            .with_timestamp(now_secs());
         let published = channel
             .basic_publish(
                 self.names.events_exchange().as_str().into(),

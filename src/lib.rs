@@ -55,6 +55,7 @@ pub mod web;
 
 mod amqp;
 mod auth;
+pub mod clock;
 mod cloud;
 mod config;
 mod context;
@@ -72,6 +73,7 @@ mod topology;
 pub use amqp::{
     DIRECT_REPLY_TO, Incoming, Publisher, consume_direct_replies, json_properties, passive_declare,
 };
+pub use clock::now_ms;
 pub use cloud::{Cloud, VmSpec};
 pub use config::{Config, DEV_NAMES, Secret, ServerUrl};
 pub use context::Context;
@@ -84,7 +86,7 @@ pub use store::reconcile::{LeaseView, RedisView, WarmedVm};
 pub use store::sizing::{Decision, Rollover, RolloverState, SizingView, StartRollover};
 pub use store::{
     Capped, Checkout as CheckoutOutcome, Delivery, Disposal, Finished, GiveBack, Lease, LeaseState,
-    Orphan, OrphanRecord, PoolEntry, Reservation, Settled, Store, Swept, ToSettle, now_ms,
+    Orphan, OrphanRecord, PoolEntry, Reservation, Settled, Store, Swept, ToSettle,
 };
 pub use topology::{
     DEAD_LETTER_LIMIT, DELIVERY_LIMIT, Permissions, REFILL_QUEUE_LIMIT, Role,

@@ -14,11 +14,11 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use serde_json::json;
 
 use crate::amqp::{self, Courier, DIRECT_REPLY_TO, Published};
+use crate::clock::now_secs;
 use crate::context::Context;
 use crate::events::{Event, FillCommand, RefillMessage};
 use crate::pool::PoolName;
 use crate::sizing::policy::Policy;
-use crate::store::now_ms;
 use crate::store::sizing::{RolloverState, StartRollover};
 use crate::topology::{QueueState, Role};
 
@@ -140,7 +140,7 @@ pub async fn pool_rollover(
     if from == to {
         bail!("cannot roll {from} over to itself");
     }
-    let now = now_ms() / 1000;
+    let now = now_secs();
     let started = ctx
         .store
         .start_rollover(from, to, now, now + deadline.as_secs())
@@ -310,7 +310,7 @@ pub async fn request(ctx: &Context, request: &Request) -> anyhow::Result<(String
         .with_reply_to(DIRECT_REPLY_TO.into())
         .with_correlation_id(correlation_id.as_str().into())
         .with_message_id(correlation_id.as_str().into())
-        .with_timestamp(now_ms() / 1000)
+        .with_timestamp(now_secs())
         .with_expiration(request.timeout.as_millis().to_string().as_str().into());
     let confirmation = channel
         .basic_publish(
@@ -368,7 +368,7 @@ pub async fn request(ctx: &Context, request: &Request) -> anyhow::Result<(String
 pub async fn status(ctx: &Context) -> anyhow::Result<String> {
     let (pools, brake) = ctx.store.status().await?;
     let sizing = ctx.store.sizing_view().await?;
-    let now = now_ms() / 1000;
+    let now = now_secs();
     let mut out = format!(
         "{:<60} {:>6} {:>5} {:>5} {:<8} {:>6} {:>7} {:>10} {:>10}\n",
         "POOL", "TARGET", "MIN", "MAX", "WHY", "READY", "BOOTING", "HANDED OUT", "OLDEST"

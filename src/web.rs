@@ -30,12 +30,12 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
+use crate::clock::now_ms;
 use crate::config::Secret;
 use crate::context::Context;
 use crate::load::{self, Backlog};
 use crate::metrics::{self, Scrape};
 use crate::shutdown::Shutdown;
-use crate::store::now_ms;
 use crate::topology::{QueueMonitor, QueueState};
 
 /// How long open requests may take after SIGTERM.

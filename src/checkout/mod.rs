@@ -31,12 +31,13 @@ use lapin::BasicProperties;
 use crate::amqp::{
     self, Courier, DIRECT_REPLY_TO, Disposition, Incoming, Presence, Prober, Published, Publisher,
 };
+use crate::clock::{now_ms, now_secs};
 use crate::context::Context;
 use crate::events::{Event, Events, RefillMessage};
 use crate::pool::{PoolName, short_zone};
 use crate::shutdown::Shutdown;
 use crate::store::PoolEntry;
-use crate::store::{self, Disposal, GiveBack, Settled, Store, Swept, ToSettle, now_ms};
+use crate::store::{self, Disposal, GiveBack, Settled, Store, Swept, ToSettle};
 use crate::topology;
 use reply::Code;
 
@@ -599,7 +600,7 @@ impl Checkout {
         }
         let mut properties = BasicProperties::default()
             .with_content_type("application/json".into())
-            .with_timestamp(now_ms() / 1000);
+            .with_timestamp(now_secs());
         if let Some(correlation_id) = request.correlation_id() {
             properties = properties.with_correlation_id(correlation_id.clone());
         }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use crate::amqp::Publisher;
+use crate::clock::Clock;
 use crate::cloud::{CHECKED_OUT_AT, COOLED, Cloud, CloudVm, DEPLOYMENT, Owner, label_value, owner};
 use crate::context::Context;
 use crate::deletion::{Deleter, Listed};
@@ -25,8 +26,7 @@ use crate::events::{Event, Events, FillCommand, RefillMessage};
 use crate::names::Names;
 use crate::pool::PoolName;
 use crate::shutdown::Shutdown;
-use crate::sizing::sizer::{self, Clock, Sizer};
-use crate::store::now_ms;
+use crate::sizing::sizer::{self, Sizer};
 use crate::topology;
 use plan::LeasedVm;
 pub use plan::{Limits, Plan, Snapshot};
@@ -107,11 +107,11 @@ impl Reconciler {
             ctx,
             cloud,
             owner: format!("reconciler-{}", uuid::Uuid::new_v4().simple()),
-            clock: Clock::default(),
+            clock: Clock::system(),
         }
     }
 
-    /// Sizes pools by `clock` instead of the system's (tests).
+    /// Decides by `clock` instead of the system's (tests): the whole pass, sizing and snapshot.
     pub fn with_clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
         self
@@ -244,11 +244,13 @@ impl Reconciler {
     /// Its result, duration and time are recorded (`warmer_reconcile_*`).
     pub async fn pass(&self, broker: Option<&Broker>) -> anyhow::Result<Report> {
         let started = Instant::now();
-        let report = self.unrecorded_pass(broker).await;
+        // Every decision of the pass sees this one time.
+        let now = self.clock.now_ms();
+        let report = self.unrecorded_pass(broker, now).await;
         let recorded = self
             .ctx
             .store
-            .record_reconcile_pass(report.is_ok(), started.elapsed(), now_ms())
+            .record_reconcile_pass(report.is_ok(), started.elapsed(), now)
             .await;
         if let Err(error) = recorded {
             tracing::warn!(%error, "the reconcile pass could not be recorded in the metrics");
@@ -256,16 +258,13 @@ impl Reconciler {
         report
     }
 
-    async fn unrecorded_pass(&self, broker: Option<&Broker>) -> anyhow::Result<Report> {
+    async fn unrecorded_pass(&self, broker: Option<&Broker>, now: u64) -> anyhow::Result<Report> {
         let started = Instant::now();
         // Targets first: the plan below fills pools raised and evicts the surplus of pools
         // lowered. A failed sizing leaves targets as they were; reconciling goes on.
         let unconnected = Events::new(self.ctx.names.clone());
         let events = broker.map_or(&unconnected, |b| &b.events);
-        let sizing = self
-            .sizer
-            .step(&self.ctx.store, events, self.clock.now())
-            .await;
+        let sizing = self.sizer.step(&self.ctx.store, events, now / 1000).await;
         let sizing = match sizing {
             Ok(sizing) => sizing,
             Err(error) => {
@@ -273,7 +272,7 @@ impl Reconciler {
                 sizer::Report::default()
             }
         };
-        let snapshot = self.snapshot().await?;
+        let snapshot = self.snapshot(now).await?;
         let plan = plan::decide(&snapshot, self.limits());
         // The snapshot may have taken a while: act only if this process still holds the lock.
         if !self.ctx.store.lock(&self.owner, self.lock_ttl()).await? {
@@ -286,7 +285,7 @@ impl Reconciler {
             .filter(|vm| owner(vm, self.ctx.names.namespace()) == Owner::Us)
             .map(|vm| (vm.name.clone(), vm.zone.clone()))
             .collect();
-        let mut report = self.apply(plan, broker, events, &listed).await?;
+        let mut report = self.apply(plan, broker, events, &listed, now).await?;
         report.elapsed = started.elapsed();
         report.cloud_vms = snapshot.cloud.len();
         report.warmed = snapshot.pools.values().map(Vec::len).sum();
@@ -295,9 +294,8 @@ impl Reconciler {
         Ok(report)
     }
 
-    /// Reads Redis in one MULTI (a consistent view), then lists the cloud.
-    pub async fn snapshot(&self) -> anyhow::Result<Snapshot> {
-        let now = now_ms();
+    /// Reads Redis in one step (a consistent view) as of `now` (ms), then lists the cloud.
+    pub async fn snapshot(&self, now: u64) -> anyhow::Result<Snapshot> {
         let view = self.ctx.store.reconcile_view(now).await?;
         let leases = view
             .leases
@@ -337,6 +335,7 @@ impl Reconciler {
         broker: Option<&Broker>,
         events: &Events,
         listed: &Listed,
+        now: u64,
     ) -> anyhow::Result<Report> {
         let store = &self.ctx.store;
         let names = &self.ctx.names;
@@ -510,7 +509,7 @@ impl Reconciler {
         }
         if let Some(broker) = broker {
             // Coalesced with checkouts' hints: a checkout meanwhile sends none of its own.
-            store.set_hints(&plan.fill, now_ms()).await?;
+            store.set_hints(&plan.fill, now).await?;
             // Warmer's own: the broker vouches for the sender, no operator token is lent.
             let sender = self.ctx.config.amqp_user();
             for name in &plan.fill {

@@ -10,13 +10,14 @@ use anyhow::Context as _;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::Refill;
+use crate::clock::{now_ms, now_secs};
 use crate::cloud::{BootError, VmSpec};
 use crate::deletion::{Deleter, Listed};
 use crate::events::Event;
 use crate::pool::PoolName;
 use crate::shutdown::Shutdown;
 use crate::store::PoolEntry;
-use crate::store::{Capped, Finished, now_ms};
+use crate::store::{Capped, Finished};
 
 /// How long one drain of the refill process's deleter runs before it looks at shutdown again.
 const DELETION_SLICE: std::time::Duration = std::time::Duration::from_secs(60);
@@ -240,7 +241,7 @@ impl Refill {
             ip: Some(booted.ip),
             public_ip: booted.public_ip,
             ssh_private_key: keys.private_pem,
-            booted_at: Some(now_ms() / 1000),
+            booted_at: Some(now_secs()),
             extra: Default::default(),
         })
     }

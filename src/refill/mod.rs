@@ -23,6 +23,7 @@ use tokio::sync::Semaphore;
 use anyhow::Context as _;
 
 use crate::amqp::{self, Disposition, Incoming, Publisher};
+use crate::clock::now_ms;
 use crate::cloud::Cloud;
 use crate::config::Secret;
 use crate::context::Context;
@@ -30,7 +31,6 @@ use crate::events::{Events, FillCommand, RefillMessage};
 use crate::pool::PoolName;
 use crate::shutdown::Shutdown;
 use crate::sshkey::KeyStock;
-use crate::store::now_ms;
 use crate::topology;
 use command::Work;
 

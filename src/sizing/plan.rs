@@ -80,11 +80,12 @@ pub fn decide(policy: &Policy, demand: &Demand, boot_secs: u64, now: u64) -> (u3
     if !policy.adaptive {
         return floor;
     }
+    // Up to and including `now`'s second: arrivals of the bucket that starts at `now` count.
     let recent = covering(
         demand,
         boot_secs,
         now.saturating_sub(IDLE_SECS),
-        now,
+        now + 1,
         policy.hit,
     );
     let history = profile(demand, boot_secs, now, policy.hit);
@@ -293,6 +294,13 @@ mod tests {
         // Spread over ten minutes, one at a time: one VM per boot time suffices.
         let spread: Vec<(u64, u32)> = (0..30).map(|i| (NOW - 900 + i * 20, 1)).collect();
         assert_eq!(decide(&policy(), &demand_of(&spread), 60, NOW).0, 3);
+    }
+
+    #[test]
+    fn arrivals_of_the_bucket_that_starts_now_count() {
+        // A pipeline in the very second the pass reads (its bucket starts at `now`).
+        let demand = demand(&[(NOW, 10)]);
+        assert_eq!(decide(&policy(), &demand, 60, NOW), (10, Reason::Recent));
     }
 
     fn demand_of(arrivals: &[(u64, u32)]) -> Demand {

@@ -14,16 +14,15 @@
 //! last week's history is not lost with the image name.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::plan::{self, Verdict};
 use super::policy::Policy;
 use crate::events::{Event, Events};
 use crate::pool::parse_target;
+use crate::store::Store;
 use crate::store::sizing::Decision;
 use crate::store::sizing::{DayDemand, Rollover, RolloverState, SizingView};
-use crate::store::{Store, now_ms};
 
 /// How long a finished rollover is kept: as long as the demand it lends its new pool.
 const FINISHED_KEPT_SECS: u64 = 9 * DAY;
@@ -55,29 +54,6 @@ impl Sizer {
             last_step: Mutex::default(),
             fleet_cap,
         }
-    }
-}
-
-/// The sizer's clock (Unix seconds): the system's, or one a test sets.
-#[derive(Clone, Debug, Default)]
-pub struct Clock(Option<Arc<AtomicU64>>);
-
-impl Clock {
-    /// A clock that says `at` until it is [`Self::set`].
-    pub fn manual(at: u64) -> Self {
-        Clock(Some(Arc::new(AtomicU64::new(at))))
-    }
-
-    pub fn set(&self, at: u64) {
-        if let Some(clock) = &self.0 {
-            clock.store(at, Ordering::SeqCst);
-        }
-    }
-
-    pub fn now(&self) -> u64 {
-        self.0
-            .as_ref()
-            .map_or(now_ms() / 1000, |clock| clock.load(Ordering::SeqCst))
     }
 }
 

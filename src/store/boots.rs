@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use super::{PoolEntry, Store, now_ms, unexpected};
+use super::{PoolEntry, Store, unexpected};
+use crate::clock::now_ms;
 use crate::metrics;
 use crate::pool::PoolName;
 

@@ -47,7 +47,7 @@ pub mod sizing;
 
 use std::future::Future;
 use std::sync::OnceLock;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -59,13 +59,6 @@ pub use boots::{Capped, Finished, Reservation};
 pub use leases::{Checkout, Delivery, Disposal, GiveBack, Settled, Swept, ToSettle};
 pub use pools::{PoolLevel, PoolStatus};
 pub use records::{Lease, LeaseState, Orphan, OrphanRecord, PoolEntry};
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// Redis with warmer's layout.
 #[derive(Clone)]

@@ -2,9 +2,10 @@
 //! until their deletion is confirmed; a deleter claims records (`<ns>:_deleting`) while it
 //! deletes their VMs, so that deleters in several processes share the work.
 
+use crate::clock::now_ms;
 use redis::AsyncCommands;
 
-use super::{Orphan, OrphanRecord, Store, now_ms};
+use super::{Orphan, OrphanRecord, Store};
 
 /// Refused orphan records kept for an operator; beyond, the oldest go.
 pub const REFUSED_KEPT: u64 = 1_000;

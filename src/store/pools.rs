@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use anyhow::Context as _;
 use redis::AsyncCommands;
 
-use super::{Store, now_ms};
+use super::Store;
+use crate::clock::now_ms;
 use crate::pool::{PoolName, parse_target};
 
 /// One pool's level: what HireFire and the autoscaler decide on. No pool entry is read.

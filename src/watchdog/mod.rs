@@ -14,12 +14,12 @@ use std::time::Duration;
 
 pub use plan::Threshold;
 
+use crate::clock::now_ms;
 use crate::config::Secret;
 use crate::context::Context;
 use crate::events::{Event, Events};
 use crate::heroku::{Heroku, HerokuError};
 use crate::shutdown::Shutdown;
-use crate::store::now_ms;
 use logline::{Sighting, process_type};
 use plan::{Decision, Watch};
 

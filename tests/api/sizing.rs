@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 use serde_json::{Value, json};
+use warmer::clock::Clock;
 use warmer::reconcile::Reconciler;
 use warmer::sizing::plan::IDLE_SECS;
 use warmer::sizing::policy::Policy;
-use warmer::sizing::sizer::Clock;
 use warmer::{PoolName, now_ms, operator};
 
 use warmer_testkit::compute::ComputeStandIn;
