@@ -66,6 +66,7 @@ mod load;
 mod metrics;
 mod names;
 mod pool;
+mod retry;
 mod sshkey;
 mod store;
 mod topology;

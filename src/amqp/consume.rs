@@ -139,14 +139,7 @@ where
     S: FnMut() -> F,
     F: Future<Output = anyhow::Result<()>>,
 {
-    let new_backoff = || {
-        backon::ExponentialBuilder::default()
-            .with_jitter()
-            .with_min_delay(Duration::from_millis(250))
-            .with_max_delay(Duration::from_secs(30))
-            .without_max_times()
-            .build()
-    };
+    let new_backoff = || crate::retry::broker().build();
     let mut backoff = new_backoff();
     loop {
         let started = Instant::now();

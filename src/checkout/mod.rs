@@ -17,15 +17,11 @@
 pub mod reply;
 pub mod request;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
-
 use anyhow::Context as _;
-use backon::{ExponentialBuilder, Retryable};
 use lapin::BasicProperties;
 
 use crate::amqp::{
@@ -37,7 +33,7 @@ use crate::events::{Event, Events, RefillMessage};
 use crate::pool::{PoolName, short_zone};
 use crate::shutdown::Shutdown;
 use crate::store::PoolEntry;
-use crate::store::{self, Disposal, GiveBack, Settled, Store, Swept, ToSettle};
+use crate::store::{self, Disposal, GiveBack, Settled, Settler, Store, Swept, ToSettle};
 use crate::topology;
 use reply::Code;
 
@@ -419,27 +415,15 @@ impl Checkout {
         // long as the lease is guaranteed to stay pending.
         let keep_until = now_ms() + self.ctx.config.max_handout_age.as_millis() as u64;
         let budget = give_up_at.saturating_sub(now_ms() + 1_000);
-        let settled = redis_within(
-            Duration::from_millis(budget),
-            (|| {
-                self.settler.settle(ToSettle {
-                    identity: identity.clone(),
-                    pool: pool.clone(),
-                    keep_until,
-                    deadline,
-                    wait: Duration::from_millis(now_ms().saturating_sub(received)),
-                })
+        let settled = store::within(Duration::from_millis(budget), || {
+            self.settler.settle(ToSettle {
+                identity: identity.clone(),
+                pool: pool.clone(),
+                keep_until,
+                deadline,
+                wait: Duration::from_millis(now_ms().saturating_sub(received)),
             })
-            .retry(
-                ExponentialBuilder::default()
-                    .with_jitter()
-                    .with_min_delay(Duration::from_millis(50))
-                    .with_max_delay(Duration::from_secs(5))
-                    .with_total_delay(Some(Duration::from_millis(budget)))
-                    .without_max_times(),
-            )
-            .when(is_transient),
-        )
+        })
         .await;
         match settled {
             Ok(Settled::Now | Settled::Already) => {}
@@ -473,17 +457,10 @@ impl Checkout {
         &self,
         delivery: store::Delivery<'_>,
         pool: &PoolName,
-    ) -> redis::RedisResult<store::Checkout> {
-        let budget = budget_until(delivery.deadline);
-        redis_within(
-            budget,
-            (|| self.store.checkout(delivery, pool))
-                .retry(redis_retry(budget))
-                .when(is_transient)
-                .notify(|error, delay| {
-                    tracing::warn!(%error, ?delay, "Redis unavailable during checkout; retrying")
-                }),
-        )
+    ) -> store::Result<store::Checkout> {
+        store::within(budget_until(delivery.deadline), || {
+            self.store.checkout(delivery, pool)
+        })
         .await
     }
 
@@ -527,13 +504,9 @@ impl Checkout {
         disposal: Disposal,
         outcome: Option<&str>,
     ) -> Outcome {
-        let budget = Duration::from_secs(10);
-        let outcome = redis_within(
-            budget,
-            (|| self.store.give_back(identity, pool, disposal, outcome))
-                .retry(redis_retry(budget))
-                .when(is_transient),
-        )
+        let outcome = store::within(Duration::from_secs(10), || {
+            self.store.give_back(identity, pool, disposal, outcome)
+        })
         .await;
         let pool = pool.to_string();
         let event = match outcome {
@@ -672,98 +645,8 @@ impl Tally {
     }
 }
 
-/// Settles leases in batches: each call to `settle.lua` takes every request answered since the
-/// previous call was sent (at most [`SETTLE_BATCH`]), so under load a checkout costs less than
-/// one Redis round trip of its own for its settle, and alone it costs one, as before.
-#[derive(Clone)]
-struct Settler {
-    requests: mpsc::UnboundedSender<SettleRequest>,
-}
-
-type SettleRequest = (ToSettle, oneshot::Sender<redis::RedisResult<Settled>>);
-
-/// Leases settled by one script call at most.
-const SETTLE_BATCH: usize = 64;
-
-impl Settler {
-    /// Starts the batching task; it ends when every [`Settler`] is dropped.
-    fn start(store: Store) -> Self {
-        let (requests, mut queue) = mpsc::unbounded_channel::<SettleRequest>();
-        tokio::spawn(async move {
-            while let Some(first) = queue.recv().await {
-                let mut batch = vec![first];
-                while batch.len() < SETTLE_BATCH {
-                    match queue.try_recv() {
-                        Ok(request) => batch.push(request),
-                        Err(_) => break,
-                    }
-                }
-                let (leases, answers): (Vec<ToSettle>, Vec<_>) = batch.into_iter().unzip();
-                match store.settle(&leases).await {
-                    Ok(settled) => {
-                        for (answer, settled) in answers.into_iter().zip(settled) {
-                            let _ = answer.send(Ok(settled));
-                        }
-                    }
-                    Err(error) => {
-                        for answer in answers {
-                            let _ = answer.send(Err(error.clone()));
-                        }
-                    }
-                }
-            }
-        });
-        Self { requests }
-    }
-
-    /// Marks a lease handed out (see [`Store::settle`]).
-    async fn settle(&self, lease: ToSettle) -> redis::RedisResult<Settled> {
-        let (answer, settled) = oneshot::channel();
-        let stopped = || {
-            redis::RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::BrokenPipe,
-                "the settling task stopped",
-            ))
-        };
-        self.requests.send((lease, answer)).map_err(|_| stopped())?;
-        settled.await.map_err(|_| stopped())?
-    }
-}
-
 /// The time a request may spend waiting on Redis: until its deadline, at least 1 s, at most
 /// 10 s.
 fn budget_until(deadline: u64) -> Duration {
     Duration::from_millis(deadline.saturating_sub(now_ms()).clamp(1_000, 10_000))
-}
-
-/// Bounds a Redis step, retries and each try's wait for an answer included, by `budget`.
-async fn redis_within<T>(
-    budget: Duration,
-    step: impl Future<Output = redis::RedisResult<T>>,
-) -> redis::RedisResult<T> {
-    tokio::time::timeout(budget, step)
-        .await
-        .unwrap_or_else(|_| {
-            Err(redis::RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("Redis did not answer within {budget:?}"),
-            )))
-        })
-}
-
-/// Retries transient Redis errors, sleeping at most `budget` in all.
-fn redis_retry(budget: Duration) -> ExponentialBuilder {
-    ExponentialBuilder::default()
-        .with_jitter()
-        .with_min_delay(Duration::from_millis(50))
-        .with_max_delay(Duration::from_secs(1))
-        .with_total_delay(Some(budget))
-        .without_max_times()
-}
-
-fn is_transient(error: &redis::RedisError) -> bool {
-    error.is_io_error()
-        || error.is_timeout()
-        || error.is_connection_dropped()
-        || error.is_connection_refusal()
 }

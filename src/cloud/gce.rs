@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
@@ -278,14 +278,7 @@ impl Gce {
     ) -> Result<Value, GceError> {
         let path = url.path();
         (|| self.call(method.clone(), url, body))
-            .retry(
-                ExponentialBuilder::default()
-                    .with_jitter()
-                    .with_min_delay(Duration::from_millis(200))
-                    .with_max_delay(Duration::from_secs(20))
-                    .with_total_delay(Some(Duration::from_secs(120)))
-                    .without_max_times(),
-            )
+            .retry(crate::retry::compute_engine())
             .when(GceError::is_transient)
             .adjust(|error, delay| match error {
                 GceError::RateLimited {

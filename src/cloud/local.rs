@@ -34,7 +34,7 @@ impl Local {
     pub async fn boot(&self, spec: &VmSpec) -> Result<Booted, BootError> {
         tokio::time::sleep(self.delay).await;
         let not_created =
-            |e: redis::RedisError| BootError::NotCreated(format!("simulated cloud: {e}"));
+            |e: crate::store::Error| BootError::NotCreated(format!("simulated cloud: {e}"));
         let n = self.store.local_address().await.map_err(not_created)?;
         let [_, b, c, d] = n.to_be_bytes();
         let zone = "local-a".to_string();

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{PoolEntry, Store, unexpected};
+use super::{PoolEntry, Result, Store, unexpected};
 use crate::clock::now_ms;
 use crate::metrics;
 use crate::pool::PoolName;
@@ -54,7 +54,7 @@ impl Store {
         names: &[String],
         expires_at: u64,
         max_vms: u32,
-    ) -> redis::RedisResult<Reservation> {
+    ) -> Result<Reservation> {
         let n = &self.names;
         let mut invocation = self.scripts.reserve_boots.prepare_invoke();
         invocation
@@ -76,9 +76,9 @@ impl Store {
             invocation.arg(name);
         }
         let reply: Vec<redis::Value> = self.invoke(&invocation).await?;
-        let number = |i: usize| -> redis::RedisResult<i64> {
+        let number = |i: usize| -> Result<i64> {
             match reply.get(i) {
-                Some(value) => Ok(redis::from_redis_value_ref(value)?),
+                Some(value) => super::read(value.clone()),
                 None => Err(unexpected("reserve_boots.lua", &reply)),
             }
         };
@@ -95,8 +95,8 @@ impl Store {
             names: reply
                 .iter()
                 .skip(5)
-                .map(|v| redis::from_redis_value_ref::<String>(v).map_err(Into::into))
-                .collect::<redis::RedisResult<_>>()?,
+                .map(|v| super::read::<String>(v.clone()))
+                .collect::<Result<_>>()?,
         })
     }
 
@@ -145,7 +145,7 @@ impl Store {
         zone: Option<&str>,
         reason: Option<&str>,
         result: &str,
-    ) -> redis::RedisResult<bool> {
+    ) -> Result<bool> {
         let mut invocation = self.scripts.abandon_boot.prepare_invoke();
         invocation
             .key(self.names.booting(pool))

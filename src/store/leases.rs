@@ -7,7 +7,7 @@ use std::time::Duration;
 use redis::AsyncCommands;
 
 use super::sizing::{demand_bucket, demand_day};
-use super::{Lease, PoolEntry, Store, unexpected};
+use super::{Lease, PoolEntry, Result, Store, unexpected};
 use crate::metrics;
 use crate::pool::PoolName;
 
@@ -113,11 +113,7 @@ const SWEEP_BATCH: u64 = 100;
 
 impl Store {
     /// Takes the oldest VM of `pool` for one delivery of a request (see `checkout.lua`).
-    pub async fn checkout(
-        &self,
-        delivery: Delivery<'_>,
-        pool: &PoolName,
-    ) -> redis::RedisResult<Checkout> {
+    pub async fn checkout(&self, delivery: Delivery<'_>, pool: &PoolName) -> Result<Checkout> {
         let n = &self.names;
         let now = delivery.now;
         let mut invocation = self.scripts.checkout.prepare_invoke();
@@ -161,7 +157,7 @@ impl Store {
 
     /// Marks leases handed out, each to be swept at its `keep_until`, and counts them with
     /// their checkout wait (see `settle.lua`): one call for a batch of requests.
-    pub async fn settle(&self, leases: &[ToSettle]) -> redis::RedisResult<Vec<Settled>> {
+    pub async fn settle(&self, leases: &[ToSettle]) -> Result<Vec<Settled>> {
         let mut invocation = self.scripts.settle.prepare_invoke();
         invocation
             .key(self.names.leases())
@@ -203,14 +199,14 @@ impl Store {
     }
 
     /// Clears `pool`'s pending refill hint (one was recorded but could not be sent).
-    pub async fn clear_hint(&self, pool: &PoolName) -> redis::RedisResult<()> {
+    pub async fn clear_hint(&self, pool: &PoolName) -> Result<()> {
         let (key, pool) = (&self.names.hints(), &pool.to_string());
         self.call(|mut conn| async move { conn.zrem(key, pool).await })
             .await
     }
 
     /// Records refill hints as pending for `pools` since `now` (ms): the reconciler's fills.
-    pub async fn set_hints(&self, pools: &[String], now: u64) -> redis::RedisResult<()> {
+    pub async fn set_hints(&self, pools: &[String], now: u64) -> Result<()> {
         if pools.is_empty() {
             return Ok(());
         }
@@ -230,7 +226,7 @@ impl Store {
         pool: &PoolName,
         disposal: Disposal,
         outcome: Option<&str>,
-    ) -> redis::RedisResult<(GiveBack, String)> {
+    ) -> Result<(GiveBack, String)> {
         let n = &self.names;
         let mut invocation = self.scripts.give_back.prepare_invoke();
         invocation
@@ -264,7 +260,7 @@ impl Store {
     }
 
     /// Turns every lease whose time is up into an orphan (see `sweep_leases.lua`).
-    pub async fn sweep_leases(&self, now: u64) -> redis::RedisResult<Swept> {
+    pub async fn sweep_leases(&self, now: u64) -> Result<Swept> {
         let mut swept = Swept::default();
         loop {
             let mut invocation = self.scripts.sweep_leases.prepare_invoke();
@@ -288,7 +284,7 @@ impl Store {
     }
 
     /// Every lease, by request identity; an unreadable one is left out.
-    pub async fn leases_by_identity(&self) -> redis::RedisResult<HashMap<String, Lease>> {
+    pub async fn leases_by_identity(&self) -> Result<HashMap<String, Lease>> {
         let key = &self.names.leases();
         let raw: HashMap<String, String> = self
             .call(|mut conn| async move { conn.hgetall(key).await })
@@ -300,7 +296,7 @@ impl Store {
     }
 
     /// Every readable lease.
-    pub async fn leases(&self) -> redis::RedisResult<Vec<Lease>> {
+    pub async fn leases(&self) -> Result<Vec<Lease>> {
         Ok(self.leases_by_identity().await?.into_values().collect())
     }
 }

@@ -2,12 +2,13 @@
 
 use std::time::Duration;
 
+use super::Result;
 use super::Store;
 
 impl Store {
     /// Takes or renews the reconciler lock for `owner` (see `lock.lua`); true while `owner`
     /// holds it.
-    pub async fn lock(&self, owner: &str, ttl: Duration) -> redis::RedisResult<bool> {
+    pub async fn lock(&self, owner: &str, ttl: Duration) -> Result<bool> {
         let mut invocation = self.scripts.lock.prepare_invoke();
         invocation
             .key(self.names.reconciler_lock())
@@ -18,7 +19,7 @@ impl Store {
     }
 
     /// Releases the reconciler lock if `owner` holds it (see `unlock.lua`).
-    pub async fn unlock(&self, owner: &str) -> redis::RedisResult<()> {
+    pub async fn unlock(&self, owner: &str) -> Result<()> {
         let mut invocation = self.scripts.unlock.prepare_invoke();
         invocation.key(self.names.reconciler_lock()).arg(owner);
         let _: i64 = self.invoke(&invocation).await?;

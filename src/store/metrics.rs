@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use super::Result;
 use super::Store;
 use crate::metrics::{self, Counters};
 
@@ -32,7 +33,7 @@ impl Store {
         succeeded: bool,
         elapsed: Duration,
         now_ms: u64,
-    ) -> redis::RedisResult<()> {
+    ) -> Result<()> {
         let key = self.names.metrics();
         let mut pipe = redis::pipe();
         pipe.atomic();
@@ -46,11 +47,11 @@ impl Store {
             pipe.hset(&key, metrics::RECONCILE_LAST_SUCCESS.field(&[]), now_ms)
                 .ignore();
         }
-        pipe.query_async(&mut self.conn.clone()).await
+        Ok(pipe.query_async(&mut self.conn.clone()).await?)
     }
 
     /// The counters of no pool and of each of `pools`, in one round trip.
-    pub async fn counters(&self, pools: &[&str]) -> redis::RedisResult<Counters> {
+    pub async fn counters(&self, pools: &[&str]) -> Result<Counters> {
         let mut pipe = redis::pipe();
         pipe.hgetall(self.names.metrics());
         let prefix = self.names.pool_metrics_key_prefix();

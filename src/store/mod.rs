@@ -35,6 +35,7 @@
 //! Other errors go to the caller, which decides whether to retry.
 
 pub mod boots;
+pub mod error;
 pub mod leases;
 pub mod local_cloud;
 pub mod lock;
@@ -43,6 +44,7 @@ pub mod orphans;
 pub mod pools;
 pub mod reconcile;
 pub mod records;
+pub mod settler;
 pub mod sizing;
 
 use std::future::Future;
@@ -56,9 +58,11 @@ use crate::config::ServerUrl;
 use crate::names::Names;
 
 pub use boots::{Capped, Finished, Reservation};
+pub use error::{Error, Result};
 pub use leases::{Checkout, Delivery, Disposal, GiveBack, Settled, Swept, ToSettle};
 pub use pools::{PoolLevel, PoolStatus};
 pub use records::{Lease, LeaseState, Orphan, OrphanRecord, PoolEntry};
+pub use settler::Settler;
 
 /// Redis with warmer's layout.
 #[derive(Clone)]
@@ -176,7 +180,7 @@ impl Store {
     }
 
     /// Whether Redis answers.
-    pub async fn ping(&self) -> redis::RedisResult<()> {
+    pub async fn ping(&self) -> Result<()> {
         self.call(|mut conn| async move { redis::cmd("PING").query_async(&mut conn).await })
             .await
     }
@@ -184,7 +188,7 @@ impl Store {
     /// Runs `command`, and once more if the connection had been dropped (a server-side idle
     /// close, a failover): the manager reconnects, and every command passed here is safe to
     /// repeat (each script is idempotent; see its header).
-    async fn call<T, F, Fut>(&self, command: F) -> redis::RedisResult<T>
+    async fn call<T, F, Fut>(&self, command: F) -> Result<T>
     where
         F: Fn(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
@@ -192,9 +196,9 @@ impl Store {
         match command(self.conn.clone()).await {
             Err(error) if error.is_connection_dropped() => {
                 tracing::debug!(%error, "Redis connection dropped; trying once more");
-                command(self.conn.clone()).await
+                Ok(command(self.conn.clone()).await?)
             }
-            result => result,
+            result => Ok(result?),
         }
     }
 
@@ -202,17 +206,40 @@ impl Store {
     async fn invoke<T: redis::FromRedisValue>(
         &self,
         invocation: &redis::ScriptInvocation<'_>,
-    ) -> redis::RedisResult<T> {
+    ) -> Result<T> {
         self.call(|mut conn| async move { invocation.invoke_async(&mut conn).await })
             .await
     }
 }
 
+/// Runs `step` — a store call, safe to repeat — again while Redis is unavailable, each try's
+/// wait for an answer included, all within `budget`: so a Redis that stalls gets the caller an
+/// answer (an error) in time. For a request whose requester waits.
+pub async fn within<T, F, Fut>(budget: Duration, step: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    use backon::Retryable;
+    let tries = step
+        .retry(crate::retry::redis(budget))
+        .when(Error::is_unavailable)
+        .notify(|error, delay| tracing::warn!(%error, ?delay, "Redis unavailable; retrying"));
+    tokio::time::timeout(budget, tries)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::Unavailable(format!(
+                "Redis did not answer within {budget:?}"
+            )))
+        })
+}
+
 /// An error for a script that answered something this code does not know.
-fn unexpected(script: &str, answer: impl std::fmt::Debug) -> redis::RedisError {
-    redis::RedisError::from((
-        redis::ErrorKind::Client,
-        "unexpected answer from a script",
-        format!("{script}: {answer:?}"),
-    ))
+fn unexpected(script: &str, answer: impl std::fmt::Debug) -> Error {
+    Error::Other(format!("{script}: unexpected answer {answer:?}"))
+}
+
+/// A Redis value read as `T`, or why it could not be.
+fn read<T: redis::FromRedisValue>(value: redis::Value) -> Result<T> {
+    redis::from_redis_value(value).map_err(|e| Error::Other(format!("an answer: {e}")))
 }

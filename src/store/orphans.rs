@@ -5,14 +5,14 @@
 use crate::clock::now_ms;
 use redis::AsyncCommands;
 
-use super::{Orphan, OrphanRecord, Store};
+use super::{Orphan, OrphanRecord, Result, Store};
 
 /// Refused orphan records kept for an operator; beyond, the oldest go.
 pub const REFUSED_KEPT: u64 = 1_000;
 
 impl Store {
     /// How many VMs wait for deletion (recorded, or claimed by a deleter).
-    pub async fn orphan_count(&self) -> redis::RedisResult<u64> {
+    pub async fn orphan_count(&self) -> Result<u64> {
         let (list, claims) = (&self.names.orphaned(), &self.names.deleting());
         let (recorded, claimed): (u64, u64) = self
             .call(|mut conn| async move {
@@ -28,11 +28,7 @@ impl Store {
 
     /// Claims up to `limit` records to delete their VMs, each until `expires_at` (ms); returns
     /// the expired claims of others to orphaned first (see `claim_orphans.lua`).
-    pub async fn claim_orphans(
-        &self,
-        limit: usize,
-        expires_at: u64,
-    ) -> redis::RedisResult<Vec<Orphan>> {
+    pub async fn claim_orphans(&self, limit: usize, expires_at: u64) -> Result<Vec<Orphan>> {
         let mut invocation = self.scripts.claim_orphans.prepare_invoke();
         invocation
             .key(self.names.orphaned())
@@ -45,7 +41,7 @@ impl Store {
     }
 
     /// Gives claimed records back to orphaned (see `release_orphans.lua`).
-    pub async fn release_orphans(&self, orphans: &[Orphan]) -> redis::RedisResult<()> {
+    pub async fn release_orphans(&self, orphans: &[Orphan]) -> Result<()> {
         if orphans.is_empty() {
             return Ok(());
         }
@@ -68,7 +64,7 @@ impl Store {
         let raw: Vec<String> = records
             .iter()
             .map(serde_json::to_string)
-            .collect::<Result<_, _>>()?;
+            .collect::<std::result::Result<_, _>>()?;
         let (key, raw) = (&self.names.orphaned(), &raw);
         // Repeated after a dropped connection, a VM may be recorded twice: deleting it twice is
         // harmless (a missing VM counts as deleted).
@@ -81,7 +77,7 @@ impl Store {
     /// Takes a claimed record off the deleters' hands for good, `why` (`invalid_name`,
     /// `foreign`): it goes to `<ns>:_refused` (the last [`REFUSED_KEPT`]) and is counted (see
     /// `refuse_orphan.lua`).
-    pub async fn refuse_orphan(&self, orphan: &Orphan, why: &str) -> redis::RedisResult<()> {
+    pub async fn refuse_orphan(&self, orphan: &Orphan, why: &str) -> Result<()> {
         let mut invocation = self.scripts.refuse_orphan.prepare_invoke();
         invocation
             .key(self.names.deleting())
@@ -96,7 +92,7 @@ impl Store {
     }
 
     /// Refused records, oldest first, as stored (see [`Self::refuse_orphan`]).
-    pub async fn refused(&self) -> redis::RedisResult<Vec<String>> {
+    pub async fn refused(&self) -> Result<Vec<String>> {
         let key = &self.names.refused();
         self.call(|mut conn| async move { conn.lrange(key, 0, -1).await })
             .await
@@ -104,7 +100,7 @@ impl Store {
 
     /// Forgets a claimed record once its VM is deleted, counting the deletion (see
     /// `forget_orphan.lua`).
-    pub async fn forget_orphan(&self, orphan: &Orphan) -> redis::RedisResult<()> {
+    pub async fn forget_orphan(&self, orphan: &Orphan) -> Result<()> {
         let mut invocation = self.scripts.forget_orphan.prepare_invoke();
         invocation
             .key(self.names.deleting())

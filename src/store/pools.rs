@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use anyhow::Context as _;
 use redis::AsyncCommands;
 
+use super::Result;
 use super::Store;
 use crate::clock::now_ms;
 use crate::pool::{PoolName, parse_target};
@@ -41,14 +42,14 @@ pub struct PoolStatus {
 
 impl Store {
     /// Pool name → target, as stored (legacy values are decimal strings).
-    pub async fn targets(&self) -> redis::RedisResult<BTreeMap<String, String>> {
+    pub async fn targets(&self) -> Result<BTreeMap<String, String>> {
         let key = &self.names.pool_configs();
         self.call(|mut conn| async move { conn.hgetall(key).await })
             .await
     }
 
     /// Sets a pool's target (creating the pool).
-    pub async fn set_target(&self, pool: &PoolName, target: u32) -> redis::RedisResult<()> {
+    pub async fn set_target(&self, pool: &PoolName, target: u32) -> Result<()> {
         let (key, pool) = (&self.names.pool_configs(), &pool.to_string());
         self.call(|mut conn| async move { conn.hset(key, pool, target).await })
             .await
@@ -57,7 +58,7 @@ impl Store {
     /// Deletes a pool; its warmed VMs are recorded as orphans (see `delete_pool.lua`). `None` if
     /// it did not exist. Not repeated on a dropped connection: a second run would report the
     /// pool as missing.
-    pub async fn delete_pool(&self, pool: &PoolName) -> redis::RedisResult<Option<u64>> {
+    pub async fn delete_pool(&self, pool: &PoolName) -> Result<Option<u64>> {
         let n = &self.names;
         let mut invocation = self.scripts.delete_pool.prepare_invoke();
         invocation
@@ -94,13 +95,10 @@ impl Store {
             .await
             .context("reading pool levels")?;
         let brake: bool = match values.pop() {
-            Some(value) => redis::from_redis_value(value)?,
+            Some(value) => super::read(value)?,
             None => false,
         };
-        let counts: Vec<u64> = values
-            .into_iter()
-            .map(redis::from_redis_value)
-            .collect::<Result<_, _>>()?;
+        let counts: Vec<u64> = values.into_iter().map(super::read).collect::<Result<_>>()?;
         let levels = targets
             .into_iter()
             .zip(counts.chunks(2))
@@ -145,7 +143,7 @@ impl Store {
 
     /// Clears the pool's refill hint and moves its surplus warmed VMs to orphaned (see
     /// `trim_pool.lua`); returns how many.
-    pub async fn trim_pool(&self, pool: &PoolName) -> redis::RedisResult<u64> {
+    pub async fn trim_pool(&self, pool: &PoolName) -> Result<u64> {
         let n = &self.names;
         let mut invocation = self.scripts.trim_pool.prepare_invoke();
         invocation
@@ -162,11 +160,7 @@ impl Store {
     /// Moves warmed VMs of `pool` to orphaned, each `(name, zone, reason)`; the name `""` stands
     /// for every entry that cannot be read (see `evict.lua`). Returns the names evicted: a VM a
     /// checkout took meanwhile is not among them.
-    pub async fn evict(
-        &self,
-        pool: &str,
-        vms: &[(&str, &str, &str)],
-    ) -> redis::RedisResult<Vec<String>> {
+    pub async fn evict(&self, pool: &str, vms: &[(&str, &str, &str)]) -> Result<Vec<String>> {
         if vms.is_empty() {
             return Ok(Vec::new());
         }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::Context as _;
 use redis::AsyncCommands;
 
-use super::{Orphan, Store};
+use super::{Orphan, Result, Store};
 use crate::pool::{PoolName, parse_target};
 
 /// A warmed VM in a pool list, as a reconcile pass sees it: no more than it decides on.
@@ -127,7 +127,7 @@ impl Store {
             targets,
             ..RedisView::default()
         };
-        let leases: Vec<String> = redis::from_redis_value(leases)?;
+        let leases: Vec<String> = super::read(leases)?;
         view.leases = leases
             .chunks_exact(6)
             .map(|lease| LeaseView {
@@ -139,15 +139,15 @@ impl Store {
                 vm: lease[5].clone(),
             })
             .collect();
-        let mut orphans: Vec<String> = redis::from_redis_value(orphans)?;
-        orphans.extend(redis::from_redis_value::<Vec<String>>(claimed)?);
+        let mut orphans: Vec<String> = super::read(orphans)?;
+        orphans.extend(super::read::<Vec<String>>(claimed)?);
         view.orphans = orphans.into_iter().map(Orphan::parse).collect();
-        view.suspects = redis::from_redis_value(suspects)?;
-        view.brake = redis::from_redis_value(brake)?;
-        let hints: Vec<(String, f64)> = redis::from_redis_value(hints)?;
+        view.suspects = super::read(suspects)?;
+        view.brake = super::read(brake)?;
+        let hints: Vec<(String, f64)> = super::read(hints)?;
         view.hints = hints.into_iter().map(|(p, at)| (p, at as u64)).collect();
-        let lists: Vec<Vec<String>> = redis::from_redis_value(lists)?;
-        let booting: Vec<Vec<String>> = redis::from_redis_value(booting)?;
+        let lists: Vec<Vec<String>> = super::read(lists)?;
+        let booting: Vec<Vec<String>> = super::read(booting)?;
         for ((pool, fields), booting) in pools.iter().zip(lists).zip(booting) {
             let vms = fields
                 .chunks_exact(3)
@@ -167,7 +167,7 @@ impl Store {
 
     /// Forgets handed-out leases, given as (identity, VM name), whose VM is gone (see
     /// `forget_leases.lua`); returns how many.
-    pub async fn forget_leases(&self, leases: &[(String, String)]) -> redis::RedisResult<u64> {
+    pub async fn forget_leases(&self, leases: &[(String, String)]) -> Result<u64> {
         if leases.is_empty() {
             return Ok(0);
         }
@@ -183,7 +183,7 @@ impl Store {
     }
 
     /// Adds cloud VMs found unaccounted to the suspects.
-    pub async fn mark_suspects(&self, vms: &[String]) -> redis::RedisResult<()> {
+    pub async fn mark_suspects(&self, vms: &[String]) -> Result<()> {
         if vms.is_empty() {
             return Ok(());
         }
@@ -193,7 +193,7 @@ impl Store {
     }
 
     /// Removes VMs from the suspects (accounted for, gone, or recorded for deletion).
-    pub async fn unmark_suspects(&self, vms: &[&String]) -> redis::RedisResult<()> {
+    pub async fn unmark_suspects(&self, vms: &[&String]) -> Result<()> {
         if vms.is_empty() {
             return Ok(());
         }
@@ -203,14 +203,14 @@ impl Store {
     }
 
     /// Engages the safety brake, recording how many VMs are unaccounted.
-    pub async fn engage_brake(&self, unaccounted: u64) -> redis::RedisResult<()> {
+    pub async fn engage_brake(&self, unaccounted: u64) -> Result<()> {
         let key = &self.names.brake();
         self.call(|mut conn| async move { conn.set(key, unaccounted).await })
             .await
     }
 
     /// Releases the safety brake.
-    pub async fn release_brake(&self) -> redis::RedisResult<()> {
+    pub async fn release_brake(&self) -> Result<()> {
         let key = &self.names.brake();
         self.call(|mut conn| async move { conn.del(key).await })
             .await

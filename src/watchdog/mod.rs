@@ -27,8 +27,6 @@ use plan::{Decision, Watch};
 const QUIET_STREAM: Duration = Duration::from_secs(120);
 /// A longer line is no Heroku system line: skipped, and the stream's memory stays bounded.
 const LONGEST_LINE: usize = 16 * 1024;
-/// Pauses between failed attempts to follow the logs, doubling up to the last.
-const BACKOFF: [u64; 6] = [1, 2, 5, 10, 30, 60];
 /// Tries of a restart the API rate-limited.
 const RESTART_TRIES: usize = 3;
 
@@ -65,7 +63,7 @@ pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
         dynos = %settings.dynos.join(","),
         "watching dyno memory"
     );
-    let mut failures = 0;
+    let mut backoff = backon::BackoffBuilder::build(crate::retry::heroku_logs());
     loop {
         let followed = tokio::select! {
             _ = shutdown.wait() => break,
@@ -73,7 +71,7 @@ pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
         };
         let pause = match followed {
             Ok(()) => {
-                failures = 0;
+                backoff = backon::BackoffBuilder::build(crate::retry::heroku_logs());
                 tracing::info!("the log stream ended; reopening it");
                 Duration::from_secs(1)
             }
@@ -81,8 +79,7 @@ pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
             // dyno, with backoff, until an operator fixes it).
             Err(error @ HerokuError::Unauthorized { .. }) => return Err(error.into()),
             Err(error) => {
-                let backoff = Duration::from_secs(BACKOFF[failures.min(BACKOFF.len() - 1)]);
-                failures += 1;
+                let backoff = backoff.next().unwrap_or(Duration::from_secs(60));
                 let pause = match &error {
                     HerokuError::RateLimited {
                         retry_after: Some(after),
