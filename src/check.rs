@@ -105,7 +105,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("redis: reading the pools")?
         .values()
-        .filter_map(|t| crate::pool::parse_target(t))
         .sum();
     let cap = u64::from(ctx.config.max_vms);
     if wanted > cap {

@@ -7,8 +7,8 @@ use clap::{Parser, Subcommand};
 use crate::cloud::Cloud;
 use crate::config::Config;
 use crate::context::Context;
+use crate::policy::Policy;
 use crate::pool::PoolName;
-use crate::sizing::policy::Policy;
 use crate::{autoscale, checkout, dev, operator, reconcile, refill, shutdown, web};
 
 /// Pools of pre-warmed cloud VMs, handed out over AMQP.
@@ -157,7 +157,7 @@ pub enum PoolCommand {
         #[arg(long, value_parser = ["on", "off"], default_value = "off")]
         adaptive: String,
         /// The wanted share of checkouts that find a warm VM, in (0, 1).
-        #[arg(long, default_value_t = crate::sizing::policy::DEFAULT_HIT)]
+        #[arg(long, default_value_t = crate::policy::DEFAULT_HIT)]
         hit: f64,
         /// `CRON@TZ=MIN`: at least MIN VMs while the five-field cron matches the minute in the
         /// IANA time zone, e.g. `* 7-18 * * MON-FRI@Europe/Berlin=20`; repeatable.

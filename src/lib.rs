@@ -45,6 +45,7 @@ pub mod checkout;
 pub mod cli;
 pub mod dev;
 pub mod operator;
+pub mod policy;
 pub mod reconcile;
 pub mod refill;
 pub mod shutdown;

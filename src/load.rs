@@ -7,7 +7,7 @@
 //!   booting); 0 while the safety brake holds every boot. The refill queue is no signal: its
 //!   messages are hints, acked at once even when every boot slot is taken.
 
-use crate::store::PoolLevel;
+use crate::pool::PoolLevel;
 use crate::topology::QueueDepth;
 
 /// One consumer process type's waiting work.

@@ -35,7 +35,7 @@ use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::store::PoolStatus;
+use crate::pool::PoolStatus;
 use crate::topology::QueueDepth;
 
 /// Histogram bucket bounds, in seconds, chosen for what each measures.
@@ -562,7 +562,7 @@ impl Scrape {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::PoolLevel;
+    use crate::pool::PoolLevel;
 
     fn hash(fields: &[(&str, &str)]) -> HashMap<String, String> {
         fields

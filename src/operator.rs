@@ -17,8 +17,8 @@ use crate::amqp::{self, Courier, DIRECT_REPLY_TO, Published};
 use crate::clock::now_secs;
 use crate::context::Context;
 use crate::events::{Event, FillCommand, RefillMessage};
+use crate::policy::Policy;
 use crate::pool::PoolName;
-use crate::sizing::policy::Policy;
 use crate::store::sizing::{RolloverState, StartRollover};
 use crate::topology::{QueueState, Role};
 
@@ -115,8 +115,8 @@ pub async fn pool_policy(
     };
     let mut out =
         format!("{pool}: policy {policy}; the active reconciler sizes it from its next pass\n");
-    let target = ctx.store.targets().await?.remove(&pool.to_string());
-    if let Some(target) = target.as_deref().and_then(crate::pool::parse_target)
+    let target = ctx.store.targets().await?.remove(pool);
+    if let Some(target) = target
         && target > u64::from(policy.min)
     {
         let _ = writeln!(

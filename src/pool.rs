@@ -137,6 +137,35 @@ pub fn short_zone(zone: &str) -> &str {
     zone.rsplit('/').next().unwrap_or(zone)
 }
 
+/// One pool's level as the store reads it: what HireFire and the autoscaler decide on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolLevel {
+    pub pool: String,
+    /// As stored (a decimal string; see [`Self::target`]).
+    pub target: String,
+    pub ready: u64,
+    /// Unexpired boot reservations.
+    pub booting: u64,
+}
+
+impl PoolLevel {
+    /// The target as a number, `None` if what is stored is not one.
+    pub fn target(&self) -> Option<u64> {
+        parse_target(&self.target)
+    }
+}
+
+/// One pool's state for `warmer status` and `/metrics`.
+#[derive(Debug, Clone)]
+pub struct PoolStatus {
+    pub level: PoolLevel,
+    /// Leases handed out and not yet swept.
+    pub handed_out: u64,
+    /// When the oldest warmed VM (the head of the list) was booted, Unix seconds: `None` for an
+    /// empty pool, `Some(None)` when its age is unknown (travis-ci/warmer's entries).
+    pub oldest_booted_at: Option<Option<u64>>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -153,8 +153,7 @@ impl Refill {
                 .targets()
                 .await
                 .context("reading pool targets")?
-                .keys()
-                .filter_map(|p| p.parse().ok())
+                .into_keys()
                 .collect(),
         };
         for pool in &pools {

@@ -1,8 +1,8 @@
-//! Pool sizing: policies ([`policy`]), the sizer's pure decisions ([`plan`]), the sizer step the
-//! active reconciler runs ([`sizer`]), and `warmer simulate` ([`simulate`]), which replays
-//! traces through the same decisions to compare policies before an operator sets one.
+//! Pool sizing: the sizer's pure decisions ([`plan`]), the sizer step the active reconciler runs
+//! ([`sizer`]), and `warmer simulate` ([`simulate`]), which replays traces through the same
+//! decisions to compare policies before an operator sets one. Policies themselves, as operators
+//! set and the store keeps them, are [`crate::policy`].
 
 pub mod plan;
-pub mod policy;
 pub mod simulate;
 pub mod sizer;

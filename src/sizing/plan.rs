@@ -35,7 +35,7 @@ pub const PROFILE_DAYS: u64 = 7;
 pub const PROFILE_ALIKE_DAYS: usize = 3;
 const DAY: u64 = 86_400;
 
-pub use super::policy::Policy;
+pub use crate::policy::Policy;
 
 /// Arrivals (checkouts and misses) per [`BUCKET_SECS`] bucket, keyed by the bucket's start
 /// (Unix seconds, a multiple of the width).

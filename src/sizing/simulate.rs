@@ -16,7 +16,7 @@ use anyhow::{Context as _, bail};
 use serde::Serialize;
 
 use super::plan::{BUCKET_SECS, Demand, Policy, decide};
-use super::policy::DEFAULT_HIT;
+use crate::policy::DEFAULT_HIT;
 
 /// How often the simulated sizer runs (the reconciler's default interval).
 pub const SIZER_INTERVAL_SECS: u64 = 30;

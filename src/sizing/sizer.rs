@@ -17,9 +17,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use super::plan::{self, Verdict};
-use super::policy::Policy;
 use crate::events::{Event, Events};
-use crate::pool::parse_target;
+use crate::policy::Policy;
 use crate::store::Store;
 use crate::store::sizing::Decision;
 use crate::store::sizing::{DayDemand, Rollover, RolloverState, SizingView};
@@ -105,7 +104,7 @@ impl Sizer {
         let changed: Vec<(String, Option<u64>, Decision)> = decided
             .iter()
             .filter_map(|(pool, decision)| {
-                let before = view.targets.get(pool).and_then(|t| parse_target(t));
+                let before = view.targets.get(pool).copied();
                 let reason = view.decisions.get(pool).map(|d| d.reason.as_str());
                 let same = before == Some(u64::from(decision.target))
                     && reason == Some(decision.reason.as_str());
@@ -262,7 +261,7 @@ fn decide_all(
             continue;
         }
         let from_target = decided.get(*from).map(|d| d.target).or_else(|| {
-            let target = view.targets.get(*from).and_then(|t| parse_target(t))?;
+            let target = *view.targets.get(*from)?;
             u32::try_from(target).ok()
         });
         let own = policy_of(view, rolling, to).map(|policy| decide(to, policy).0);

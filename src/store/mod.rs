@@ -60,7 +60,6 @@ use crate::names::Names;
 pub use boots::{Capped, Finished, Reservation};
 pub use error::{Error, Result};
 pub use leases::{Checkout, Delivery, Disposal, GiveBack, Settled, Swept, ToSettle};
-pub use pools::{PoolLevel, PoolStatus};
 pub use records::{Lease, LeaseState, Orphan, OrphanRecord, PoolEntry};
 pub use settler::Settler;
 

@@ -9,40 +9,23 @@ use redis::AsyncCommands;
 use super::Result;
 use super::Store;
 use crate::clock::now_ms;
-use crate::pool::{PoolName, parse_target};
-
-/// One pool's level: what HireFire and the autoscaler decide on. No pool entry is read.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PoolLevel {
-    pub pool: String,
-    /// As stored (a decimal string; see [`Self::target`]).
-    pub target: String,
-    pub ready: u64,
-    /// Unexpired boot reservations.
-    pub booting: u64,
-}
-
-impl PoolLevel {
-    /// The target as a number, `None` if what is stored is not one.
-    pub fn target(&self) -> Option<u64> {
-        parse_target(&self.target)
-    }
-}
-
-/// One pool's state for `warmer status` and `/metrics`.
-#[derive(Debug, Clone)]
-pub struct PoolStatus {
-    pub level: PoolLevel,
-    /// Leases handed out and not yet swept.
-    pub handed_out: u64,
-    /// When the oldest warmed VM (the head of the list) was booted, Unix seconds: `None` for an
-    /// empty pool, `Some(None)` when its age is unknown (travis-ci/warmer's entries).
-    pub oldest_booted_at: Option<Option<u64>>,
-}
+use crate::pool::{PoolLevel, PoolName, PoolStatus, parse_target};
 
 impl Store {
-    /// Pool name → target, as stored (legacy values are decimal strings).
-    pub async fn targets(&self) -> Result<BTreeMap<String, String>> {
+    /// Every pool and its target: what `poolconfigs` holds that is a pool name and a number
+    /// (read as travis-ci/warmer and Lua's `tonumber` do: `3.0` is 3); anything else there is
+    /// no pool warmer serves.
+    pub async fn targets(&self) -> Result<BTreeMap<PoolName, u64>> {
+        Ok(self
+            .raw_targets()
+            .await?
+            .into_iter()
+            .filter_map(|(pool, target)| Some((pool.parse().ok()?, parse_target(&target)?)))
+            .collect())
+    }
+
+    /// Pool name → target, as stored, for what shows pools as they are (levels, status).
+    pub(super) async fn raw_targets(&self) -> Result<BTreeMap<String, String>> {
         let key = &self.names.pool_configs();
         self.call(|mut conn| async move { conn.hgetall(key).await })
             .await
@@ -77,7 +60,7 @@ impl Store {
     /// Every pool's target, ready and booting counts, and whether the safety brake is on: a few
     /// dozen bytes per pool, cheap enough for a loop.
     pub async fn levels(&self) -> anyhow::Result<(Vec<PoolLevel>, bool)> {
-        let targets = self.targets().await.context("reading pool targets")?;
+        let targets = self.raw_targets().await.context("reading pool targets")?;
         let now = now_ms();
         let mut pipe = redis::pipe();
         for pool in targets.keys() {

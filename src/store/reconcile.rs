@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use redis::AsyncCommands;
 
 use super::{Orphan, Result, Store};
-use crate::pool::{PoolName, parse_target};
+use crate::pool::PoolName;
 
 /// A warmed VM in a pool list, as a reconcile pass sees it: no more than it decides on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,8 +63,7 @@ impl Store {
             .await
             .context("reading pool targets")?
             .into_iter()
-            .filter(|(pool, _)| pool.parse::<PoolName>().is_ok())
-            .filter_map(|(pool, target)| Some((pool, parse_target(&target)?)))
+            .map(|(pool, target)| (pool.to_string(), target))
             .collect();
         let mut pools: Vec<String> = targets.keys().cloned().collect();
         let prefix = names.pool_key_prefix();

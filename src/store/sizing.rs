@@ -8,9 +8,9 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 use super::{Store, unexpected};
+use crate::policy::Policy;
 use crate::pool::PoolName;
 use crate::sizing::plan::BUCKET_SECS;
-use crate::sizing::policy::Policy;
 
 const DAY: u64 = 86_400;
 /// Demand hashes and boot-time lists read per round trip.
@@ -89,8 +89,8 @@ pub enum StartRollover {
 /// Everything the sizer decides on besides demand, read in one round trip.
 #[derive(Debug, Default)]
 pub struct SizingView {
-    /// Pool → target, as stored.
-    pub targets: BTreeMap<String, String>,
+    /// Pool → target, of the pools `poolconfigs` holds a number for.
+    pub targets: BTreeMap<String, u64>,
     /// Pool → its policy, or why what is stored cannot be read.
     pub policies: BTreeMap<String, Result<Policy, String>>,
     pub decisions: BTreeMap<String, Decision>,
@@ -135,7 +135,10 @@ impl Store {
             })
             .collect();
         Ok(SizingView {
-            targets,
+            targets: targets
+                .into_iter()
+                .filter_map(|(pool, target)| Some((pool, crate::pool::parse_target(&target)?)))
+                .collect(),
             policies,
             decisions: parsed(decisions),
             rollovers: parsed(rollovers),

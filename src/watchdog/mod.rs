@@ -12,7 +12,7 @@ mod plan;
 
 use std::time::Duration;
 
-pub use plan::Threshold;
+pub use crate::config::Threshold;
 
 use crate::clock::now_ms;
 use crate::config::Secret;

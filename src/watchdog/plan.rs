@@ -11,49 +11,13 @@
 use std::collections::HashMap;
 
 use super::logline::{Sighting, process_type};
+use crate::config::Threshold;
 
 /// A sample this long after a restart comes from the replacement (the old process may still
 /// report while it drains for up to 30 s).
 pub const SETTLED_MS: u64 = 30_000;
 /// A restarted dyno that never reports again (scaled down, crashed) holds its type this long.
 pub const ROLLING_TIMEOUT_MS: u64 = 5 * 60_000;
-
-/// When a dyno's memory is too much.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Threshold {
-    /// Of the dyno's quota (`90%`).
-    Fraction(f64),
-    /// Absolute (`400MB`).
-    Megabytes(f64),
-}
-
-impl Threshold {
-    /// `90%` or `400MB` (`MB` may be omitted; `GB` allowed).
-    pub fn parse(value: &str) -> Option<Threshold> {
-        let value = value.trim();
-        if let Some(percent) = value.strip_suffix('%') {
-            let percent: f64 = percent.trim().parse().ok()?;
-            return (percent > 0.0 && percent <= 100.0)
-                .then(|| Threshold::Fraction(percent / 100.0));
-        }
-        let (number, factor) = if let Some(gb) = value.strip_suffix("GB") {
-            (gb, 1024.0)
-        } else {
-            (value.strip_suffix("MB").unwrap_or(value), 1.0)
-        };
-        let megabytes: f64 = number.trim().parse().ok()?;
-        (megabytes.is_finite() && megabytes > 0.0)
-            .then_some(Threshold::Megabytes(megabytes * factor))
-    }
-
-    /// Whether `total_mb` reaches it; a fraction needs the quota.
-    fn reached(&self, total_mb: f64, quota_mb: Option<f64>) -> bool {
-        match *self {
-            Threshold::Fraction(fraction) => quota_mb.is_some_and(|q| total_mb >= fraction * q),
-            Threshold::Megabytes(megabytes) => total_mb >= megabytes,
-        }
-    }
-}
 
 /// Why a dyno is (or would be) restarted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

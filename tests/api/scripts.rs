@@ -752,7 +752,7 @@ async fn one_owner_holds_the_lock_until_it_releases_or_lets_it_expire() {
 
 #[tokio::test]
 async fn sizing_writes_only_pools_that_exist_and_a_rollover_finishes_once() {
-    use warmer::sizing::policy::Policy;
+    use warmer::policy::Policy;
     use warmer::{Decision, RolloverState, StartRollover};
 
     let app = TestApp::builder().start().await;
@@ -784,8 +784,8 @@ async fn sizing_writes_only_pools_that_exist_and_a_rollover_finishes_once() {
             .unwrap();
     }
     let targets = store.targets().await.unwrap();
-    assert_eq!(targets.get(POOL).map(String::as_str), Some("3"));
-    assert!(!targets.contains_key(&ghost));
+    assert_eq!(targets.get(pool()), Some(&3));
+    assert!(!targets.keys().any(|p| p.to_string() == ghost));
 
     // start_rollover.lua and finish_rollover.lua: once started, a second start is refused; a
     // finish applies once, and a repeated one (a retry after a lost answer) changes nothing.
@@ -811,8 +811,8 @@ async fn sizing_writes_only_pools_that_exist_and_a_rollover_finishes_once() {
             .unwrap()
     );
     let targets = store.targets().await.unwrap();
-    assert_eq!(targets.get(POOL).map(String::as_str), Some("5"));
-    assert_eq!(targets.get(&new.to_string()).map(String::as_str), Some("3"));
+    assert_eq!(targets.get(pool()), Some(&5));
+    assert_eq!(targets.get(&new), Some(&3));
     let view = store.sizing_view().await.unwrap();
     assert_eq!(view.policies.get(&new.to_string()), Some(&Ok(policy)));
     assert_eq!(view.rollovers[POOL].state, RolloverState::Completed);

@@ -202,7 +202,7 @@ async fn the_fleet_never_grows_past_warmer_max_vms_whatever_the_targets_say() {
         refused.to_string().contains("WARMER_MAX_VMS (6)"),
         "{refused}"
     );
-    let policy: warmer::sizing::policy::Policy =
+    let policy: warmer::policy::Policy =
         serde_json::from_value(json!({"min": 1, "max": 7, "adaptive": true, "hit": 0.99})).unwrap();
     let refused = warmer::operator::pool_policy(&app.ctx, &pool, Some(&policy))
         .await

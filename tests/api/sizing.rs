@@ -8,9 +8,9 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use serde_json::{Value, json};
 use warmer::clock::Clock;
+use warmer::policy::Policy;
 use warmer::reconcile::Reconciler;
 use warmer::sizing::plan::IDLE_SECS;
-use warmer::sizing::policy::Policy;
 use warmer::{PoolName, now_ms, operator};
 
 use warmer_testkit::compute::ComputeStandIn;
@@ -33,8 +33,11 @@ fn policy(min: u32, max: u32, adaptive: bool, schedules: &[&str]) -> Policy {
     }
 }
 
+/// A pool's target as stored in `poolconfigs`.
 async fn target(app: &TestApp, name: &str) -> Option<String> {
-    app.ctx.store.targets().await.unwrap().remove(name)
+    redis::AsyncCommands::hget(&mut app.redis.clone(), app.names.pool_configs(), name)
+        .await
+        .unwrap()
 }
 
 /// `<ns>:_policies` as stored.

@@ -13,171 +13,29 @@ use serde::Deserialize;
 
 use crate::telemetry::LogFormat;
 
-/// A value that must never be printed: `Debug` and `Display` show `[redacted]`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+mod autoscale;
+mod google;
+mod parse;
+mod secret;
+mod servers;
+mod watchdog;
 
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
+pub use autoscale::ScaleLimits;
+pub use google::GoogleConfig;
+pub use parse::parse_duration;
+pub(crate) use secret::percent_decode;
+pub use secret::{Secret, ServerUrl};
+pub use watchdog::{Threshold, WatchdogConfig};
 
-    /// The secret itself, for the one place that needs it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// Whether `given` is this secret, compared in constant time (no timing hint of a prefix).
-    pub fn matches(&self, given: &[u8]) -> bool {
-        let own = self.0.as_bytes();
-        own.len() == given.len()
-            && own.iter().zip(given).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-/// A server URL that may carry a password; printed with the password replaced by `***`. An
-/// AMQP URL may list several brokers, comma-separated, each a whole URL (the nodes of a
-/// cluster): see [`Self::addresses`].
-#[derive(Clone, PartialEq, Eq)]
-pub struct ServerUrl(Secret);
-
-/// Splits a list of URLs at each comma that starts another URL (`,<scheme>://`), so that a raw
-/// comma inside a password does not split it.
-fn split_urls(list: &str) -> Vec<&str> {
-    let mut parts = Vec::new();
-    let mut start = 0;
-    for (i, _) in list.match_indices(',') {
-        let next = list[i + 1..].trim_start();
-        let scheme_len = next.find("://").filter(|&n| n > 0).filter(|&n| {
-            next[..n]
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c))
-        });
-        if scheme_len.is_some() {
-            parts.push(&list[start..i]);
-            start = i + 1;
-        }
-    }
-    parts.push(&list[start..]);
-    parts
-        .into_iter()
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .collect()
-}
-
-impl ServerUrl {
-    pub fn expose(&self) -> &str {
-        self.0.expose()
-    }
-
-    /// Each server of a list (comma-separated whole URLs), in order; one for a plain URL.
-    pub fn addresses(&self) -> Vec<ServerUrl> {
-        split_urls(self.0.expose())
-            .into_iter()
-            .map(|url| ServerUrl(Secret::new(url)))
-            .collect()
-    }
-
-    /// The password of the (first) URL's user info, as written (percent-encoded), if any.
-    pub fn password(&self) -> Option<&str> {
-        let first = split_urls(self.0.expose()).into_iter().next()?;
-        let (_, rest) = first.split_once("://")?;
-        let (userinfo, _) = rest.rsplit_once('@')?;
-        let (_, password) = userinfo.split_once(':')?;
-        Some(password)
-    }
-
-    /// The passwords of every URL of the list, as written.
-    pub fn passwords(&self) -> Vec<String> {
-        self.addresses()
-            .iter()
-            .filter_map(|url| url.password().map(String::from))
-            .collect()
-    }
-
-    /// The user of the (first) URL's user info, percent-decoded, if any.
-    pub fn user(&self) -> Option<String> {
-        let first = split_urls(self.0.expose()).into_iter().next()?;
-        let (_, rest) = first.split_once("://")?;
-        let (userinfo, _) = rest.rsplit_once('@')?;
-        let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-        (!user.is_empty()).then(|| percent_decode(user))
-    }
-
-    /// The URL (each URL of a list) with any password masked, safe for logs.
-    pub fn redacted(&self) -> String {
-        split_urls(self.0.expose())
-            .into_iter()
-            .map(redact_one)
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-}
-
-fn redact_one(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "[unparseable url]".into();
-    };
-    // The user info ends at the last `@`, so a password holding a raw `/` or `@` is still
-    // hidden (an `@` in the path hides more than needed, never less).
-    let (userinfo, rest) = match rest.rsplit_once('@') {
-        Some((userinfo, rest)) => (Some(userinfo), rest),
-        None => (None, rest),
-    };
-    let userinfo = match userinfo {
-        Some(userinfo) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{user}:***@"),
-            None => format!("{userinfo}@"),
-        },
-        None => String::new(),
-    };
-    let rest = rest.split('#').next().unwrap_or_default();
-    format!("{scheme}://{userinfo}{rest}")
-}
-
-impl fmt::Debug for ServerUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", self.redacted())
-    }
-}
-
-impl fmt::Display for ServerUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.redacted())
-    }
-}
+use autoscale::scale_limits;
+use google::GoogleVars;
+use parse::{duration, http_url, list, number, prefix};
 
 /// Which cloud boots the VMs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Provider {
     Gce,
     Local,
-}
-
-/// Settings for the Compute Engine provider; present only when `WARMER_PROVIDER=gce` and valid.
-#[derive(Clone, Debug)]
-pub struct GoogleConfig {
-    pub project: String,
-    pub region: String,
-    pub zones: Vec<String>,
-    pub keyfile_json: Option<Secret>,
-    pub compute_url: String,
-    pub image_project: String,
-    pub network: String,
-    pub subnetwork: Option<String>,
 }
 
 /// Everything warmer reads from its environment.
@@ -230,28 +88,6 @@ pub struct Config {
     /// Which defaults were overridden, for [`Config::for_dev`].
     given: Given,
 }
-
-/// How `warmer autoscale` scales one process type.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ScaleLimits {
-    pub min: u32,
-    pub max: u32,
-    /// The backlog one dyno takes on (heroku-proc-scalar's `COUNT_BOUNDARY`); `None`: the
-    /// type's own (checkout's prefetch, refill's boot concurrency).
-    pub per_dyno: Option<u32>,
-}
-
-/// `WARMER_WATCHDOG_*`.
-#[derive(Clone, Debug)]
-pub struct WatchdogConfig {
-    pub threshold: crate::watchdog::Threshold,
-    pub restart_window: Duration,
-    /// Process types watched.
-    pub dynos: Vec<String>,
-}
-
-/// The process types `warmer watchdog` watches unless told otherwise: warmer's own.
-const WATCHED_BY_DEFAULT: &str = "checkout,refill,reconcile,web,autoscale";
 
 /// Variables set in the environment rather than defaulted.
 #[derive(Clone, Copy, Debug, Default)]
@@ -467,59 +303,15 @@ impl Config {
         let raw: Raw = envy::from_iter(vars.into_iter().filter(|(_, v)| !v.trim().is_empty()))
             .context("reading the environment")?;
 
-        let amqp_url = raw
-            .warmer_amqp_url
-            .map(|v| ("WARMER_AMQP_URL", v))
-            .or(raw.cloudamqp_url.map(|v| ("CLOUDAMQP_URL", v)))
-            .unwrap_or(("WARMER_AMQP_URL", "amqp://127.0.0.1:5672/%2f".into()));
-        let amqp_url = server_url(amqp_url.0, amqp_url.1, &["amqp", "amqps"], true)?;
-        let redis_ca_pem = match &raw.warmer_redis_ca_file {
-            None => None,
-            Some(path) => {
-                let pem = std::fs::read(path.trim()).with_context(|| {
-                    format!("WARMER_REDIS_CA_FILE: cannot read `{}`", path.trim())
-                })?;
-                if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
-                    bail!(
-                        "WARMER_REDIS_CA_FILE: `{}` holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
-                        path.trim()
-                    );
-                }
-                Some(pem)
-            }
-        };
         let mut warnings = warnings;
-        let redis_url = raw
-            .warmer_redis_url
-            .map(|v| ("WARMER_REDIS_URL", v))
-            .or(raw.redis_url.map(|v| ("REDIS_URL", v)))
-            .unwrap_or(("WARMER_REDIS_URL", "redis://127.0.0.1:6379/0".into()));
-        let redis_url = match redis_url {
-            // Heroku Key-Value Store (Heroku Redis) presents a self-signed certificate and
-            // rotates REDIS_URL itself: on a dyno, for Heroku's own hosts and nothing else, its
-            // certificate goes unverified unless a CA is given.
-            ("REDIS_URL", url)
-                if raw.dyno.is_some()
-                    && redis_ca_pem.is_none()
-                    && url.starts_with("rediss://")
-                    && !url.contains('#')
-                    && is_heroku_redis_host(&url) =>
-            {
-                warnings.push(
-                    "REDIS_URL: Heroku Redis's certificate is self-signed, so it is not verified; set WARMER_REDIS_CA_FILE to verify it".into(),
-                );
-                ("REDIS_URL", format!("{url}#insecure"))
-            }
-            (var, url) => {
-                if url.starts_with("rediss://") && url.ends_with("#insecure") {
-                    warnings.push(format!(
-                        "{var} asks not to verify the Redis server's certificate (its insecure fragment): anyone on the path can pose as the server"
-                    ));
-                }
-                (var, url)
-            }
-        };
-        let redis_url = server_url(redis_url.0, redis_url.1, &["redis", "rediss"], false)?;
+        let amqp_url = servers::amqp_url(raw.warmer_amqp_url, raw.cloudamqp_url)?;
+        let (redis_url, redis_ca_pem) = servers::redis(
+            raw.warmer_redis_url,
+            raw.redis_url,
+            raw.warmer_redis_ca_file,
+            raw.dyno.is_some(),
+            &mut warnings,
+        )?;
 
         let given = Given {
             prefix: raw.warmer_amqp_prefix.is_some(),
@@ -549,99 +341,28 @@ impl Config {
                 "WARMER_PROVIDER=local is a simulated cloud for one machine and is refused on a Heroku dyno (DYNO is set): its reconciler would take every real VM for gone. Set WARMER_PROVIDER=gce"
             );
         }
-        let ssh_key_passphrase = raw.warmer_ssh_key_passphrase.map(Secret::new);
-        if let Some(passphrase) = &ssh_key_passphrase {
-            match passphrase_strength(passphrase.expose()) {
-                Strength::Weak(why) if provider == Provider::Gce => bail!(
-                    "WARMER_SSH_KEY_PASSPHRASE is too weak ({why}): it encrypts every VM's SSH key with OpenSSL's legacy, fast key derivation, so anyone who reads Redis can guess it; use at least {GOOD_PASSPHRASE} random characters, e.g. `openssl rand -hex 24`"
-                ),
-                Strength::Weak(why) | Strength::Short(why) => warnings.push(format!(
-                    "WARMER_SSH_KEY_PASSPHRASE is weak ({why}): use at least {GOOD_PASSPHRASE} random characters, e.g. `openssl rand -hex 24`"
-                )),
-                Strength::Good => {}
-            }
-        }
+        let ssh_key_passphrase =
+            servers::passphrase(raw.warmer_ssh_key_passphrase, provider, &mut warnings)?;
 
-        let google = match raw.warmer_google_cloud_project {
-            Some(project) => {
-                let project = project.trim().to_string();
-                let Some(region) = raw.warmer_google_cloud_region.map(|r| r.trim().to_string())
-                else {
-                    bail!(
-                        "WARMER_GOOGLE_CLOUD_REGION must be set when WARMER_GOOGLE_CLOUD_PROJECT is (e.g. us-central1)"
-                    );
-                };
-                let zones = raw
-                    .warmer_google_cloud_zones
-                    .map(|z| list(&z))
-                    .unwrap_or_default();
-                for zone in &zones {
-                    if !crate::pool::is_gce_name(zone) {
-                        bail!(
-                            "WARMER_GOOGLE_CLOUD_ZONES: `{zone}` is not a zone name (e.g. us-central1-c)"
-                        );
-                    }
-                }
-                let compute_url = http_url(
-                    "WARMER_GOOGLE_COMPUTE_URL",
-                    raw.warmer_google_compute_url,
-                    "https://compute.googleapis.com/compute/v1",
-                )?;
-                if let Some(json) = &raw.warmer_google_cloud_keyfile_json {
-                    let parsed: serde_json::Value = serde_json::from_str(json).map_err(|e| {
-                        anyhow::anyhow!(
-                            "WARMER_GOOGLE_CLOUD_KEYFILE_JSON is not valid JSON (line {}, column {}); paste the service account's key file",
-                            e.line(),
-                            e.column()
-                        )
-                    })?;
-                    if parsed.get("private_key").is_none() || parsed.get("client_email").is_none() {
-                        bail!(
-                            "WARMER_GOOGLE_CLOUD_KEYFILE_JSON must be a service account key with `private_key` and `client_email`"
-                        );
-                    }
-                }
-                Some(GoogleConfig {
-                    image_project: raw.warmer_image_project.unwrap_or_else(|| project.clone()),
-                    project,
-                    region,
-                    zones,
-                    keyfile_json: raw.warmer_google_cloud_keyfile_json.map(Secret::new),
-                    compute_url,
-                    network: raw.warmer_network.unwrap_or_else(|| "default".into()),
-                    subnetwork: raw.warmer_subnetwork,
-                })
-            }
-            None => None,
-        };
+        let google = GoogleConfig::read(GoogleVars {
+            project: raw.warmer_google_cloud_project,
+            region: raw.warmer_google_cloud_region,
+            zones: raw.warmer_google_cloud_zones,
+            keyfile_json: raw.warmer_google_cloud_keyfile_json,
+            compute_url: raw.warmer_google_compute_url,
+            image_project: raw.warmer_image_project,
+            network: raw.warmer_network,
+            subnetwork: raw.warmer_subnetwork,
+        })?;
 
         let log_format = LogFormat::parse(raw.warmer_log_format.as_deref(), raw.dyno.is_some())
             .map_err(anyhow::Error::msg)?;
 
-        let watchdog = WatchdogConfig {
-            threshold: match raw.warmer_watchdog_threshold {
-                None => crate::watchdog::Threshold::Fraction(0.9),
-                Some(value) => crate::watchdog::Threshold::parse(&value).ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "WARMER_WATCHDOG_THRESHOLD must be a share of the dyno's quota such as `90%` or megabytes such as `400MB`, got `{value}`"
-                    )
-                })?,
-            },
-            restart_window: duration(
-                "WARMER_WATCHDOG_RESTART_WINDOW",
-                raw.warmer_watchdog_restart_window,
-                30 * 60,
-            )?,
-            dynos: {
-                let dynos = list(raw.warmer_watchdog_dynos.as_deref().unwrap_or(WATCHED_BY_DEFAULT));
-                if let Some(bad) = dynos.iter().find(|d| {
-                    !d.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
-                }) {
-                    bail!("WARMER_WATCHDOG_DYNOS must list process types (lowercase, as in the Procfile), got `{bad}`");
-                }
-                dynos
-            },
-        };
+        let watchdog = WatchdogConfig::read(
+            raw.warmer_watchdog_threshold,
+            raw.warmer_watchdog_restart_window,
+            raw.warmer_watchdog_dynos,
+        )?;
 
         let default_max = number("WARMER_AUTOSCALE_MAX", raw.warmer_autoscale_max, 4)?;
 
@@ -798,236 +519,6 @@ impl Config {
         };
         Ok(google)
     }
-}
-
-/// Passphrases shorter than this are refused for Compute Engine.
-const LEAST_PASSPHRASE: usize = 12;
-/// Passphrases shorter than this are warned about.
-const GOOD_PASSPHRASE: usize = 20;
-
-/// How well a passphrase stands an offline guess (the travis worker's key format derives its
-/// key with one round of MD5: billions of guesses a second).
-#[derive(Debug, PartialEq, Eq)]
-enum Strength {
-    /// Refused with the gce provider: why.
-    Weak(&'static str),
-    /// Accepted with a warning: why.
-    Short(&'static str),
-    Good,
-}
-
-fn passphrase_strength(passphrase: &str) -> Strength {
-    // travis-ci/warmer's default, and what an example or a quick test would use.
-    const KNOWN: [&str; 7] = [
-        "fixme_wat",
-        "warmer",
-        "password",
-        "passphrase",
-        "changeme",
-        "secret",
-        "travis",
-    ];
-    let lowered = passphrase.trim().to_lowercase();
-    let distinct = {
-        let mut chars: Vec<char> = passphrase.chars().collect();
-        chars.sort_unstable();
-        chars.dedup();
-        chars.len()
-    };
-    if KNOWN.iter().any(|known| {
-        lowered == *known || lowered.trim_end_matches(|c: char| c.is_ascii_digit()) == *known
-    }) {
-        Strength::Weak("a well-known passphrase")
-    } else if passphrase.chars().count() < LEAST_PASSPHRASE {
-        Strength::Weak("shorter than 12 characters")
-    } else if distinct < 6 {
-        Strength::Weak("fewer than 6 different characters")
-    } else if passphrase.chars().count() < GOOD_PASSPHRASE {
-        Strength::Short("shorter than 20 characters")
-    } else {
-        Strength::Good
-    }
-}
-
-/// Whether a Redis URL's host is one of Heroku's (its Redis add-ons run on AWS hosts such as
-/// `ec2-3-222-1-2.compute-1.amazonaws.com`).
-fn is_heroku_redis_host(url: &str) -> bool {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let host = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host);
-    let host = host.rsplit_once(':').map_or(host, |(host, _)| host);
-    host.ends_with(".amazonaws.com")
-}
-
-/// A URL starting with one of `schemes`; with `list`, several comma-separated.
-fn server_url(var: &str, value: String, schemes: &[&str], list: bool) -> anyhow::Result<ServerUrl> {
-    let value = value.trim().to_string();
-    let urls = split_urls(&value);
-    if urls.is_empty() {
-        bail!("{var} is empty");
-    }
-    if urls.len() > 1 && !list {
-        bail!("{var} names {} servers: give one URL", urls.len());
-    }
-    for (i, url) in urls.iter().enumerate() {
-        let scheme = url.split_once("://").map(|(s, _)| s);
-        if !scheme.is_some_and(|s| schemes.contains(&s)) {
-            let which = if urls.len() > 1 {
-                format!(" (address {})", i + 1)
-            } else {
-                String::new()
-            };
-            bail!(
-                "{var}{which} must be a URL starting with {}{}",
-                schemes
-                    .iter()
-                    .map(|s| format!("{s}://"))
-                    .collect::<Vec<_>>()
-                    .join(" or "),
-                if list {
-                    ", or several such URLs separated by commas"
-                } else {
-                    ""
-                }
-            );
-        }
-    }
-    Ok(ServerUrl(Secret::new(value)))
-}
-
-fn prefix(var: &str, value: Option<String>) -> anyhow::Result<String> {
-    let value = value.unwrap_or_else(|| DEFAULT_NAMES.into());
-    let ok = !value.is_empty()
-        && value.len() <= 64
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if !ok {
-        bail!(
-            "{var} must be 1–64 characters of letters, digits, `-`, `_` or `.`, got `{}`",
-            value.escape_debug()
-        );
-    }
-    Ok(value)
-}
-
-fn number<T: std::str::FromStr + PartialOrd + Default>(
-    var: &str,
-    value: Option<String>,
-    default: T,
-) -> anyhow::Result<T> {
-    match value {
-        None => Ok(default),
-        Some(v) => match v.trim().parse::<T>() {
-            Ok(n) if n > T::default() => Ok(n),
-            _ => bail!("{var} must be a positive whole number, got `{v}`"),
-        },
-    }
-}
-
-/// `WARMER_AUTOSCALE_<PROCESS>_MIN`, `_MAX` and `_PER_DYNO`: min defaults to 1 and may not go
-/// below `lowest`; max defaults to `default_max` (`WARMER_AUTOSCALE_MAX`).
-fn scale_limits(
-    process: &str,
-    lowest: u32,
-    default_max: u32,
-    [min, max, per_dyno]: [Option<String>; 3],
-) -> anyhow::Result<ScaleLimits> {
-    let var = |suffix: &str| format!("WARMER_AUTOSCALE_{process}_{suffix}");
-    let min = match min {
-        None => 1,
-        Some(v) => match v.trim().parse::<u32>() {
-            Ok(n) if n >= lowest => n,
-            _ if lowest > 0 => bail!(
-                "{} must be a whole number of at least {lowest}, got `{v}` (at 0, a request would wait for the next check and a dyno's start)",
-                var("MIN")
-            ),
-            _ => bail!("{} must be a whole number, got `{v}`", var("MIN")),
-        },
-    };
-    let max = number(&var("MAX"), max, default_max)?;
-    if min > max {
-        bail!("{} ({min}) is above {} ({max})", var("MIN"), var("MAX"));
-    }
-    let per_dyno = per_dyno
-        .map(|v| number(&var("PER_DYNO"), Some(v), 1))
-        .transpose()?;
-    Ok(ScaleLimits { min, max, per_dyno })
-}
-
-/// An http(s) base URL, without a trailing slash.
-fn http_url(var: &str, value: Option<String>, default: &str) -> anyhow::Result<String> {
-    let url = value.unwrap_or_else(|| default.into());
-    let url = url.trim();
-    if !(url.starts_with("https://") || url.starts_with("http://")) {
-        bail!("{var} must be an http(s) URL, got `{url}`");
-    }
-    Ok(url.trim_end_matches('/').to_string())
-}
-
-fn duration(var: &str, value: Option<String>, default_secs: u64) -> anyhow::Result<Duration> {
-    match value {
-        None => Ok(Duration::from_secs(default_secs)),
-        Some(v) => parse_duration(&v).ok_or_else(|| {
-            anyhow::anyhow!(
-                "{var} must be a duration such as `90s`, `5m`, `6h` or `7d` (a bare number is seconds), got `{v}`"
-            )
-        }),
-    }
-}
-
-/// Parses `90s`, `5m`, `6h`, `7d` or a bare number of seconds; zero is refused.
-pub fn parse_duration(value: &str) -> Option<Duration> {
-    let value = value.trim();
-    let split = value
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(value.len());
-    let (digits, unit) = value.split_at(split);
-    let n: u64 = digits.parse().ok()?;
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => return (n > 0).then(|| Duration::from_millis(n)),
-        "m" => n.checked_mul(60)?,
-        "h" => n.checked_mul(3_600)?,
-        "d" => n.checked_mul(86_400)?,
-        _ => return None,
-    };
-    (secs > 0).then(|| Duration::from_secs(secs))
-}
-
-/// Decodes `%XX` escapes (as in a URL's user info); anything else is kept as it is.
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn list(value: &str) -> Vec<String> {
-    value
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(String::from)
-        .collect()
 }
 
 #[cfg(test)]
@@ -1251,7 +742,7 @@ mod tests {
 
     #[test]
     fn example_env_documents_exactly_the_variables_warmer_reads() {
-        let documented: std::collections::BTreeSet<String> = include_str!("../example.env")
+        let documented: std::collections::BTreeSet<String> = include_str!("../../example.env")
             .lines()
             .map(|line| line.trim_start_matches('#'))
             .filter_map(|line| line.split_once('='))
@@ -1319,7 +810,7 @@ mod tests {
 
     #[test]
     fn app_json_sets_only_variables_warmer_reads_and_runs_only_procfile_processes() {
-        let app: serde_json::Value = serde_json::from_str(include_str!("../app.json")).unwrap();
+        let app: serde_json::Value = serde_json::from_str(include_str!("../../app.json")).unwrap();
         let read: Vec<String> = Raw::variables()
             .into_iter()
             .chain(READ_ELSEWHERE.map(String::from))
@@ -1330,7 +821,7 @@ mod tests {
                 "app.json sets {var}, which warmer does not read"
             );
         }
-        let procfile: Vec<(&str, &str)> = include_str!("../Procfile")
+        let procfile: Vec<(&str, &str)> = include_str!("../../Procfile")
             .lines()
             .filter_map(|line| line.split_once(": "))
             .collect();
@@ -1388,7 +879,8 @@ mod tests {
             ("amqp://u:p@ss@h:5672/%2f", "amqp://u:***@h:5672/%2f"),
             ("redis://h:6379/0", "redis://h:6379/0"),
         ] {
-            let url = server_url("WARMER_AMQP_URL", url.into(), &["amqp", "redis"], true).unwrap();
+            let url =
+                parse::server_url("WARMER_AMQP_URL", url.into(), &["amqp", "redis"], true).unwrap();
             assert_eq!(url.redacted(), shown);
         }
     }
