@@ -201,7 +201,7 @@ impl Deployment {
 
     async fn start_refill(&mut self, amqp: &Connection) -> anyhow::Result<()> {
         let cloud = warmer::Cloud::from_config(&self.ctx.config).await?;
-        let run = warmer::refill::run(self.ctx.clone(), cloud, self.stop.clone());
+        let run = warmer::refill::run_on(self.ctx.clone(), cloud, self.stop.clone());
         self.consumers.push(tokio::spawn(run));
         wait_for_consumer(amqp, &self.names.refill_queue()).await
     }

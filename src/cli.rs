@@ -4,11 +4,12 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::cloud::Cloud;
 use crate::config::Config;
 use crate::context::Context;
 use crate::policy::Policy;
 use crate::pool::PoolName;
+use crate::process::ProcessType;
+use crate::shutdown::Shutdown;
 use crate::{autoscale, checkout, dev, operator, reconcile, refill, shutdown, web};
 
 /// Pools of pre-warmed cloud VMs, handed out over AMQP.
@@ -27,7 +28,8 @@ pub enum Command {
     /// the oldest warmed VM of the requested pool.
     Checkout,
     /// Run the refill consumer: boots VMs (WARMER_PROVIDER) until every pool is at its target,
-    /// on pool-drop events and fill commands from the `<prefix>.refill` queue.
+    /// on refill hints (a checkout took a VM or found none) and fill commands from the
+    /// `<prefix>.refill` queue.
     Refill,
     /// Run the reconciler: every WARMER_RECONCILE_INTERVAL, compares Redis with the cloud and
     /// deletes orphans and unaccounted VMs, evicts dead, stale and surplus VMs, and sets the
@@ -197,18 +199,28 @@ impl From<String> for Output {
 
 impl Command {
     /// The process type a long-running command is (`None` for an operator command).
-    pub fn process(&self) -> Option<&'static str> {
+    pub fn process(&self) -> Option<ProcessType> {
         Some(match self {
-            Command::Checkout => "checkout",
-            Command::Refill => "refill",
-            Command::Reconcile => "reconcile",
-            Command::Web => "web",
-            Command::Autoscale => "autoscale",
-            Command::Dev => "dev",
-            Command::Watchdog => "watchdog",
+            Command::Checkout => ProcessType::Checkout,
+            Command::Refill => ProcessType::Refill,
+            Command::Reconcile => ProcessType::Reconcile,
+            Command::Web => ProcessType::Web,
+            Command::Autoscale => ProcessType::Autoscale,
+            Command::Dev => ProcessType::Dev,
+            Command::Watchdog => ProcessType::Watchdog,
             _ => return None,
         })
     }
+}
+
+/// Runs a process type's `run(ctx, shutdown)` until SIGTERM; it prints nothing.
+async fn run_process<F, R>(run: F, ctx: Context) -> anyhow::Result<Output>
+where
+    F: FnOnce(Context, Shutdown) -> R,
+    R: std::future::Future<Output = anyhow::Result<()>>,
+{
+    run(ctx, shutdown::on_signals()?).await?;
+    Ok(Output::from(String::new()))
 }
 
 /// Neither a Heroku API token nor a dyno: the Heroku processes run locally (`heroku local`).
@@ -227,7 +239,7 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<Output> {
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
             commit = env!("WARMER_COMMIT"),
-            process,
+            process = process.name(),
             prefix = config.amqp_prefix,
             namespace = config.redis_namespace,
             "warmer starting"
@@ -262,25 +274,6 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<Output> {
     let ctx = Context::new(config).await?;
     Ok(match command {
         Command::Check | Command::Simulate { .. } | Command::Permissions { .. } => quiet, // done above
-        Command::Checkout => {
-            checkout::run(ctx, shutdown::on_signals()?).await?;
-            quiet
-        }
-        Command::Refill => {
-            let cloud = Cloud::from_config(&ctx.config).await?;
-            refill::run(ctx, cloud, shutdown::on_signals()?).await?;
-            quiet
-        }
-        Command::Reconcile => {
-            let cloud = Cloud::from_config(&ctx.config).await?;
-            let reconciler = reconcile::Reconciler::new(ctx, cloud);
-            reconciler.run(shutdown::on_signals()?).await?;
-            quiet
-        }
-        Command::Web => {
-            web::run(ctx, shutdown::on_signals()?).await?;
-            quiet
-        }
         Command::Autoscale | Command::Watchdog if off_heroku(&ctx.config) => {
             // `heroku local` runs every Procfile line: these have nothing to do there.
             tracing::warn!(
@@ -289,19 +282,13 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<Output> {
             shutdown::on_signals()?.wait().await;
             quiet
         }
-        Command::Autoscale => {
-            let autoscaler = autoscale::Autoscaler::new(ctx)?;
-            autoscaler.run(shutdown::on_signals()?).await?;
-            quiet
-        }
-        Command::Watchdog => {
-            crate::watchdog::run(ctx, shutdown::on_signals()?).await?;
-            quiet
-        }
-        Command::Dev => {
-            dev::run(ctx, shutdown::on_signals()?).await?;
-            quiet
-        }
+        Command::Checkout => run_process(checkout::run, ctx).await?,
+        Command::Refill => run_process(refill::run, ctx).await?,
+        Command::Reconcile => run_process(reconcile::run, ctx).await?,
+        Command::Web => run_process(web::run, ctx).await?,
+        Command::Autoscale => run_process(autoscale::run, ctx).await?,
+        Command::Watchdog => run_process(crate::watchdog::run, ctx).await?,
+        Command::Dev => run_process(dev::run, ctx).await?,
         Command::Pool(PoolCommand::List) => operator::pool_list(&ctx).await?.into(),
         Command::Pool(PoolCommand::Set { pool, target }) => {
             let mut output = operator::pool_set(&ctx, &pool, target).await?;

@@ -32,7 +32,7 @@ impl Context {
     }
 
     /// Connects to RabbitMQ, naming the connection after this deployment and process.
-    pub async fn amqp(&self, process: &str) -> anyhow::Result<lapin::Connection> {
+    pub async fn amqp(&self, process: impl std::fmt::Display) -> anyhow::Result<lapin::Connection> {
         let name = format!("{}.{process}", self.names.prefix());
         crate::amqp::connect(&self.config.amqp_url, &name).await
     }

@@ -2,7 +2,6 @@
 //! trying warmer on one machine, under names of its own (`warmer-dev`, see `Config::for_dev`). Creates a small example pool when none exists. (`autoscale`
 //! needs Heroku, so it is not part of it.)
 
-use crate::cloud::Cloud;
 use crate::context::Context;
 use crate::pool::PoolName;
 use crate::shutdown::Shutdown;
@@ -31,15 +30,9 @@ pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
     let connection = ctx.amqp("dev").await?;
     crate::topology::declare(&connection, &ctx.names).await?;
     let _ = connection.close(200, "declared".into()).await;
-    let cloud = Cloud::from_config(&ctx.config).await?;
     let checkout = tokio::spawn(crate::checkout::run(ctx.clone(), shutdown.clone()));
-    let refill = tokio::spawn(crate::refill::run(
-        ctx.clone(),
-        cloud.clone(),
-        shutdown.clone(),
-    ));
-    let reconcile =
-        tokio::spawn(crate::reconcile::Reconciler::new(ctx.clone(), cloud).run(shutdown.clone()));
+    let refill = tokio::spawn(crate::refill::run(ctx.clone(), shutdown.clone()));
+    let reconcile = tokio::spawn(crate::reconcile::run(ctx.clone(), shutdown.clone()));
     let web = tokio::spawn(crate::web::serve(ctx.clone(), listener, shutdown.clone()));
     // Fill every pool at start: the local cloud starts empty.
     crate::operator::fill(&ctx, None, None).await?;

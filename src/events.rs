@@ -1,25 +1,19 @@
-//! The messages warmer sends besides replies: events on `<prefix>.events`, and refill messages
-//! (hints and fill commands) on `<prefix>.refill`.
+//! The events warmer publishes on `<prefix>.events`.
 //!
 //! Every event is a variant of [`Event`], which knows its routing key and its JSON body; adding
 //! an event is adding a variant. [`Events`] publishes them transient and unconfirmed, best
 //! effort (a failure is logged, the caller carries on): they tell outside listeners what
 //! happened, and nothing of warmer's depends on them. What the refill consumer must hear goes to
-//! its queue as a [`RefillMessage`], persistent and confirmed: a hint when a pool may want VMs
-//! (coalesced in Redis to one pending per pool), or a fill command.
+//! its queue instead (`refill_message.rs`).
 
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel};
 use serde::Serialize;
 
-use crate::amqp::{Publisher, json_properties};
-use crate::clock::{now_ms, now_secs};
-use crate::config::Secret;
+use crate::clock::now_secs;
 use crate::names::Names;
-use crate::pool::PoolName;
 
 /// Something that happened, as published to `<prefix>.events`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -192,101 +186,6 @@ impl Events {
     }
 }
 
-/// How long a fill command may wait in the refill queue: after that the reconciler has sent
-/// another for any pool still short, so an old one is dead-lettered (as `expired`) unread.
-pub const FILL_TTL: Duration = Duration::from_secs(600);
-
-/// What the refill consumer reads from its queue.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RefillMessage {
-    /// `{"pool":…}`: the pool may want VMs (a checkout took one, or found none). Coalesced: at
-    /// most one is pending per pool (`<ns>:_hints`).
-    Hint(PoolName),
-    /// An operator's or the reconciler's fill command.
-    Fill(FillCommand),
-}
-
-impl RefillMessage {
-    /// The JSON body (a fill signed now, if it has a signer).
-    pub fn body(&self) -> Vec<u8> {
-        match self {
-            RefillMessage::Hint(pool) => serde_json::json!({"pool": pool.to_string()})
-                .to_string()
-                .into_bytes(),
-            RefillMessage::Fill(command) => command.body(now_ms()),
-        }
-    }
-
-    /// Persistent JSON from the broker user `sender` (the `user_id` the broker vouches for);
-    /// a fill expires after [`FILL_TTL`].
-    pub fn properties(&self, sender: &str) -> BasicProperties {
-        let properties = json_properties().with_user_id(sender.into());
-        match self {
-            RefillMessage::Hint(_) => properties,
-            RefillMessage::Fill(_) => {
-                properties.with_expiration(FILL_TTL.as_millis().to_string().as_str().into())
-            }
-        }
-    }
-
-    /// Publishes to the refill queue as the broker user `sender` (the publisher's connection's)
-    /// and waits for the broker's confirm.
-    pub async fn send(
-        &self,
-        publisher: &Publisher,
-        names: &Names,
-        sender: &str,
-    ) -> anyhow::Result<()> {
-        publisher
-            .publish(
-                "",
-                &names.refill_queue(),
-                &self.body(),
-                self.properties(sender),
-            )
-            .await
-    }
-}
-
-/// A fill command for the refill queue: `{"command":"fill"}` for every pool, with `"pool"` for
-/// one. An operator's is signed with a token (`"issued_at"`, `"signature"`; see [`crate::auth`]):
-/// the token itself is never in the message. `Debug` hides the signer.
-#[derive(Clone, PartialEq, Eq)]
-pub struct FillCommand {
-    pub pool: Option<PoolName>,
-    /// The operator token that signs it; `None` for warmer's own processes, whose broker user
-    /// vouches for them.
-    pub signer: Option<Secret>,
-}
-
-impl FillCommand {
-    /// The JSON body, signed as issued at `now` (ms) if there is a signer.
-    pub fn body(&self, now: u64) -> Vec<u8> {
-        let mut command = serde_json::json!({"command": "fill"});
-        if let Some(pool) = &self.pool {
-            command["pool"] = pool.to_string().into();
-        }
-        if let Some(signature) = self
-            .signer
-            .as_ref()
-            .and_then(|token| crate::auth::sign_fill(token, self.pool.as_ref(), now))
-        {
-            command["issued_at"] = now.into();
-            command["signature"] = signature.into();
-        }
-        command.to_string().into_bytes()
-    }
-}
-
-impl std::fmt::Debug for FillCommand {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FillCommand")
-            .field("pool", &self.pool)
-            .field("signed", &self.signer.is_some())
-            .finish()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,31 +212,5 @@ mod tests {
             String::from_utf8(deleted.body()).unwrap(),
             r#"{"instance":"vm","zone":null,"reason":"surplus"}"#
         );
-    }
-
-    #[test]
-    fn a_signed_fill_reads_as_the_refill_consumer_expects_and_never_holds_its_token() {
-        let token = Secret::new("s3cret");
-        let command = FillCommand {
-            pool: Some("img:n1-standard-1".parse().unwrap()),
-            signer: Some(token.clone()),
-        };
-        let now = 1_800_000_000_000;
-        let body = command.body(now);
-        let from = crate::refill::command::From::Other;
-        let parsed = crate::refill::command::parse(&body, &[token], from, now);
-        assert_eq!(
-            parsed,
-            Ok(crate::refill::command::Work::Pool(
-                "img:n1-standard-1".parse().unwrap()
-            ))
-        );
-        assert!(!String::from_utf8_lossy(&body).contains("s3cret"));
-        assert!(!format!("{command:?}").contains("s3cret"));
-        let all = FillCommand {
-            pool: None,
-            signer: None,
-        };
-        assert_eq!(all.body(now), br#"{"command":"fill"}"#);
     }
 }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::config::{Config, Secret};
+use crate::process::ProcessType;
 
 const ACCEPT: &str = "application/vnd.heroku+json; version=3";
 /// Below this many requests left in the hour, a warning is logged.
@@ -78,7 +79,7 @@ impl std::fmt::Debug for Heroku {
 
 impl Heroku {
     /// Needs `HEROKU_API_TOKEN` and `HEROKU_APP_NAME`; `process` is the command that needs them.
-    pub fn from_config(config: &Config, process: &str) -> anyhow::Result<Self> {
+    pub fn from_config(config: &Config, process: ProcessType) -> anyhow::Result<Self> {
         let Some(token) = config.heroku_api_token.clone() else {
             anyhow::bail!(
                 "HEROKU_API_TOKEN must be set for `warmer {process}` (an API token with access to the app, e.g. from `heroku authorizations:create`)"

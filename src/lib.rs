@@ -5,39 +5,47 @@
 //!
 //! # Layout
 //!
-//! One module per process type, each with a `run` (the loop `main` calls) and a single step
-//! that returns a named outcome:
+//! One module per process type, each with `run(ctx, shutdown)` (what `main` runs until SIGTERM)
+//! and a single step that returns a named outcome:
 //!
 //! | module | process | step |
 //! |---|---|---|
 //! | [`checkout`] | `warmer checkout`: serves checkout requests (`request.rs` parses one, `reply.rs` answers) | [`checkout::Checkout::handle`] |
-//! | [`refill`] | `warmer refill`: boots VMs until every pool is at its target (`boot.rs`), reads refill messages (`command.rs`) | [`refill::Refill::handle`] |
+//! | [`refill`] | `warmer refill`: boots VMs until every pool is at its target (`boot.rs`), on the messages of its queue | [`refill::Refill::handle`] |
 //! | [`reconcile`] | `warmer reconcile`: sizes pools ([`sizing`]), then compares Redis with the cloud; `plan.rs` decides, purely | [`reconcile::Reconciler::pass`] |
-//! | [`sizing`] | the sizer inside the reconciler (`sizer.rs`), policies (`policy.rs`), its pure decisions (`plan.rs`), and `warmer simulate` (`simulate.rs`) | [`sizing::sizer::Sizer::step`] |
 //! | [`web`] | `warmer web`: health, metrics, HireFire | one HTTP answer |
 //! | [`autoscale`] | `warmer autoscale`: scales dynos through the Heroku Platform API; `plan.rs` decides | one check |
-//! | [`dev`] | `warmer dev`: all of the above on the local provider | |
-//! | [`operator`] | `warmer pool …`, `fill`, `request`, `status` | one command |
+//! | [`watchdog`] | `warmer watchdog`: restarts a Heroku dyno before it swaps, from the app's log stream (`logline.rs` reads a line, `plan.rs` decides) | one log line |
+//! | [`dev`] | `warmer dev`: checkout, refill, reconcile and web in one process, on the local provider | |
 //!
-//! What they share, private to the crate:
+//! And the commands that run once:
+//!
+//! | module | command |
+//! |---|---|
+//! | [`check`] | `warmer check`: the release phase's checks, step by step |
+//! | [`operator`] | `warmer pool …`, `warmer fill`, `warmer request`, `warmer status`, `warmer permissions` |
+//! | [`sizing`] | the sizer the reconciler runs (`sizer.rs`), its pure decisions (`plan.rs`), and `warmer simulate` (`simulate.rs`) |
+//!
+//! What they share, private to the crate, each importing only from the rows below it:
 //!
 //! | module | owns |
 //! |---|---|
-//! | `store` | Redis: every key, record format ([`PoolEntry`], [`Lease`], [`OrphanRecord`]) and Lua script, split by aggregate (`pools`, `leases`, `boots`, `orphans`, `reconcile`, `lock`, `metrics`, `sizing`, `local_cloud`). Nothing else issues a Redis command |
-//! | `amqp` | RabbitMQ transport: connections, the consume loop, publishing with confirms ([`Publisher`], `Courier`), direct reply-to and its presence probe |
-//! | `topology` | what is declared on RabbitMQ, and the queue depths HireFire and the autoscaler read |
-//! | `events` | every message besides replies: [`Event`] (routing key and body) and [`FillCommand`] |
-//! | `names` | every queue name and Redis key, from the prefix and namespace ([`Names`]) |
-//! | `cloud` | where VMs come from: Compute Engine (`gce.rs`) or the local simulation (`local.rs`) |
-//! | `deletion` | deleting recorded orphans, for refill and the reconciler |
-//! | `load` | what each consumer process type has waiting (HireFire, autoscale) |
-//! | `metrics` | every metric family, how its counters are kept in Redis, the exposition |
-//! | `pool` | pool names and Compute Engine resource names, parsed |
-//! | `sshkey` | each VM's RSA key pair, encrypted the way the travis worker reads it |
-//! | `config`, `context` | the environment, read once and validated ([`Config`]); what every process is given ([`Context`]) |
-//! | [`shutdown`], [`telemetry`], [`cli`] | SIGTERM, logs that never carry a secret, the command line |
+//! | `deletion`, `load` | deleting recorded orphans (refill and the reconciler); what each consumer type has waiting (HireFire, autoscale) |
+//! | `cloud` | where VMs come from: Compute Engine (`gce.rs`) or the local simulation (`local.rs`); which VMs are this deployment's |
+//! | `context` | what every process is given ([`Context`]): configuration, names, store |
+//! | `store` | Redis: every key, record format ([`PoolEntry`], [`Lease`], [`OrphanRecord`]) and Lua script, split by aggregate, with its own error (unavailable or other) and retries. Nothing else issues a Redis command |
+//! | `metrics` | every metric family, the checkout outcomes ([`CheckoutOutcome`]), how counters are kept in Redis, the exposition |
+//! | `topology` | what is declared on RabbitMQ, the broker permissions each role needs, the queue depths HireFire and the autoscaler read |
+//! | `events`, `refill_message` | the events published on `<prefix>.events`; the refill queue's one message type ([`RefillMessage`]), written and read in one place |
+//! | `amqp` | RabbitMQ transport: connections over a cluster's nodes, the consume loop, publishing with confirms ([`Publisher`], `Courier`), direct reply-to and its presence probe |
+//! | `auth`, `sshkey`, `heroku` | signed fill commands; each VM's key pair, encrypted as the travis worker reads it; the Heroku Platform API |
+//! | `names`, `config` | every queue name and Redis key ([`Names`]); the environment, read once and validated by area ([`Config`]) |
+//! | `pool`, `policy`, `demand`, `process` | pool names and levels; a pool's sizing policy; demand as recorded; the process types |
+//! | [`clock`], `retry`, [`shutdown`], [`telemetry`] | the one clock; the one retry policy per dependency; SIGTERM; logs that never carry a secret |
+//! | [`cli`] | the command line |
 //!
-//! The public surface is the process modules above and the items re-exported here.
+//! The public surface is the process modules above and the items re-exported here, which the
+//! binary, the tests and the benches use.
 
 pub mod autoscale;
 pub mod check;
@@ -61,12 +69,15 @@ mod cloud;
 mod config;
 mod context;
 mod deletion;
+mod demand;
 mod events;
 mod heroku;
 mod load;
 mod metrics;
 mod names;
 mod pool;
+mod process;
+mod refill_message;
 mod retry;
 mod sshkey;
 mod store;
@@ -77,20 +88,40 @@ pub use amqp::{
 };
 pub use clock::now_ms;
 pub use cloud::{Cloud, VmSpec};
-pub use config::{Config, DEV_NAMES, Secret, ServerUrl};
+pub use config::{Config, DEV_NAMES, Secret};
 pub use context::Context;
 pub use deletion::{Deleter, Listed};
-pub use events::{Event, Events, FillCommand, RefillMessage};
+pub use events::Events;
+pub use metrics::CheckoutOutcome;
 pub use names::Names;
 pub use pool::PoolName;
+pub use refill_message::{FillCommand, RefillMessage};
 pub use sshkey::generate_blocking as generate_ssh_key;
-pub use store::reconcile::{LeaseView, RedisView, WarmedVm};
-pub use store::sizing::{Decision, Rollover, RolloverState, SizingView, StartRollover};
+pub use store::sizing::{Decision, RolloverState, StartRollover};
 pub use store::{
-    Capped, Checkout as CheckoutOutcome, Delivery, Disposal, Finished, GiveBack, Lease, LeaseState,
-    Orphan, OrphanRecord, PoolEntry, Reservation, Settled, Store, Swept, ToSettle,
+    Capped, Checkout as CheckoutStep, Delivery, Disposal, Finished, GiveBack, Lease, LeaseState,
+    OrphanRecord, PoolEntry, Settled, Swept, ToSettle,
 };
 pub use topology::{
     DEAD_LETTER_LIMIT, DELIVERY_LIMIT, Permissions, REFILL_QUEUE_LIMIT, Role,
     declare as declare_topology, permissions,
 };
+
+#[cfg(test)]
+mod tests {
+    /// The crate map above names every command the CLI has.
+    #[test]
+    fn every_command_of_the_cli_is_in_the_crate_map() {
+        use clap::CommandFactory;
+        let map = include_str!("lib.rs");
+        let commands = crate::cli::Cli::command();
+        let names: Vec<&str> = commands.get_subcommands().map(|c| c.get_name()).collect();
+        assert!(names.len() >= 12, "{names:?}");
+        for name in names {
+            assert!(
+                map.contains(&format!("`warmer {name}")),
+                "`warmer {name}` is a command of the CLI but not in lib.rs's crate map"
+            );
+        }
+    }
+}

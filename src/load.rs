@@ -8,12 +8,13 @@
 //!   messages are hints, acked at once even when every boot slot is taken.
 
 use crate::pool::PoolLevel;
+use crate::process::ProcessType;
 use crate::topology::QueueDepth;
 
 /// One consumer process type's waiting work.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backlog {
-    pub process: &'static str,
+    pub process: ProcessType,
     /// Work waiting for a consumer of this type.
     pub waiting: u32,
     /// How much of it one more dyno takes on at once.
@@ -29,7 +30,7 @@ pub fn backlogs(
 ) -> [Backlog; 2] {
     let requests = depths
         .iter()
-        .find(|d| d.process == "checkout")
+        .find(|d| d.process == ProcessType::Checkout.name())
         .and_then(|d| d.ready)
         .unwrap_or(0);
     let unbooted: u64 = if brake {
@@ -42,12 +43,12 @@ pub fn backlogs(
     };
     [
         Backlog {
-            process: "checkout",
+            process: ProcessType::Checkout,
             waiting: requests,
             per_dyno: u32::from(crate::checkout::PREFETCH),
         },
         Backlog {
-            process: "refill",
+            process: ProcessType::Refill,
             waiting: u32::try_from(unbooted).unwrap_or(u32::MAX),
             per_dyno: u32::try_from(boot_concurrency).unwrap_or(u32::MAX),
         },
@@ -82,11 +83,11 @@ mod tests {
 
         assert_eq!(
             (checkout.process, checkout.waiting, checkout.per_dyno),
-            ("checkout", 70, 64)
+            (ProcessType::Checkout, 70, 64)
         );
         assert_eq!(
             (refill.process, refill.waiting, refill.per_dyno),
-            ("refill", 5, 8)
+            (ProcessType::Refill, 5, 8)
         );
         let [_, braked] = backlogs(&depths, &pools, true, 8);
         assert_eq!(

@@ -88,6 +88,75 @@ pub struct Family {
     kind: Kind,
 }
 
+/// What became of a checkout request: the `outcome` label of `warmer_checkouts_total`, the
+/// checkout process's summary line (`count#warmer.checkouts.<outcome>`), and the field each
+/// script that decides an outcome counts ([`CheckoutOutcome::field`], passed to the script:
+/// no script spells one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckoutOutcome {
+    /// The reply with a VM was confirmed (settle.lua).
+    HandedOut,
+    /// The pool had no warmed VM (checkout.lua).
+    PoolEmpty,
+    /// No such pool (checkout.lua).
+    NoPool,
+    /// Past its deadline: nothing popped (checkout.lua).
+    Expired,
+    /// The reply could reach no one: the VM went back (give_back.lua).
+    RequesterGone,
+    /// Redelivered past its deadline with a pending lease: the VM's fate is unknown, it is
+    /// deleted (checkout.lua).
+    Unsettled,
+    /// A lease never settled within its grace: deleted (sweep_leases.lua).
+    LeaseExpired,
+    /// Refused as malformed or replayed (the checkout process).
+    BadRequest,
+    /// No `reply_to`: dead-lettered (the checkout process).
+    NoReplyTo,
+    /// Redis failed: refused (the checkout process).
+    Internal,
+    /// The reply's confirmation failed: requeued, so not final and not counted in Redis (the
+    /// summary line only).
+    ReplyFailed,
+}
+
+impl CheckoutOutcome {
+    pub const ALL: [CheckoutOutcome; 11] = [
+        CheckoutOutcome::HandedOut,
+        CheckoutOutcome::PoolEmpty,
+        CheckoutOutcome::NoPool,
+        CheckoutOutcome::Expired,
+        CheckoutOutcome::RequesterGone,
+        CheckoutOutcome::Unsettled,
+        CheckoutOutcome::LeaseExpired,
+        CheckoutOutcome::BadRequest,
+        CheckoutOutcome::NoReplyTo,
+        CheckoutOutcome::Internal,
+        CheckoutOutcome::ReplyFailed,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            CheckoutOutcome::HandedOut => "handed_out",
+            CheckoutOutcome::PoolEmpty => "pool_empty",
+            CheckoutOutcome::NoPool => "no_pool",
+            CheckoutOutcome::Expired => "expired",
+            CheckoutOutcome::RequesterGone => "requester_gone",
+            CheckoutOutcome::Unsettled => "unsettled",
+            CheckoutOutcome::LeaseExpired => "lease_expired",
+            CheckoutOutcome::BadRequest => "bad_request",
+            CheckoutOutcome::NoReplyTo => "no_reply_to",
+            CheckoutOutcome::Internal => "internal",
+            CheckoutOutcome::ReplyFailed => "reply_failed",
+        }
+    }
+
+    /// Its field in a metrics hash (`checkouts|<outcome>`).
+    pub fn field(self) -> String {
+        CHECKOUTS.field(&[self.label()])
+    }
+}
+
 pub const CHECKOUTS: Family = Family {
     key: "checkouts",
     name: "warmer_checkouts",
@@ -193,6 +262,11 @@ const STORED: [&Family; 11] = [
 ];
 
 impl Family {
+    /// The prefix of its fields in Redis (a histogram's, as `observe` in the scripts takes it).
+    pub fn key(&self) -> &'static str {
+        self.key
+    }
+
     /// The Redis field of this family's counter (or timestamp) with these label values.
     pub fn field(&self, labels: &[&str]) -> String {
         debug_assert_eq!(labels.len(), self.labels.len(), "{}", self.key);
@@ -311,8 +385,11 @@ impl Counters {
             }
         };
         for pool in pools {
-            for outcome in ["handed_out", "pool_empty"] {
-                zero(&CHECKOUTS, vec![pool.to_string(), outcome.to_string()]);
+            for outcome in [CheckoutOutcome::HandedOut, CheckoutOutcome::PoolEmpty] {
+                zero(
+                    &CHECKOUTS,
+                    vec![pool.to_string(), outcome.label().to_string()],
+                );
             }
         }
         for result in ["ok", "failed"] {
@@ -698,6 +775,19 @@ mod tests {
                 .any(|l| l == "warmer_pool_oldest_age_seconds{pool=\"a\\\"b\\\\c\\nd\"} 0.0"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_checkouts_help_names_every_outcome_counted_in_redis() {
+        for outcome in CheckoutOutcome::ALL {
+            let counted = outcome != CheckoutOutcome::ReplyFailed;
+            assert_eq!(
+                CHECKOUTS.help.contains(outcome.label()),
+                counted,
+                "{outcome:?}"
+            );
+        }
+        assert_eq!(CheckoutOutcome::Unsettled.field(), "checkouts|unsettled");
     }
 
     #[test]

@@ -16,9 +16,10 @@ use serde_json::json;
 use crate::amqp::{self, Courier, DIRECT_REPLY_TO, Published};
 use crate::clock::now_secs;
 use crate::context::Context;
-use crate::events::{Event, FillCommand, RefillMessage};
+use crate::events::Event;
 use crate::policy::Policy;
 use crate::pool::PoolName;
+use crate::refill_message::{FillCommand, RefillMessage};
 use crate::store::sizing::{RolloverState, StartRollover};
 use crate::topology::{QueueState, Role};
 

@@ -3,7 +3,7 @@
 //! | name | kind | purpose |
 //! |---|---|---|
 //! | `<prefix>.checkout` | durable quorum queue | checkout requests |
-//! | `<prefix>.refill` | durable quorum queue, at most [`REFILL_QUEUE_LIMIT`] messages (further publishes are refused; those already in flight when it fills may still get in, as a quorum queue learns its length as its log commits) | refill hints and fill commands ([`RefillMessage`](crate::events::RefillMessage)) |
+//! | `<prefix>.refill` | durable quorum queue, at most [`REFILL_QUEUE_LIMIT`] messages (further publishes are refused; those already in flight when it fills may still get in, as a quorum queue learns its length as its log commits) | refill hints and fill commands ([`RefillMessage`](crate::refill_message::RefillMessage)) |
 //! | `<prefix>.events` | durable topic exchange | [`Event`]s |
 //! | `<prefix>.dead` | durable quorum queue, at most [`DEAD_LETTER_LIMIT`] messages (the oldest go first) | dead letters |
 //!
@@ -37,6 +37,7 @@ use crate::amqp::{LazyConnection, is_not_found, passive_declare};
 use crate::config::ServerUrl;
 use crate::events::Event;
 use crate::names::Names;
+use crate::process::ProcessType;
 
 /// Deliveries of one message before it is dead-lettered instead of redelivered again.
 pub const DELIVERY_LIMIT: i64 = 5;
@@ -507,20 +508,15 @@ async fn publish_probe(
     .await
 }
 
-/// The consumer process types and the queue each consumes: what HireFire and
-/// `warmer autoscale` scale by.
-pub fn consumer_queues(names: &Names) -> [(&'static str, String); 2] {
-    [
-        ("checkout", names.checkout_queue()),
-        ("refill", names.refill_queue()),
-    ]
-}
-
-/// The queues [`QueueMonitor`] reads: the consumer queues, and the dead-letter queue (as
-/// process `dead`), whose depth operators watch.
+/// The queues [`QueueMonitor`] reads: each consumer process type's (what HireFire and `warmer
+/// autoscale` scale by), and the dead-letter queue (as process `dead`), whose depth operators
+/// watch.
 fn monitored_queues(names: &Names) -> [(&'static str, String); 3] {
-    let [checkout, refill] = consumer_queues(names);
-    [checkout, refill, ("dead", names.dead_letter_queue())]
+    [
+        (ProcessType::Checkout.name(), names.checkout_queue()),
+        (ProcessType::Refill.name(), names.refill_queue()),
+        ("dead", names.dead_letter_queue()),
+    ]
 }
 
 /// One monitored queue's state; counts are `None` when the broker could not give them.

@@ -398,7 +398,7 @@ impl Web {
 fn hirefire_body(backlogs: &[Backlog]) -> serde_json::Value {
     backlogs
         .iter()
-        .map(|b| json!({"name": b.process, "value": b.waiting, "quantity": b.waiting}))
+        .map(|b| json!({"name": b.process.name(), "value": b.waiting, "quantity": b.waiting}))
         .collect()
 }
 
@@ -424,6 +424,7 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::process::ProcessType;
 
     #[test]
     fn routes_need_the_hirefire_token_in_the_path_or_the_header() {
@@ -490,12 +491,12 @@ mod tests {
     fn hirefire_gets_the_backlog_of_each_process_type() {
         let backlogs = [
             Backlog {
-                process: "checkout",
+                process: ProcessType::Checkout,
                 waiting: 7,
                 per_dyno: 64,
             },
             Backlog {
-                process: "refill",
+                process: ProcessType::Refill,
                 waiting: 0,
                 per_dyno: 8,
             },

@@ -19,6 +19,7 @@ use anyhow::Context as _;
 
 use crate::context::Context;
 use crate::heroku::{Formation, Heroku, HerokuError};
+use crate::process::ProcessType;
 use crate::shutdown::Shutdown;
 use crate::topology::QueueMonitor;
 
@@ -38,13 +39,19 @@ pub struct Autoscaler {
     heroku: Heroku,
     queues: QueueMonitor,
     /// Consecutive checks that found nothing waiting, per process type.
-    quiet: HashMap<&'static str, u32>,
+    quiet: HashMap<ProcessType, u32>,
+}
+
+/// Scales the consumer process types until `shutdown`; fails, naming the variable, without
+/// `HEROKU_API_TOKEN` or `HEROKU_APP_NAME`.
+pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
+    Autoscaler::new(ctx)?.run(shutdown).await
 }
 
 impl Autoscaler {
     /// Fails, naming the variable, without `HEROKU_API_TOKEN` or `HEROKU_APP_NAME`.
     pub fn new(ctx: Context) -> anyhow::Result<Self> {
-        let heroku = Heroku::from_config(&ctx.config, "autoscale")?;
+        let heroku = Heroku::from_config(&ctx.config, ProcessType::Autoscale)?;
         let queues = QueueMonitor::new(
             ctx.config.amqp_url.clone(),
             format!("{}.autoscale", ctx.names.prefix()),
@@ -106,9 +113,12 @@ impl Autoscaler {
             .context("reading the app's formation")?;
         let mut changes = Vec::new();
         for backlog in backlogs {
-            let Some(running) = formation.iter().find(|f| f.process == backlog.process) else {
+            let Some(running) = formation
+                .iter()
+                .find(|f| f.process == backlog.process.name())
+            else {
                 tracing::warn!(
-                    process = backlog.process,
+                    process = backlog.process.name(),
                     "process type not in the app's formation (add it to the Procfile): not scaled"
                 );
                 continue;
@@ -117,7 +127,7 @@ impl Autoscaler {
             *quiet = if backlog.waiting == 0 { *quiet + 1 } else { 0 };
             let config = &self.ctx.config;
             let limits = match backlog.process {
-                "checkout" => config.autoscale_checkout,
+                ProcessType::Checkout => config.autoscale_checkout,
                 _ => config.autoscale_refill,
             };
             let to = plan::desired(
@@ -129,7 +139,7 @@ impl Autoscaler {
             );
             if to != running.quantity {
                 changes.push(Scaling {
-                    process: backlog.process.to_string(),
+                    process: backlog.process.name().to_string(),
                     from: running.quantity,
                     to,
                     waiting: backlog.waiting,
@@ -153,7 +163,8 @@ impl Autoscaler {
         for change in &changes {
             if change.to < change.from {
                 // The next step down waits for another run of quiet checks.
-                self.quiet.retain(|process, _| *process != change.process);
+                self.quiet
+                    .retain(|process, _| process.name() != change.process);
             }
             tracing::info!(
                 process = %change.process,

@@ -29,8 +29,11 @@ use crate::amqp::{
 };
 use crate::clock::{now_ms, now_secs};
 use crate::context::Context;
-use crate::events::{Event, Events, RefillMessage};
+use crate::events::{Event, Events};
+use crate::metrics::CheckoutOutcome;
 use crate::pool::{PoolName, short_zone};
+use crate::process::ProcessType;
+use crate::refill_message::RefillMessage;
 use crate::shutdown::Shutdown;
 use crate::store::PoolEntry;
 use crate::store::{self, Disposal, GiveBack, Settled, Settler, Store, Swept, ToSettle};
@@ -67,19 +70,21 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// The outcome's name in `warmer_checkouts_total` and in the logs' `count#` keys.
-    pub fn label(&self) -> &'static str {
+    /// Its name in `warmer_checkouts_total` and in the summary line.
+    pub fn label(&self) -> CheckoutOutcome {
         match self {
-            Outcome::HandedOut { .. } | Outcome::HandedOutAgain { .. } => "handed_out",
-            Outcome::Refused(Code::NoPool) => "no_pool",
-            Outcome::Refused(Code::PoolEmpty) => "pool_empty",
-            Outcome::Refused(Code::BadRequest) => "bad_request",
-            Outcome::Refused(Code::Internal) => "internal",
-            Outcome::NoReplyTo => "no_reply_to",
-            Outcome::Expired => "expired",
-            Outcome::RequesterGone => "requester_gone",
-            Outcome::Orphaned { .. } => "unsettled",
-            Outcome::ReplyFailed => "reply_failed",
+            Outcome::HandedOut { .. } | Outcome::HandedOutAgain { .. } => {
+                CheckoutOutcome::HandedOut
+            }
+            Outcome::Refused(Code::NoPool) => CheckoutOutcome::NoPool,
+            Outcome::Refused(Code::PoolEmpty) => CheckoutOutcome::PoolEmpty,
+            Outcome::Refused(Code::BadRequest) => CheckoutOutcome::BadRequest,
+            Outcome::Refused(Code::Internal) => CheckoutOutcome::Internal,
+            Outcome::NoReplyTo => CheckoutOutcome::NoReplyTo,
+            Outcome::Expired => CheckoutOutcome::Expired,
+            Outcome::RequesterGone => CheckoutOutcome::RequesterGone,
+            Outcome::Orphaned { .. } => CheckoutOutcome::Unsettled,
+            Outcome::ReplyFailed => CheckoutOutcome::ReplyFailed,
         }
     }
 
@@ -129,8 +134,8 @@ pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
     let settler = Settler::start(ctx.store.clone());
     let tally = Arc::new(Tally::default());
     let summary = tokio::spawn(tally.clone().summarize(shutdown.clone()));
-    let result = amqp::supervise("checkout", &shutdown, || async {
-        let connection = Arc::new(ctx.amqp("checkout").await?);
+    let result = amqp::supervise(ProcessType::Checkout.name(), &shutdown, || async {
+        let connection = Arc::new(ctx.amqp(ProcessType::Checkout).await?);
         topology::declare_for(
             &connection,
             &ctx.names,
@@ -214,10 +219,7 @@ impl Checkout {
     fn count(&self, outcome: &Outcome) {
         self.tally.add(outcome);
         if outcome.counted_here() {
-            let (store, field) = (
-                self.store.clone(),
-                crate::metrics::CHECKOUTS.field(&[outcome.label()]),
-            );
+            let (store, field) = (self.store.clone(), outcome.label().field());
             tokio::spawn(async move { store.count(field).await });
         }
     }
@@ -401,7 +403,7 @@ impl Checkout {
             Ok(Published::NotRouted) => {
                 tracing::debug!(%pool, vm = %vm.name, "the reply cannot reach anyone: requester gone");
                 return self
-                    .give_back(&identity, pool, gone, Some("requester_gone"))
+                    .give_back(&identity, pool, gone, Some(CheckoutOutcome::RequesterGone))
                     .await;
             }
             Err(error) => {
@@ -502,7 +504,7 @@ impl Checkout {
         identity: &str,
         pool: &PoolName,
         disposal: Disposal,
-        outcome: Option<&str>,
+        outcome: Option<CheckoutOutcome>,
     ) -> Outcome {
         let outcome = store::within(Duration::from_secs(10), || {
             self.store.give_back(identity, pool, disposal, outcome)
@@ -584,33 +586,17 @@ impl Checkout {
     }
 }
 
-/// Every outcome, in the order of the summary line's fields.
-const OUTCOMES: [&str; 10] = [
-    "handed_out",
-    "pool_empty",
-    "no_pool",
-    "expired",
-    "requester_gone",
-    "unsettled",
-    "bad_request",
-    "no_reply_to",
-    "internal",
-    "reply_failed",
-];
-
 /// How often the process logs its outcomes.
 const SUMMARY_EVERY: Duration = Duration::from_secs(60);
 
 /// The process's outcomes since the last summary: one log line a minute with l2met `count#`
 /// keys instead of a line per request.
 #[derive(Default)]
-struct Tally([AtomicU64; OUTCOMES.len()]);
+struct Tally([AtomicU64; CheckoutOutcome::ALL.len()]);
 
 impl Tally {
     fn add(&self, outcome: &Outcome) {
-        if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome.label()) {
-            self.0[i].fetch_add(1, Ordering::Relaxed);
-        }
+        self.0[outcome.label() as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     async fn summarize(self: Arc<Self>, shutdown: Shutdown) {
@@ -620,6 +606,8 @@ impl Tally {
     }
 
     /// Logs the outcomes since the last call, if there were any, and starts again from zero.
+    /// (A log field's name is fixed where it is written: the test below holds these names to
+    /// [`CheckoutOutcome::label`].)
     fn log(&self) {
         let n: Vec<u64> = self
             .0
@@ -629,17 +617,19 @@ impl Tally {
         if n.iter().all(|n| *n == 0) {
             return;
         }
+        use CheckoutOutcome::*;
+        let n = |outcome: CheckoutOutcome| n[outcome as usize];
         tracing::info!(
-            "count#warmer.checkouts.handed_out" = n[0],
-            "count#warmer.checkouts.pool_empty" = n[1],
-            "count#warmer.checkouts.no_pool" = n[2],
-            "count#warmer.checkouts.expired" = n[3],
-            "count#warmer.checkouts.requester_gone" = n[4],
-            "count#warmer.checkouts.unsettled" = n[5],
-            "count#warmer.checkouts.bad_request" = n[6],
-            "count#warmer.checkouts.no_reply_to" = n[7],
-            "count#warmer.checkouts.internal" = n[8],
-            "count#warmer.checkouts.reply_failed" = n[9],
+            "count#warmer.checkouts.handed_out" = n(HandedOut),
+            "count#warmer.checkouts.pool_empty" = n(PoolEmpty),
+            "count#warmer.checkouts.no_pool" = n(NoPool),
+            "count#warmer.checkouts.expired" = n(Expired),
+            "count#warmer.checkouts.requester_gone" = n(RequesterGone),
+            "count#warmer.checkouts.unsettled" = n(Unsettled),
+            "count#warmer.checkouts.bad_request" = n(BadRequest),
+            "count#warmer.checkouts.no_reply_to" = n(NoReplyTo),
+            "count#warmer.checkouts.internal" = n(Internal),
+            "count#warmer.checkouts.reply_failed" = n(ReplyFailed),
             "checkouts since the last summary"
         );
     }
@@ -649,4 +639,49 @@ impl Tally {
 /// 10 s.
 fn budget_until(deadline: u64) -> Duration {
     Duration::from_millis(deadline.saturating_sub(now_ms()).clamp(1_000, 10_000))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("not poisoned").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_summary_line_counts_each_outcome_under_its_label() {
+        let tally = Tally::default();
+        for (i, outcome) in CheckoutOutcome::ALL.into_iter().enumerate() {
+            assert_eq!(outcome as usize, i, "ALL is in declaration order");
+            tally.0[i].fetch_add(i as u64 + 1, Ordering::Relaxed);
+        }
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .event_format(crate::telemetry::Logfmt)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || tally.log());
+        let line = String::from_utf8(captured.0.lock().expect("not poisoned").clone())
+            .expect("a log line is UTF-8");
+        for (i, outcome) in CheckoutOutcome::ALL.into_iter().enumerate() {
+            // An expired lease is counted by the sweep, not by a request's consumer.
+            let logged = outcome != CheckoutOutcome::LeaseExpired;
+            let field = format!("count#warmer.checkouts.{}={}", outcome.label(), i + 1);
+            assert_eq!(line.contains(&field), logged, "{field} in {line}");
+        }
+    }
 }

@@ -22,9 +22,11 @@ use crate::clock::Clock;
 use crate::cloud::{CHECKED_OUT_AT, COOLED, Cloud, CloudVm, DEPLOYMENT, Owner, label_value, owner};
 use crate::context::Context;
 use crate::deletion::{Deleter, Listed};
-use crate::events::{Event, Events, FillCommand, RefillMessage};
+use crate::events::{Event, Events};
 use crate::names::Names;
 use crate::pool::PoolName;
+use crate::process::ProcessType;
+use crate::refill_message::{FillCommand, RefillMessage};
 use crate::shutdown::Shutdown;
 use crate::sizing::sizer::{self, Sizer};
 use crate::topology;
@@ -99,6 +101,13 @@ pub struct Reconciler {
     clock: Clock,
 }
 
+/// Reconciles Redis with the cloud the configuration names until `shutdown`, while this
+/// process holds the reconciler's lock.
+pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
+    let cloud = Cloud::from_config(&ctx.config).await?;
+    Reconciler::new(ctx, cloud).run(shutdown).await
+}
+
 impl Reconciler {
     pub fn new(ctx: Context, cloud: Cloud) -> Self {
         Self {
@@ -135,7 +144,7 @@ impl Reconciler {
         }
     }
 
-    /// Reconciles every interval while holding the lock, until `shutdown`. RabbitMQ is needed
+    /// Reconciles every interval while holding the lock, until `shutdown` (see [`run`]). RabbitMQ is needed
     /// only for events and fills: while it is away, passes go on without them.
     pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
         let interval = self.ctx.config.reconcile_interval;
@@ -185,7 +194,7 @@ impl Reconciler {
     }
 
     async fn connect_broker(&self) -> anyhow::Result<(lapin::Connection, Broker)> {
-        let connection = self.ctx.amqp("reconcile").await?;
+        let connection = self.ctx.amqp(ProcessType::Reconcile).await?;
         // A pass needs none of it: what cannot be declared now is tried again next connection.
         for (what, error) in topology::declare_each(&connection, &self.ctx.names)
             .await

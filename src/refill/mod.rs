@@ -12,7 +12,6 @@
 //! keeps its reservation until it expires, when its VM is recorded as an orphan and deleted.
 
 mod boot;
-pub mod command;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -27,12 +26,13 @@ use crate::clock::now_ms;
 use crate::cloud::Cloud;
 use crate::config::Secret;
 use crate::context::Context;
-use crate::events::{Events, FillCommand, RefillMessage};
+use crate::events::Events;
 use crate::pool::PoolName;
+use crate::process::ProcessType;
+use crate::refill_message::{self, FillCommand, RefillMessage};
 use crate::shutdown::Shutdown;
 use crate::sshkey::KeyStock;
 use crate::topology;
-use command::Work;
 
 /// Refill messages handled at once per process.
 pub const PREFETCH: u16 = 16;
@@ -116,15 +116,15 @@ impl Refill {
     pub async fn handle(self: &Arc<Self>, message: Incoming) -> Outcome {
         let own = self.ctx.config.amqp_user();
         let from = match message.properties.user_id() {
-            Some(user) if user.as_str() == own => command::From::Warmer,
-            _ => command::From::Other,
+            Some(user) if user.as_str() == own => refill_message::From::Warmer,
+            _ => refill_message::From::Other,
         };
         let tokens = &self.ctx.config.auth_tokens;
-        let work = match command::parse(&message.data, tokens, from, now_ms()) {
+        let work = match refill_message::parse(&message.data, tokens, from, now_ms()) {
             Ok(work) => work,
             Err(why) => {
                 tracing::warn!(%why, "refill message rejected: dead-lettered");
-                return match command::redacted(&message.data) {
+                return match refill_message::redacted(&message.data) {
                     None => Outcome::Rejected(why),
                     Some(redacted) => self.dead_letter(&message, redacted, why).await,
                 };
@@ -132,7 +132,7 @@ impl Refill {
         };
         match self.refill(&work).await {
             Ok(outcome) => outcome,
-            Err(error) if command::carries_token(&message.data) => {
+            Err(error) if refill_message::carries_token(&message.data) => {
                 tracing::warn!(error = %crate::telemetry::report(&error), "refill failed; queued again as a fill of warmer's own");
                 self.queue_again(work).await
             }
@@ -144,10 +144,10 @@ impl Refill {
     }
 
     /// Trims and queues the pools `work` names, then starts what boots it can.
-    async fn refill(self: &Arc<Self>, work: &Work) -> anyhow::Result<Outcome> {
-        let pools = match work {
-            Work::Pool(pool) => vec![pool.clone()],
-            Work::AllPools => self
+    async fn refill(self: &Arc<Self>, work: &RefillMessage) -> anyhow::Result<Outcome> {
+        let pools = match work.pool() {
+            Some(pool) => vec![pool.clone()],
+            None => self
                 .ctx
                 .store
                 .targets()
@@ -192,12 +192,9 @@ impl Refill {
 
     /// Queues `work` again as a fill of warmer's own (no token), acking the message that
     /// carried a token; if that cannot be published, the message is requeued.
-    async fn queue_again(&self, work: Work) -> Outcome {
+    async fn queue_again(&self, work: RefillMessage) -> Outcome {
         let fill = RefillMessage::Fill(FillCommand {
-            pool: match work {
-                Work::Pool(pool) => Some(pool),
-                Work::AllPools => None,
-            },
+            pool: work.pool().cloned(),
             signer: None,
         });
         let sender = self.ctx.config.amqp_user();
@@ -244,13 +241,20 @@ async fn connection_lost(connection: &lapin::Connection) {
     }
 }
 
-/// Consumes the refill queue until `shutdown`, then waits for boots in flight.
-pub async fn run(ctx: Context, cloud: Cloud, shutdown: Shutdown) -> anyhow::Result<()> {
+/// Consumes the refill queue until `shutdown`, then waits for boots in flight, booting on the
+/// cloud the configuration names.
+pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
+    let cloud = Cloud::from_config(&ctx.config).await?;
+    run_on(ctx, cloud, shutdown).await
+}
+
+/// [`run`] on `cloud`.
+pub async fn run_on(ctx: Context, cloud: Cloud, shutdown: Shutdown) -> anyhow::Result<()> {
     let refill = Refill::new(ctx.clone(), cloud, shutdown.clone())?;
     let deleter = tokio::spawn(refill.clone().delete_orphans(shutdown.clone()));
     refill.deletions.notify_one(); // what an earlier process left
-    let result = amqp::supervise("refill", &shutdown, || async {
-        let connection = Arc::new(ctx.amqp("refill").await?);
+    let result = amqp::supervise(ProcessType::Refill.name(), &shutdown, || async {
+        let connection = Arc::new(ctx.amqp(ProcessType::Refill).await?);
         topology::declare_for(&connection, &ctx.names, &ctx.names.refill_queue(), &shutdown)
             .await?;
         let channel = connection.create_channel().await?;

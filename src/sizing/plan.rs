@@ -17,10 +17,6 @@
 //!   before it starts (CI load repeats daily), and a pool whose pipelines are rare on any one
 //!   day but come most days at that hour keeps room for one.
 
-use std::collections::BTreeMap;
-
-/// Width of a demand bucket, in seconds.
-pub const BUCKET_SECS: u64 = 10;
 /// How long VMs called for by demand are kept after that demand is gone.
 pub const IDLE_SECS: u64 = 3 * 3600;
 /// How far ahead of the time of day the profile reads past days.
@@ -37,9 +33,7 @@ const DAY: u64 = 86_400;
 
 pub use crate::policy::Policy;
 
-/// Arrivals (checkouts and misses) per [`BUCKET_SECS`] bucket, keyed by the bucket's start
-/// (Unix seconds, a multiple of the width).
-pub type Demand = BTreeMap<u64, u32>;
+pub use crate::demand::{BUCKET_SECS, Demand};
 
 /// Why the target is what it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 
-use super::sizing::{demand_bucket, demand_day};
 use super::{Lease, PoolEntry, Result, Store, unexpected};
-use crate::metrics;
+use crate::demand;
+use crate::metrics::{self, CheckoutOutcome, CheckoutOutcome::*};
 use crate::pool::PoolName;
 
 /// What [`Store::checkout`] found for a request (see `checkout.lua`).
@@ -126,15 +126,18 @@ impl Store {
             .key(n.hints())
             .key(n.pool_metrics(pool))
             .key(n.metrics())
-            .key(n.demand(demand_day(now), &pool.to_string()))
+            .key(n.demand(demand::day(now), &pool.to_string()))
             .arg(delivery.identity)
             .arg(pool.to_string())
             .arg(now)
             .arg(delivery.deadline)
             .arg(delivery.give_up_at)
-            .arg(demand_bucket(now))
+            .arg(demand::bucket(now))
             .arg(delivery.nonce)
             .arg(u8::from(delivery.redelivered));
+        for counted_here in [Unsettled, Expired, NoPool, PoolEmpty] {
+            invocation.arg(counted_here.field());
+        }
         let reply: Vec<String> = self.invoke(&invocation).await?;
         let mut reply = reply.into_iter();
         Ok(
@@ -163,7 +166,9 @@ impl Store {
             .key(self.names.leases())
             .key(self.names.lease_deadlines())
             .key(self.names.metrics())
-            .key(self.names.lease_keys());
+            .key(self.names.lease_keys())
+            .arg(HandedOut.field())
+            .arg(metrics::CHECKOUT_WAIT_SECONDS.key());
         // Each pool's metrics hash once, at its index in KEYS (Lua counts from 1; four before).
         let mut pools: Vec<&PoolName> = Vec::new();
         for lease in leases {
@@ -225,7 +230,7 @@ impl Store {
         identity: &str,
         pool: &PoolName,
         disposal: Disposal,
-        outcome: Option<&str>,
+        outcome: Option<CheckoutOutcome>,
     ) -> Result<(GiveBack, String)> {
         let n = &self.names;
         let mut invocation = self.scripts.give_back.prepare_invoke();
@@ -243,7 +248,7 @@ impl Store {
                 Disposal::Head => "head",
                 Disposal::Orphan(reason) => reason,
             })
-            .arg(outcome.unwrap_or(""));
+            .arg(outcome.map(CheckoutOutcome::field).unwrap_or_default());
         let reply: Vec<String> = self.invoke(&invocation).await?;
         let mut reply = reply.into_iter();
         let (outcome, entry, reason) = (reply.next(), reply.next(), reply.next());
@@ -272,7 +277,8 @@ impl Store {
                 .key(self.names.lease_keys())
                 .arg(now)
                 .arg(SWEEP_BATCH)
-                .arg(self.names.pool_metrics_key_prefix());
+                .arg(self.names.pool_metrics_key_prefix())
+                .arg(LeaseExpired.field());
             let (pending, handed, stripped): (u64, u64, u64) = self.invoke(&invocation).await?;
             swept.pending += pending;
             swept.handed += handed;

@@ -16,6 +16,8 @@
 //! | `<ns>:_fleet_capped` | string | [`boots`] | present (the fleet's size) while `WARMER_MAX_VMS` holds boots back |
 //! | `<ns>:_suspects` | set | [`reconcile`] | cloud VMs the last reconcile pass found unaccounted |
 //! | `<ns>:_reconciler` | string | [`lock`] | owner of the active reconciler's lock |
+//! | `<ns>:_hints` | zset | [`leases`] | pools whose refill hint is pending → when it was recorded (ms): at most one hint per pool in flight |
+//! | `<ns>:_scratch` | list | [`pools`] | `evict.lua`'s scratch space, empty between its runs |
 //! | `<ns>:_metrics` | hash | [`metrics`] | counters and histogram buckets of no pool in particular |
 //! | `<ns>:_metrics:<pool>` | hash | [`metrics`] | the pool's counters (checkouts, boots, evictions) |
 //! | `<ns>:_local_cloud` | hash | [`local_cloud`] | `WARMER_PROVIDER=local`: the simulated VMs |
@@ -57,7 +59,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use crate::config::ServerUrl;
 use crate::names::Names;
 
-pub use boots::{Capped, Finished, Reservation};
+pub use boots::{Capped, Finished};
 pub use error::{Error, Result};
 pub use leases::{Checkout, Delivery, Disposal, GiveBack, Settled, Swept, ToSettle};
 pub use records::{Lease, LeaseState, Orphan, OrphanRecord, PoolEntry};
@@ -241,4 +243,45 @@ fn unexpected(script: &str, answer: impl std::fmt::Debug) -> Error {
 /// A Redis value read as `T`, or why it could not be.
 fn read<T: redis::FromRedisValue>(value: redis::Value) -> Result<T> {
     redis::from_redis_value(value).map_err(|e| Error::Other(format!("an answer: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every key `names.rs` builds, as the table above writes it (`<ns>:` then the rest, a
+    /// `{…}` in the format string as `<…>`, a key prefix followed by `<pool>`).
+    fn keys_built_in_names_rs() -> Vec<String> {
+        let source = include_str!("../names.rs");
+        let mut keys = Vec::new();
+        for format in source.split("format!(\"").skip(1) {
+            let Some(format) = format.split('"').next() else {
+                continue;
+            };
+            // Queue names are `{prefix}.…`; a key built from another key prefix is that prefix's.
+            let Some(rest) = format.strip_prefix("{}:") else {
+                continue;
+            };
+            let mut key = format!("<ns>:{rest}").replace("{}", "<pool>");
+            for part in ["day", "pool"] {
+                key = key.replace(&format!("{{{part}}}"), &format!("<{part}>"));
+            }
+            if key.ends_with(':') {
+                key.push_str("<pool>");
+            }
+            keys.push(key);
+        }
+        keys
+    }
+
+    #[test]
+    fn every_key_names_rs_builds_is_in_the_key_table() {
+        let table = include_str!("mod.rs");
+        let keys = keys_built_in_names_rs();
+        assert!(keys.len() > 20, "{keys:?}");
+        for key in keys {
+            assert!(
+                table.contains(&format!("//! | `{key}` |")),
+                "{key} is built in names.rs but missing from store/mod.rs's key table"
+            );
+        }
+    }
 }

@@ -8,23 +8,13 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 use super::{Store, unexpected};
+use crate::demand::BUCKET_SECS;
 use crate::policy::Policy;
 use crate::pool::PoolName;
-use crate::sizing::plan::BUCKET_SECS;
 
 const DAY: u64 = 86_400;
 /// Demand hashes and boot-time lists read per round trip.
 const HISTORY_BATCH: usize = 32;
-
-/// The UTC day of `now_ms`, as in a demand key's name.
-pub fn demand_day(now_ms: u64) -> u64 {
-    now_ms / 1000 / DAY
-}
-
-/// The demand bucket of `now_ms` within its day.
-pub fn demand_bucket(now_ms: u64) -> u64 {
-    now_ms / 1000 % DAY / BUCKET_SECS
-}
 
 /// The sizer's last decision for a pool, as `warmer status` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -19,6 +19,7 @@ use crate::config::Secret;
 use crate::context::Context;
 use crate::events::{Event, Events};
 use crate::heroku::{Heroku, HerokuError};
+use crate::process::ProcessType;
 use crate::shutdown::Shutdown;
 use logline::{Sighting, process_type};
 use plan::{Decision, Watch};
@@ -31,7 +32,7 @@ const LONGEST_LINE: usize = 16 * 1024;
 const RESTART_TRIES: usize = 3;
 
 pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
-    let heroku = Heroku::from_config(&ctx.config, "watchdog")?;
+    let heroku = Heroku::from_config(&ctx.config, ProcessType::Watchdog)?;
     let settings = &ctx.config.watchdog;
     let window_ms = settings.restart_window.as_millis() as u64;
     let mut watchdog = Watchdog {
@@ -44,7 +45,7 @@ pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
             .user_agent(concat!("warmer/", env!("CARGO_PKG_VERSION")))
             .build()?,
     };
-    let amqp = match ctx.amqp("watchdog").await {
+    let amqp = match ctx.amqp(ProcessType::Watchdog).await {
         Ok(connection) => {
             match connection.create_channel().await {
                 Ok(channel) => watchdog.events.attach(channel),

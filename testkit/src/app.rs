@@ -14,8 +14,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use warmer::shutdown::{self, Shutdown, Trigger};
 use warmer::{
-    CheckoutOutcome, Cloud, Config, Context, Delivery, Lease, LeaseState, Names, PoolName,
-    Publisher, now_ms,
+    CheckoutStep, Cloud, Config, Context, Delivery, Lease, LeaseState, Names, PoolName, Publisher,
+    now_ms,
 };
 
 use crate::clients::{Listener, Requester};
@@ -164,7 +164,7 @@ pub struct Crashed {
     /// The request's identity.
     pub identity: String,
     /// What its pop found.
-    pub popped: CheckoutOutcome,
+    pub popped: CheckoutStep,
     /// The request's deadline (ms), as warmer reads it.
     pub deadline: u64,
     /// Where its reply goes, as the broker delivered it (a direct reply-to name is expanded).
@@ -248,7 +248,7 @@ impl TestApp {
     pub async fn start_refill(&mut self) {
         let running = self.queue_counts(&self.names.refill_queue()).await.1;
         let cloud = self.cloud().await;
-        let run = warmer::refill::run(self.ctx.clone(), cloud, self.signal());
+        let run = warmer::refill::run_on(self.ctx.clone(), cloud, self.signal());
         self.consumers.push(tokio::spawn(run));
         self.wait_for_queue_consumers(&self.names.refill_queue(), running + 1)
             .await;

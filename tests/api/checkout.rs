@@ -6,7 +6,7 @@ use lapin::BasicProperties;
 use lapin::types::FieldTable;
 use serde_json::{Value, json};
 use warmer::PoolName;
-use warmer::{CheckoutOutcome, Swept, now_ms};
+use warmer::{CheckoutStep, Swept, now_ms};
 
 use warmer_testkit::*;
 
@@ -396,7 +396,7 @@ async fn a_consumer_that_died_between_pop_and_reply_leaves_the_vm_to_the_redeliv
         .await;
     // The dead consumer's step: the pop happened, the reply never went out.
     let crashed = app.crashed_consumer(POOL).await;
-    assert!(matches!(crashed.popped, CheckoutOutcome::Popped { .. }));
+    assert!(matches!(crashed.popped, CheckoutStep::Popped { .. }));
     assert_eq!(app.pool_vms(POOL).await, ["other"]);
 
     // The broker redelivers the request to a live consumer.

@@ -185,7 +185,7 @@ async fn checkouts_go_on_when_any_one_node_of_the_cluster_is_killed() {
     let (_trigger, shutdown) = warmer::shutdown::channel();
     let processes = vec![
         tokio::spawn(warmer::checkout::run(every_node.clone(), shutdown.clone())),
-        tokio::spawn(warmer::refill::run(
+        tokio::spawn(warmer::refill::run_on(
             every_node.clone(),
             app.cloud().await,
             shutdown.clone(),

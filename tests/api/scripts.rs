@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use warmer::{
-    Capped, CheckoutOutcome, Delivery, Disposal, Finished, GiveBack, PoolEntry, PoolName, Settled,
-    ToSettle, now_ms,
+    Capped, CheckoutOutcome, CheckoutStep, Delivery, Disposal, Finished, GiveBack, PoolEntry,
+    PoolName, Settled, ToSettle, now_ms,
 };
 use warmer_testkit::*;
 
@@ -57,9 +57,9 @@ async fn checkout_pops_the_oldest_into_the_requests_lease_once() {
     // The same delivery's step again (its answer was lost with the connection): its own lease.
     let own = store.checkout(first, pool());
     let (popped, own) = (popped.await.unwrap(), own.await.unwrap());
-    assert!(matches!(&popped, CheckoutOutcome::Popped { entry, .. } if entry.contains("\"old\"")));
+    assert!(matches!(&popped, CheckoutStep::Popped { entry, .. } if entry.contains("\"old\"")));
     assert!(
-        matches!(&own, CheckoutOutcome::Popped { entry, hint: false } if entry.contains("\"old\""))
+        matches!(&own, CheckoutStep::Popped { entry, hint: false } if entry.contains("\"old\""))
     );
     assert_eq!(app.pool_vms(POOL).await, ["young"], "one VM left the pool");
     // The broker redelivers the request: the same VM again.
@@ -69,7 +69,7 @@ async fn checkout_pops_the_oldest_into_the_requests_lease_once() {
         ..first
     };
     let again = store.checkout(redelivery, pool()).await.unwrap();
-    assert!(matches!(&again, CheckoutOutcome::Leased(e) if e.contains("\"old\"")));
+    assert!(matches!(&again, CheckoutStep::Leased(e) if e.contains("\"old\"")));
     // A fresh publish with the same identity is not the same request: nothing, however often.
     let replay = Delivery {
         nonce: "replay",
@@ -77,7 +77,7 @@ async fn checkout_pops_the_oldest_into_the_requests_lease_once() {
     };
     assert_eq!(
         store.checkout(replay, pool()).await.unwrap(),
-        CheckoutOutcome::Replayed
+        CheckoutStep::Replayed
     );
     assert_eq!(
         app.pool_vms(POOL).await,
@@ -86,13 +86,13 @@ async fn checkout_pops_the_oldest_into_the_requests_lease_once() {
     );
 
     let late = store.checkout(first_delivery("m:b", now + 5, now, now + 60_000), pool());
-    assert_eq!(late.await.unwrap(), CheckoutOutcome::Expired);
+    assert_eq!(late.await.unwrap(), CheckoutStep::Expired);
     let missing: PoolName = "other-image:n1-standard-1".parse().unwrap();
     let none = store.checkout(
         first_delivery("m:c", now, now + 30_000, now + 60_000),
         &missing,
     );
-    assert_eq!(none.await.unwrap(), CheckoutOutcome::NoPool);
+    assert_eq!(none.await.unwrap(), CheckoutStep::NoPool);
     store
         .checkout(
             first_delivery("m:d", now, now + 30_000, now + 60_000),
@@ -104,10 +104,7 @@ async fn checkout_pops_the_oldest_into_the_requests_lease_once() {
         first_delivery("m:e", now, now + 30_000, now + 60_000),
         pool(),
     );
-    assert!(matches!(
-        empty.await.unwrap(),
-        CheckoutOutcome::Empty { .. }
-    ));
+    assert!(matches!(empty.await.unwrap(), CheckoutStep::Empty { .. }));
     // A pending lease found past its deadline by a redelivery: its fate is unknown, the VM is
     // deleted. The lease's own deadline counts, even if the redelivery's says later.
     let past = Delivery {
@@ -117,7 +114,7 @@ async fn checkout_pops_the_oldest_into_the_requests_lease_once() {
     };
     assert!(matches!(
         store.checkout(past, pool()).await.unwrap(),
-        CheckoutOutcome::Orphaned(_)
+        CheckoutStep::Orphaned(_)
     ));
     assert_eq!(
         orphan_reasons(&app).await,
@@ -144,7 +141,7 @@ async fn a_handed_out_lease_loses_its_key_at_its_deadline_and_is_sent_no_more() 
     };
     assert!(matches!(
         store.checkout(redelivery, pool()).await.unwrap(),
-        CheckoutOutcome::Leased(_)
+        CheckoutStep::Leased(_)
     ));
 
     // Before the deadline the sweep keeps the key; after it, only the name and zone are left.
@@ -174,7 +171,7 @@ async fn a_handed_out_lease_loses_its_key_at_its_deadline_and_is_sent_no_more() 
     };
     assert_eq!(
         store.checkout(later, pool()).await.unwrap(),
-        CheckoutOutcome::Late
+        CheckoutStep::Late
     );
     assert!(
         app.orphaned().await.is_empty(),
@@ -188,8 +185,8 @@ async fn a_pool_has_at_most_one_refill_hint_pending_until_the_refill_consumer_lo
     app.seed(POOL, 3, &[vm("a"), vm("b")]).await;
     let store = &app.ctx.store;
     let now = now_ms();
-    let hint = |outcome: CheckoutOutcome| match outcome {
-        CheckoutOutcome::Popped { hint, .. } | CheckoutOutcome::Empty { hint } => hint,
+    let hint = |outcome: CheckoutStep| match outcome {
+        CheckoutStep::Popped { hint, .. } | CheckoutStep::Empty { hint } => hint,
         other => panic!("{other:?}"),
     };
 
@@ -286,12 +283,22 @@ async fn give_back_returns_only_a_pending_lease_and_never_past_the_target() {
         .unwrap();
 
     let head = store
-        .give_back("m:a", pool(), Disposal::Head, Some("requester_gone"))
+        .give_back(
+            "m:a",
+            pool(),
+            Disposal::Head,
+            Some(CheckoutOutcome::RequesterGone),
+        )
         .await
         .unwrap();
     assert_eq!(head, (GiveBack::Head, "a".to_string()));
     let handed = store
-        .give_back("m:c", pool(), Disposal::Head, Some("requester_gone"))
+        .give_back(
+            "m:c",
+            pool(),
+            Disposal::Head,
+            Some(CheckoutOutcome::RequesterGone),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -301,7 +308,12 @@ async fn give_back_returns_only_a_pending_lease_and_never_past_the_target() {
     );
     app.ctx.store.set_target(pool(), 1).await.unwrap();
     let surplus = store
-        .give_back("m:b", pool(), Disposal::Head, Some("requester_gone"))
+        .give_back(
+            "m:b",
+            pool(),
+            Disposal::Head,
+            Some(CheckoutOutcome::RequesterGone),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -314,7 +326,12 @@ async fn give_back_returns_only_a_pending_lease_and_never_past_the_target() {
         [("b".to_string(), "surplus".to_string())]
     );
     let again = store
-        .give_back("m:b", pool(), Disposal::Head, Some("requester_gone"))
+        .give_back(
+            "m:b",
+            pool(),
+            Disposal::Head,
+            Some(CheckoutOutcome::RequesterGone),
+        )
         .await
         .unwrap();
     assert_eq!(

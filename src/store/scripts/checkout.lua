@@ -8,6 +8,8 @@
 -- ARGV[4] the request's deadline (ms)   ARGV[5] when an unsettled lease is given up (ms)
 -- ARGV[6] now's demand bucket within the day   ARGV[7] this delivery's nonce (unique per
 -- delivery)   ARGV[8] 1 if the broker redelivered the request, else 0
+-- ARGV[9..12] the metrics fields of the outcomes counted here: unsettled, expired, no_pool,
+-- pool_empty
 --
 -- Invariant: a VM leaves the pool only into a lease keyed by the request's identity, in the same
 -- step. A request that comes again finds its lease and gets the same VM: no request ever takes
@@ -27,7 +29,7 @@
 -- hint is recorded and the answer says to send one ("hint" = 1): at most one pending hint per
 -- pool, however many checkouts.
 --
--- Counts the request's outcome when it is decided here (checkouts|<outcome>): pool_empty,
+-- Counts the request's outcome when it is decided here (the fields of ARGV[9..12]): pool_empty,
 -- no_pool, expired (nothing popped), unsettled; a popped VM is counted handed_out by settle.lua
 -- once its reply is confirmed. Repeats of a request are not counted again.
 --
@@ -40,6 +42,7 @@
 local identity, pool = ARGV[1], ARGV[2]
 local now, deadline = tonumber(ARGV[3]), tonumber(ARGV[4])
 local nonce, redelivered = ARGV[7], ARGV[8] == '1'
+local unsettled, expired, no_pool, pool_empty = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
 
 local existing = redis.call('HGET', KEYS[3], identity)
 if existing then
@@ -58,7 +61,7 @@ if existing then
     -- The requester's deadline passed while its reply may or may not have gone out: the VM's
     -- fate is unknown, so it is never reused.
     orphan_entry(KEYS[5], lease.entry, 'checkout_unsettled')
-    count(KEYS[7], 'checkouts|unsettled')
+    count(KEYS[7], unsettled)
     redis.call('HDEL', KEYS[3], identity)
     redis.call('ZREM', KEYS[4], identity)
     return {'orphaned', lease.entry}
@@ -74,11 +77,11 @@ end
 
 local exists = redis.call('HEXISTS', KEYS[1], pool) == 1
 if now > deadline then
-  count(exists and KEYS[7] or KEYS[8], 'checkouts|expired')
+  count(exists and KEYS[7] or KEYS[8], expired)
   return {'expired'}
 end
 if not exists then
-  count(KEYS[8], 'checkouts|no_pool')
+  count(KEYS[8], no_pool)
   return {'no_pool'}
 end
 local function arrived(kind)
@@ -91,7 +94,7 @@ local function hint()
 end
 local entry = redis.call('LPOP', KEYS[2])
 if not entry then
-  count(KEYS[7], 'checkouts|pool_empty')
+  count(KEYS[7], pool_empty)
   arrived('m')
   return {'empty', hint()}
 end

@@ -7,7 +7,7 @@
 -- KEYS[7] the pool's metrics hash
 -- ARGV[1] request identity   ARGV[2] pool name   ARGV[3] "head", or the reason why the VM
 -- must not be reused (an unreadable entry; a reply from an earlier delivery may have reached
--- the requester)   ARGV[4] the request's outcome to count (checkouts|<outcome>), '' for none
+-- the requester)   ARGV[4] the metrics field of the request's outcome, '' for none
 --
 -- Only a pending lease is given back (and its outcome counted, once): a handed-out VM is never returned to a pool, nor one the
 -- pool no longer has room for (a replacement may be booting already: ready + booting <= target).
@@ -23,7 +23,7 @@ end
 redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
 if ARGV[4] ~= '' then
-  count(KEYS[7], 'checkouts|' .. ARGV[4])
+  count(KEYS[7], ARGV[4])
 end
 local reason = ARGV[3]
 if reason == 'head' then

@@ -4,13 +4,13 @@
 -- KEYS[4] the metrics hash of no pool   KEYS[5] lease keys zset
 -- ARGV[1] now (ms)   ARGV[2] at most this many leases per call
 -- ARGV[3] the prefix of a pool's metrics hash: the one key built here, as a lease's pool is
--- known only once it is read
+-- known only once it is read   ARGV[4] the metrics field of a lease-expired checkout
 --
 -- A lease still pending at its deadline belongs to a request that was never answered for sure
 -- (its consumer crashed and the request was dead-lettered): the VM's fate is unknown, so it is
 -- deleted, never reused (reason "lease_expired"). A handed-out lease past WARMER_MAX_HANDOUT_AGE
 -- belongs to a worker that never deleted its VM ("handout_expired"). An expired pending lease is
--- its request's outcome: checkouts|lease_expired of its pool.
+-- its request's outcome: lease_expired (ARGV[4]) in its pool's metrics.
 --
 -- A handed-out lease whose request's deadline has passed (lease keys zset) is sent to no
 -- redelivery again (see checkout.lua): its entry is cut down to the VM's name and zone, so the
@@ -45,7 +45,7 @@ for _, identity in ipairs(due) do
       orphan_entry(KEYS[3], lease.entry, 'lease_expired')
       local metrics = KEYS[4]
       if type(lease.pool) == 'string' and lease.pool ~= '' then metrics = ARGV[3] .. lease.pool end
-      count(metrics, 'checkouts|lease_expired')
+      count(metrics, ARGV[4])
       pending = pending + 1
     else
       orphan_entry(KEYS[3], lease.entry, 'handout_expired')

@@ -1,16 +1,122 @@
-//! What arrives on the refill queue (docs/protocol.md): refill hints and fill commands, read
-//! and judged by who sent them (see [`crate::auth`]). Pure.
+//! The refill queue's one message type (`<prefix>.refill`, docs/protocol.md): a hint that a pool
+//! may want VMs (coalesced in Redis to one pending per pool), or a fill command. Written by
+//! checkout (hints), the reconciler and `warmer fill` (fills), and read back by the refill
+//! consumer, judged by who sent it (see [`crate::auth`]): the body and its parse side by side.
 
+use std::time::Duration;
+
+use lapin::BasicProperties;
 use serde_json::Value;
 
+use crate::amqp::{Publisher, json_properties};
+use crate::clock::now_ms;
 use crate::config::Secret;
+use crate::names::Names;
 use crate::pool::PoolName;
 
-/// Which pools a message asks to refill.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Work {
-    Pool(PoolName),
-    AllPools,
+/// How long a fill command may wait in the refill queue: after that the reconciler has sent
+/// another for any pool still short, so an old one is dead-lettered (as `expired`) unread.
+pub const FILL_TTL: Duration = Duration::from_secs(600);
+
+/// What the refill consumer reads from its queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RefillMessage {
+    /// `{"pool":…}`: the pool may want VMs (a checkout took one, or found none). Coalesced: at
+    /// most one is pending per pool (`<ns>:_hints`).
+    Hint(PoolName),
+    /// An operator's or the reconciler's fill command.
+    Fill(FillCommand),
+}
+
+impl RefillMessage {
+    /// The JSON body (a fill signed now, if it has a signer).
+    pub fn body(&self) -> Vec<u8> {
+        match self {
+            RefillMessage::Hint(pool) => serde_json::json!({"pool": pool.to_string()})
+                .to_string()
+                .into_bytes(),
+            RefillMessage::Fill(command) => command.body(now_ms()),
+        }
+    }
+
+    /// Persistent JSON from the broker user `sender` (the `user_id` the broker vouches for);
+    /// a fill expires after [`FILL_TTL`].
+    pub fn properties(&self, sender: &str) -> BasicProperties {
+        let properties = json_properties().with_user_id(sender.into());
+        match self {
+            RefillMessage::Hint(_) => properties,
+            RefillMessage::Fill(_) => {
+                properties.with_expiration(FILL_TTL.as_millis().to_string().as_str().into())
+            }
+        }
+    }
+
+    /// Publishes to the refill queue as the broker user `sender` (the publisher's connection's)
+    /// and waits for the broker's confirm.
+    pub async fn send(
+        &self,
+        publisher: &Publisher,
+        names: &Names,
+        sender: &str,
+    ) -> anyhow::Result<()> {
+        publisher
+            .publish(
+                "",
+                &names.refill_queue(),
+                &self.body(),
+                self.properties(sender),
+            )
+            .await
+    }
+}
+
+/// A fill command for the refill queue: `{"command":"fill"}` for every pool, with `"pool"` for
+/// one. An operator's is signed with a token (`"issued_at"`, `"signature"`; see [`crate::auth`]):
+/// the token itself is never in the message. `Debug` hides the signer.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FillCommand {
+    pub pool: Option<PoolName>,
+    /// The operator token that signs it; `None` for warmer's own processes, whose broker user
+    /// vouches for them.
+    pub signer: Option<Secret>,
+}
+
+impl FillCommand {
+    /// The JSON body, signed as issued at `now` (ms) if there is a signer.
+    pub fn body(&self, now: u64) -> Vec<u8> {
+        let mut command = serde_json::json!({"command": "fill"});
+        if let Some(pool) = &self.pool {
+            command["pool"] = pool.to_string().into();
+        }
+        if let Some(signature) = self
+            .signer
+            .as_ref()
+            .and_then(|token| crate::auth::sign_fill(token, self.pool.as_ref(), now))
+        {
+            command["issued_at"] = now.into();
+            command["signature"] = signature.into();
+        }
+        command.to_string().into_bytes()
+    }
+}
+
+impl std::fmt::Debug for FillCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FillCommand")
+            .field("pool", &self.pool)
+            .field("signed", &self.signer.is_some())
+            .finish()
+    }
+}
+
+impl RefillMessage {
+    /// The pool it is about; `None`: every pool (a fill of all).
+    pub fn pool(&self) -> Option<&PoolName> {
+        match self {
+            RefillMessage::Hint(pool) => Some(pool),
+            RefillMessage::Fill(command) => command.pool.as_ref(),
+        }
+    }
 }
 
 /// Who the broker says sent a message.
@@ -22,10 +128,16 @@ pub enum From {
     Other,
 }
 
-/// Reads a refill message sent `from`, at `now` (ms). When `tokens` are configured, only warmer's
+/// Reads a refill message sent `from`, at `now` (ms) (a fill read has no signer: it was
+/// checked here). When `tokens` are configured, only warmer's
 /// own user may send hints, and a fill from anyone else must be signed with one of them (or,
 /// as earlier versions sent it, carry one). The error never contains a token.
-pub fn parse(body: &[u8], tokens: &[Secret], from: From, now: u64) -> Result<Work, String> {
+pub fn parse(
+    body: &[u8],
+    tokens: &[Secret],
+    from: From,
+    now: u64,
+) -> Result<RefillMessage, String> {
     if body.len() > 4096 {
         return Err(format!(
             "message is {} bytes; at most 4096 are accepted",
@@ -50,7 +162,7 @@ pub fn parse(body: &[u8], tokens: &[Secret], from: From, now: u64) -> Result<Wor
                     "refill hint refused: only warmer's own broker user sends hints".into(),
                 );
             }
-            pool.map(Work::Pool)
+            pool.map(RefillMessage::Hint)
                 .ok_or_else(|| "a hint must name its pool".to_string())
         }
         Some(Value::String(command)) if command == "fill" => {
@@ -71,7 +183,7 @@ pub fn parse(body: &[u8], tokens: &[Secret], from: From, now: u64) -> Result<Wor
                     return Err("fill command refused: not from warmer's own broker user, and not signed with a valid operator token (or signed too long ago)".into());
                 }
             }
-            Ok(pool.map_or(Work::AllPools, Work::Pool))
+            Ok(RefillMessage::Fill(FillCommand { pool, signer: None }))
         }
         Some(other) => Err(format!(
             "unknown command {}",
@@ -99,6 +211,10 @@ pub fn redacted(body: &[u8]) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
+    fn fill(pool: Option<PoolName>) -> RefillMessage {
+        RefillMessage::Fill(FillCommand { pool, signer: None })
+    }
+
     const NOW: u64 = 1_800_000_000_000;
 
     #[test]
@@ -107,12 +223,12 @@ mod tests {
         let parse = |body: &[u8]| super::parse(body, &[], From::Warmer, NOW);
         assert_eq!(
             parse(br#"{"pool":"img:n1-standard-2"}"#),
-            Ok(Work::Pool(pool.clone()))
+            Ok(RefillMessage::Hint(pool.clone()))
         );
-        assert_eq!(parse(br#"{"command":"fill"}"#), Ok(Work::AllPools));
+        assert_eq!(parse(br#"{"command":"fill"}"#), Ok(fill(None)));
         assert_eq!(
             parse(br#"{"command":"fill","pool":"img:n1-standard-2"}"#),
-            Ok(Work::Pool(pool))
+            Ok(fill(Some(pool)))
         );
         for bad in [
             &b"{"[..],
@@ -135,7 +251,7 @@ mod tests {
             "issued_at": NOW, "signature": signature});
         assert_eq!(
             other(signed.to_string().as_bytes()),
-            Ok(Work::Pool(pool.clone()))
+            Ok(fill(Some(pool.clone())))
         );
         // The signature is the pool's: it does not fill every pool.
         let widened =
@@ -156,7 +272,7 @@ mod tests {
             From::Warmer,
             NOW,
         );
-        assert_eq!(warmer, Ok(Work::Pool(pool)));
+        assert_eq!(warmer, Ok(RefillMessage::Hint(pool)));
     }
 
     #[test]
@@ -167,5 +283,25 @@ mod tests {
         assert!(!copy.contains("s3cret") && copy.contains("bad/pool"));
         assert!(!carries_token(br#"{"command":"fill"}"#));
         assert_eq!(redacted(br#"{"command":"fill"}"#), None);
+    }
+
+    #[test]
+    fn a_signed_fill_reads_as_the_refill_consumer_expects_and_never_holds_its_token() {
+        let token = Secret::new("s3cret");
+        let command = FillCommand {
+            pool: Some("img:n1-standard-1".parse().unwrap()),
+            signer: Some(token.clone()),
+        };
+        let now = 1_800_000_000_000;
+        let body = command.body(now);
+        let parsed = parse(&body, &[token], From::Other, now);
+        assert_eq!(parsed, Ok(fill(Some("img:n1-standard-1".parse().unwrap()))));
+        assert!(!String::from_utf8_lossy(&body).contains("s3cret"));
+        assert!(!format!("{command:?}").contains("s3cret"));
+        let all = FillCommand {
+            pool: None,
+            signer: None,
+        };
+        assert_eq!(all.body(now), br#"{"command":"fill"}"#);
     }
 }

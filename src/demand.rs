@@ -1,0 +1,21 @@
+//! Demand as `checkout.lua` records it and the sizer reads it: arrivals (checkouts and misses)
+//! counted per [`BUCKET_SECS`] bucket, one Redis hash per pool and UTC day.
+
+use std::collections::BTreeMap;
+
+/// Width of a demand bucket, in seconds.
+pub const BUCKET_SECS: u64 = 10;
+const DAY: u64 = 86_400;
+
+/// Arrivals per bucket, keyed by the bucket's start (Unix seconds, a multiple of the width).
+pub type Demand = BTreeMap<u64, u32>;
+
+/// The UTC day of `now_ms`, as in a demand key's name.
+pub fn day(now_ms: u64) -> u64 {
+    now_ms / 1000 / DAY
+}
+
+/// The bucket of `now_ms` within its day, as in a demand hash's field.
+pub fn bucket(now_ms: u64) -> u64 {
+    now_ms / 1000 % DAY / BUCKET_SECS
+}

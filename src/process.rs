@@ -1,0 +1,39 @@
+//! The process types: what `warmer <command>` runs for good, a Procfile line each, and the name
+//! the logs, the connection names, HireFire and the autoscaler know it by.
+
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ProcessType {
+    Checkout,
+    Refill,
+    Reconcile,
+    Web,
+    Autoscale,
+    Watchdog,
+    /// Every process of the local provider in one (`warmer dev`).
+    Dev,
+}
+
+impl ProcessType {
+    /// The consumer types: those scaled by the depth of what they consume.
+    pub const CONSUMERS: [ProcessType; 2] = [ProcessType::Checkout, ProcessType::Refill];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ProcessType::Checkout => "checkout",
+            ProcessType::Refill => "refill",
+            ProcessType::Reconcile => "reconcile",
+            ProcessType::Web => "web",
+            ProcessType::Autoscale => "autoscale",
+            ProcessType::Watchdog => "watchdog",
+            ProcessType::Dev => "dev",
+        }
+    }
+}
+
+impl fmt::Display for ProcessType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
