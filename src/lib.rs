@@ -109,6 +109,138 @@ pub use topology::{
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
+    /// The crate's modules from the bottom up: each may import only from those before it, so
+    /// there is no circle, and no shared module (up to `sizing`) imports a process module.
+    const LAYERS: &[&str] = &[
+        "pool",
+        "telemetry",
+        "config",
+        "retry",
+        "shutdown",
+        "clock",
+        "names",
+        "events",
+        "process",
+        "auth",
+        "demand",
+        "policy",
+        "amqp",
+        "refill_message",
+        "topology",
+        "metrics",
+        "store",
+        "context",
+        "heroku",
+        "sshkey",
+        "cloud",
+        "deletion",
+        "load",
+        "sizing",
+        // The process modules and the commands.
+        "checkout",
+        "refill",
+        "reconcile",
+        "web",
+        "autoscale",
+        "watchdog",
+        "check",
+        "operator",
+        "dev",
+        "cli",
+    ];
+
+    /// The modules `source` (a file's text, its tests and comments left out) names as
+    /// `crate::<module>`, `use crate::{a, b}` included.
+    fn imports(source: &str) -> Vec<String> {
+        let code: String = source
+            .split("#[cfg(test)]")
+            .next()
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| !line.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let mut found = Vec::new();
+        for after in code.split("crate::").skip(1) {
+            let named = match after.strip_prefix('{') {
+                Some(group) => group
+                    .split('}')
+                    .next()
+                    .unwrap_or_default()
+                    .split(',')
+                    .collect(),
+                None => vec![after],
+            };
+            for name in named {
+                let module: String = name
+                    .trim()
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                if !module.is_empty() {
+                    found.push(module);
+                }
+            }
+        }
+        found
+    }
+
+    fn visit(dir: &Path, files: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("src/ is readable") {
+            let path = entry.expect("a directory entry").path();
+            if path.is_dir() {
+                visit(&path, files);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+    }
+
+    #[test]
+    fn every_module_imports_only_from_the_layers_below_it() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        visit(&src, &mut files);
+        let rank = |module: &str| LAYERS.iter().position(|m| *m == module);
+        let mut checked = 0;
+        for file in files {
+            let relative = file.strip_prefix(&src).expect("under src/");
+            let module = relative
+                .components()
+                .next()
+                .and_then(|c| c.as_os_str().to_str())
+                .unwrap_or_default()
+                .trim_end_matches(".rs");
+            if module == "lib" || module == "main" {
+                continue;
+            }
+            let Some(own) = rank(module) else {
+                panic!("{module} (src/{}) is not in LAYERS", relative.display());
+            };
+            let source = std::fs::read_to_string(&file).expect("a source file is readable");
+            for imported in imports(&source) {
+                if imported == module {
+                    continue;
+                }
+                let Some(theirs) = rank(&imported) else {
+                    panic!(
+                        "src/{} imports crate::{imported}, which is not in LAYERS",
+                        relative.display()
+                    );
+                };
+                assert!(
+                    theirs < own,
+                    "src/{} ({module}) imports crate::{imported}, which is above it",
+                    relative.display()
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 100, "only {checked} imports read");
+    }
+
     /// The crate map above names every command the CLI has.
     #[test]
     fn every_command_of_the_cli_is_in_the_crate_map() {

@@ -2,13 +2,13 @@
 //! `warmer autoscale` scale by.
 //!
 //! - `checkout`: requests waiting in `<prefix>.checkout`. These are ready messages, so every
-//!   running consumer already holds its prefetch of [`crate::checkout::PREFETCH`].
+//!   running consumer already holds its prefetch of [`CHECKOUT_PREFETCH`].
 //! - `refill`: VMs the pools lack with no boot reserved for them, Σ max(0, target − ready −
 //!   booting); 0 while the safety brake holds every boot. The refill queue is no signal: its
 //!   messages are hints, acked at once even when every boot slot is taken.
 
 use crate::pool::PoolLevel;
-use crate::process::ProcessType;
+use crate::process::{CHECKOUT_PREFETCH, ProcessType};
 use crate::topology::QueueDepth;
 
 /// One consumer process type's waiting work.
@@ -45,7 +45,7 @@ pub fn backlogs(
         Backlog {
             process: ProcessType::Checkout,
             waiting: requests,
-            per_dyno: u32::from(crate::checkout::PREFETCH),
+            per_dyno: u32::from(CHECKOUT_PREFETCH),
         },
         Backlog {
             process: ProcessType::Refill,

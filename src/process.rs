@@ -3,6 +3,10 @@
 
 use std::fmt;
 
+/// Checkout requests one checkout process handles at once (its channel's prefetch): also what
+/// one checkout dyno takes on, for scaling.
+pub const CHECKOUT_PREFETCH: u16 = 64;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ProcessType {
     Checkout,

@@ -41,7 +41,7 @@ use crate::topology;
 use reply::Code;
 
 /// Requests handled at once per process.
-pub const PREFETCH: u16 = 64;
+pub const PREFETCH: u16 = crate::process::CHECKOUT_PREFETCH;
 /// A lease not settled this long after its request's deadline is given up as an orphan.
 pub const LEASE_GRACE_MS: u64 = 5 * 60 * 1000;
 /// How often expired leases are swept.
@@ -236,28 +236,18 @@ impl Checkout {
             return Outcome::NoReplyTo;
         };
         let reply_to = reply_to.as_str();
-        let parsed = request::identity(props)
-            .ok_or_else(|| {
-                "a request needs a correlation_id or a message_id, unique per request".to_string()
-            })
-            .and_then(|identity| {
-                let request = request::parse(&message.data)?;
-                let deadline = request::deadline(props, received)?;
-                Ok((identity, request, deadline))
-            });
-        let (identity, request, deadline) = match parsed {
-            Ok(parsed) => parsed,
+        let (identity, request, deadline) = match read(&message, received) {
+            Ok(read) => read,
             Err(why) => {
                 tracing::debug!(%why, "bad checkout request");
                 let presence = self.presence(reply_to).await;
+                let to = Requester {
+                    reply_to,
+                    props,
+                    presence,
+                };
                 return self
-                    .refuse(
-                        reply_to,
-                        presence,
-                        props,
-                        Code::BadRequest,
-                        format!("bad request: {why}"),
-                    )
+                    .refuse(&to, Code::BadRequest, format!("bad request: {why}"))
                     .await;
             }
         };
@@ -280,33 +270,85 @@ impl Checkout {
             give_up_at,
         };
         let (found, presence) = tokio::join!(self.pop(delivery, pool), self.presence(reply_to));
-        let (entry, again) = match found {
+        let to = Requester {
+            reply_to,
+            props,
+            presence,
+        };
+        let (entry, again) = match self.taken(found, pool, &to).await {
+            Ok(taken) => taken,
+            Err(outcome) => return outcome,
+        };
+
+        // A VM popped by this delivery whose reply cannot reach anyone goes back to the head of
+        // its pool. One leased by an earlier delivery may already have been replied to (that
+        // consumer died before acking): its fate is unknown, so it is deleted, never reused.
+        let gone = if again {
+            Disposal::Orphan("reply_unknown")
+        } else {
+            Disposal::Head
+        };
+        let (vm, body) = match self.vm_reply(&entry, &identity, pool, &to).await {
+            Ok(reply) => reply,
+            Err(outcome) => return outcome,
+        };
+        match self.reply(&to, &body).await {
+            Ok(Published::Routed) => {}
+            Ok(Published::NotRouted) => {
+                tracing::debug!(%pool, vm = %vm.name, "the reply cannot reach anyone: requester gone");
+                let outcome = Some(CheckoutOutcome::RequesterGone);
+                return self.give_back(&identity, pool, gone, outcome).await;
+            }
+            Err(error) => {
+                tracing::warn!(error = %crate::telemetry::report(&error), %pool, vm = %vm.name, "reply not confirmed; the request will be redelivered and get the same VM");
+                return Outcome::ReplyFailed;
+            }
+        }
+        let wait = Duration::from_millis(now_ms().saturating_sub(received));
+        self.handed_out(
+            ToSettle {
+                identity,
+                pool: pool.clone(),
+                keep_until: now_ms() + self.ctx.config.max_handout_age.as_millis() as u64,
+                deadline,
+                wait,
+            },
+            give_up_at,
+            &vm,
+        )
+        .await;
+        tracing::debug!(%pool, vm = %vm.name, again, wait_ms = wait.as_millis() as u64, "checked out");
+        let pool = pool.to_string();
+        if again {
+            Outcome::HandedOutAgain { pool, vm: vm.name }
+        } else {
+            Outcome::HandedOut { pool, vm: vm.name }
+        }
+    }
+
+    /// What the pop found: the entry to send and whether an earlier delivery leased it, or the
+    /// request's outcome when there is nothing to send.
+    async fn taken(
+        &self,
+        found: store::Result<store::Checkout>,
+        pool: &PoolName,
+        to: &Requester<'_>,
+    ) -> Result<(String, bool), Outcome> {
+        let (code, text) = match found {
             Ok(store::Checkout::Popped { entry, hint }) => {
                 if hint {
                     self.hint(pool);
                 }
-                (entry, false)
+                return Ok((entry, false));
             }
-            Ok(store::Checkout::Leased(entry)) => (entry, true),
+            Ok(store::Checkout::Leased(entry)) => return Ok((entry, true)),
             Ok(store::Checkout::Expired) => {
                 tracing::debug!(%pool, "request past its deadline: nothing popped");
-                return Outcome::Expired;
+                return Err(Outcome::Expired);
             }
             Ok(store::Checkout::Late) => {
                 tracing::debug!(%pool, "repeat of a handed-out request past its deadline: nothing sent");
-                return Outcome::Expired;
-            }
-            Ok(store::Checkout::Replayed) => {
-                tracing::warn!(%pool, "a request reused the message_id or correlation_id of another request to the same reply address without being a redelivery: nothing popped");
-                return self
-                    .refuse(
-                        reply_to,
-                        presence,
-                        props,
-                        Code::BadRequest,
-                        "bad request: this message_id (or correlation_id) was already used by another request; each request needs its own".into(),
-                    )
-                    .await;
+                return Err(Outcome::Expired);
             }
             Ok(store::Checkout::Orphaned(entry)) => {
                 let vm = serde_json::from_str::<PoolEntry>(&entry).map_or(entry, |e| e.name);
@@ -319,25 +361,19 @@ impl Checkout {
                         reason: "checkout_unsettled".into(),
                     })
                     .await;
-                return Outcome::Orphaned { vm };
+                return Err(Outcome::Orphaned { vm });
+            }
+            Ok(store::Checkout::Replayed) => {
+                tracing::warn!(%pool, "a request reused the message_id or correlation_id of another request to the same reply address without being a redelivery: nothing popped");
+                (Code::BadRequest, "bad request: this message_id (or correlation_id) was already used by another request; each request needs its own".into())
             }
             Ok(store::Checkout::NoPool) => {
-                return self
-                    .refuse(
-                        reply_to,
-                        presence,
-                        props,
-                        Code::NoPool,
-                        format!("no config found for pool {pool}"),
-                    )
-                    .await;
+                (Code::NoPool, format!("no config found for pool {pool}"))
             }
             Ok(store::Checkout::Empty { hint }) => {
                 let outcome = self
                     .refuse(
-                        reply_to,
-                        presence,
-                        props,
+                        to,
                         Code::PoolEmpty,
                         format!("no instance available in pool {pool}"),
                     )
@@ -350,81 +386,57 @@ impl Checkout {
                 if hint {
                     self.hint(pool);
                 }
-                return outcome;
+                return Err(outcome);
             }
             Err(error) => {
                 tracing::error!(%error, %pool, "checkout failed in Redis");
-                return self
-                    .refuse(
-                        reply_to,
-                        presence,
-                        props,
-                        Code::Internal,
-                        format!("internal: Redis failed during checkout: {error}"),
-                    )
-                    .await;
+                (
+                    Code::Internal,
+                    format!("internal: Redis failed during checkout: {error}"),
+                )
             }
         };
+        Err(self.refuse(to, code, text).await)
+    }
 
-        // A VM popped by this delivery whose reply cannot reach anyone goes back to the head of
-        // its pool. One leased by an earlier delivery may already have been replied to (that
-        // consumer died before acking): its fate is unknown, so it is deleted, never reused.
-        let gone = if again {
-            Disposal::Orphan("reply_unknown")
-        } else {
-            Disposal::Head
-        };
-        let vm = match serde_json::from_str::<PoolEntry>(&entry) {
+    /// The VM of `entry` and its reply's body, or the request's outcome when the entry cannot
+    /// be read (the VM is recorded as an orphan) or the reply cannot be written.
+    async fn vm_reply(
+        &self,
+        entry: &str,
+        identity: &str,
+        pool: &PoolName,
+        to: &Requester<'_>,
+    ) -> Result<(PoolEntry, Vec<u8>), Outcome> {
+        let vm = match serde_json::from_str::<PoolEntry>(entry) {
             Ok(vm) => vm,
             Err(error) => {
                 tracing::error!(%error, %pool, "unreadable pool entry: recorded as orphan");
-                self.give_back(&identity, pool, Disposal::Orphan("unusable_entry"), None)
+                self.give_back(identity, pool, Disposal::Orphan("unusable_entry"), None)
                     .await;
-                return self
-                    .refuse(
-                        reply_to,
-                        presence,
-                        props,
-                        Code::Internal,
-                        format!("internal: an entry of pool {pool} is not readable"),
-                    )
-                    .await;
+                let text = format!("internal: an entry of pool {pool} is not readable");
+                return Err(self.refuse(to, Code::Internal, text).await);
             }
         };
         let body = match serde_json::to_vec(&reply::Vm::from(&vm)) {
             Ok(body) => body,
             Err(error) => {
                 tracing::error!(%error, "serializing a reply");
-                return Outcome::ReplyFailed;
+                return Err(Outcome::ReplyFailed);
             }
         };
-        match self.reply(reply_to, presence, props, &body).await {
-            Ok(Published::Routed) => {}
-            Ok(Published::NotRouted) => {
-                tracing::debug!(%pool, vm = %vm.name, "the reply cannot reach anyone: requester gone");
-                return self
-                    .give_back(&identity, pool, gone, Some(CheckoutOutcome::RequesterGone))
-                    .await;
-            }
-            Err(error) => {
-                tracing::warn!(error = %crate::telemetry::report(&error), %pool, vm = %vm.name, "reply not confirmed; the request will be redelivered and get the same VM");
-                return Outcome::ReplyFailed;
-            }
-        }
+        Ok((vm, body))
+    }
 
-        // The reply reached the broker: from here the request is never requeued (a redelivery
-        // could find the requester gone and orphan a VM in use). Settling is retried for as
-        // long as the lease is guaranteed to stay pending.
-        let keep_until = now_ms() + self.ctx.config.max_handout_age.as_millis() as u64;
+    /// Records a VM whose reply reached the broker as handed out. From here the request is
+    /// never requeued (a redelivery could find the requester gone and orphan a VM in use), so
+    /// settling is retried for as long as the lease is guaranteed to stay pending (until
+    /// `give_up_at`, less a second).
+    async fn handed_out(&self, lease: ToSettle, give_up_at: u64, vm: &PoolEntry) {
+        let pool = lease.pool.clone();
         let budget = give_up_at.saturating_sub(now_ms() + 1_000);
         let settled = store::within(Duration::from_millis(budget), || {
-            self.settler.settle(ToSettle {
-                identity: identity.clone(),
-                pool: pool.clone(),
-                keep_until,
-                deadline,
-                wait: Duration::from_millis(now_ms().saturating_sub(received)),
-            })
+            self.settler.settle(lease.clone())
         })
         .await;
         match settled {
@@ -443,13 +455,6 @@ impl Checkout {
                 zone: short_zone(&vm.zone).to_string(),
             })
             .await;
-        tracing::debug!(%pool, vm = %vm.name, again, wait_ms = now_ms().saturating_sub(received), "checked out");
-        let pool = pool.to_string();
-        if again {
-            Outcome::HandedOutAgain { pool, vm: vm.name }
-        } else {
-            Outcome::HandedOut { pool, vm: vm.name }
-        }
     }
 
     /// Takes the pool's oldest VM into this request's lease, retrying transient Redis errors;
@@ -538,16 +543,10 @@ impl Checkout {
         Outcome::RequesterGone
     }
 
-    async fn refuse(
-        &self,
-        reply_to: &str,
-        presence: Presence,
-        props: &BasicProperties,
-        code: Code,
-        text: String,
-    ) -> Outcome {
+    /// Answers `to` with an error reply.
+    async fn refuse(&self, to: &Requester<'_>, code: Code, text: String) -> Outcome {
         let body = serde_json::to_vec(&reply::Error::new(code, text)).unwrap_or_default();
-        match self.reply(reply_to, presence, props, &body).await {
+        match self.reply(to, &body).await {
             Ok(_) => Outcome::Refused(code),
             Err(error) => {
                 tracing::warn!(error = %crate::telemetry::report(&error), ?code, "error reply not confirmed; requeued");
@@ -559,14 +558,8 @@ impl Checkout {
     /// Publishes a reply, unless the requester is known to be gone (then it counts as not
     /// routed) or its direct reply-to name could not be checked (then the outcome is unknown:
     /// a name the broker cannot resolve would take this connection down).
-    async fn reply(
-        &self,
-        reply_to: &str,
-        presence: Presence,
-        request: &BasicProperties,
-        body: &[u8],
-    ) -> anyhow::Result<Published> {
-        match presence {
+    async fn reply(&self, to: &Requester<'_>, body: &[u8]) -> anyhow::Result<Published> {
+        match to.presence {
             Presence::Here => {}
             Presence::Gone => return Ok(Published::NotRouted),
             Presence::Unknown => {
@@ -576,14 +569,36 @@ impl Checkout {
         let mut properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_timestamp(now_secs());
-        if let Some(correlation_id) = request.correlation_id() {
+        if let Some(correlation_id) = to.props.correlation_id() {
             properties = properties.with_correlation_id(correlation_id.clone());
         }
         self.replies
-            .publish(reply_to, body, properties)
+            .publish(to.reply_to, body, properties)
             .await
             .context("publishing the reply")
     }
+}
+
+/// Where a request's replies go: its reply address, its properties (the correlation id), and
+/// whether a direct reply-to requester is there.
+struct Requester<'a> {
+    reply_to: &'a str,
+    props: &'a BasicProperties,
+    presence: Presence,
+}
+
+/// A request's identity, body and deadline, or what is wrong with it.
+fn read(
+    message: &Incoming,
+    received: u64,
+) -> Result<(String, request::CheckoutRequest, u64), String> {
+    let props = &message.properties;
+    let identity = request::identity(props).ok_or_else(|| {
+        "a request needs a correlation_id or a message_id, unique per request".to_string()
+    })?;
+    let request = request::parse(&message.data)?;
+    let deadline = request::deadline(props, received)?;
+    Ok((identity, request, deadline))
 }
 
 /// How often the process logs its outcomes.

@@ -91,6 +91,9 @@ impl Failures {
     }
 }
 
+/// A pass's evictions per pool: (VM name, zone, reason).
+type Evictions<'p> = BTreeMap<&'p str, Vec<(&'p str, &'p str, &'p str)>>;
+
 /// One reconciler process.
 pub struct Reconciler {
     ctx: Context,
@@ -347,11 +350,11 @@ impl Reconciler {
         now: u64,
     ) -> anyhow::Result<Report> {
         let store = &self.ctx.store;
-        let names = &self.ctx.names;
         let mut report = Report::default();
+        let mut failures = Failures::default();
 
-        // Every eviction of the pass, per pool: the plan's, and those the lookups below decide.
-        let mut evictions: BTreeMap<&str, Vec<(&str, &str, &str)>> = BTreeMap::new();
+        // Every eviction of the pass, per pool: the plan's, and those the lookups decide.
+        let mut evictions: Evictions = BTreeMap::new();
         for eviction in &plan.evict {
             let vm = &eviction.vm;
             evictions.entry(&eviction.pool).or_default().push((
@@ -360,11 +363,69 @@ impl Reconciler {
                 eviction.reason,
             ));
         }
+        self.verify(&plan.verify, &mut evictions, &mut failures)
+            .await;
         // Evicted VMs are now orphans, deleted below with the rest; direct deletions join them.
-        // Look the unlisted VMs up a few at a time.
+        report.evicted = self.evict(&evictions, events).await?;
+        store.record_orphans(&plan.delete).await?;
+        let forgotten = store.forget_leases(&plan.forget_leases).await?;
+        if forgotten > 0 {
+            tracing::debug!(forgotten, "leases forgotten: their handed-out VMs are gone");
+        }
+        if !plan.mark.is_empty() {
+            store.mark_suspects(&plan.mark).await?;
+            // One line however many: the first few names, and the count.
+            let first = &plan.mark[..plan.mark.len().min(10)];
+            tracing::warn!(
+                unaccounted = plan.mark.len(),
+                ?first,
+                "unaccounted VMs: deleted next pass unless accounted for by then"
+            );
+        }
+        let confirmed = plan.delete.iter().filter_map(|r| r.name.as_ref());
+        let unmark: Vec<&String> = plan.unmark.iter().chain(confirmed).collect();
+        store.unmark_suspects(&unmark).await?;
+        // Deletion goes as fast as the cloud takes, until the next pass is due at the latest.
+        let deadline = Instant::now() + self.ctx.config.reconcile_interval;
+        report.deleted = self
+            .deleter
+            .lock()
+            .await
+            .drain(events, deadline, listed)
+            .await;
+        for (vm, checked_out_at) in &plan.label {
+            let labels = [
+                (COOLED.0, COOLED.1.to_string()),
+                (CHECKED_OUT_AT, checked_out_at.to_string()),
+            ];
+            if let Err(error) = self.cloud.set_labels(vm, &labels).await {
+                failures.add("labelling handed-out VMs", &vm.name, &error);
+            }
+        }
+        failures.log();
+        // The brake first: a fill published before a release would find boots still held.
+        if let Some(engage) = plan.brake {
+            self.brake(engage, plan.unaccounted, events).await?;
+        }
+        if let Some(broker) = broker {
+            self.send_fills(&plan.fill, broker, now).await?;
+        }
+        report.plan = plan;
+        Ok(report)
+    }
+
+    /// Looks the pool entries the listing did not show up in the cloud, a few at a time: gone,
+    /// foreign or stopped ones join `evictions`; travis-ci/warmer's are adopted.
+    async fn verify<'p>(
+        &self,
+        verify: &'p [(String, crate::store::reconcile::WarmedVm)],
+        evictions: &mut Evictions<'p>,
+        failures: &mut Failures,
+    ) {
+        let names = &self.ctx.names;
         let mut lookups = tokio::task::JoinSet::new();
         let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
-        for (index, (_, vm)) in plan.verify.iter().enumerate() {
+        for (index, (_, vm)) in verify.iter().enumerate() {
             let (cloud, slots, name, zone) = (
                 self.cloud.clone(),
                 slots.clone(),
@@ -377,14 +438,13 @@ impl Reconciler {
             });
         }
         let mut found_vms: Vec<Option<anyhow::Result<Option<CloudVm>>>> =
-            plan.verify.iter().map(|_| None).collect();
+            verify.iter().map(|_| None).collect();
         while let Some(Ok((index, found))) = lookups.join_next().await {
             found_vms[index] = Some(found);
         }
         // Lines per kind, not per VM (a migration adopts thousands).
         let mut adopted = Vec::new();
-        let mut failures = Failures::default();
-        for ((pool, vm), found) in plan.verify.iter().zip(found_vms) {
+        for ((pool, vm), found) in verify.iter().zip(found_vms) {
             let found = match found.unwrap_or_else(|| Err(anyhow::anyhow!("lookup task failed"))) {
                 Ok(found) => found,
                 Err(error) => {
@@ -424,15 +484,20 @@ impl Reconciler {
                 "adopted travis-ci/warmer's VMs (labelled warmth=warmed, without a warmer label): labelled with this deployment's"
             );
         }
-        // Evicted VMs are now orphans, deleted below with the rest. One line for the pass, not
-        // one per VM: a mass eviction is tens of thousands.
+    }
+
+    /// Takes the evicted VMs out of their pools into orphaned (those a checkout took meanwhile
+    /// stay handed out) and says how many. One line for the pass, not one per VM: a mass
+    /// eviction is tens of thousands.
+    async fn evict(&self, evictions: &Evictions<'_>, events: &Events) -> anyhow::Result<usize> {
+        let mut evicted = 0;
         let mut by_reason: BTreeMap<&str, usize> = BTreeMap::new();
-        for (pool, vms) in &evictions {
-            for name in store.evict(pool, vms).await? {
+        for (pool, vms) in evictions {
+            for name in self.ctx.store.evict(pool, vms).await? {
                 let Some((_, zone, reason)) = vms.iter().find(|(n, ..)| *n == name) else {
                     continue;
                 };
-                report.evicted += 1;
+                evicted += 1;
                 *by_reason.entry(reason).or_default() += 1;
                 tracing::debug!(%pool, vm = %name, reason, "evicted");
                 events
@@ -445,98 +510,62 @@ impl Reconciler {
                     .await;
             }
         }
-        if report.evicted > 0 {
+        if evicted > 0 {
             tracing::info!(
-                evicted = report.evicted,
+                evicted,
                 ?by_reason,
-                "count#warmer.evictions" = report.evicted,
+                "count#warmer.evictions" = evicted,
                 "evicted warmed VMs"
             );
         }
-        store.record_orphans(&plan.delete).await?;
-        let forgotten = store.forget_leases(&plan.forget_leases).await?;
-        if forgotten > 0 {
-            tracing::debug!(forgotten, "leases forgotten: their handed-out VMs are gone");
-        }
-        if !plan.mark.is_empty() {
-            store.mark_suspects(&plan.mark).await?;
-            // One line however many: the first few names, and the count.
-            let first = &plan.mark[..plan.mark.len().min(10)];
-            tracing::warn!(
-                unaccounted = plan.mark.len(),
-                ?first,
-                "unaccounted VMs: deleted next pass unless accounted for by then"
+        Ok(evicted)
+    }
+
+    /// Engages (`engage`) or releases the safety brake, with its line and event.
+    async fn brake(&self, engage: bool, unaccounted: u64, events: &Events) -> anyhow::Result<()> {
+        let store = &self.ctx.store;
+        let threshold = self.ctx.config.orphan_threshold;
+        if engage {
+            store.engage_brake(unaccounted).await?;
+            tracing::error!(
+                unaccounted,
+                threshold,
+                "safety brake ON: boots paused while unaccounted VMs exceed WARMER_ORPHAN_THRESHOLD"
             );
+            events
+                .emit(Event::BrakeEngaged {
+                    unaccounted,
+                    threshold,
+                })
+                .await;
+        } else {
+            store.release_brake().await?;
+            tracing::warn!(unaccounted, "safety brake released");
+            events.emit(Event::BrakeReleased { unaccounted }).await;
         }
-        let confirmed = plan.delete.iter().filter_map(|r| r.name.as_ref());
-        let unmark: Vec<&String> = plan.unmark.iter().chain(confirmed).collect();
-        store.unmark_suspects(&unmark).await?;
-        // Deletion goes as fast as the cloud takes, until the next pass is due at the latest.
-        let deadline = Instant::now() + self.ctx.config.reconcile_interval;
-        report.deleted = self
-            .deleter
-            .lock()
-            .await
-            .drain(events, deadline, listed)
-            .await;
-        for (vm, checked_out_at) in &plan.label {
-            let labels = [
-                (COOLED.0, COOLED.1.to_string()),
-                (CHECKED_OUT_AT, checked_out_at.to_string()),
-            ];
-            if let Err(error) = self.cloud.set_labels(vm, &labels).await {
-                failures.add("labelling handed-out VMs", &vm.name, &error);
+        Ok(())
+    }
+
+    /// Sends a fill for each pool of `pools`, coalesced with checkouts' hints (a checkout
+    /// meanwhile sends none of its own), as warmer's own user: the broker vouches for the
+    /// sender, no operator token is lent.
+    async fn send_fills(&self, pools: &[String], broker: &Broker, now: u64) -> anyhow::Result<()> {
+        self.ctx.store.set_hints(pools, now).await?;
+        let sender = self.ctx.config.amqp_user();
+        for name in pools {
+            // A fill is of one pool or of every pool: never of every pool by mistake.
+            let Ok(pool) = name.parse::<PoolName>() else {
+                tracing::warn!(pool = %name.escape_debug(), "not a pool name: no fill sent");
+                continue;
+            };
+            let fill = RefillMessage::Fill(FillCommand {
+                pool: Some(pool),
+                signer: None,
+            });
+            if let Err(error) = fill.send(&broker.fills, &self.ctx.names, &sender).await {
+                tracing::warn!(error = %crate::telemetry::report(&error), pool = %name, "fill not published");
             }
         }
-        failures.log();
-        // The brake first: a fill published before a release would find boots still held.
-        match plan.brake {
-            Some(true) => {
-                store.engage_brake(plan.unaccounted).await?;
-                tracing::error!(
-                    unaccounted = plan.unaccounted,
-                    threshold = self.ctx.config.orphan_threshold,
-                    "safety brake ON: boots paused while unaccounted VMs exceed WARMER_ORPHAN_THRESHOLD"
-                );
-                events
-                    .emit(Event::BrakeEngaged {
-                        unaccounted: plan.unaccounted,
-                        threshold: self.ctx.config.orphan_threshold,
-                    })
-                    .await;
-            }
-            Some(false) => {
-                store.release_brake().await?;
-                tracing::warn!(unaccounted = plan.unaccounted, "safety brake released");
-                events
-                    .emit(Event::BrakeReleased {
-                        unaccounted: plan.unaccounted,
-                    })
-                    .await;
-            }
-            None => {}
-        }
-        if let Some(broker) = broker {
-            // Coalesced with checkouts' hints: a checkout meanwhile sends none of its own.
-            store.set_hints(&plan.fill, now).await?;
-            // Warmer's own: the broker vouches for the sender, no operator token is lent.
-            let sender = self.ctx.config.amqp_user();
-            for name in &plan.fill {
-                // A fill is of one pool or of every pool: never of every pool by mistake.
-                let Ok(pool) = name.parse::<PoolName>() else {
-                    tracing::warn!(pool = %name.escape_debug(), "not a pool name: no fill sent");
-                    continue;
-                };
-                let fill = RefillMessage::Fill(FillCommand {
-                    pool: Some(pool),
-                    signer: None,
-                });
-                if let Err(error) = fill.send(&broker.fills, names, &sender).await {
-                    tracing::warn!(error = %crate::telemetry::report(&error), pool = %name, "fill not published");
-                }
-            }
-        }
-        report.plan = plan;
-        Ok(report)
+        Ok(())
     }
 }
