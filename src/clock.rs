@@ -16,12 +16,23 @@ pub fn now_ms() -> u64 {
 
 /// Seconds since the Unix epoch, by the system's clock.
 pub fn now_secs() -> u64 {
-    now_ms() / 1000
+    secs(now_ms())
 }
 
 /// Milliseconds in `duration`, for times kept as milliseconds.
 pub fn ms(duration: Duration) -> u64 {
     duration.as_millis() as u64
+}
+
+/// Whole seconds in a time or a span kept as milliseconds: the one place milliseconds become
+/// seconds.
+pub fn secs(ms: u64) -> u64 {
+    ms / 1000
+}
+
+/// Seconds with their fraction in a span kept as milliseconds (as `/metrics` writes them).
+pub fn secs_f64(ms: u64) -> f64 {
+    ms as f64 / 1000.0
 }
 
 /// A clock: the system's, or a manual one that says what a test sets it to.
@@ -55,6 +66,6 @@ impl Clock {
 
     /// Seconds since the Unix epoch.
     pub fn now_secs(&self) -> u64 {
-        self.now_ms() / 1000
+        secs(self.now_ms())
     }
 }

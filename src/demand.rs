@@ -12,10 +12,10 @@ pub type Demand = BTreeMap<u64, u32>;
 
 /// The UTC day of `now_ms`, as in a demand key's name.
 pub fn day(now_ms: u64) -> u64 {
-    now_ms / 1000 / DAY
+    crate::clock::secs(now_ms) / DAY
 }
 
 /// The bucket of `now_ms` within its day, as in a demand hash's field.
 pub fn bucket(now_ms: u64) -> u64 {
-    now_ms / 1000 % DAY / BUCKET_SECS
+    crate::clock::secs(now_ms) % DAY / BUCKET_SECS
 }

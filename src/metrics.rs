@@ -353,7 +353,7 @@ impl Counters {
                 *total += value;
             }
             Kind::Timestamp => {
-                series.insert(labels, Value::Seconds(value as f64 / 1000.0));
+                series.insert(labels, Value::Seconds(crate::clock::secs_f64(value)));
             }
             Kind::Histogram(buckets) => {
                 let slot = parts.next().unwrap_or_default();
@@ -569,7 +569,7 @@ impl prometheus_client::collector::Collector for Scrape {
                         let bounds = buckets.0.iter().copied().chain([f64::INFINITY]);
                         let buckets: Vec<(f64, u64)> = bounds.zip(counts.iter().copied()).collect();
                         sample.encode_histogram::<NoLabelSet>(
-                            *sum_ms as f64 / 1000.0,
+                            crate::clock::secs_f64(*sum_ms),
                             counts.iter().sum(),
                             &buckets,
                             None,
@@ -629,7 +629,7 @@ impl Scrape {
                 // Whole milliseconds, saturating: a `booted_at` from outside cannot overflow.
                 Some(booted_at) => {
                     let booted_ms = booted_at?.saturating_mul(1000);
-                    Some(now.saturating_sub(booted_ms) as f64 / 1000.0)
+                    Some(crate::clock::secs_f64(now.saturating_sub(booted_ms)))
                 }
             }),
         )

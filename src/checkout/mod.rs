@@ -43,7 +43,7 @@ use reply::Code;
 /// Requests handled at once per process.
 pub const PREFETCH: u16 = crate::process::CHECKOUT_PREFETCH;
 /// A lease not settled this long after its request's deadline is given up as an orphan.
-pub const LEASE_GRACE_MS: u64 = 5 * 60 * 1000;
+pub const LEASE_GRACE: Duration = Duration::from_secs(5 * 60);
 /// How often expired leases are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(15);
 
@@ -254,7 +254,7 @@ impl Checkout {
         let pool = &request.pool;
         let give_up_at = deadline
             .max(received + request::DEFAULT_BUDGET_MS)
-            .saturating_add(LEASE_GRACE_MS);
+            .saturating_add(crate::clock::ms(LEASE_GRACE));
 
         // Whether a direct-reply-to requester is there is asked at the same time as the pop, so
         // it adds no latency; nothing is ever published to a name the broker does not confirm.

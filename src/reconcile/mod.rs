@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use crate::amqp::Publisher;
-use crate::clock::Clock;
+use crate::clock::{Clock, secs};
 use crate::cloud::{CHECKED_OUT_AT, COOLED, Cloud, CloudVm, DEPLOYMENT, Owner, label_value, owner};
 use crate::context::Context;
 use crate::deletion::{Deleter, Listed};
@@ -276,7 +276,7 @@ impl Reconciler {
         // lowered. A failed sizing leaves targets as they were; reconciling goes on.
         let unconnected = Events::new(self.ctx.names.clone());
         let events = broker.map_or(&unconnected, |b| &b.events);
-        let sizing = self.sizer.step(&self.ctx.store, events, now / 1000).await;
+        let sizing = self.sizer.step(&self.ctx.store, events, secs(now)).await;
         let sizing = match sizing {
             Ok(sizing) => sizing,
             Err(error) => {
@@ -317,8 +317,8 @@ impl Reconciler {
                 name: lease.vm,
                 pool: lease.pool,
                 handed: lease.handed,
-                at: lease.at / 1000,
-                deadline: lease.deadline.map(|ms| ms / 1000),
+                at: secs(lease.at),
+                deadline: lease.deadline.map(secs),
             })
             .collect();
         let cloud = self
@@ -327,7 +327,7 @@ impl Reconciler {
             .await
             .context("listing the cloud's VMs")?;
         Ok(Snapshot {
-            now: now / 1000,
+            now: secs(now),
             targets: view.targets,
             pools: view.pools,
             booting: view.booting,

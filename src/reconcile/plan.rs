@@ -252,7 +252,7 @@ pub fn decide(snapshot: &Snapshot, limits: Limits) -> Plan {
         let hinted = snapshot
             .hints
             .get(pool)
-            .is_some_and(|at| now.saturating_sub(at / 1000) < HINT_STALE_SECS);
+            .is_some_and(|at| now.saturating_sub(crate::clock::secs(*at)) < HINT_STALE_SECS);
         if booting == 0 && (releasing || !hinted) && (ready as u64) < *target {
             plan.fill.push(pool.clone());
         }

@@ -194,7 +194,7 @@ impl Watchdog {
                 }
             },
             Decision::HeldByWindow(reason, ago) => {
-                tracing::debug!(%dyno, reason = reason.label(), ago_s = ago / 1000, "over the threshold, but restarted within the window");
+                tracing::debug!(%dyno, reason = reason.label(), ago_s = crate::clock::secs(ago), "over the threshold, but restarted within the window");
             }
             Decision::HeldByRolling(reason, other) => {
                 tracing::info!(%dyno, reason = reason.label(), restarting = %other, "over the threshold; waits until the dyno of its type being restarted is back");
