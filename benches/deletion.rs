@@ -44,7 +44,7 @@ async fn main() -> anyhow::Result<()> {
     let zones = vars(&[("WARMER_GOOGLE_CLOUD_ZONES", ZONE)]);
     let ctx = context(compute.env().into_iter().chain(zones)).await?;
     let prefix = ctx.names.namespace().to_string();
-    let cloud = Cloud::from_config(&ctx.config).await?;
+    let cloud = Cloud::from_config(&ctx.config, &ctx.store).await?;
     let labels = serde_json::json!({"warmth": "warmed", "warmer": prefix});
     let records: Vec<OrphanRecord> = (0..orphans)
         .map(|i| {

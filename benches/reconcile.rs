@@ -44,7 +44,7 @@ async fn main() -> anyhow::Result<()> {
     ]);
     let ctx = context(compute.env().into_iter().chain(settings)).await?;
     let prefix = ctx.names.namespace().to_string();
-    let cloud = Cloud::from_config(&ctx.config).await?;
+    let cloud = Cloud::from_config(&ctx.config, &ctx.store).await?;
     let reconciler = Reconciler::new(ctx.clone(), cloud.clone());
     let pools: Vec<PoolName> = (0..POOLS)
         .map(|i| format!("bench-image-{i}:n1-standard-2").parse())
@@ -138,7 +138,10 @@ fn vars_of(ctx: &Context, compute: &ComputeStandIn) -> Vec<(String, String)> {
         ("WARMER_GOOGLE_CLOUD_ZONES", ZONE.into()),
         ("WARMER_GOOGLE_COMPUTE_URL", compute.compute_url()),
         ("WARMER_GOOGLE_CLOUD_KEYFILE_JSON", compute.keyfile_json()),
-        ("WARMER_SSH_KEY_PASSPHRASE", "bench".into()),
+        (
+            "WARMER_SSH_KEY_PASSPHRASE",
+            warmer_testkit::PASSPHRASE.into(),
+        ),
         ("WARMER_ORPHAN_THRESHOLD", "100000".into()),
         ("WARMER_RECONCILE_INTERVAL", "10m".into()),
         ("RUST_LOG", "warn".into()),
@@ -174,6 +177,9 @@ async fn reconcile_process_peak(
             started.elapsed() < Duration::from_secs(300),
             "no pass in 5 minutes"
         );
+        if let Some(exit) = child.try_wait()? {
+            anyhow::bail!("`warmer reconcile` exited ({exit}) before its pass");
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;

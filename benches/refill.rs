@@ -200,7 +200,7 @@ impl Deployment {
     }
 
     async fn start_refill(&mut self, amqp: &Connection) -> anyhow::Result<()> {
-        let cloud = warmer::Cloud::from_config(&self.ctx.config).await?;
+        let cloud = warmer::Cloud::from_config(&self.ctx.config, &self.ctx.store).await?;
         let run = warmer::refill::run_on(self.ctx.clone(), cloud, self.stop.clone());
         self.consumers.push(tokio::spawn(run));
         wait_for_consumer(amqp, &self.names.refill_queue()).await

@@ -121,7 +121,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         );
     }
 
-    let cloud = Cloud::from_config(&ctx.config)
+    let cloud = Cloud::from_config(&ctx.config, &ctx.store)
         .await
         .context("cloud credentials")?;
     let found = cloud

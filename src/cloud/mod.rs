@@ -214,8 +214,12 @@ pub fn label_value(value: &str) -> String {
 }
 
 impl Cloud {
-    /// The cloud `WARMER_PROVIDER` names, checked and ready.
-    pub async fn from_config(config: &crate::config::Config) -> anyhow::Result<Self> {
+    /// The cloud `WARMER_PROVIDER` names, checked and ready; the local one keeps its VMs in
+    /// `store`.
+    pub async fn from_config(
+        config: &crate::config::Config,
+        store: &crate::store::Store,
+    ) -> anyhow::Result<Self> {
         match config.provider {
             crate::config::Provider::Gce => {
                 let google = config.require_google()?;
@@ -223,19 +227,10 @@ impl Cloud {
                     gce::Gce::new(google, config.vm_creation_timeout).await?,
                 ))
             }
-            crate::config::Provider::Local => {
-                let names = crate::names::Names::new(&config.amqp_prefix, &config.redis_namespace);
-                let store = crate::store::Store::connect(
-                    &config.redis_url,
-                    config.redis_ca_pem.as_deref(),
-                    names,
-                )
-                .await?;
-                Ok(Cloud::Local(local::Local::new(
-                    config.local_boot_delay,
-                    store,
-                )))
-            }
+            crate::config::Provider::Local => Ok(Cloud::Local(local::Local::new(
+                config.local_boot_delay,
+                store.clone(),
+            ))),
         }
     }
 }

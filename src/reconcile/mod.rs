@@ -107,7 +107,7 @@ pub struct Reconciler {
 /// Reconciles Redis with the cloud the configuration names until `shutdown`, while this
 /// process holds the reconciler's lock.
 pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
-    let cloud = Cloud::from_config(&ctx.config).await?;
+    let cloud = Cloud::from_config(&ctx.config, &ctx.store).await?;
     Reconciler::new(ctx, cloud).run(shutdown).await
 }
 

@@ -244,7 +244,7 @@ async fn connection_lost(connection: &lapin::Connection) {
 /// Consumes the refill queue until `shutdown`, then waits for boots in flight, booting on the
 /// cloud the configuration names.
 pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
-    let cloud = Cloud::from_config(&ctx.config).await?;
+    let cloud = Cloud::from_config(&ctx.config, &ctx.store).await?;
     run_on(ctx, cloud, shutdown).await
 }
 

@@ -265,7 +265,9 @@ impl TestApp {
 
     /// The configured cloud (the local provider unless built with [`AppBuilder::gce`]).
     pub async fn cloud(&self) -> Cloud {
-        Cloud::from_config(&self.ctx.config).await.expect("cloud")
+        Cloud::from_config(&self.ctx.config, &self.ctx.store)
+            .await
+            .expect("cloud")
     }
 
     /// A reconciler of this deployment.

@@ -268,7 +268,9 @@ async fn connections_the_redis_server_closed_for_idleness_cost_no_failed_answer_
         .await;
     app.seed(POOL, 1, &[]).await;
     let web = app.start_web().await;
-    let cloud = warmer::Cloud::from_config(&app.ctx.config).await.unwrap();
+    let cloud = warmer::Cloud::from_config(&app.ctx.config, &app.ctx.store)
+        .await
+        .unwrap();
     let (_trigger, shutdown) = warmer::shutdown::channel();
     let refill = warmer::refill::Refill::new(app.ctx.clone(), cloud.clone(), shutdown).unwrap();
     let reconciler = warmer::reconcile::Reconciler::new(app.ctx.clone(), cloud);

@@ -161,7 +161,8 @@ async fn after_a_scripted_workload_the_metrics_are_exactly_what_happened() {
         "WARMER_GOOGLE_COMPUTE_URL".into(),
         format!("http://127.0.0.1:{}/nowhere/v1", compute.port),
     );
-    let cloud = warmer::Cloud::from_config(&warmer::Config::from_vars(misconfigured).unwrap())
+    let misconfigured = warmer::Config::from_vars(misconfigured).unwrap();
+    let cloud = warmer::Cloud::from_config(&misconfigured, &app.ctx.store)
         .await
         .unwrap();
     let failing = warmer::reconcile::Reconciler::new(app.ctx.clone(), cloud);
