@@ -6,7 +6,11 @@
 //! | `GET /metrics` | Prometheus text (OpenMetrics if asked for): the counters and histograms every process keeps in Redis, summed, and the levels — pools, orphans, the brake, queue depths, dead letters (see `metrics.rs`). With `WARMER_METRICS_TOKEN`, only for `Authorization: Bearer <token>` (401 otherwise); without it, refused (403) on a Heroku dyno unless `WARMER_METRICS_PUBLIC=true` |
 //! | `GET /hirefire/<HIREFIRE_TOKEN>/info`, or `GET /hirefire` with header `HireFire-Token` | HireFire's job-queue format: each process type's backlog (`load.rs`) |
 //!
-//! Reads only: it declares nothing and changes nothing, so it can run anywhere. Without
+//! With `WARMER_AUTH_TOKENS` set it also serves travis-ci/warmer's HTTP API (`POST
+//! /request-instance`, `/pool-configs`, `/`; see `checkout/http.rs`), which checks VMs out and
+//! manages pools as travis-ci/warmer did.
+//!
+//! Otherwise it reads only: it declares nothing and changes nothing, so it can run anywhere. Without
 //! `HIREFIRE_TOKEN` the HireFire routes answer 404. Every dependency is asked for at most
 //! [`CHECK_TIMEOUT`], Redis and RabbitMQ at the same time, so an answer comes within Prometheus's
 //! and HireFire's timeouts even when one hangs. At most [`MAX_CONNECTIONS`] connections are
@@ -30,6 +34,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
+use crate::checkout::http::{self, HttpApi, Pending};
 use crate::clock::now_ms;
 use crate::config::Secret;
 use crate::context::Context;
@@ -78,7 +83,13 @@ pub async fn serve(ctx: Context, listener: TcpListener, shutdown: Shutdown) -> a
             "/metrics is refused: set WARMER_METRICS_TOKEN (Prometheus sends it as a bearer token), or WARMER_METRICS_PUBLIC=true to serve it to anyone"
         );
     }
-    let web = Arc::new(Web { ctx, queues });
+    let api = HttpApi::new(ctx.clone(), shutdown.clone());
+    if api.is_some() {
+        tracing::info!(
+            "serving travis-ci/warmer's HTTP API (POST /request-instance, /pool-configs) to basic auth with a WARMER_AUTH_TOKENS token"
+        );
+    }
+    let web = Arc::new(Web { ctx, queues, api });
     let mut connections = JoinSet::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -106,9 +117,11 @@ pub async fn serve(ctx: Context, listener: TcpListener, shutdown: Shutdown) -> a
         let web = web.clone();
         connections.spawn(async move {
             let _slot = slot;
+            let pending = Pending::default();
+            let (responder, checkout) = (web.clone(), pending.clone());
             let service = hyper::service::service_fn(move |request| {
-                let web = web.clone();
-                async move { Ok::<_, Infallible>(web.respond(&request).await) }
+                let (web, checkout) = (responder.clone(), checkout.clone());
+                async move { Ok::<_, Infallible>(web.respond(request, &checkout).await) }
             });
             let served = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -116,8 +129,12 @@ pub async fn serve(ctx: Context, listener: TcpListener, shutdown: Shutdown) -> a
                 .keep_alive(false)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
-            if let Err(error) = served {
+            if let Err(error) = &served {
                 tracing::debug!(%error, "HTTP connection ended with an error");
+            }
+            // A checkout's VM is handed out, returned or deleted by how its answer went.
+            if let Some(api) = &web.api {
+                api.conclude(pending, served.is_ok()).await;
             }
         });
     }
@@ -134,6 +151,9 @@ pub async fn serve(ctx: Context, listener: TcpListener, shutdown: Shutdown) -> a
         );
     }
     web.queues.close().await;
+    if let Some(api) = &web.api {
+        api.close().await;
+    }
     tracing::info!("web stopped");
     Ok(())
 }
@@ -141,6 +161,8 @@ pub async fn serve(ctx: Context, listener: TcpListener, shutdown: Shutdown) -> a
 struct Web {
     ctx: Context,
     queues: QueueMonitor,
+    /// travis-ci/warmer's HTTP API, when `WARMER_AUTH_TOKENS` is set.
+    api: Option<Arc<HttpApi>>,
 }
 
 /// Whether `/metrics` may be served to a request that sent `authorization`.
@@ -216,7 +238,20 @@ fn only_get(method: &Method, route: Route) -> Route {
 }
 
 impl Web {
-    async fn respond(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn respond(
+        &self,
+        request: Request<Incoming>,
+        pending: &Pending,
+    ) -> Response<Full<Bytes>> {
+        if let Some(api) = &self.api
+            && let Some(route) = http::Route::of(request.method(), request.uri().path())
+        {
+            let mut response = api.respond(route, request, pending).await;
+            response
+                .headers_mut()
+                .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            return response;
+        }
         let header_token = request
             .headers()
             .get("hirefire-token")

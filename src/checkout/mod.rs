@@ -14,6 +14,7 @@
 //! broker connection is retried forever with backoff; Redis errors are retried within the
 //! request's budget, then answered `internal` and dead-lettered.
 
+pub mod http;
 pub mod reply;
 pub mod request;
 
@@ -184,7 +185,7 @@ pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
 }
 
 /// Turns expired leases into orphans every few seconds (see `sweep_leases.lua`).
-async fn sweep_leases(store: Store, shutdown: Shutdown) {
+pub(crate) async fn sweep_leases(store: Store, shutdown: Shutdown) {
     while shutdown.sleep(SWEEP_EVERY).await {
         match store.sweep_leases(now_ms()).await {
             Ok(Swept {
@@ -305,7 +306,9 @@ impl Checkout {
             }
         }
         let wait = Duration::from_millis(now_ms().saturating_sub(received));
-        self.handed_out(
+        handed_out(
+            &self.settler,
+            &self.events,
             ToSettle {
                 identity,
                 pool: pool.clone(),
@@ -428,35 +431,6 @@ impl Checkout {
         Ok((vm, body))
     }
 
-    /// Records a VM whose reply reached the broker as handed out. From here the request is
-    /// never requeued (a redelivery could find the requester gone and orphan a VM in use), so
-    /// settling is retried for as long as the lease is guaranteed to stay pending (until
-    /// `give_up_at`, less a second).
-    async fn handed_out(&self, lease: ToSettle, give_up_at: u64, vm: &PoolEntry) {
-        let pool = lease.pool.clone();
-        let budget = give_up_at.saturating_sub(now_ms() + 1_000);
-        let settled = store::within(Duration::from_millis(budget), || {
-            self.settler.settle(lease.clone())
-        })
-        .await;
-        match settled {
-            Ok(Settled::Now | Settled::Already) => {}
-            Ok(Settled::Swept) => {
-                tracing::error!(%pool, vm = %vm.name, "lease was swept before its reply was confirmed; the VM is recorded as an orphan although it was handed out")
-            }
-            Err(error) => {
-                tracing::error!(%error, %pool, vm = %vm.name, "handed out, but the lease could not be settled: it will be swept into orphaned")
-            }
-        }
-        self.events
-            .emit(Event::PoolDropped {
-                pool: pool.to_string(),
-                instance: vm.name.clone(),
-                zone: short_zone(&vm.zone).to_string(),
-            })
-            .await;
-    }
-
     /// Takes the pool's oldest VM into this request's lease, retrying transient Redis errors;
     /// the whole step, every try included, ends within the request's budget (1–10 s) whatever
     /// Redis does, so a stalled Redis gets the request an `internal` reply in time.
@@ -471,25 +445,9 @@ impl Checkout {
         .await
     }
 
-    /// Sends the refill hint `checkout.lua` recorded for `pool`, off the request's path; if it
-    /// cannot be sent, clears it, so the next checkout records and sends it again.
+    /// Sends the refill hint `checkout.lua` recorded for `pool` (see [`send_hint`]).
     fn hint(&self, pool: &PoolName) {
-        let (hints, store, names, pool) = (
-            self.hints.clone(),
-            self.store.clone(),
-            self.ctx.names.clone(),
-            pool.clone(),
-        );
-        let sender = self.ctx.config.amqp_user();
-        tokio::spawn(async move {
-            let hint = RefillMessage::Hint(pool.clone());
-            if let Err(error) = hint.send(&hints, &names, &sender).await {
-                tracing::warn!(error = %crate::telemetry::report(&error), %pool, "refill hint not sent; the next checkout sends it");
-                if let Err(error) = store.clear_hint(&pool).await {
-                    tracing::warn!(%error, %pool, "refill hint not cleared; the reconciler sends a fill once it is stale");
-                }
-            }
-        });
+        send_hint(&self.ctx, Some(self.hints.clone()), pool);
     }
 
     /// Whether a direct-reply-to requester is there (see [`Prober`]); ordinary reply queues
@@ -502,8 +460,7 @@ impl Checkout {
         }
     }
 
-    /// Gives a pending lease's VM back (see [`Store::give_back`]), counting the request's
-    /// `outcome` if it is final.
+    /// Gives a pending lease's VM back (see [`give_back`]).
     async fn give_back(
         &self,
         identity: &str,
@@ -511,35 +468,7 @@ impl Checkout {
         disposal: Disposal,
         outcome: Option<CheckoutOutcome>,
     ) -> Outcome {
-        let outcome = store::within(Duration::from_secs(10), || {
-            self.store.give_back(identity, pool, disposal, outcome)
-        })
-        .await;
-        let pool = pool.to_string();
-        let event = match outcome {
-            Ok((GiveBack::Head, instance)) => Event::InstanceReturned {
-                pool,
-                instance,
-                reason: "requester_gone".into(),
-            },
-            Ok((GiveBack::Orphaned(reason), instance)) => Event::InstanceOrphaned {
-                pool,
-                instance,
-                zone: None,
-                reason,
-            },
-            Ok((GiveBack::NothingPending, _)) => return Outcome::RequesterGone,
-            // The lease stays pending and is swept into orphaned after its deadline.
-            Err(error) => {
-                tracing::error!(%error, %pool, "could not give a VM back");
-                return Outcome::RequesterGone;
-            }
-        };
-        tracing::debug!(
-            ?event,
-            "VM given back: no reply of this delivery reached anyone"
-        );
-        self.events.emit(event).await;
+        give_back(&self.store, &self.events, identity, pool, disposal, outcome).await;
         Outcome::RequesterGone
     }
 
@@ -577,6 +506,100 @@ impl Checkout {
             .await
             .context("publishing the reply")
     }
+}
+
+/// Records a VM whose answer reached its requester as handed out. From here the request is
+/// never requeued (a redelivery could find the requester gone and orphan a VM in use), so
+/// settling is retried for as long as the lease is guaranteed to stay pending (until
+/// `give_up_at`, less a second).
+pub(crate) async fn handed_out(
+    settler: &Settler,
+    events: &Events,
+    lease: ToSettle,
+    give_up_at: u64,
+    vm: &PoolEntry,
+) {
+    let pool = lease.pool.clone();
+    let budget = give_up_at.saturating_sub(now_ms() + 1_000);
+    let settled = store::within(Duration::from_millis(budget), || {
+        settler.settle(lease.clone())
+    })
+    .await;
+    match settled {
+        Ok(Settled::Now | Settled::Already) => {}
+        Ok(Settled::Swept) => {
+            tracing::error!(%pool, vm = %vm.name, "lease was swept before its reply was confirmed; the VM is recorded as an orphan although it was handed out")
+        }
+        Err(error) => {
+            tracing::error!(%error, %pool, vm = %vm.name, "handed out, but the lease could not be settled: it will be swept into orphaned")
+        }
+    }
+    events
+        .emit(Event::PoolDropped {
+            pool: pool.to_string(),
+            instance: vm.name.clone(),
+            zone: short_zone(&vm.zone).to_string(),
+        })
+        .await;
+}
+
+/// Sends the refill hint `checkout.lua` recorded for `pool` on `hints`, off the request's
+/// path; if it cannot be sent (or there is no publisher), clears it, so the next checkout
+/// records and sends it again.
+pub(crate) fn send_hint(ctx: &Context, hints: Option<Publisher>, pool: &PoolName) {
+    let (store, names, pool) = (ctx.store.clone(), ctx.names.clone(), pool.clone());
+    let sender = ctx.config.amqp_user();
+    tokio::spawn(async move {
+        let hint = RefillMessage::Hint(pool.clone());
+        let sent = match hints {
+            Some(hints) => hint.send(&hints, &names, &sender).await,
+            None => Err(anyhow::anyhow!("no broker connection")),
+        };
+        if let Err(error) = sent {
+            tracing::warn!(error = %crate::telemetry::report(&error), %pool, "refill hint not sent; the next checkout sends it");
+            if let Err(error) = store.clear_hint(&pool).await {
+                tracing::warn!(%error, %pool, "refill hint not cleared; the reconciler sends a fill once it is stale");
+            }
+        }
+    });
+}
+
+/// Gives a pending lease's VM back (see [`Store::give_back`]): to the head of its pool, or to
+/// orphaned; counts the request's `outcome` if it is final, and tells the events exchange.
+pub(crate) async fn give_back(
+    store: &Store,
+    events: &Events,
+    identity: &str,
+    pool: &PoolName,
+    disposal: Disposal,
+    outcome: Option<CheckoutOutcome>,
+) {
+    let given = store::within(Duration::from_secs(10), || {
+        store.give_back(identity, pool, disposal, outcome)
+    })
+    .await;
+    let pool = pool.to_string();
+    let event = match given {
+        Ok((GiveBack::Head, instance)) => Event::InstanceReturned {
+            pool,
+            instance,
+            reason: "requester_gone".into(),
+        },
+        Ok((GiveBack::Orphaned(reason), instance)) => Event::InstanceOrphaned {
+            pool,
+            instance,
+            zone: None,
+            reason,
+        },
+        Ok((GiveBack::NothingPending, _)) => return,
+        // The lease stays pending and is swept into orphaned after its deadline.
+        Err(error) => {
+            tracing::error!(%error, %pool, "could not give a VM back");
+            return;
+        }
+    };
+    tracing::debug!(?event, "VM given back: no answer with it reached anyone");
+    events.emit(event).await;
 }
 
 /// Where a request's replies go: its reply address, its properties (the correlation id), and

@@ -15,6 +15,7 @@ use crate::telemetry::LogFormat;
 
 mod autoscale;
 mod google;
+mod http;
 mod parse;
 mod secret;
 mod servers;
@@ -22,6 +23,7 @@ mod watchdog;
 
 pub use autoscale::ScaleLimits;
 pub use google::GoogleConfig;
+pub use http::HttpApiConfig;
 pub use parse::parse_duration;
 pub(crate) use secret::percent_decode;
 pub use secret::{Secret, ServerUrl};
@@ -62,6 +64,8 @@ pub struct Config {
     pub max_vm_age: Duration,
     pub max_handout_age: Duration,
     pub auth_tokens: Vec<Secret>,
+    /// travis-ci/warmer's HTTP API (served when `auth_tokens` is not empty).
+    pub http_api: HttpApiConfig,
     pub port: Option<u16>,
     pub hirefire_token: Option<Secret>,
     /// `/metrics` answers only requests with this bearer token.
@@ -174,6 +178,9 @@ struct Raw {
     warmer_max_vm_age: Option<String>,
     warmer_max_handout_age: Option<String>,
     warmer_auth_tokens: Option<String>,
+    warmer_http_timeout: Option<String>,
+    warmer_http_checkouts_per_minute: Option<String>,
+    warmer_http_concurrency: Option<String>,
     port: Option<String>,
     hirefire_token: Option<String>,
     warmer_metrics_token: Option<String>,
@@ -403,6 +410,11 @@ impl Config {
                 .warmer_auth_tokens
                 .map(|t| list(&t).into_iter().map(Secret::new).collect())
                 .unwrap_or_default(),
+            http_api: HttpApiConfig::read(
+                raw.warmer_http_timeout,
+                raw.warmer_http_checkouts_per_minute,
+                raw.warmer_http_concurrency,
+            )?,
             port: raw
                 .port
                 .map(|p| {

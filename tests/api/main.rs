@@ -8,6 +8,7 @@ mod check;
 mod checkout;
 mod cluster;
 mod faults;
+mod http_api;
 mod lifecycle;
 mod logs;
 mod metrics;

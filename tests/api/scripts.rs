@@ -87,6 +87,13 @@ async fn checkout_pops_the_oldest_into_the_requests_lease_once() {
 
     let late = store.checkout(first_delivery("m:b", now + 5, now, now + 60_000), pool());
     assert_eq!(late.await.unwrap(), CheckoutStep::Expired);
+    // Within its deadline by the time it was received, but run by Redis more than a second
+    // after it (it waited in a stalled server): it takes nothing.
+    let stale = first_delivery("m:s", now - 10_000, now - 2_000, now + 60_000);
+    assert_eq!(
+        store.checkout(stale, pool()).await.unwrap(),
+        CheckoutStep::Expired
+    );
     let missing: PoolName = "other-image:n1-standard-1".parse().unwrap();
     let none = store.checkout(
         first_delivery("m:c", now, now + 30_000, now + 60_000),

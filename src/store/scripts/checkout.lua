@@ -75,8 +75,13 @@ if existing then
   return {'lease', lease.entry}
 end
 
+-- Past its deadline by the server's own clock too (more than a second, for clock skew): a
+-- script that waited in a stalled server's buffer until its requester had given up takes
+-- nothing.
+local clock = redis.call('TIME')
+local server_now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local exists = redis.call('HEXISTS', KEYS[1], pool) == 1
-if now > deadline then
+if now > deadline or server_now > deadline + 1000 then
   count(exists and KEYS[7] or KEYS[8], expired)
   return {'expired'}
 end
