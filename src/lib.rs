@@ -10,10 +10,10 @@
 //!
 //! | module | process | step |
 //! |---|---|---|
-//! | [`checkout`] | `warmer checkout`: serves checkout requests (`request.rs` parses one, `reply.rs` answers) | [`checkout::Checkout::handle`] |
+//! | [`checkout`] | `warmer checkout`: serves checkout requests (`request.rs` parses one, `reply.rs` answers); `http.rs` serves the same checkout over travis-ci/warmer's HTTP API, in `warmer web` | [`checkout::Checkout::handle`] |
 //! | [`refill`] | `warmer refill`: boots VMs until every pool is at its target (`boot.rs`), on the messages of its queue | [`refill::Refill::handle`] |
 //! | [`reconcile`] | `warmer reconcile`: sizes pools ([`sizing`]), then compares Redis with the cloud; `plan.rs` decides, purely | [`reconcile::Reconciler::pass`] |
-//! | [`web`] | `warmer web`: health, metrics, HireFire | one HTTP answer |
+//! | [`web`] | `warmer web`: health, metrics, HireFire, and travis-ci/warmer's HTTP API when tokens are set | one HTTP answer |
 //! | [`autoscale`] | `warmer autoscale`: scales dynos through the Heroku Platform API; `plan.rs` decides | one check |
 //! | [`watchdog`] | `warmer watchdog`: restarts a Heroku dyno before it swaps, from the app's log stream (`logline.rs` reads a line, `plan.rs` decides) | one log line |
 //! | [`dev`] | `warmer dev`: checkout, refill, reconcile and web in one process, on the local provider | |
