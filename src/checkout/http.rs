@@ -170,7 +170,7 @@ impl HttpApi {
             Route::RequestInstance => {
                 let Some(_permit) = self.admit(token) else {
                     tracing::warn!(
-                        token,
+                        token_index = token,
                         "checkout over HTTP refused: over the token's rate or concurrency"
                     );
                     let mut answer = json_answer(
@@ -223,7 +223,11 @@ impl HttpApi {
     /// The index of the token whose basic-auth password the request sent.
     fn authorized(&self, request: &Request<Incoming>) -> Option<usize> {
         let value = request.headers().get(hyper::header::AUTHORIZATION)?;
-        let encoded = value.as_bytes().strip_prefix(b"Basic ")?;
+        let value = value.as_bytes();
+        let (scheme, encoded) = value.split_at_checked(6)?;
+        if !scheme.eq_ignore_ascii_case(b"basic ") {
+            return None;
+        }
         let decoded =
             openssl::base64::decode_block(std::str::from_utf8(encoded).ok()?.trim()).ok()?;
         let split = decoded.iter().position(|b| *b == b':')?;
@@ -296,7 +300,8 @@ impl HttpApi {
             give_up_at,
         };
         // Redis trouble is answered while the client still waits.
-        let budget = Duration::from_millis(deadline.saturating_sub(now_ms() + 250).max(100));
+        let send_by = deadline.saturating_sub(ms(SEND_MARGIN));
+        let budget = Duration::from_millis(send_by.saturating_sub(now_ms() + 100).max(100));
         let found = store::within(budget, || self.ctx.store.checkout(delivery, &pool)).await;
         let entry = match found {
             Ok(store::Checkout::Popped { entry, hint }) => {
@@ -377,8 +382,9 @@ impl HttpApi {
                 return None;
             }
         };
-        // A VM is never sent after the client's time: it may have given up and booted cold.
-        if now_ms() > deadline {
+        // A VM is never sent so late that the client may have given up (and booted cold) before
+        // the answer reaches it: it stays unsent, in the pool.
+        if now_ms() > send_by {
             tracing::warn!(%pool, vm = %vm.name, "a VM taken after the client's time: back at the head of its pool");
             let expired = Some(CheckoutOutcome::Expired);
             self.give_back(&identity, &pool, Disposal::Head, expired)
@@ -614,6 +620,10 @@ impl HttpApi {
         self.broker.close().await;
     }
 }
+
+/// How long before the client's deadline the last VM is sent: its answer still has to cross
+/// the network (and Heroku's router) before the client gives up.
+const SEND_MARGIN: Duration = Duration::from_millis(500);
 
 /// The checkouts a token may start at once: a tenth of its minute, at least one.
 fn burst(per_minute: u32) -> f64 {
