@@ -107,7 +107,10 @@ pub async fn pool_policy(
         .await
         .with_context(|| format!("setting the policy of {pool}"))?;
     if !set {
-        bail!("no pool {pool}: create it with `warmer pool set {pool} <target>` first");
+        bail!(
+            "{}; create it with `warmer pool set {pool} <target>` first",
+            no_such_pool(ctx, pool).await
+        );
     }
     let Some(policy) = policy else {
         return Ok(format!(
@@ -141,6 +144,7 @@ pub async fn pool_rollover(
     if from == to {
         bail!("cannot roll {from} over to itself");
     }
+    existing(ctx, from).await?;
     let now = now_secs();
     let started = ctx
         .store
@@ -189,6 +193,40 @@ pub async fn pool_rollover(
     Ok(out)
 }
 
+/// Refuses a pool that does not exist, naming the closest one that does.
+async fn existing(ctx: &Context, pool: &PoolName) -> anyhow::Result<()> {
+    let pools = ctx.store.targets().await.context("reading the pools")?;
+    if pools.contains_key(pool) {
+        return Ok(());
+    }
+    bail!("{}", nearest(pool, pools.keys()))
+}
+
+/// "no pool …", with the closest existing name.
+async fn no_such_pool(ctx: &Context, pool: &PoolName) -> String {
+    match ctx.store.targets().await {
+        Ok(pools) => nearest(pool, pools.keys()),
+        Err(_) => format!("no pool {pool}"),
+    }
+}
+
+fn nearest<'a>(pool: &PoolName, pools: impl Iterator<Item = &'a PoolName>) -> String {
+    let name = pool.to_string();
+    let closest = pools
+        .map(|p| {
+            let p = p.to_string();
+            (crate::config::edit_distance(&name, &p), p)
+        })
+        .min()
+        .filter(|(distance, _)| *distance <= name.len() / 3 + 2);
+    match closest {
+        Some((_, closest)) => {
+            format!("no pool {pool} (did you mean {closest}?; `warmer pool list` shows every pool)")
+        }
+        None => format!("no pool {pool} (`warmer pool list` shows every pool)"),
+    }
+}
+
 /// Refuses a pool `what` (its target, its policy's max) above the fleet cap: no pool can have
 /// more VMs than the whole deployment.
 fn within_fleet_cap(ctx: &Context, pool: &PoolName, what: &str, n: u32) -> anyhow::Result<()> {
@@ -226,13 +264,27 @@ pub async fn pool_set(ctx: &Context, pool: &PoolName, target: u32) -> anyhow::Re
 
 /// `warmer pool delete <pool>`: the pool's warmed VMs are recorded for deletion.
 pub async fn pool_delete(ctx: &Context, pool: &PoolName) -> anyhow::Result<String> {
+    existing(ctx, pool).await?;
+    // The next pass would abort the rollover: refused, so that nothing is undone behind the
+    // operator's back.
+    let rollovers = ctx.store.sizing_view().await?.rollovers;
+    let rolling = rollovers.iter().find(|(from, rollover)| {
+        rollover.state == RolloverState::Rolling
+            && (**from == pool.to_string() || rollover.to == pool.to_string())
+    });
+    if let Some((from, rollover)) = rolling {
+        bail!(
+            "{pool} not deleted: it takes part in the rollover {from} -> {} in progress; wait until `warmer status` shows it completed or aborted",
+            rollover.to
+        );
+    }
     match ctx
         .store
         .delete_pool(pool)
         .await
         .with_context(|| format!("deleting {pool}"))?
     {
-        None => bail!("no pool {pool} (see `warmer pool list`)"),
+        None => bail!("{}", no_such_pool(ctx, pool).await),
         Some(vms) => Ok(format!(
             "{pool}: deleted; {vms} warmed VM(s) recorded in {} for deletion\n",
             ctx.names.orphaned()
@@ -247,6 +299,9 @@ pub async fn fill(
     pool: Option<&PoolName>,
     token: Option<&str>,
 ) -> anyhow::Result<String> {
+    if let Some(pool) = pool {
+        existing(ctx, pool).await?;
+    }
     let fill = RefillMessage::Fill(FillCommand {
         pool: pool.cloned(),
         signer: token.map(crate::config::Secret::new),

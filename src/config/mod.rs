@@ -249,7 +249,7 @@ fn unknown_variables(vars: &HashMap<String, String>) -> Vec<String> {
 }
 
 /// Levenshtein distance, for suggesting a variable's right spelling.
-fn edit_distance(a: &str, b: &str) -> usize {
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut row: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {

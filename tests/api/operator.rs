@@ -54,6 +54,7 @@ async fn status_without_pools_says_how_to_add_one() {
 async fn a_fill_command_reaches_the_refill_queue() {
     let app = TestApp::builder().start().await;
     let pool: PoolName = POOL.parse().unwrap();
+    app.seed(POOL, 1, &[]).await;
 
     operator::fill(&app.ctx, Some(&pool), Some("tok"))
         .await
@@ -122,4 +123,86 @@ async fn warmer_dev_hands_out_a_vm_and_refills_the_pool() {
     );
     trigger.fire();
     within("warmer dev to stop", dev).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn commands_naming_a_pool_that_does_not_exist_refuse_it_and_name_the_closest() {
+    let app = TestApp::builder().start().await;
+    app.seed(POOL, 2, &[]).await;
+    let typo: PoolName = POOL
+        .replace("n1-standard-2", "n1-standard-3")
+        .parse()
+        .unwrap();
+    let unknown: PoolName = "nope:n1-standard-1".parse().unwrap();
+    let suggests = |error: anyhow::Error| {
+        let error = error.to_string();
+        assert!(error.contains(&format!("no pool {typo}")), "{error}");
+        assert!(error.contains(&format!("did you mean {POOL}?")), "{error}");
+    };
+    let deadline = std::time::Duration::from_secs(1800);
+
+    suggests(
+        operator::fill(&app.ctx, Some(&typo), None)
+            .await
+            .unwrap_err(),
+    );
+    suggests(operator::pool_delete(&app.ctx, &typo).await.unwrap_err());
+    suggests(
+        operator::pool_rollover(&app.ctx, &typo, &unknown, deadline)
+            .await
+            .unwrap_err(),
+    );
+    let policy = warmer::policy::Policy {
+        min: 1,
+        max: 4,
+        adaptive: false,
+        hit: 0.99,
+        schedules: Vec::new(),
+    };
+    suggests(
+        operator::pool_policy(&app.ctx, &typo, Some(&policy))
+            .await
+            .unwrap_err(),
+    );
+    let far = operator::fill(&app.ctx, Some(&unknown), None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        far.contains("no pool nope:n1-standard-1") && !far.contains("did you mean"),
+        "{far}"
+    );
+    assert_eq!(
+        app.queue_counts(&app.names.refill_queue()).await.0,
+        0,
+        "no fill published for a pool that does not exist"
+    );
+    assert_eq!(
+        operator::pool_list(&app.ctx).await.unwrap(),
+        format!("{POOL}\t2\n")
+    );
+}
+
+#[tokio::test]
+async fn a_pool_in_a_rollover_in_progress_cannot_be_deleted() {
+    let app = TestApp::builder().start().await;
+    app.seed(POOL, 2, &[vm("a")]).await;
+    let pool: PoolName = POOL.parse().unwrap();
+    let new: PoolName = POOL.replace("trusty", "xenial").parse().unwrap();
+    operator::pool_rollover(&app.ctx, &pool, &new, std::time::Duration::from_secs(1800))
+        .await
+        .unwrap();
+
+    for either in [&pool, &new] {
+        let error = operator::pool_delete(&app.ctx, either)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains(&format!("the rollover {pool} -> {new} in progress")),
+            "{error}"
+        );
+    }
+    assert_eq!(app.pool_vms(POOL).await, ["a"], "nothing deleted");
+    assert!(app.orphaned().await.is_empty());
 }

@@ -58,7 +58,7 @@ async fn orphan_records_written_into_redis_delete_nothing_that_is_not_this_deplo
 
     // Both deleters: the refill consumer's (no listing: each VM looked up) and a reconcile pass.
     app.start_refill().await;
-    app.fill(POOL).await; // wakes the refill consumer's deleter
+    warmer::operator::fill(&app.ctx, None, None).await.unwrap(); // wakes the refill consumer's deleter
     eventually(
         "the refill consumer's deleter to look at every record",
         || async { app.orphan_records().await.is_empty() && refused(&app).await.len() >= 5 },

@@ -425,6 +425,12 @@ async fn a_rollover_to_an_image_that_cannot_boot_is_aborted_and_the_old_pool_is_
 async fn a_rollover_that_makes_no_progress_is_aborted_at_its_deadline() {
     let app = TestApp::builder().start().await;
     app.seed(POOL, 2, &[vm("old-1"), vm("old-2")]).await;
+    let no_pool = rollover(&app, NEW_POOL, POOL, 60).await.unwrap_err();
+    assert!(
+        no_pool.to_string().contains(&format!("no pool {NEW_POOL}")),
+        "{no_pool}"
+    );
+    app.seed(NEW_POOL, 0, &[]).await;
     let no_target = rollover(&app, NEW_POOL, POOL, 60).await.unwrap_err();
     assert!(
         no_target.to_string().contains("no target above 0"),
