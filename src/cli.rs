@@ -374,6 +374,17 @@ async fn publish_fill(ctx: &Context, pool: &PoolName, token: Option<&str>, outpu
 }
 
 fn parse_duration(value: &str) -> Result<Duration, String> {
-    crate::config::parse_duration(value)
-        .ok_or_else(|| format!("`{value}` is not a duration such as `30s`, `5m` or `90`"))
+    crate::config::parse_duration(value).ok_or_else(|| {
+        if value
+            .trim()
+            .trim_end_matches(|c: char| c.is_ascii_alphabetic())
+            .trim_start_matches('0')
+            .is_empty()
+            && value.trim().starts_with('0')
+        {
+            format!("`{value}` is zero: a duration must be above zero")
+        } else {
+            format!("`{value}` is not a duration such as `30s`, `5m`, `1h30m` or `90` (seconds)")
+        }
+    })
 }

@@ -43,8 +43,9 @@ use crate::metrics::{self, Scrape};
 use crate::shutdown::Shutdown;
 use crate::topology::{QueueMonitor, QueueState};
 
-/// How long open requests may take after SIGTERM.
-pub const DRAIN: Duration = Duration::from_secs(10);
+/// How long open requests (and the decisions about their checkouts' VMs) may take after
+/// SIGTERM: within Heroku's 30 s.
+pub const DRAIN: Duration = Duration::from_secs(20);
 /// Each dependency check and query is bounded by this, so a scrape never hangs.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -116,7 +117,6 @@ pub async fn serve(ctx: Context, listener: TcpListener, shutdown: Shutdown) -> a
         };
         let web = web.clone();
         connections.spawn(async move {
-            let _slot = slot;
             let pending = Pending::default();
             let (responder, checkout) = (web.clone(), pending.clone());
             let service = hyper::service::service_fn(move |request| {
@@ -129,6 +129,8 @@ pub async fn serve(ctx: Context, listener: TcpListener, shutdown: Shutdown) -> a
                 .keep_alive(false)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
+            // The connection's place is free once it has ended, whatever is decided after.
+            drop(slot);
             if let Err(error) = &served {
                 tracing::debug!(%error, "HTTP connection ended with an error");
             }

@@ -22,7 +22,7 @@
 //! too late (the client may have read part of it, or timed out) is recorded for deletion. The
 //! step that pops runs on its own task, so a client that hangs up cannot leave a lease pending.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full, Limited};
@@ -43,6 +43,16 @@ use crate::metrics::CheckoutOutcome;
 use crate::pool::PoolName;
 use crate::refill_message::{FillCommand, RefillMessage};
 use crate::store::{self, Disposal, PoolEntry, Settler, ToSettle};
+
+/// What a request's `Authorization` header proves.
+enum Auth {
+    /// The index of the token it holds.
+    Token(usize),
+    /// No header, or no token's password.
+    Missing,
+    /// Not basic auth.
+    OtherScheme,
+}
 
 /// A route of the API.
 #[derive(Debug, PartialEq, Eq)]
@@ -94,6 +104,8 @@ pub struct Handout {
     give_up_at: u64,
     /// Whether the answer with the VM was given to the connection at all.
     responded: bool,
+    /// The token's place among its checkouts in flight, until the handout is decided.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 /// The checkout of one connection, if it popped a VM: filled by [`HttpApi::respond`], read by
@@ -162,13 +174,22 @@ impl HttpApi {
         pending: &Pending,
     ) -> Answer {
         let received = now_ms();
-        let Some(token) = self.authorized(&request) else {
-            return unauthorized();
+        // Behind Heroku's router, a request that came over plain HTTP sent its token in the
+        // clear: refused, never answered with a key. (travis-ci/warmer redirected to HTTPS.)
+        let forwarded = request.headers().get("x-forwarded-proto");
+        if self.ctx.config.on_heroku && forwarded.is_some_and(|proto| proto.as_bytes() == b"http") {
+            return error(StatusCode::FORBIDDEN, HTML, "HTTPS only");
+        }
+        let token = match self.authorized(&request) {
+            Auth::Token(token) => token,
+            Auth::Missing => return unauthorized(),
+            // As `Rack::Auth::Basic`: another scheme is a bad request.
+            Auth::OtherScheme => return empty(StatusCode::BAD_REQUEST, Some("text/plain")),
         };
         match route {
             Route::Root => plain("warmer no warming\n"),
             Route::RequestInstance => {
-                let Some(_permit) = self.admit(token) else {
+                let Some(permit) = self.admit(token) else {
                     tracing::warn!(
                         token_index = token,
                         "checkout over HTTP refused: over the token's rate or concurrency"
@@ -202,10 +223,15 @@ impl HttpApi {
                 };
                 let (answer, told) = oneshot::channel();
                 let api = self.clone();
-                let task = tokio::spawn(async move { api.checkout(body, received, answer).await });
-                if let Ok(mut slot) = pending.lock() {
-                    *slot = Some(task);
-                }
+                // The token's place is held until the checkout is decided, in `conclude`.
+                let task = tokio::spawn(async move {
+                    let handout = api.checkout(body, received, answer).await;
+                    handout.map(|handout| Handout {
+                        permit: Some(permit),
+                        ..handout
+                    })
+                });
+                *pending.lock().unwrap_or_else(PoisonError::into_inner) = Some(task);
                 told.await.unwrap_or_else(|_| {
                     error(
                         StatusCode::INTERNAL_SERVER_ERROR,
@@ -220,14 +246,22 @@ impl HttpApi {
         }
     }
 
-    /// The index of the token whose basic-auth password the request sent.
-    fn authorized(&self, request: &Request<Incoming>) -> Option<usize> {
-        let value = request.headers().get(hyper::header::AUTHORIZATION)?;
+    /// Which token's basic-auth password the request sent.
+    fn authorized(&self, request: &Request<Incoming>) -> Auth {
+        let Some(value) = request.headers().get(hyper::header::AUTHORIZATION) else {
+            return Auth::Missing;
+        };
         let value = value.as_bytes();
-        let (scheme, encoded) = value.split_at_checked(6)?;
-        if !scheme.eq_ignore_ascii_case(b"basic ") {
-            return None;
+        match value.split_at_checked(6) {
+            Some((scheme, encoded)) if scheme.eq_ignore_ascii_case(b"basic ") => {
+                self.password_of(encoded).map_or(Auth::Missing, Auth::Token)
+            }
+            _ => Auth::OtherScheme,
         }
+    }
+
+    /// The index of the token that `encoded` (base64 of `user:password`) has as its password.
+    fn password_of(&self, encoded: &[u8]) -> Option<usize> {
         let decoded =
             openssl::base64::decode_block(std::str::from_utf8(encoded).ok()?.trim()).ok()?;
         let split = decoded.iter().position(|b| *b == b':')?;
@@ -342,9 +376,10 @@ impl HttpApi {
                 ));
                 return None;
             }
-            // A fresh identity has no lease to find.
-            Ok(other) => {
-                tracing::error!(?other, %pool, "checkout over HTTP found a lease it cannot have made");
+            // A fresh identity has no lease to find. (The variant holds the entry, key and
+            // all: it is not logged.)
+            Ok(_) => {
+                tracing::error!(%pool, "checkout over HTTP found a lease it cannot have made");
                 self.count(CheckoutOutcome::Internal);
                 let _ = answer.send(error(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -359,8 +394,11 @@ impl HttpApi {
                 let _ = answer.send(error(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     HTML,
-                    &format!("internal: Redis failed during checkout: {failure}"),
+                    "internal: Redis failed during checkout",
                 ));
+                // The pop may have run after all: a VM it took goes back to the head (nothing
+                // happens when it did not).
+                self.give_back(&identity, &pool, Disposal::Head, None).await;
                 return None;
             }
         };
@@ -371,14 +409,14 @@ impl HttpApi {
             Ok(vm) => vm,
             Err(_) => {
                 unusable("unreadable pool entry");
-                self.give_back(&identity, &pool, Disposal::Orphan("unusable_entry"), None)
-                    .await;
                 self.count(CheckoutOutcome::Internal);
                 let _ = answer.send(error(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     HTML,
                     "internal: an entry of the pool is not readable",
                 ));
+                self.give_back(&identity, &pool, Disposal::Orphan("unusable_entry"), None)
+                    .await;
                 return None;
             }
         };
@@ -386,14 +424,14 @@ impl HttpApi {
         // the answer reaches it: it stays unsent, in the pool.
         if now_ms() > send_by {
             tracing::warn!(%pool, vm = %vm.name, "a VM taken after the client's time: back at the head of its pool");
-            let expired = Some(CheckoutOutcome::Expired);
-            self.give_back(&identity, &pool, Disposal::Head, expired)
-                .await;
             let _ = answer.send(error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 HTML,
                 "the request's time ran out before a VM was taken",
             ));
+            let expired = Some(CheckoutOutcome::Expired);
+            self.give_back(&identity, &pool, Disposal::Head, expired)
+                .await;
             return None;
         }
         let body = match serde_json::to_vec(&reply::Vm::from(&vm)) {
@@ -417,6 +455,7 @@ impl HttpApi {
             deadline,
             give_up_at,
             responded,
+            permit: None,
         })
     }
 
@@ -425,8 +464,13 @@ impl HttpApi {
     pub async fn conclude(&self, pending: Pending, served: bool) {
         let task = pending.lock().ok().and_then(|mut slot| slot.take());
         let Some(task) = task else { return };
-        let Ok(Some(handout)) = task.await else {
-            return;
+        let handout = match task.await {
+            Ok(Some(handout)) => handout,
+            Ok(None) => return,
+            Err(failure) => {
+                tracing::error!(error = %failure, "an HTTP checkout's task failed: its lease, if any, is swept into orphaned after its grace");
+                return;
+            }
         };
         let finished = now_ms();
         let Handout {
@@ -437,6 +481,7 @@ impl HttpApi {
             deadline,
             give_up_at,
             responded,
+            permit: _permit,
         } = handout;
         if responded && served && finished <= deadline {
             let lease = ToSettle {

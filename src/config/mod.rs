@@ -706,6 +706,18 @@ mod tests {
         assert_eq!(parse_duration("5 m"), None);
         assert_eq!(parse_duration("-5"), None);
         assert_eq!(parse_duration("99999999999999999999d"), None);
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5_400)));
+        assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(
+            parse_duration("1s500ms"),
+            Some(Duration::from_millis(1_500))
+        );
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        for refused in [
+            "0s", "0h0m", "30m1h", "1h1h", "1.5s", "h", "1x", "1h 30m", "",
+        ] {
+            assert_eq!(parse_duration(refused), None, "{refused}");
+        }
     }
 
     #[test]

@@ -158,29 +158,47 @@ pub(super) fn duration(
         None => Ok(Duration::from_secs(default_secs)),
         Some(v) => parse_duration(&v).ok_or_else(|| {
             anyhow::anyhow!(
-                "{var} must be a duration such as `90s`, `5m`, `6h` or `7d` (a bare number is seconds), got `{v}`"
+                "{var} must be a duration above zero such as `90s`, `5m`, `1h30m` or `7d` (a bare number is seconds), got `{v}`"
             )
         }),
     }
 }
 
-/// Parses `90s`, `5m`, `6h`, `7d` or a bare number of seconds; zero is refused.
+/// Parses `90s`, `5m`, `6h`, `7d`, `500ms`, compounds of them from the largest unit down
+/// (`1h30m`, `1m30s`), or a bare number of seconds; zero is refused.
 pub fn parse_duration(value: &str) -> Option<Duration> {
     let value = value.trim();
-    let split = value
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(value.len());
-    let (digits, unit) = value.split_at(split);
-    let n: u64 = digits.parse().ok()?;
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => return (n > 0).then(|| Duration::from_millis(n)),
-        "m" => n.checked_mul(60)?,
-        "h" => n.checked_mul(3_600)?,
-        "d" => n.checked_mul(86_400)?,
-        _ => return None,
-    };
-    (secs > 0).then(|| Duration::from_secs(secs))
+    if let Ok(secs) = value.parse::<u64>() {
+        return (secs > 0).then(|| Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = value;
+    // Each unit at most once, larger before smaller.
+    let mut smallest_so_far = u8::MAX;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        let (number, after) = rest.split_at(digits);
+        let n: u64 = number.parse().ok()?;
+        let unit_len = after
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(after.len());
+        let (unit, next) = after.split_at(unit_len);
+        let (rank, part) = match unit {
+            "d" => (4, Duration::from_secs(n.checked_mul(86_400)?)),
+            "h" => (3, Duration::from_secs(n.checked_mul(3_600)?)),
+            "m" => (2, Duration::from_secs(n.checked_mul(60)?)),
+            "s" => (1, Duration::from_secs(n)),
+            "ms" => (0, Duration::from_millis(n)),
+            _ => return None,
+        };
+        if rank >= smallest_so_far {
+            return None;
+        }
+        smallest_so_far = rank;
+        total = total.checked_add(part)?;
+        rest = next;
+    }
+    (!total.is_zero()).then_some(total)
 }
 
 pub(super) fn list(value: &str) -> Vec<String> {

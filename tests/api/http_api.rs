@@ -232,6 +232,18 @@ async fn without_a_token_nothing_is_served_and_bad_bodies_pop_nothing() {
             assert_eq!(status, 401, "{route} {password:?}");
         }
     }
+    // Another scheme is a bad request, as Rack::Auth::Basic answers it.
+    let response = within(
+        "an answer",
+        reqwest::Client::new()
+            .post(&url)
+            .bearer_auth(TOKEN)
+            .body(TRAVIS_REQUEST)
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 400);
     // Any user name: the password is what counts.
     let response = within(
         "an answer",
@@ -571,4 +583,29 @@ async fn one_token_is_held_to_its_rate_and_what_it_is_refused_pops_nothing() {
         3,
         "the refused one popped nothing"
     );
+}
+
+#[tokio::test]
+async fn on_a_dyno_a_request_that_came_over_plain_http_is_refused() {
+    let compute = ComputeStandIn::start(Duration::from_millis(300)).await;
+    let builder = TestApp::builder().gce(&compute).env("DYNO", "web.1");
+    let (_app, base, _) = api(builder).await;
+    let over = |proto: &'static str| {
+        let url = format!("{base}/");
+        async move {
+            within(
+                "an answer",
+                reqwest::Client::new()
+                    .get(url)
+                    .basic_auth("travis", Some(TOKEN))
+                    .header("X-Forwarded-Proto", proto)
+                    .send(),
+            )
+            .await
+            .unwrap()
+            .status()
+        }
+    };
+    assert_eq!(over("http").await, 403);
+    assert_eq!(over("https").await, 200);
 }
