@@ -28,12 +28,9 @@ use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields};
 use tracing_subscriber::fmt::{FmtContext, MakeWriter};
 use tracing_subscriber::registry::LookupSpan;
 
-/// Targets capped whatever `RUST_LOG` says: frames and returned messages.
-const CAPPED: [&str; 7] = [
-    "lapin=debug",
-    "amq_protocol=debug",
+/// Targets off whatever `RUST_LOG` says (see also [`never_written`]).
+const CAPPED: [&str; 4] = [
     "lapin::returned_messages=off",
-    "lapin::frames=info",
     // A lost connection (a broker node killed): lapin logs it at ERROR on each of these, a few
     // dozen lines at once; warmer's supervisor says it once, with what it does next.
     "lapin::channels=off",
@@ -45,9 +42,26 @@ const CAPPED: [&str; 7] = [
 /// Secrets shorter than this are not looked for: they would redact ordinary words.
 const SHORTEST_SECRET: usize = 3;
 
-/// The log filter: `RUST_LOG` or `default`, with the secret-bearing targets capped.
+/// Whether an event is one that is never written, whatever the filter says: lapin's and
+/// amq-protocol's TRACE (frames, message bodies), and `lapin::frames` below INFO. (A directive
+/// such as `lapin=debug` cannot cap: it would raise lapin from the default's WARN.)
+pub fn never_written(metadata: &tracing::Metadata<'_>) -> bool {
+    let target = metadata.target();
+    let level = *metadata.level();
+    let amqp = target.starts_with("lapin") || target.starts_with("amq_protocol");
+    (amqp && level == tracing::Level::TRACE)
+        || (target.starts_with("lapin::frames") && level > tracing::Level::INFO)
+}
+
+/// The default filter when `RUST_LOG` is unset.
+pub const DEFAULT_FILTER: &str = "info,lapin=warn";
+
+/// The log filter: `RUST_LOG` or `default`, with the secret-bearing targets off.
 pub fn filter(default: &str) -> EnvFilter {
-    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    capped(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)))
+}
+
+fn capped(mut filter: EnvFilter) -> EnvFilter {
     for directive in CAPPED {
         if let Ok(directive) = directive.parse() {
             filter = filter.add_directive(directive);
@@ -82,13 +96,25 @@ impl LogFormat {
 
 /// Installs the process-wide subscriber, writing `format` through `redactor`.
 pub fn init(redactor: Redactor, format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter("info,lapin=warn"))
+        .with_env_filter(filter(DEFAULT_FILTER))
         .with_writer(redactor);
+    let caps = tracing_subscriber::filter::filter_fn(|metadata| !never_written(metadata));
     match format {
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => builder.json().with_ansi(false).init(),
-        LogFormat::L2met => builder.with_ansi(false).event_format(Logfmt).init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .finish()
+            .with(caps)
+            .init(),
+        LogFormat::Json => builder.json().with_ansi(false).finish().with(caps).init(),
+        LogFormat::L2met => builder
+            .with_ansi(false)
+            .event_format(Logfmt)
+            .finish()
+            .with(caps)
+            .init(),
     }
 }
 
@@ -308,6 +334,58 @@ impl Drop for RedactingWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("not poisoned").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// What a subscriber as `init` builds, with `filter`, writes of a few events.
+    fn written(filter: &str) -> String {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(capped(EnvFilter::new(filter)))
+            .with_writer(move || writer.clone())
+            .finish()
+            .with(tracing_subscriber::filter::filter_fn(|m| !never_written(m)));
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::debug!(target: "lapin::internal_rpc", "heartbeat");
+            tracing::warn!(target: "lapin::connection", "lapin warns");
+            tracing::trace!(target: "lapin::frames", "a frame");
+            tracing::info!(target: "lapin::frames", "frames info");
+            tracing::trace!(target: "amq_protocol::frame", "protocol trace");
+            tracing::trace!(target: "lapin::returned_messages", "a returned body");
+            tracing::info!(target: "warmer::checkout", "warmer info");
+            tracing::trace!(target: "warmer::checkout", "warmer trace");
+        });
+        let bytes = captured.0.lock().expect("not poisoned").clone();
+        String::from_utf8(bytes).expect("UTF-8")
+    }
+
+    #[test]
+    fn by_default_lapin_says_only_warnings_and_no_filter_lets_frames_through() {
+        let default = written(DEFAULT_FILTER);
+        assert!(!default.contains("heartbeat"), "{default}");
+        assert!(default.contains("lapin warns") && default.contains("warmer info"));
+        assert!(!default.contains("warmer trace"));
+        let everything = written("trace");
+        for never in ["a frame", "protocol trace", "a returned body"] {
+            assert!(!everything.contains(never), "{never}: {everything}");
+        }
+        for shown in ["heartbeat", "frames info", "warmer trace"] {
+            assert!(everything.contains(shown), "{shown}: {everything}");
+        }
+    }
 
     #[test]
     fn the_log_format_defaults_to_l2met_on_heroku_and_refuses_unknown_names() {

@@ -312,12 +312,12 @@ impl HttpApi {
             Err(why) => {
                 tracing::debug!(%why, "bad checkout request over HTTP");
                 self.count(CheckoutOutcome::BadRequest);
-                let _ = answer.send(error(
+                return refuse(
+                    answer,
                     StatusCode::BAD_REQUEST,
                     "application/json",
                     &format!("bad request: {why}"),
-                ));
-                return None;
+                );
             }
         };
         let pool = request.pool;
@@ -345,12 +345,12 @@ impl HttpApi {
                 entry
             }
             Ok(store::Checkout::NoPool) => {
-                let _ = answer.send(error(
+                return refuse(
+                    answer,
                     StatusCode::NOT_FOUND,
                     "application/json",
                     "no config found for pool",
-                ));
-                return None;
+                );
             }
             Ok(store::Checkout::Empty { hint }) => {
                 let _ = answer.send(error(
@@ -369,24 +369,19 @@ impl HttpApi {
                 return None;
             }
             Ok(store::Checkout::Expired) => {
-                let _ = answer.send(error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    HTML,
-                    "the request's time ran out before a VM was taken",
-                ));
-                return None;
+                return refuse(answer, StatusCode::INTERNAL_SERVER_ERROR, HTML, LATE);
             }
             // A fresh identity has no lease to find. (The variant holds the entry, key and
             // all: it is not logged.)
             Ok(_) => {
                 tracing::error!(%pool, "checkout over HTTP found a lease it cannot have made");
                 self.count(CheckoutOutcome::Internal);
-                let _ = answer.send(error(
+                return refuse(
+                    answer,
                     StatusCode::INTERNAL_SERVER_ERROR,
                     HTML,
                     "internal: unexpected lease",
-                ));
-                return None;
+                );
             }
             Err(failure) => {
                 tracing::error!(error = %failure, %pool, "checkout over HTTP failed in Redis");
@@ -398,7 +393,15 @@ impl HttpApi {
                 ));
                 // The pop may have run after all: a VM it took goes back to the head (nothing
                 // happens when it did not).
-                self.give_back(&identity, &pool, Disposal::Head, None).await;
+                give_back(
+                    &self.ctx.store,
+                    &self.events,
+                    &identity,
+                    &pool,
+                    Disposal::Head,
+                    None,
+                )
+                .await;
                 return None;
             }
         };
@@ -415,8 +418,15 @@ impl HttpApi {
                     HTML,
                     "internal: an entry of the pool is not readable",
                 ));
-                self.give_back(&identity, &pool, Disposal::Orphan("unusable_entry"), None)
-                    .await;
+                give_back(
+                    &self.ctx.store,
+                    &self.events,
+                    &identity,
+                    &pool,
+                    Disposal::Orphan("unusable_entry"),
+                    None,
+                )
+                .await;
                 return None;
             }
         };
@@ -424,21 +434,32 @@ impl HttpApi {
         // the answer reaches it: it stays unsent, in the pool.
         if now_ms() > send_by {
             tracing::warn!(%pool, vm = %vm.name, "a VM taken after the client's time: back at the head of its pool");
-            let _ = answer.send(error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                HTML,
-                "the request's time ran out before a VM was taken",
-            ));
+            let _ = answer.send(error(StatusCode::INTERNAL_SERVER_ERROR, HTML, LATE));
             let expired = Some(CheckoutOutcome::Expired);
-            self.give_back(&identity, &pool, Disposal::Head, expired)
-                .await;
+            give_back(
+                &self.ctx.store,
+                &self.events,
+                &identity,
+                &pool,
+                Disposal::Head,
+                expired,
+            )
+            .await;
             return None;
         }
         let body = match serde_json::to_vec(&reply::Vm::from(&vm)) {
             Ok(body) => body,
             Err(_) => {
                 unusable("reply not serializable");
-                self.give_back(&identity, &pool, Disposal::Head, None).await;
+                give_back(
+                    &self.ctx.store,
+                    &self.events,
+                    &identity,
+                    &pool,
+                    Disposal::Head,
+                    None,
+                )
+                .await;
                 return None;
             }
         };
@@ -508,23 +529,13 @@ impl HttpApi {
         };
         tracing::info!(%pool, vm = %vm.name, served, late_ms = finished.saturating_sub(deadline), why);
         let gone = Some(CheckoutOutcome::RequesterGone);
-        self.give_back(&identity, &pool, disposal, gone).await;
-    }
-
-    async fn give_back(
-        &self,
-        identity: &str,
-        pool: &PoolName,
-        disposal: Disposal,
-        outcome: Option<CheckoutOutcome>,
-    ) {
         give_back(
             &self.ctx.store,
             &self.events,
-            identity,
-            pool,
+            &identity,
+            &pool,
             disposal,
-            outcome,
+            gone,
         )
         .await;
     }
@@ -664,6 +675,20 @@ impl HttpApi {
         }
         self.broker.close().await;
     }
+}
+
+/// The 500's text when the client's time ran out first.
+const LATE: &str = "the request's time ran out before a VM was taken";
+
+/// Answers `answer` with `{"error": text}`: the checkout handed nothing out.
+fn refuse(
+    answer: oneshot::Sender<Answer>,
+    status: StatusCode,
+    content_type: &'static str,
+    text: &str,
+) -> Option<Handout> {
+    let _ = answer.send(error(status, content_type, text));
+    None
 }
 
 /// How long before the client's deadline the last VM is sent: its answer still has to cross

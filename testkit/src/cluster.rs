@@ -52,11 +52,19 @@ impl Cluster {
         std::fs::write(&cookie, format!("WARMERTESTCOOKIE{id}").to_uppercase()).unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&cookie, std::fs::Permissions::from_mode(0o400)).unwrap();
+        // Six distinct ports: a port just freed can be handed out again.
+        let mut ports: Vec<u16> = Vec::new();
+        while ports.len() < 6 {
+            let port = node_port();
+            if !ports.contains(&port) {
+                ports.push(port);
+            }
+        }
         let nodes = (1..=3)
             .map(|i| Node {
                 name: format!("n{i}-{id}@localhost"),
-                port: node_port(),
-                dist_port: node_port(),
+                port: ports[2 * i - 2],
+                dist_port: ports[2 * i - 1],
                 dir: dir.join(format!("n{i}")),
             })
             .collect();
@@ -115,19 +123,46 @@ impl Cluster {
         );
     }
 
-    /// Waits until node `i` has booted (asking again while it registers).
+    /// Waits until node `i` has booted (asking again while it registers); a node not up after
+    /// 45 s is launched once more (a detached start that died, as a loaded machine sees now
+    /// and then); one not up after 90 s fails the test with the end of its log.
     async fn await_node(&self, i: usize) {
-        let patience = Duration::from_secs(60);
         let started = std::time::Instant::now();
+        let mut relaunched = false;
         while self.ctl(i, &["await_startup"]).await.is_err() {
+            if !relaunched && started.elapsed() > Duration::from_secs(45) {
+                eprintln!(
+                    "node {} not up after 45 s: launched again",
+                    self.nodes[i].name
+                );
+                self.launch(i);
+                relaunched = true;
+            }
             assert!(
-                started.elapsed() < patience,
-                "node {} did not start: see {}",
+                started.elapsed() < Duration::from_secs(90),
+                "node {} did not start; the end of its log:\n{}",
                 self.nodes[i].name,
-                self.nodes[i].dir.join("log").display()
+                self.log_tail(i)
             );
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
+    }
+
+    /// The last 3,000 characters of node `i`'s log files.
+    fn log_tail(&self, i: usize) -> String {
+        let mut text = String::new();
+        if let Ok(entries) = std::fs::read_dir(self.nodes[i].dir.join("log")) {
+            for entry in entries.flatten() {
+                if let Ok(log) = std::fs::read_to_string(entry.path()) {
+                    text.push_str(&format!("== {}\n{log}", entry.path().display()));
+                }
+            }
+        }
+        let start = text.len().saturating_sub(3_000);
+        let start = (start..text.len())
+            .find(|i| text.is_char_boundary(*i))
+            .unwrap_or(text.len());
+        text[start..].to_string()
     }
 
     /// `rabbitmqctl -n <node i> <args>`: its stdout, or its stderr as the error.

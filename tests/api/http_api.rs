@@ -167,37 +167,18 @@ async fn an_unchanged_travis_worker_gets_a_warm_vm_it_can_use_and_travis_ci_warm
 
     // 404 and 409, as travis-ci/warmer answers them; the worker boots cold on either.
     assert_eq!(worker.request_instance(true).await.err(), Some(404));
-    let (status, content_type, body) = call(
-        reqwest::Method::POST,
-        &format!("{base}/request-instance"),
-        Some(TOKEN),
-        Some(&TRAVIS_REQUEST.replace(MACHINE_TYPE, "n1-standard-8")),
-    )
-    .await;
-    assert_eq!(
-        (status, content_type.as_str(), body.as_str()),
-        (
-            404,
-            "application/json",
-            r#"{"error":"no config found for pool"}"#
-        )
-    );
+    let eight = TRAVIS_REQUEST.replace(MACHINE_TYPE, "n1-standard-8");
+    let url = format!("{base}/request-instance");
+    let no_pool = call(reqwest::Method::POST, &url, Some(TOKEN), Some(&eight)).await;
     app.seed(&format!("{IMAGE}:n1-standard-8"), 0, &[]).await;
-    let (status, content_type, body) = call(
-        reqwest::Method::POST,
-        &format!("{base}/request-instance"),
-        Some(TOKEN),
-        Some(&TRAVIS_REQUEST.replace(MACHINE_TYPE, "n1-standard-8")),
-    )
-    .await;
-    assert_eq!(
-        (status, content_type.as_str(), body.as_str()),
-        (
-            409,
-            "application/json",
-            r#"{"error":"no instance available in pool"}"#
-        )
-    );
+    let empty = call(reqwest::Method::POST, &url, Some(TOKEN), Some(&eight)).await;
+    for ((status, content_type, body), expected) in [
+        (no_pool, (404, r#"{"error":"no config found for pool"}"#)),
+        (empty, (409, r#"{"error":"no instance available in pool"}"#)),
+    ] {
+        assert_eq!((status, body.as_str()), expected);
+        assert_eq!(content_type, "application/json");
+    }
 }
 
 #[tokio::test]
