@@ -10,6 +10,9 @@ use warmer::telemetry::{self, Redactor};
 async fn main() -> ExitCode {
     // Two TLS stacks (lapin, redis) share rustls: pick its crypto provider before either runs.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // OpenSSL initialised without its exit handler, before anything else uses it (see
+    // `Context::new`).
+    openssl::init();
     let cli = Cli::parse();
     // Configuration errors name the variable, never its value.
     let config = match Config::from_env() {

@@ -483,7 +483,21 @@ pub async fn status(ctx: &Context) -> anyhow::Result<String> {
         };
     }
     if brake {
-        out.push_str("SAFETY BRAKE ON: boots are paused while unaccounted VMs exceed WARMER_ORPHAN_THRESHOLD, and sizing is frozen (see `warmer reconcile` logs)\n");
+        let count = ctx.store.brake_count().await?.unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "SAFETY BRAKE ON: {count} VMs labelled for this deployment are unaccounted for (more than WARMER_ORPHAN_THRESHOLD, {}): boots are paused and sizing is frozen; the reconciler's log names them",
+            ctx.config.orphan_threshold
+        );
+    }
+    out.push_str(&reconciler_line(ctx, now).await?);
+    let orphans = ctx.store.orphan_count().await?;
+    if orphans > 0 {
+        let _ = writeln!(
+            out,
+            "ORPHANS: {orphans} VMs recorded for deletion ({}), deleted by refill and the reconciler",
+            ctx.names.orphaned()
+        );
     }
     out.push_str(&queue_lines(ctx).await);
     if pools.is_empty() {
@@ -492,6 +506,31 @@ pub async fn status(ctx: &Context) -> anyhow::Result<String> {
         );
     }
     Ok(out)
+}
+
+/// Whether a reconciler is active (it holds the lock), which, and when a pass last succeeded:
+/// without one, policies, rollovers, fills and orphan deletion by the reconciler all wait.
+async fn reconciler_line(ctx: &Context, now: u64) -> anyhow::Result<String> {
+    let holder = ctx.store.reconciler().await?;
+    let ago = ctx
+        .store
+        .last_reconcile()
+        .await?
+        .map(|at| now.saturating_sub(crate::clock::secs(at)));
+    let last = match ago {
+        Some(ago) => format!("last successful pass {} ago", age(ago)),
+        None => "no successful pass recorded".into(),
+    };
+    let interval = ctx.config.reconcile_interval.as_secs();
+    Ok(match holder {
+        None => format!(
+            "RECONCILER: NONE ACTIVE ({last}): until one runs, no policy, schedule or rollover is applied and the reconciler's checks wait\n"
+        ),
+        Some((owner, _)) if ago.is_none_or(|ago| ago > 3 * interval) => format!(
+            "RECONCILER {owner}: active, {last}: more than 3 intervals of {interval}s; are its passes failing? (see its log)\n"
+        ),
+        Some((owner, _)) => format!("RECONCILER {owner}: active, {last}\n"),
+    })
 }
 
 /// One line per queue of the broker: ready messages and consumers, or why it cannot be read.

@@ -111,6 +111,19 @@ pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
     Reconciler::new(ctx, cloud).run(shutdown).await
 }
 
+/// This process's name as the reconciler lock's owner, for `warmer status`: the host (the dyno
+/// on Heroku, where the hostname is a random id), the pid, and an id of its own.
+fn lock_owner() -> String {
+    let host = std::env::var("DYNO")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|host| host.trim().to_string())
+        .filter(|host| !host.is_empty())
+        .unwrap_or_else(|| "unknown host".into());
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host} pid {} ({})", std::process::id(), &id[..8])
+}
+
 impl Reconciler {
     pub fn new(ctx: Context, cloud: Cloud) -> Self {
         Self {
@@ -118,7 +131,7 @@ impl Reconciler {
             sizer: Sizer::new(ctx.config.max_vms),
             ctx,
             cloud,
-            owner: format!("reconciler-{}", uuid::Uuid::new_v4().simple()),
+            owner: lock_owner(),
             clock: Clock::system(),
         }
     }

@@ -18,6 +18,21 @@ impl Store {
         Ok(held == 1)
     }
 
+    /// Who holds the reconciler lock, and for how much longer (ms), if anyone does.
+    pub async fn reconciler(&self) -> Result<Option<(String, u64)>> {
+        let key = &self.names.reconciler_lock();
+        let (owner, ttl): (Option<String>, i64) = self
+            .call(|mut conn| async move {
+                redis::pipe()
+                    .get(key)
+                    .pttl(key)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(owner.map(|owner| (owner, u64::try_from(ttl).unwrap_or(0))))
+    }
+
     /// Releases the reconciler lock if `owner` holds it (see `unlock.lua`).
     pub async fn unlock(&self, owner: &str) -> Result<()> {
         let mut invocation = self.scripts.unlock.prepare_invoke();

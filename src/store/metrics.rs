@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use redis::AsyncCommands;
+
 use super::Result;
 use super::Store;
 use crate::metrics::{self, Counters};
@@ -51,6 +53,18 @@ impl Store {
     }
 
     /// The counters of no pool and of each of `pools`, in one round trip.
+    /// When the last reconcile pass succeeded (ms), if one ever did.
+    pub async fn last_reconcile(&self) -> Result<Option<u64>> {
+        let (key, field) = (
+            &self.names.metrics(),
+            &metrics::RECONCILE_LAST_SUCCESS.field(&[]),
+        );
+        let at: Option<String> = self
+            .call(|mut conn| async move { conn.hget(key, field).await })
+            .await?;
+        Ok(at.and_then(|at| at.parse().ok()))
+    }
+
     pub async fn counters(&self, pools: &[&str]) -> Result<Counters> {
         let mut pipe = redis::pipe();
         pipe.hgetall(self.names.metrics());

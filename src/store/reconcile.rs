@@ -208,6 +208,15 @@ impl Store {
             .await
     }
 
+    /// The unaccounted VMs the safety brake was engaged for, if it is on.
+    pub async fn brake_count(&self) -> Result<Option<u64>> {
+        let key = &self.names.brake();
+        let count: Option<String> = self
+            .call(|mut conn| async move { conn.get(key).await })
+            .await?;
+        Ok(count.map(|count| count.trim().parse().unwrap_or(0)))
+    }
+
     /// Releases the safety brake.
     pub async fn release_brake(&self) -> Result<()> {
         let key = &self.names.brake();

@@ -206,3 +206,79 @@ async fn a_pool_in_a_rollover_in_progress_cannot_be_deleted() {
     assert_eq!(app.pool_vms(POOL).await, ["a"], "nothing deleted");
     assert!(app.orphaned().await.is_empty());
 }
+
+#[tokio::test]
+async fn status_says_whether_a_reconciler_is_active_when_it_last_passed_and_what_waits() {
+    let app = TestApp::builder().start().await;
+    app.seed(POOL, 1, &[vm("a")]).await;
+    let row = |status: &str| -> Vec<String> {
+        let line = status.lines().find(|l| l.starts_with(POOL)).unwrap();
+        line.split_whitespace().map(String::from).collect()
+    };
+
+    let status = operator::status(&app.ctx).await.unwrap();
+    assert!(
+        status.contains("RECONCILER: NONE ACTIVE (no successful pass recorded)"),
+        "{status}"
+    );
+
+    // An active one that has passed: named, with its last pass.
+    let reconciler = app.reconciler().await;
+    let ttl = std::time::Duration::from_secs(60);
+    assert!(app.ctx.store.lock(reconciler.owner(), ttl).await.unwrap());
+    let policy = |min| warmer::policy::Policy {
+        min,
+        max: 4,
+        adaptive: false,
+        hit: 0.99,
+        schedules: Vec::new(),
+    };
+    let pool: PoolName = POOL.parse().unwrap();
+    operator::pool_policy(&app.ctx, &pool, Some(&policy(2)))
+        .await
+        .unwrap();
+    reconciler.pass(Some(&app.broker().await)).await.unwrap();
+    let status = operator::status(&app.ctx).await.unwrap();
+    let active = format!(
+        "RECONCILER {}: active, last successful pass ",
+        reconciler.owner()
+    );
+    assert!(status.contains(&active), "{status}");
+    assert!(
+        reconciler
+            .owner()
+            .contains(&format!("pid {}", std::process::id()))
+    );
+    assert_eq!(row(&status)[4], "min");
+
+    // A new policy is "pending" until a pass decides under it.
+    operator::pool_policy(&app.ctx, &pool, Some(&policy(3)))
+        .await
+        .unwrap();
+    assert_eq!(
+        row(&operator::status(&app.ctx).await.unwrap())[4],
+        "pending"
+    );
+
+    // None active again: said so, with the last pass there was.
+    app.ctx.store.unlock(reconciler.owner()).await.unwrap();
+    let status = operator::status(&app.ctx).await.unwrap();
+    assert!(
+        status.contains("RECONCILER: NONE ACTIVE (last successful pass "),
+        "{status}"
+    );
+
+    // The brake with its count, and orphans awaiting deletion.
+    app.ctx.store.engage_brake(25).await.unwrap();
+    app.push_orphan_record(&json!({"name": "gone-1", "zone": "us-central1-c"}))
+        .await;
+    let status = operator::status(&app.ctx).await.unwrap();
+    assert!(
+        status.contains("SAFETY BRAKE ON: 25 VMs labelled for this deployment are unaccounted for"),
+        "{status}"
+    );
+    assert!(
+        status.contains("ORPHANS: 1 VMs recorded for deletion"),
+        "{status}"
+    );
+}

@@ -5,7 +5,8 @@
 --
 -- Invariant: only an existing pool has a policy (`pool set` creates pools; the sizer writes only
 -- their targets). The target is not touched here: the sizer's next pass applies the policy.
--- Removing it also forgets the sizer's last decision: the pool keeps its target, static.
+-- Setting or removing it forgets the sizer's last decision: removed, the pool keeps its target,
+-- static.
 -- Returns 1, or 0 when the pool does not exist.
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
   return 0
@@ -15,5 +16,8 @@ if ARGV[2] == '' then
   redis.call('HDEL', KEYS[3], ARGV[1])
 else
   redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+  -- The last decision was made under another policy: `warmer status` shows "pending" until
+  -- a pass decides under this one.
+  redis.call('HDEL', KEYS[3], ARGV[1])
 end
 return 1
