@@ -271,7 +271,11 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<Output> {
         crate::check::run(config).await?;
         return Ok(quiet);
     }
-    let ctx = Context::new(config).await?;
+    // `warmer web` starts without Redis: its `/health` says Redis is away until it is back.
+    let ctx = match command {
+        Command::Web => Context::lazily(config)?,
+        _ => Context::new(config).await?,
+    };
     Ok(match command {
         Command::Check | Command::Simulate { .. } | Command::Permissions { .. } => quiet, // done above
         Command::Autoscale | Command::Watchdog if off_heroku(&ctx.config) => {

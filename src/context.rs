@@ -36,6 +36,23 @@ impl Context {
         })
     }
 
+    /// As [`Self::new`], connecting to Redis on first use (`warmer web`: it answers `/health`
+    /// while Redis is away).
+    pub fn lazily(config: Config) -> anyhow::Result<Self> {
+        openssl::init();
+        let names = Names::new(&config.amqp_prefix, &config.redis_namespace);
+        let store = Store::connect_lazily(
+            &config.redis_url,
+            config.redis_ca_pem.as_deref(),
+            names.clone(),
+        )?;
+        Ok(Self {
+            config: Arc::new(config),
+            names,
+            store,
+        })
+    }
+
     /// Connects to RabbitMQ, naming the connection after this deployment and process.
     pub async fn amqp(&self, process: impl std::fmt::Display) -> anyhow::Result<lapin::Connection> {
         let name = format!("{}.{process}", self.names.prefix());

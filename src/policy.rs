@@ -122,6 +122,15 @@ impl Schedule {
     }
 }
 
+/// A cron's five fields and what each takes.
+const CRON_FIELDS: [(&str, &str); 5] = [
+    ("minute", "0-59"),
+    ("hour", "0-23"),
+    ("day-of-month", "1-31"),
+    ("month", "1-12 or JAN-DEC"),
+    ("day-of-week", "0-7 or SUN-SAT"),
+];
+
 impl FromStr for Schedule {
     type Err = String;
 
@@ -150,12 +159,29 @@ impl FromStr for Schedule {
                 cron.trim()
             ));
         }
-        let cron = croner::parser::CronParser::builder()
-            .seconds(croner::parser::Seconds::Disallowed)
-            .year(croner::parser::Year::Disallowed)
-            .build()
-            .parse(cron.trim())
-            .map_err(|error| format!("schedule `{text}`: bad cron `{}`: {error}", cron.trim()))?;
+        let parse = |cron: &str| {
+            croner::parser::CronParser::builder()
+                .seconds(croner::parser::Seconds::Disallowed)
+                .year(croner::parser::Year::Disallowed)
+                .build()
+                .parse(cron)
+        };
+        let cron = parse(cron.trim()).map_err(|error| {
+            // Which field: each tried alone, the others `*`.
+            let given: Vec<&str> = cron.split_whitespace().collect();
+            let culprit = CRON_FIELDS.iter().enumerate().find(|(i, _)| {
+                let alone: Vec<&str> = (0..5).map(|j| if j == *i { given[j] } else { "*" }).collect();
+                parse(&alone.join(" ")).is_err()
+            });
+            match culprit {
+                Some((i, (field, range))) => format!(
+                    "schedule `{text}`: bad cron `{}`: its {field} field `{}` is not valid ({range}): {error}",
+                    cron.trim(),
+                    given[i]
+                ),
+                None => format!("schedule `{text}`: bad cron `{}`: {error}", cron.trim()),
+            }
+        })?;
         Ok(Schedule {
             text: text.trim().to_string(),
             cron,
@@ -244,8 +270,11 @@ mod tests {
         assert!(error("* * * * *@Mars/Olympus=3").contains("unknown time zone `Mars/Olympus`"));
         assert!(error("* * * *@UTC=3").contains("4 fields, not five"));
         assert!(error("0 * * * * *@UTC=3").contains("6 fields"));
-        assert!(error("* 25 * * *@UTC=3").contains("bad cron"));
-        assert!(error("* * * * XYZ@UTC=3").contains("bad cron"));
+        assert!(error("* 25 * * *@UTC=3").contains("its hour field `25` is not valid (0-23)"));
+        assert!(error("* * * * XYZ@UTC=3").contains("its day-of-week field `XYZ`"));
+        assert!(error("61 * * * *@UTC=3").contains("its minute field `61`"));
+        assert!(error("* * 0 * *@UTC=3").contains("its day-of-month field `0`"));
+        assert!(error("* * * 13 *@UTC=3").contains("its month field `13`"));
         assert!(error("* * * * *@UTC=lots").contains("`lots` is not a number"));
         assert!(
             policy(5, 3, &[])

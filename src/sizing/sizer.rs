@@ -117,13 +117,16 @@ impl Sizer {
             .collect();
         store.apply_decisions(&writes).await?;
         for (pool, before, decision) in &changed {
-            tracing::info!(
-                %pool,
-                before = ?before,
-                target = decision.target,
-                reason = decision.reason,
-                "sized"
-            );
+            let target = decision.target;
+            let reason = &decision.reason;
+            // Only a new target is news; a new reason for the same one is recorded quietly.
+            match before {
+                Some(before) if *before == u64::from(target) => {
+                    tracing::debug!(%pool, target, reason, "sizing reason changed, target kept")
+                }
+                Some(before) => tracing::info!(%pool, before, target, reason, "sized"),
+                None => tracing::info!(%pool, target, reason, "sized (no target before)"),
+            }
         }
         let finished = move_rollovers(store, events, &view, &decided, now).await?;
         Ok(Report {

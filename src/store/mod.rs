@@ -145,23 +145,7 @@ impl Store {
         ca_pem: Option<&[u8]>,
         names: Names,
     ) -> anyhow::Result<Self> {
-        let client = match ca_pem {
-            None => redis::Client::open(url.expose()),
-            Some(ca) => redis::Client::build_with_tls(
-                url.expose(),
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(ca.to_vec()),
-                },
-            ),
-        }
-        .with_context(|| format!("WARMER_REDIS_URL {url} is not a valid Redis URL"))?;
-        let config = ConnectionManagerConfig::new()
-            // The default 500 ms response timeout fails slow scripts on a busy server.
-            .set_response_timeout(Some(Duration::from_secs(5)))
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(2));
+        let (client, config) = client(url, ca_pem)?;
         let conn = tokio::time::timeout(
             Duration::from_secs(10),
             ConnectionManager::new_with_config(client, config),
@@ -169,6 +153,23 @@ impl Store {
         .await
         .map_err(|_| anyhow::anyhow!("connecting to Redis at {url} timed out"))?
         .with_context(|| format!("connecting to Redis at {url}"))?;
+        Ok(Self {
+            conn,
+            names,
+            scripts: scripts(),
+        })
+    }
+
+    /// As [`Self::connect`], but connecting on first use: for `warmer web`, which answers
+    /// `/health` (503, naming Redis) while Redis is away.
+    pub fn connect_lazily(
+        url: &ServerUrl,
+        ca_pem: Option<&[u8]>,
+        names: Names,
+    ) -> anyhow::Result<Self> {
+        let (client, config) = client(url, ca_pem)?;
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .with_context(|| format!("setting up the connection to Redis at {url}"))?;
         Ok(Self {
             conn,
             names,
@@ -238,6 +239,32 @@ where
 /// An error for a script that answered something this code does not know.
 fn unexpected(script: &str, answer: impl std::fmt::Debug) -> Error {
     Error::Other(format!("{script}: unexpected answer {answer:?}"))
+}
+
+/// The client and connection settings for `url`; a `rediss://` server's certificate is
+/// verified against `ca_pem` if given.
+fn client(
+    url: &ServerUrl,
+    ca_pem: Option<&[u8]>,
+) -> anyhow::Result<(redis::Client, ConnectionManagerConfig)> {
+    let client = match ca_pem {
+        None => redis::Client::open(url.expose()),
+        Some(ca) => redis::Client::build_with_tls(
+            url.expose(),
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.to_vec()),
+            },
+        ),
+    }
+    .with_context(|| format!("WARMER_REDIS_URL {url} is not a valid Redis URL"))?;
+    let config = ConnectionManagerConfig::new()
+        // The default 500 ms response timeout fails slow scripts on a busy server.
+        .set_response_timeout(Some(Duration::from_secs(5)))
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(2));
+    Ok((client, config))
 }
 
 /// A Redis value read as `T`, or why it could not be.

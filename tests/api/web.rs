@@ -235,3 +235,36 @@ async fn metrics_with_a_token_are_served_only_to_its_bearer() {
     assert_eq!(status, 200);
     assert!(!body.contains(POOL));
 }
+
+#[tokio::test]
+async fn warmer_web_starts_without_redis_and_names_it_in_health_until_it_is_back() {
+    let app = TestApp::builder().start().await;
+    let redis = Proxy::start("127.0.0.1:6379").await;
+    redis.cut();
+    let port = free_port();
+    let _web = crate::warmer("web")
+        .envs(&app.env)
+        .env(
+            "WARMER_REDIS_URL",
+            format!("redis://127.0.0.1:{}/0", redis.port),
+        )
+        .env("PORT", port.to_string())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/health");
+    let health = |url: String| async move {
+        let response = reqwest::get(&url).await.ok()?;
+        let status = response.status().as_u16();
+        Some((status, response.json::<Value>().await.ok()?))
+    };
+    eventually("/health to name Redis as unavailable", || async {
+        matches!(health(url.clone()).await, Some((503, body)) if body["redis"] != "ok")
+    })
+    .await;
+
+    redis.restore();
+    eventually("/health to answer 200 once Redis is back", || async {
+        matches!(health(url.clone()).await, Some((200, body)) if body["redis"] == "ok")
+    })
+    .await;
+}
