@@ -123,8 +123,12 @@ pub enum Command {
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         timeout: Duration,
     },
-    /// Print every pool's target, ready, booting and handed-out counts, its oldest VM's age,
-    /// and whether the safety brake is on.
+    /// Print the fleet: a row per pool — POOL, TARGET, MIN and MAX of its policy (`-` without
+    /// one), WHY its target is what it is (`static` without a policy; `pending` until a pass
+    /// decides under a new one; else `min`, `schedule`, `demand`, `history`, `max` or
+    /// `rollover`), READY, BOOTING, HANDED OUT, and the OLDEST warmed VM's age — then rollovers,
+    /// the safety brake and the VMs it holds for, the active reconciler and its last pass (or
+    /// NONE ACTIVE), orphans awaiting deletion, and each queue's messages and consumers.
     Status,
 }
 
@@ -148,6 +152,7 @@ pub enum PoolCommand {
     /// writes its target every pass, `clamp(max(demand, scheduled min), min, max)`. Use
     /// `warmer simulate` to choose one.
     Policy {
+        /// The pool (it must exist: `warmer pool set` creates it).
         pool: PoolName,
         /// The fewest warmed VMs to keep.
         #[arg(long, default_value_t = 0)]
@@ -173,7 +178,9 @@ pub enum PoolCommand {
     /// and boots; once it is at target, <from> goes to 0. Aborted, leaving <from> as it was, when
     /// <to>'s boots fail or it is not at target by the deadline.
     Rollover {
+        /// The pool to move off: it must have a target above 0.
         from: PoolName,
+        /// The new pool (the new image's `<image>:<machine_type>`), without a target yet.
         to: PoolName,
         /// How long <to> may take to reach its target.
         #[arg(long, default_value = "30m", value_parser = parse_duration)]
@@ -391,4 +398,29 @@ fn parse_duration(value: &str) -> Result<Duration, String> {
             format!("`{value}` is not a duration such as `30s`, `5m`, `1h30m` or `90` (seconds)")
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every argument of every (sub)command, with the command's path, that has no help text.
+    fn unexplained(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in command.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id != "help" && id != "version" && arg.get_help().is_none() {
+                missing.push(format!("{path} {id}"));
+            }
+        }
+        for sub in command.get_subcommands() {
+            unexplained(sub, &format!("{path} {}", sub.get_name()), missing);
+        }
+    }
+
+    #[test]
+    fn every_argument_of_every_command_says_what_it_is() {
+        let mut missing = Vec::new();
+        unexplained(&super::Cli::command(), "warmer", &mut missing);
+        assert!(missing.is_empty(), "no --help text: {missing:?}");
+    }
 }
