@@ -29,11 +29,7 @@ impl Context {
             names.clone(),
         )
         .await?;
-        Ok(Self {
-            config: Arc::new(config),
-            names,
-            store,
-        })
+        Ok(Self::of(config, names, store))
     }
 
     /// As [`Self::new`], connecting to Redis on first use (`warmer web`: it answers `/health`
@@ -46,11 +42,15 @@ impl Context {
             config.redis_ca_pem.as_deref(),
             names.clone(),
         )?;
-        Ok(Self {
+        Ok(Self::of(config, names, store))
+    }
+
+    fn of(config: Config, names: Names, store: Store) -> Self {
+        Self {
             config: Arc::new(config),
             names,
             store,
-        })
+        }
     }
 
     /// Connects to RabbitMQ, naming the connection after this deployment and process.

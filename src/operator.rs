@@ -526,10 +526,10 @@ async fn reconciler_line(ctx: &Context, now: u64) -> anyhow::Result<String> {
         None => format!(
             "RECONCILER: NONE ACTIVE ({last}): until one runs, no policy, schedule or rollover is applied and the reconciler's checks wait\n"
         ),
-        Some((owner, _)) if ago.is_none_or(|ago| ago > 3 * interval) => format!(
+        Some(owner) if ago.is_none_or(|ago| ago > 3 * interval) => format!(
             "RECONCILER {owner}: active, {last}: more than 3 intervals of {interval}s; are its passes failing? (see its log)\n"
         ),
-        Some((owner, _)) => format!("RECONCILER {owner}: active, {last}\n"),
+        Some(owner) => format!("RECONCILER {owner}: active, {last}\n"),
     })
 }
 

@@ -331,22 +331,34 @@ impl Drop for RedactingWriter {
     }
 }
 
+/// A log writer that keeps what it is given, for unit tests of log lines.
+#[cfg(test)]
+#[derive(Clone, Default)]
+pub(crate) struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+#[cfg(test)]
+impl Captured {
+    /// Everything written so far.
+    pub(crate) fn text(&self) -> String {
+        let bytes = self.0.lock().expect("not poisoned").clone();
+        String::from_utf8(bytes).expect("log lines are UTF-8")
+    }
+}
+
+#[cfg(test)]
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("not poisoned").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[derive(Clone, Default)]
-    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().expect("not poisoned").extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     /// What a subscriber as `init` builds, with `filter`, writes of a few events.
     fn written(filter: &str) -> String {
@@ -368,8 +380,7 @@ mod tests {
             tracing::info!(target: "warmer::checkout", "warmer info");
             tracing::trace!(target: "warmer::checkout", "warmer trace");
         });
-        let bytes = captured.0.lock().expect("not poisoned").clone();
-        String::from_utf8(bytes).expect("UTF-8")
+        captured.text()
     }
 
     #[test]

@@ -245,22 +245,30 @@ impl Web {
         request: Request<Incoming>,
         pending: &Pending,
     ) -> Response<Full<Bytes>> {
-        if let Some(api) = &self.api
-            && let Some(route) = http::Route::of(request.method(), request.uri().path())
-        {
-            let mut response = api.respond(route, request, pending).await;
-            response
-                .headers_mut()
-                .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            return response;
-        }
+        let api_route = self.api.as_ref().and_then(|api| {
+            Some((
+                api,
+                http::Route::of(request.method(), request.uri().path())?,
+            ))
+        });
+        let mut response = match api_route {
+            Some((api, route)) => api.respond(route, request, pending).await,
+            None => self.own(&request).await,
+        };
+        response
+            .headers_mut()
+            .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    }
+
+    /// The answer to a route of `warmer web`'s own (health, metrics, HireFire).
+    async fn own(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
         let header_token = request
             .headers()
             .get("hirefire-token")
             .map(HeaderValue::as_bytes);
         let token = self.ctx.config.hirefire_token.as_ref();
-        let mut response = match route(request.method(), request.uri().path(), header_token, token)
-        {
+        match route(request.method(), request.uri().path(), header_token, token) {
             Route::Health => self.health().await,
             Route::Metrics => {
                 let authorization = request
@@ -297,11 +305,7 @@ impl Web {
                     .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
                 response
             }
-        };
-        response
-            .headers_mut()
-            .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        response
+        }
     }
 
     async fn health(&self) -> Response<Full<Bytes>> {

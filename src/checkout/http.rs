@@ -105,7 +105,7 @@ pub struct Handout {
     /// Whether the answer with the VM was given to the connection at all.
     responded: bool,
     /// The token's place among its checkouts in flight, until the handout is decided.
-    permit: Option<OwnedSemaphorePermit>,
+    _permit: OwnedSemaphorePermit,
 }
 
 /// The checkout of one connection, if it popped a VM: filled by [`HttpApi::respond`], read by
@@ -224,13 +224,8 @@ impl HttpApi {
                 let (answer, told) = oneshot::channel();
                 let api = self.clone();
                 // The token's place is held until the checkout is decided, in `conclude`.
-                let task = tokio::spawn(async move {
-                    let handout = api.checkout(body, received, answer).await;
-                    handout.map(|handout| Handout {
-                        permit: Some(permit),
-                        ..handout
-                    })
-                });
+                let task =
+                    tokio::spawn(async move { api.checkout(body, received, answer, permit).await });
                 *pending.lock().unwrap_or_else(PoisonError::into_inner) = Some(task);
                 told.await.unwrap_or_else(|_| {
                     error(
@@ -300,12 +295,14 @@ impl HttpApi {
         tokio::spawn(async move { store.count(outcome.field()).await });
     }
 
-    /// One checkout: answers on `answer` and returns the handout if a VM was popped.
+    /// One checkout: answers on `answer` and returns the handout if a VM was popped, holding
+    /// the token's place (`permit`) until it is decided.
     async fn checkout(
         self: Arc<Self>,
         body: Bytes,
         received: u64,
         answer: oneshot::Sender<Answer>,
+        permit: OwnedSemaphorePermit,
     ) -> Option<Handout> {
         let request = match request::parse(&body) {
             Ok(request) => request,
@@ -386,23 +383,12 @@ impl HttpApi {
             Err(failure) => {
                 tracing::error!(error = %failure, %pool, "checkout over HTTP failed in Redis");
                 self.count(CheckoutOutcome::Internal);
-                let _ = answer.send(error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    HTML,
-                    "internal: Redis failed during checkout",
-                ));
                 // The pop may have run after all: a VM it took goes back to the head (nothing
                 // happens when it did not).
-                give_back(
-                    &self.ctx.store,
-                    &self.events,
-                    &identity,
-                    &pool,
-                    Disposal::Head,
-                    None,
-                )
-                .await;
-                return None;
+                let failed = "internal: Redis failed during checkout";
+                return self
+                    .undo(answer, failed, &identity, &pool, Disposal::Head, None)
+                    .await;
             }
         };
         let unusable = |why: &str| {
@@ -413,39 +399,21 @@ impl HttpApi {
             Err(_) => {
                 unusable("unreadable pool entry");
                 self.count(CheckoutOutcome::Internal);
-                let _ = answer.send(error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    HTML,
-                    "internal: an entry of the pool is not readable",
-                ));
-                give_back(
-                    &self.ctx.store,
-                    &self.events,
-                    &identity,
-                    &pool,
-                    Disposal::Orphan("unusable_entry"),
-                    None,
-                )
-                .await;
-                return None;
+                let unreadable = "internal: an entry of the pool is not readable";
+                let orphan = Disposal::Orphan("unusable_entry");
+                return self
+                    .undo(answer, unreadable, &identity, &pool, orphan, None)
+                    .await;
             }
         };
         // A VM is never sent so late that the client may have given up (and booted cold) before
         // the answer reaches it: it stays unsent, in the pool.
         if now_ms() > send_by {
             tracing::warn!(%pool, vm = %vm.name, "a VM taken after the client's time: back at the head of its pool");
-            let _ = answer.send(error(StatusCode::INTERNAL_SERVER_ERROR, HTML, LATE));
             let expired = Some(CheckoutOutcome::Expired);
-            give_back(
-                &self.ctx.store,
-                &self.events,
-                &identity,
-                &pool,
-                Disposal::Head,
-                expired,
-            )
-            .await;
-            return None;
+            return self
+                .undo(answer, LATE, &identity, &pool, Disposal::Head, expired)
+                .await;
         }
         let body = match serde_json::to_vec(&reply::Vm::from(&vm)) {
             Ok(body) => body,
@@ -476,8 +444,25 @@ impl HttpApi {
             deadline,
             give_up_at,
             responded,
-            permit: None,
+            _permit: permit,
         })
+    }
+
+    /// Answers 500 with `text` first (the client is waiting), then gives the popped VM back
+    /// (see [`give_back`]): this checkout hands nothing out.
+    async fn undo(
+        &self,
+        answer: oneshot::Sender<Answer>,
+        text: &str,
+        identity: &str,
+        pool: &PoolName,
+        disposal: Disposal,
+        outcome: Option<CheckoutOutcome>,
+    ) -> Option<Handout> {
+        let _ = answer.send(error(StatusCode::INTERNAL_SERVER_ERROR, HTML, text));
+        let (store, events) = (&self.ctx.store, &self.events);
+        give_back(store, events, identity, pool, disposal, outcome).await;
+        None
     }
 
     /// Decides what became of a connection's checkout once the connection has ended, `served`
@@ -502,7 +487,7 @@ impl HttpApi {
             deadline,
             give_up_at,
             responded,
-            permit: _permit,
+            _permit,
         } = handout;
         if responded && served && finished <= deadline {
             let lease = ToSettle {

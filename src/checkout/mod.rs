@@ -681,23 +681,8 @@ fn budget_until(deadline: u64) -> Duration {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
-    use std::sync::Mutex;
-
     use super::*;
-
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().expect("not poisoned").extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::telemetry::Captured;
 
     #[test]
     fn the_summary_line_counts_each_outcome_under_its_label() {
@@ -713,8 +698,7 @@ mod tests {
             .with_writer(move || writer.clone())
             .finish();
         tracing::subscriber::with_default(subscriber, || tally.log());
-        let line = String::from_utf8(captured.0.lock().expect("not poisoned").clone())
-            .expect("a log line is UTF-8");
+        let line = captured.text();
         for (i, outcome) in CheckoutOutcome::ALL.into_iter().enumerate() {
             // An expired lease is counted by the sweep, not by a request's consumer.
             let logged = outcome != CheckoutOutcome::LeaseExpired;

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use redis::AsyncCommands;
+
 use super::Result;
 use super::Store;
 
@@ -18,19 +20,11 @@ impl Store {
         Ok(held == 1)
     }
 
-    /// Who holds the reconciler lock, and for how much longer (ms), if anyone does.
-    pub async fn reconciler(&self) -> Result<Option<(String, u64)>> {
+    /// Who holds the reconciler lock, if anyone does.
+    pub async fn reconciler(&self) -> Result<Option<String>> {
         let key = &self.names.reconciler_lock();
-        let (owner, ttl): (Option<String>, i64) = self
-            .call(|mut conn| async move {
-                redis::pipe()
-                    .get(key)
-                    .pttl(key)
-                    .query_async(&mut conn)
-                    .await
-            })
-            .await?;
-        Ok(owner.map(|owner| (owner, u64::try_from(ttl).unwrap_or(0))))
+        self.call(|mut conn| async move { conn.get(key).await })
+            .await
     }
 
     /// Releases the reconciler lock if `owner` holds it (see `unlock.lua`).

@@ -95,14 +95,7 @@ async fn call(
     if let Some(body) = body {
         request = request.body(body.to_string());
     }
-    let response = within("an HTTP answer", request.send()).await.unwrap();
-    let status = response.status().as_u16();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    (status, content_type, response.text().await.unwrap())
+    crate::answer_of(request).await
 }
 
 fn the_pool() -> String {
@@ -351,8 +344,8 @@ async fn pool_configs_read_and_change_a_redis_left_by_travis_ci_warmer() {
     assert!(!exists);
 }
 
-/// Sends the worker's request over a bare connection and closes it without reading.
-async fn hang_up(base: &str) {
+/// A bare connection that has sent the worker's request, whole.
+async fn sent_request(base: &str) -> tokio::net::TcpStream {
     let address = base.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
     let auth = openssl::base64::encode_block(format!("travis:{TOKEN}").as_bytes());
@@ -361,20 +354,18 @@ async fn hang_up(base: &str) {
         TRAVIS_REQUEST.len()
     );
     stream.write_all(request.as_bytes()).await.unwrap();
-    drop(stream);
+    stream
+}
+
+/// Sends the worker's request over a bare connection and closes it without reading.
+async fn hang_up(base: &str) {
+    drop(sent_request(base).await);
 }
 
 /// Sends the worker's request over a bare connection, reads a few bytes of the answer and
 /// closes the connection.
 async fn read_a_little(base: &str) {
-    let address = base.trim_start_matches("http://");
-    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    let auth = openssl::base64::encode_block(format!("travis:{TOKEN}").as_bytes());
-    let request = format!(
-        "POST /request-instance HTTP/1.1\r\nHost: {address}\r\nAuthorization: Basic {auth}\r\nContent-Length: {}\r\n\r\n{TRAVIS_REQUEST}",
-        TRAVIS_REQUEST.len()
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut stream = sent_request(base).await;
     let mut some = [0u8; 16];
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut some)).await;
 }

@@ -36,6 +36,20 @@ pub fn warmer(process: &str) -> tokio::process::Command {
     command
 }
 
+/// Sends `request` and returns its answer's status, content type and body.
+pub async fn answer_of(request: reqwest::RequestBuilder) -> (u16, String, String) {
+    let response = warmer_testkit::within("an HTTP answer", request.send())
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (status, content_type, response.text().await.unwrap())
+}
+
 /// A child process's stderr, read line by line; keeps every line read.
 pub struct Stderr {
     lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,

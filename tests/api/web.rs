@@ -9,14 +9,7 @@ async fn get(url: &str, header: Option<(&str, &str)>) -> (u16, String, String) {
     if let Some((name, value)) = header {
         request = request.header(name, value);
     }
-    let response = within("an HTTP answer", request.send()).await.unwrap();
-    let status = response.status().as_u16();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    (status, content_type, response.text().await.unwrap())
+    crate::answer_of(request).await
 }
 
 /// Polls `url` until its JSON body equals `expected` (queue counts settle asynchronously).
