@@ -522,6 +522,9 @@ async fn reconciler_line(ctx: &Context, now: u64) -> anyhow::Result<String> {
         None => "no successful pass recorded".into(),
     };
     let interval = ctx.config.reconcile_interval.as_secs();
+    // The owner is whatever the lock's key holds: shown escaped, so a value written into Redis
+    // cannot put control characters on an operator's terminal.
+    let holder = holder.map(|owner| owner.escape_debug().to_string());
     Ok(match holder {
         None => format!(
             "RECONCILER: NONE ACTIVE ({last}): until one runs, no policy, schedule or rollover is applied and the reconciler's checks wait\n"

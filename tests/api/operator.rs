@@ -281,4 +281,19 @@ async fn status_says_whether_a_reconciler_is_active_when_it_last_passed_and_what
         status.contains("ORPHANS: 1 VMs recorded for deletion"),
         "{status}"
     );
+
+    // Whoever can write the lock's key cannot put control characters on the terminal.
+    let _: () = redis::AsyncCommands::set(
+        &mut app.redis.clone(),
+        app.names.reconciler_lock(),
+        "evil\u{1b}[2J",
+    )
+    .await
+    .unwrap();
+    let status = operator::status(&app.ctx).await.unwrap();
+    assert!(!status.contains('\u{1b}'), "{status:?}");
+    assert!(
+        status.contains(r"RECONCILER evil\u{1b}[2J: active"),
+        "{status}"
+    );
 }
