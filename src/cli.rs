@@ -123,6 +123,40 @@ pub enum Command {
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         timeout: Duration,
     },
+    /// Make the pools what a file (TOML) says: prints the diff against Redis (`+` new, `~`
+    /// changed, `-` deleted), then applies every change of it or none, and records each in the
+    /// history. A pool has `target = N` (static) or a policy (`max`, `min`, `adaptive`, `hit`,
+    /// `schedules`); `warmer export` writes the current pools in this form.
+    Apply {
+        /// The file, e.g. `pools.toml`.
+        #[arg(short = 'f', long = "file")]
+        file: std::path::PathBuf,
+        /// Print the diff and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Delete the pools the file leaves out (their warmed VMs are recorded for deletion);
+        /// without it they are left alone.
+        #[arg(long)]
+        prune: bool,
+        /// Operator token for the fill published after a change (as for `warmer fill`).
+        #[arg(long, env = "WARMER_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Print every pool as a file `warmer apply -f` takes back unchanged.
+    Export,
+    /// Print the changes operators made, newest first: WHEN (UTC), WHO (`user@host`, the dyno,
+    /// or the HTTP API's token), COMMAND, POOL and the CHANGE. The last 10,000 are kept.
+    History {
+        /// How many entries to print.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Only the changes of this pool.
+        #[arg(long)]
+        pool: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the fleet: a row per pool — POOL, TARGET, MIN and MAX of its policy (`-` without
     /// one), WHY its target is what it is (`static` without a policy; `pending` until a pass
     /// decides under a new one; else `min`, `schedule`, `demand`, `history`, `max` or
@@ -303,7 +337,7 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<Output> {
         Command::Pool(PoolCommand::List) => operator::pool_list(&ctx).await?.into(),
         Command::Pool(PoolCommand::Set { pool, target }) => {
             let mut output = operator::pool_set(&ctx, &pool, target).await?;
-            publish_fill(&ctx, &pool, token.as_deref(), &mut output).await;
+            publish_fill(&ctx, Some(&pool), token.as_deref(), &mut output).await;
             output.into()
         }
         Command::Pool(PoolCommand::Delete { pool }) => {
@@ -340,7 +374,7 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<Output> {
         }
         Command::Pool(PoolCommand::Rollover { from, to, deadline }) => {
             let mut output = operator::pool_rollover(&ctx, &from, &to, deadline).await?;
-            publish_fill(&ctx, &to, token.as_deref(), &mut output).await;
+            publish_fill(&ctx, Some(&to), token.as_deref(), &mut output).await;
             output.into()
         }
         Command::Fill { pool, token: given } => {
@@ -370,12 +404,35 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<Output> {
             }
         }
         Command::Status => operator::status(&ctx).await?.into(),
+        Command::Apply {
+            file,
+            dry_run,
+            prune,
+            token: given,
+        } => {
+            let (mut output, changed) = operator::apply(&ctx, &file, dry_run, prune).await?;
+            if changed {
+                publish_fill(&ctx, None, given.or(token).as_deref(), &mut output).await;
+            }
+            output.into()
+        }
+        Command::Export => operator::export(&ctx).await?.into(),
+        Command::History { limit, pool, json } => {
+            operator::history(&ctx, limit, pool.as_deref(), json)
+                .await?
+                .into()
+        }
     })
 }
 
 /// Applies a new target now rather than at the next event or reconcile pass.
-async fn publish_fill(ctx: &Context, pool: &PoolName, token: Option<&str>, output: &mut String) {
-    match operator::fill(ctx, Some(pool), token).await {
+async fn publish_fill(
+    ctx: &Context,
+    pool: Option<&PoolName>,
+    token: Option<&str>,
+    output: &mut String,
+) {
+    match operator::fill(ctx, pool, token).await {
         Ok(filled) => output.push_str(&filled),
         Err(error) => output.push_str(&format!(
             "(no fill published: {}; the next reconcile pass applies the target)\n",

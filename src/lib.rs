@@ -76,6 +76,7 @@ mod load;
 mod metrics;
 mod names;
 mod pool;
+mod pools_file;
 mod process;
 mod refill_message;
 mod retry;
@@ -126,6 +127,7 @@ mod tests {
         "auth",
         "demand",
         "policy",
+        "pools_file",
         "amqp",
         "refill_message",
         "topology",

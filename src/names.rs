@@ -188,6 +188,11 @@ impl Names {
         format!("{}:_boot_times:{pool}", self.namespace)
     }
 
+    /// List: every change operators made (JSON), newest first; bounded.
+    pub fn history(&self) -> String {
+        format!("{}:_history", self.namespace)
+    }
+
     /// Hash: pool rolled from → its rollover (JSON, see `store::sizing::Rollover`).
     pub fn rollovers(&self) -> String {
         format!("{}:_rollovers", self.namespace)

@@ -35,13 +35,14 @@ use tokio::task::JoinHandle;
 
 use super::{LEASE_GRACE, give_back, handed_out, reply, request, send_hint};
 use crate::amqp::{LazyConnection, Publisher};
-use crate::clock::{ms, now_ms};
+use crate::clock::{ms, now_ms, now_secs};
 use crate::config::{Secret, percent_decode};
 use crate::context::Context;
 use crate::events::{Event, Events};
 use crate::metrics::CheckoutOutcome;
 use crate::pool::PoolName;
 use crate::refill_message::{FillCommand, RefillMessage};
+use crate::store::changes::HistoryEntry;
 use crate::store::{self, Disposal, PoolEntry, Settler, ToSettle};
 
 /// What a request's `Authorization` header proves.
@@ -236,8 +237,8 @@ impl HttpApi {
                 })
             }
             Route::PoolConfigs(pool) => self.pool_configs(pool.as_deref()).await,
-            Route::SetTarget(pool, target) => self.set_target(&pool, &target).await,
-            Route::DeletePool(pool) => self.delete_pool(&pool).await,
+            Route::SetTarget(pool, target) => self.set_target(&pool, &target, token).await,
+            Route::DeletePool(pool) => self.delete_pool(&pool, token).await,
         }
     }
 
@@ -584,7 +585,7 @@ impl HttpApi {
         json_answer(StatusCode::OK, "application/json", &configs.into())
     }
 
-    async fn set_target(&self, pool: &str, target: &str) -> Answer {
+    async fn set_target(&self, pool: &str, target: &str, token: usize) -> Answer {
         if pool.split(':').count() < 2 {
             return error(
                 StatusCode::BAD_REQUEST,
@@ -616,10 +617,23 @@ impl HttpApi {
                 );
             }
         };
+        let before = self
+            .ctx
+            .store
+            .targets()
+            .await
+            .ok()
+            .and_then(|mut t| t.remove(&pool));
         if let Err(failure) = self.ctx.store.set_target(&pool, target).await {
             return internal(&failure.to_string());
         }
         tracing::info!(%pool, target, "target set over HTTP");
+        let change = match before {
+            Some(before) => format!("target {before} -> target {target}"),
+            None => format!("target {target}"),
+        };
+        self.record(token, "POST /pool-configs", &pool, change)
+            .await;
         let fill = RefillMessage::Fill(FillCommand {
             pool: Some(pool.clone()),
             signer: None,
@@ -635,17 +649,35 @@ impl HttpApi {
         empty(StatusCode::OK, Some(HTML))
     }
 
-    async fn delete_pool(&self, pool: &str) -> Answer {
+    async fn delete_pool(&self, pool: &str, token: usize) -> Answer {
         let Ok(pool) = pool.parse::<PoolName>() else {
             return empty(StatusCode::NOT_FOUND, Some(HTML));
         };
         match self.ctx.store.delete_pool(&pool).await {
             Ok(Some(vms)) => {
                 tracing::info!(%pool, vms, "pool deleted over HTTP; its warmed VMs recorded for deletion");
+                let change = format!("deleted; {vms} warmed VM(s) recorded for deletion");
+                self.record(token, "DELETE /pool-configs", &pool, change)
+                    .await;
                 empty(StatusCode::NO_CONTENT, None)
             }
             Ok(None) => empty(StatusCode::NOT_FOUND, Some(HTML)),
             Err(failure) => internal(&failure.to_string()),
+        }
+    }
+
+    /// Records a change made over HTTP in the history, naming the token by its place in
+    /// WARMER_AUTH_TOKENS (never its value); a failure is logged, the change stays made.
+    async fn record(&self, token: usize, command: &str, pool: &PoolName, change: String) {
+        let entry = HistoryEntry {
+            at: now_secs(),
+            who: format!("http api, token {} of WARMER_AUTH_TOKENS", token + 1),
+            command: command.into(),
+            pool: Some(pool.to_string()),
+            change,
+        };
+        if let Err(error) = self.ctx.store.record(&[entry]).await {
+            tracing::warn!(error = %crate::telemetry::report(&error), %pool, "change not recorded in the history");
         }
     }
 

@@ -26,6 +26,7 @@
 //! | `<ns>:_demand:<day>:<pool>` | hash | [`sizing`] | the pool's hits (`h:<bucket>`) and misses (`m:<bucket>`) per 10 s of a UTC day; expires after 9 days |
 //! | `<ns>:_boot_times:<pool>` | list | [`sizing`] | the pool's last 20 boot durations (ms); expires after 9 days |
 //! | `<ns>:_rollovers` | hash | [`sizing`] | pool rolled from → its [`Rollover`] |
+//! | `<ns>:_history` | list | [`changes`] | every change operators made ([`changes::HistoryEntry`] JSON), newest first; the last 10,000 |
 //!
 //! Key names are built by [`Names`]. Every step that must be atomic is a Lua script in
 //! `scripts/`, loaded once behind `scripts/prelude.lua` (the orphan record, written once), whose
@@ -37,6 +38,7 @@
 //! Other errors go to the caller, which decides whether to retry.
 
 pub mod boots;
+pub mod changes;
 pub mod error;
 pub mod leases;
 pub mod local_cloud;
@@ -99,6 +101,7 @@ struct Scripts {
     start_rollover: redis::Script,
     finish_rollover: redis::Script,
     postpone_rollovers: redis::Script,
+    apply: redis::Script,
 }
 
 fn scripts() -> &'static Scripts {
@@ -132,6 +135,7 @@ fn scripts() -> &'static Scripts {
             start_rollover: script(include_str!("scripts/start_rollover.lua")),
             finish_rollover: script(include_str!("scripts/finish_rollover.lua")),
             postpone_rollovers: script(include_str!("scripts/postpone_rollovers.lua")),
+            apply: script(include_str!("scripts/apply.lua")),
         }
     })
 }

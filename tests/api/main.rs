@@ -3,6 +3,7 @@
 //! One binary (builds are slow); each module is one capability. Every test gets its own AMQP
 //! prefix and Redis namespace from `warmer_testkit::TestApp` and removes them when it ends.
 
+mod apply;
 mod autoscale;
 mod check;
 mod checkout;

@@ -42,3 +42,22 @@ local function observe(hash, family, bucket, ms)
   redis.call('HINCRBY', hash, family .. '|' .. bucket, 1)
   redis.call('HINCRBY', hash, family .. '|sum_ms', ms)
 end
+
+-- Deletes the pool `pool` (its target, list, policy, last decision and counters): its warmed VMs
+-- are recorded in `orphaned` for deletion, never leaked, and count as evictions|pool_deleted of
+-- no pool (a pool created again under the name starts from zero). Returns whether the pool
+-- existed and how many VMs it had.
+local function delete_pool(poolconfigs, policies, sizing, list, pool_metrics, orphaned, metrics, pool)
+  local existed = redis.call('HDEL', poolconfigs, pool)
+  local entries = redis.call('LRANGE', list, 0, -1)
+  for _, entry in ipairs(entries) do
+    orphan_entry(orphaned, entry, 'pool_deleted')
+  end
+  redis.call('DEL', list, pool_metrics)
+  redis.call('HDEL', policies, pool)
+  redis.call('HDEL', sizing, pool)
+  if #entries > 0 then
+    count(metrics, 'evictions|pool_deleted', #entries)
+  end
+  return existed == 1, #entries
+end

@@ -1,7 +1,12 @@
-//! Operator commands: pool targets, fill commands, one-off checkout requests, status.
+//! Operator commands: pool targets, fill commands, one-off checkout requests, status; pools as
+//! a file and the history of changes in [`apply`].
 //!
 //! Each command does its work and returns what to print; `main` prints it. Errors say what was
-//! wrong and what to try.
+//! wrong and what to try. Every command that changes a pool records the change in the history.
+
+mod apply;
+
+pub use apply::{actor, apply, export, history};
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -113,12 +118,20 @@ pub async fn pool_policy(
         );
     }
     let Some(policy) = policy else {
-        return Ok(format!(
-            "{pool}: policy removed; its target stays as it is, static\n"
-        ));
+        let mut out = format!("{pool}: policy removed; its target stays as it is, static\n");
+        record(ctx, "pool policy", pool, "policy removed".into(), &mut out).await;
+        return Ok(out);
     };
     let mut out =
         format!("{pool}: policy {policy}; the active reconciler sizes it from its next pass\n");
+    record(
+        ctx,
+        "pool policy",
+        pool,
+        format!("policy {policy}"),
+        &mut out,
+    )
+    .await;
     let target = ctx.store.targets().await?.remove(pool);
     if let Some(target) = target
         && target > u64::from(policy.min)
@@ -167,6 +180,11 @@ pub async fn pool_rollover(
         "rollover {from} -> {to} started: {to} boots to target {target}; aborted unless done within {}s\n",
         deadline.as_secs()
     );
+    let change = format!(
+        "rollover to {to} started (target {target}, deadline {}s)",
+        deadline.as_secs()
+    );
+    record(ctx, "pool rollover", from, change, &mut out).await;
     let announced = async {
         let connection = ctx.amqp("rollover").await?;
         let events = crate::events::Events::new(ctx.names.clone());
@@ -242,11 +260,17 @@ fn within_fleet_cap(ctx: &Context, pool: &PoolName, what: &str, n: u32) -> anyho
 /// `warmer pool set <pool> <target>`.
 pub async fn pool_set(ctx: &Context, pool: &PoolName, target: u32) -> anyhow::Result<String> {
     within_fleet_cap(ctx, pool, "target", target)?;
+    let before = ctx.store.targets().await?.remove(pool);
     ctx.store
         .set_target(pool, target)
         .await
         .with_context(|| format!("setting the target of {pool}"))?;
     let mut out = format!("{pool}: target {target}\n");
+    let change = match before {
+        Some(before) => format!("target {before} -> target {target}"),
+        None => format!("target {target}"),
+    };
+    record(ctx, "pool set", pool, change, &mut out).await;
     let sized = ctx
         .store
         .sizing_view()
@@ -285,10 +309,28 @@ pub async fn pool_delete(ctx: &Context, pool: &PoolName) -> anyhow::Result<Strin
         .with_context(|| format!("deleting {pool}"))?
     {
         None => bail!("{}", no_such_pool(ctx, pool).await),
-        Some(vms) => Ok(format!(
-            "{pool}: deleted; {vms} warmed VM(s) recorded in {} for deletion\n",
-            ctx.names.orphaned()
-        )),
+        Some(vms) => {
+            let mut out = format!(
+                "{pool}: deleted; {vms} warmed VM(s) recorded in {} for deletion\n",
+                ctx.names.orphaned()
+            );
+            let change = format!("deleted; {vms} warmed VM(s) recorded for deletion");
+            record(ctx, "pool delete", pool, change, &mut out).await;
+            Ok(out)
+        }
+    }
+}
+
+/// Records a change `command` made to `pool` in the history; if that fails, says so in `out`
+/// (the change itself is made).
+async fn record(ctx: &Context, command: &str, pool: &PoolName, change: String, out: &mut String) {
+    let entry = apply::entry(command, Some(&pool.to_string()), change);
+    if let Err(error) = ctx.store.record(&[entry]).await {
+        let _ = writeln!(
+            out,
+            "(not recorded in the history: {})",
+            crate::telemetry::report(&error)
+        );
     }
 }
 
