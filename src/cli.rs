@@ -163,13 +163,49 @@ pub enum Command {
     /// `rollover`), READY, BOOTING, HANDED OUT, and the OLDEST warmed VM's age — then rollovers,
     /// the safety brake and the VMs it holds for, the active reconciler and its last pass (or
     /// NONE ACTIVE), orphans awaiting deletion, and each queue's messages and consumers.
-    Status,
+    /// With more than one pool shown, a TOTAL row; then the FLEET against WARMER_MAX_VMS.
+    Status {
+        /// Only the pools whose name matches this glob (`*` any run, `?` one character), e.g.
+        /// `'ubuntu-*'`; totals are over these.
+        #[arg(long)]
+        pool: Option<String>,
+        /// Print JSON instead of a table (the same figures; ages in seconds).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the safety brake: whether it holds, why (the unaccounted VMs against
+    /// WARMER_ORPHAN_THRESHOLD, since when) and the unaccounted VMs of the last reconcile pass,
+    /// 100 per page. `warmer brake release --yes` releases it.
+    Brake {
+        #[command(subcommand)]
+        command: Option<BrakeCommand>,
+        /// Which page of the unaccounted VMs to print.
+        #[arg(long, default_value_t = 1)]
+        page: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BrakeCommand {
+    /// Release the safety brake once you have looked at the VMs `warmer brake` lists: they no
+    /// longer hold it, the next reconcile pass deletes them (unless accounted for by then) and
+    /// boots resume. Recorded in the history.
+    Release {
+        /// Confirm: without it, nothing is released.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum PoolCommand {
-    /// List pools and their targets.
-    List,
+    /// List pools: POOL, TARGET and POLICY (`static`, or its bounds, whether adaptive, its hit
+    /// ratio and schedules).
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Create a pool or change its target size.
     Set {
         /// `<image>:<machine_type>` or `<image>:<machine_type>:public`.
@@ -334,7 +370,7 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<Output> {
         Command::Autoscale => run_process(autoscale::run, ctx).await?,
         Command::Watchdog => run_process(crate::watchdog::run, ctx).await?,
         Command::Dev => run_process(dev::run, ctx).await?,
-        Command::Pool(PoolCommand::List) => operator::pool_list(&ctx).await?.into(),
+        Command::Pool(PoolCommand::List { json }) => operator::pool_list(&ctx, json).await?.into(),
         Command::Pool(PoolCommand::Set { pool, target }) => {
             let mut output = operator::pool_set(&ctx, &pool, target).await?;
             publish_fill(&ctx, Some(&pool), token.as_deref(), &mut output).await;
@@ -403,7 +439,27 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<Output> {
                 failed,
             }
         }
-        Command::Status => operator::status(&ctx).await?.into(),
+        Command::Status { pool, json } => {
+            use std::io::IsTerminal as _;
+            let options = operator::StatusOptions {
+                json,
+                pool,
+                color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+            };
+            operator::status(&ctx, &options).await?.into()
+        }
+        Command::Brake {
+            command: None,
+            page,
+        } => operator::brake::show(&ctx, page).await?.into(),
+        Command::Brake {
+            command: Some(BrakeCommand::Release { yes }),
+            ..
+        } => {
+            let mut output = operator::brake::release(&ctx, yes).await?;
+            publish_fill(&ctx, None, token.as_deref(), &mut output).await;
+            output.into()
+        }
         Command::Apply {
             file,
             dry_run,

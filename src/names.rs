@@ -125,6 +125,12 @@ impl Names {
         format!("{}:_brake", self.namespace)
     }
 
+    /// Set: unaccounted VMs an operator released the safety brake for (`warmer brake release`),
+    /// deleted by the next pass unless accounted for; expires after a day.
+    pub fn brake_released(&self) -> String {
+        format!("{}:_brake_released", self.namespace)
+    }
+
     /// String: present (the fleet's size) while the fleet cap holds boots back.
     pub fn fleet_capped(&self) -> String {
         format!("{}:_fleet_capped", self.namespace)

@@ -5,8 +5,11 @@
 //! wrong and what to try. Every command that changes a pool records the change in the history.
 
 mod apply;
+pub mod brake;
+mod status;
 
 pub use apply::{actor, apply, export, history};
+pub use status::{StatusOptions, status};
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -26,7 +29,7 @@ use crate::policy::Policy;
 use crate::pool::PoolName;
 use crate::refill_message::{FillCommand, RefillMessage};
 use crate::store::sizing::{RolloverState, StartRollover};
-use crate::topology::{QueueState, Role};
+use crate::topology::Role;
 
 /// `warmer permissions`: the RabbitMQ user of each role (or of `only`), with the narrowest
 /// permissions that work for this prefix, as `rabbitmqctl` commands and management API calls.
@@ -80,13 +83,33 @@ pub fn permissions(config: &crate::Config, only: Option<Role>) -> String {
     out + &api
 }
 
-/// `warmer pool list`: every pool and its target, one per line, with its policy if it has one.
-pub async fn pool_list(ctx: &Context) -> anyhow::Result<String> {
+/// `warmer pool list [--json]`: every pool and its target, one per line under a header, with
+/// its policy if it has one.
+pub async fn pool_list(ctx: &Context, json: bool) -> anyhow::Result<String> {
     let view = ctx.store.sizing_view().await?;
-    let mut out = String::new();
+    if json {
+        let pools: Vec<serde_json::Value> = view
+            .targets
+            .iter()
+            .map(|(pool, target)| match view.policies.get(pool) {
+                None => json!({"pool": pool, "target": target, "policy": null}),
+                Some(Ok(policy)) => json!({"pool": pool, "target": target, "policy": policy}),
+                Some(Err(error)) => {
+                    json!({"pool": pool, "target": target, "policy": null, "policy_error": error})
+                }
+            })
+            .collect();
+        return Ok(serde_json::to_string_pretty(&pools)? + "\n");
+    }
+    if view.targets.is_empty() {
+        return Ok(
+            "(no pools: add one with `warmer pool set <image>:<machine_type> <target>`)\n".into(),
+        );
+    }
+    let mut out = String::from("POOL\tTARGET\tPOLICY\n");
     for (pool, target) in &view.targets {
         let _ = match view.policies.get(pool) {
-            None => writeln!(out, "{pool}\t{target}"),
+            None => writeln!(out, "{pool}\t{target}\tstatic"),
             Some(Ok(policy)) => writeln!(out, "{pool}\t{target}\t{policy}"),
             Some(Err(error)) => writeln!(out, "{pool}\t{target}\tunreadable policy: {error}"),
         };
@@ -459,166 +482,4 @@ pub async fn request(ctx: &Context, request: &Request) -> anyhow::Result<(String
         .map(|v| v.get("error").is_some())
         .unwrap_or(true);
     Ok((text, is_error))
-}
-
-/// `warmer status`: a table of pools, with how each is sized (its policy's bounds and why its
-/// target is what it is), and the rollovers.
-pub async fn status(ctx: &Context) -> anyhow::Result<String> {
-    let (pools, brake) = ctx.store.status().await?;
-    let sizing = ctx.store.sizing_view().await?;
-    let now = now_secs();
-    let mut out = format!(
-        "{:<60} {:>6} {:>5} {:>5} {:<8} {:>6} {:>7} {:>10} {:>10}\n",
-        "POOL", "TARGET", "MIN", "MAX", "WHY", "READY", "BOOTING", "HANDED OUT", "OLDEST"
-    );
-    for pool in &pools {
-        let name = &pool.level.pool;
-        let oldest = match pool.oldest_booted_at {
-            None => "-".to_string(),
-            Some(booted_at) => booted_at.map_or("unknown".into(), |t| age(now.saturating_sub(t))),
-        };
-        let (min, max) = match sizing.policies.get(name) {
-            Some(Ok(policy)) => (policy.min.to_string(), policy.max.to_string()),
-            Some(Err(_)) => ("?".into(), "?".into()),
-            None => ("-".into(), "-".into()),
-        };
-        let why = match (sizing.policies.get(name), sizing.decisions.get(name)) {
-            (Some(Ok(_)), Some(decision)) => decision.reason.as_str(),
-            (Some(Ok(_)), None) => "pending",
-            (Some(Err(_)), _) => "invalid",
-            (None, _) => "static",
-        };
-        let _ = writeln!(
-            out,
-            "{:<60} {:>6} {:>5} {:>5} {:<8} {:>6} {:>7} {:>10} {:>10}",
-            name,
-            pool.level.target,
-            min,
-            max,
-            why,
-            pool.level.ready,
-            pool.level.booting,
-            pool.handed_out,
-            oldest
-        );
-    }
-    for (from, rollover) in &sizing.rollovers {
-        let to = &rollover.to;
-        let _ = match rollover.state {
-            RolloverState::Rolling => writeln!(
-                out,
-                "ROLLOVER {from} -> {to}: in progress for {}, aborted in {} unless {to} is at target",
-                age(now.saturating_sub(rollover.started_at)),
-                age(rollover.deadline.saturating_sub(now))
-            ),
-            RolloverState::Completed => writeln!(
-                out,
-                "ROLLOVER {from} -> {to}: completed {} ago",
-                age(now.saturating_sub(rollover.finished_at.unwrap_or(now)))
-            ),
-            RolloverState::Aborted => writeln!(
-                out,
-                "ROLLOVER {from} -> {to}: aborted {} ago: {}",
-                age(now.saturating_sub(rollover.finished_at.unwrap_or(now))),
-                rollover.reason.as_deref().unwrap_or("no reason recorded")
-            ),
-        };
-    }
-    if brake {
-        let count = ctx.store.brake_count().await?.unwrap_or(0);
-        let _ = writeln!(
-            out,
-            "SAFETY BRAKE ON: {count} VMs labelled for this deployment are unaccounted for (more than WARMER_ORPHAN_THRESHOLD, {}): boots are paused and sizing is frozen; the reconciler's log names them",
-            ctx.config.orphan_threshold
-        );
-    }
-    out.push_str(&reconciler_line(ctx, now).await?);
-    let orphans = ctx.store.orphan_count().await?;
-    if orphans > 0 {
-        let _ = writeln!(
-            out,
-            "ORPHANS: {orphans} VMs recorded for deletion ({}), deleted by refill and the reconciler",
-            ctx.names.orphaned()
-        );
-    }
-    out.push_str(&queue_lines(ctx).await);
-    if pools.is_empty() {
-        out.push_str(
-            "(no pools: add one with `warmer pool set <image>:<machine_type> <target>`)\n",
-        );
-    }
-    Ok(out)
-}
-
-/// Whether a reconciler is active (it holds the lock), which, and when a pass last succeeded:
-/// without one, policies, rollovers, fills and orphan deletion by the reconciler all wait.
-async fn reconciler_line(ctx: &Context, now: u64) -> anyhow::Result<String> {
-    let holder = ctx.store.reconciler().await?;
-    let ago = ctx
-        .store
-        .last_reconcile()
-        .await?
-        .map(|at| now.saturating_sub(crate::clock::secs(at)));
-    let last = match ago {
-        Some(ago) => format!("last successful pass {} ago", age(ago)),
-        None => "no successful pass recorded".into(),
-    };
-    let interval = ctx.config.reconcile_interval.as_secs();
-    // The owner is whatever the lock's key holds: shown escaped, so a value written into Redis
-    // cannot put control characters on an operator's terminal.
-    let holder = holder.map(|owner| owner.escape_debug().to_string());
-    Ok(match holder {
-        None => format!(
-            "RECONCILER: NONE ACTIVE ({last}): until one runs, no policy, schedule or rollover is applied and the reconciler's checks wait\n"
-        ),
-        Some(owner) if ago.is_none_or(|ago| ago > 3 * interval) => format!(
-            "RECONCILER {owner}: active, {last}: more than 3 intervals of {interval}s; are its passes failing? (see its log)\n"
-        ),
-        Some(owner) => format!("RECONCILER {owner}: active, {last}\n"),
-    })
-}
-
-/// One line per queue of the broker: ready messages and consumers, or why it cannot be read.
-async fn queue_lines(ctx: &Context) -> String {
-    let monitor = crate::topology::QueueMonitor::new(
-        ctx.config.amqp_url.clone(),
-        format!("{}.status", ctx.names.prefix()),
-        ctx.names.clone(),
-        Duration::from_secs(5),
-    );
-    let depths = monitor.depths().await;
-    monitor.close().await;
-    match depths {
-        Err(error) => format!(
-            "QUEUES: RabbitMQ cannot be read: {}\n",
-            crate::telemetry::report(&error)
-        ),
-        Ok(depths) => depths
-            .iter()
-            .map(|depth| match &depth.state {
-                QueueState::Ok => format!(
-                    "QUEUE {}: {} ready, {} consumers\n",
-                    depth.queue,
-                    depth.ready.unwrap_or(0),
-                    depth.consumers.unwrap_or(0)
-                ),
-                QueueState::Missing => format!(
-                    "QUEUE {}: not declared yet (start a consuming process)\n",
-                    depth.queue
-                ),
-                QueueState::Unavailable(why) => {
-                    format!("QUEUE {}: UNAVAILABLE: {why}\n", depth.queue)
-                }
-            })
-            .collect(),
-    }
-}
-
-fn age(secs: u64) -> String {
-    match secs {
-        s if s < 120 => format!("{s}s"),
-        s if s < 7_200 => format!("{}m", s / 60),
-        s if s < 172_800 => format!("{}h", s / 3_600),
-        s => format!("{}d", s / 86_400),
-    }
 }

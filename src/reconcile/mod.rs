@@ -322,6 +322,9 @@ impl Reconciler {
     /// Reads Redis in one step (a consistent view) as of `now` (ms), then lists the cloud.
     pub async fn snapshot(&self, now: u64) -> anyhow::Result<Snapshot> {
         let view = self.ctx.store.reconcile_view(now).await?;
+        // Read after the brake: a release between the two reads is seen here, so a pass that
+        // saw the brake off cannot engage it again for the VMs released.
+        let released = self.ctx.store.brake_released().await?;
         let leases = view
             .leases
             .into_iter()
@@ -348,6 +351,7 @@ impl Reconciler {
             orphans: view.orphans,
             suspects: view.suspects,
             brake_on: view.brake,
+            released,
             hints: view.hints,
             cloud,
         })
@@ -389,11 +393,19 @@ impl Reconciler {
             store.mark_suspects(&plan.mark).await?;
             // One line however many: the first few names, and the count.
             let first = &plan.mark[..plan.mark.len().min(10)];
-            tracing::warn!(
-                unaccounted = plan.mark.len(),
-                ?first,
-                "unaccounted VMs: deleted next pass unless accounted for by then"
-            );
+            if plan.holding {
+                tracing::warn!(
+                    unaccounted = plan.mark.len(),
+                    ?first,
+                    "unaccounted VMs: kept while the safety brake holds (`warmer brake` lists them)"
+                );
+            } else {
+                tracing::warn!(
+                    unaccounted = plan.mark.len(),
+                    ?first,
+                    "unaccounted VMs: deleted next pass unless accounted for by then"
+                );
+            }
         }
         let confirmed = plan.delete.iter().filter_map(|r| r.name.as_ref());
         let unmark: Vec<&String> = plan.unmark.iter().chain(confirmed).collect();
@@ -418,7 +430,8 @@ impl Reconciler {
         failures.log();
         // The brake first: a fill published before a release would find boots still held.
         if let Some(engage) = plan.brake {
-            self.brake(engage, plan.unaccounted, events).await?;
+            self.brake(engage, plan.unaccounted, events, secs(now))
+                .await?;
         }
         if let Some(broker) = broker {
             self.send_fills(&plan.fill, broker, now).await?;
@@ -535,15 +548,21 @@ impl Reconciler {
     }
 
     /// Engages (`engage`) or releases the safety brake, with its line and event.
-    async fn brake(&self, engage: bool, unaccounted: u64, events: &Events) -> anyhow::Result<()> {
+    async fn brake(
+        &self,
+        engage: bool,
+        unaccounted: u64,
+        events: &Events,
+        now: u64,
+    ) -> anyhow::Result<()> {
         let store = &self.ctx.store;
         let threshold = self.ctx.config.orphan_threshold;
         if engage {
-            store.engage_brake(unaccounted).await?;
+            store.engage_brake(unaccounted, threshold, now).await?;
             tracing::error!(
                 unaccounted,
                 threshold,
-                "safety brake ON: boots paused while unaccounted VMs exceed WARMER_ORPHAN_THRESHOLD"
+                "safety brake ON: boots and deletion of unaccounted VMs paused while they exceed WARMER_ORPHAN_THRESHOLD; `warmer brake` lists them, `warmer brake release --yes` releases it"
             );
             events
                 .emit(Event::BrakeEngaged {

@@ -47,6 +47,9 @@ pub struct Snapshot {
     /// Unaccounted VMs marked by the previous pass.
     pub suspects: BTreeSet<String>,
     pub brake_on: bool,
+    /// Unaccounted VMs an operator has looked at and released the brake for (`warmer brake
+    /// release`): they no longer hold it, and are deleted as any unaccounted VM.
+    pub released: BTreeSet<String>,
     /// Pools with a refill hint pending → since when (Unix ms).
     pub hints: BTreeMap<String, u64>,
     pub cloud: Vec<CloudVm>,
@@ -92,6 +95,8 @@ pub struct Plan {
     pub fill: Vec<String>,
     /// `Some(true)`: engage the brake; `Some(false)`: release it.
     pub brake: Option<bool>,
+    /// Whether the brake holds after this pass (unaccounted VMs are kept, not deleted).
+    pub holding: bool,
     /// VMs in the cloud that nothing in Redis accounts for.
     pub unaccounted: u64,
     /// Orphans recorded in Redis, to delete.
@@ -139,6 +144,7 @@ pub fn decide(snapshot: &Snapshot, limits: Limits) -> Plan {
         .cloud
         .iter()
         .filter(|vm| !is_cooled(vm) && !accounted.contains(vm.name.as_str()))
+        .filter(|vm| !snapshot.released.contains(&vm.name))
         .count() as u64;
     // So many unaccounted VMs at once means Redis lost track (restored, wiped, wrong URL), not
     // a few leaks: hold deletion as well as boots until an operator looks.
@@ -262,6 +268,7 @@ pub fn decide(snapshot: &Snapshot, limits: Limits) -> Plan {
     if hold != snapshot.brake_on {
         plan.brake = Some(hold);
     }
+    plan.holding = hold;
     plan
 }
 
@@ -514,5 +521,40 @@ mod tests {
         let released = decide(&snapshot, LIMITS);
         assert_eq!(released.brake, Some(false));
         assert_eq!(released.delete.len(), 2, "a few leaks are deleted again");
+    }
+
+    #[test]
+    fn vms_an_operator_released_the_brake_for_no_longer_hold_it_and_are_deleted() {
+        let mut snapshot = world(&[]);
+        snapshot.targets.clear();
+        snapshot.cloud = ["x", "y", "z", "late"].map(running).to_vec();
+        snapshot.suspects = ["x", "y", "z"].map(String::from).into();
+        snapshot.brake_on = true;
+        snapshot.released = ["x", "y", "z"].map(String::from).into();
+        let released = decide(&snapshot, LIMITS);
+        assert_eq!(released.brake, Some(false));
+        assert!(!released.holding);
+        let deleted: Vec<&str> = released
+            .delete
+            .iter()
+            .filter_map(|r| r.name.as_deref())
+            .collect();
+        assert_eq!(
+            deleted,
+            ["x", "y", "z"],
+            "released suspects; `late` is marked first"
+        );
+        assert_eq!(released.mark, ["late"]);
+
+        // Others beyond the threshold engage it again.
+        snapshot.brake_on = false;
+        snapshot.cloud.extend(["p", "q", "r"].map(running));
+        let again = decide(&snapshot, LIMITS);
+        assert_eq!(
+            again.brake,
+            Some(true),
+            "four unreleased VMs, above the threshold"
+        );
+        assert!(again.delete.is_empty());
     }
 }

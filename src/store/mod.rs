@@ -12,7 +12,8 @@
 //! | `<ns>:_lease_deadlines` | zset | [`leases`] | request identity → when its lease is swept (ms) |
 //! | `<ns>:_lease_keys` | zset | [`leases`] | handed-out leases still holding the VM's SSH key → when it is removed (the request's deadline, ms) |
 //! | `<ns>:_booting:<pool>` | zset | [`boots`] | VM name → when its boot reservation expires (ms) |
-//! | `<ns>:_brake` | string | [`reconcile`] | present while the safety brake holds every boot |
+//! | `<ns>:_brake` | string | [`reconcile`] | present while the safety brake holds every boot: why ([`reconcile::BrakeState`] JSON) |
+//! | `<ns>:_brake_released` | set | [`reconcile`] | unaccounted VMs an operator released the brake for, deleted by the next pass; expires after a day |
 //! | `<ns>:_fleet_capped` | string | [`boots`] | present (the fleet's size) while `WARMER_MAX_VMS` holds boots back |
 //! | `<ns>:_suspects` | set | [`reconcile`] | cloud VMs the last reconcile pass found unaccounted |
 //! | `<ns>:_reconciler` | string | [`lock`] | owner of the active reconciler's lock |

@@ -51,6 +51,31 @@ pub struct RedisView {
     pub hints: BTreeMap<String, u64>,
 }
 
+/// How long the VMs an operator released the brake for are remembered (seconds): the next
+/// passes delete them well within it.
+const RELEASED_TTL_SECS: i64 = 86_400;
+
+/// Why the safety brake holds (`<ns>:_brake`, JSON; an older warmer stored the count alone).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BrakeState {
+    /// Unaccounted VMs when it was engaged.
+    pub unaccounted: u64,
+    /// `WARMER_ORPHAN_THRESHOLD` then.
+    pub threshold: Option<u64>,
+    /// When it was engaged (Unix seconds).
+    pub since: Option<u64>,
+}
+
+impl BrakeState {
+    fn parse(stored: &str) -> BrakeState {
+        serde_json::from_str(stored).unwrap_or_else(|_| BrakeState {
+            unaccounted: stored.trim().parse().unwrap_or(0),
+            threshold: None,
+            since: None,
+        })
+    }
+}
+
 impl Store {
     /// Reads every pool list and boot reservation (of pools with a target, and of pools without
     /// one that still have a list or reservations), the leases, the orphans, the suspects, the
@@ -201,20 +226,65 @@ impl Store {
             .await
     }
 
-    /// Engages the safety brake, recording how many VMs are unaccounted.
-    pub async fn engage_brake(&self, unaccounted: u64) -> Result<()> {
+    /// Engages the safety brake, recording why: how many VMs are unaccounted, over which
+    /// threshold, since when (Unix seconds).
+    pub async fn engage_brake(&self, unaccounted: u64, threshold: u64, now: u64) -> Result<()> {
         let key = &self.names.brake();
-        self.call(|mut conn| async move { conn.set(key, unaccounted).await })
+        let state = BrakeState {
+            unaccounted,
+            threshold: Some(threshold),
+            since: Some(now),
+        };
+        let json = &serde_json::to_string(&state).unwrap_or_default();
+        self.call(|mut conn| async move { conn.set(key, json).await })
             .await
     }
 
-    /// The unaccounted VMs the safety brake was engaged for, if it is on.
-    pub async fn brake_count(&self) -> Result<Option<u64>> {
+    /// Why the safety brake holds, if it is on.
+    pub async fn brake_state(&self) -> Result<Option<BrakeState>> {
         let key = &self.names.brake();
-        let count: Option<String> = self
+        let state: Option<String> = self
             .call(|mut conn| async move { conn.get(key).await })
             .await?;
-        Ok(count.map(|count| count.trim().parse().unwrap_or(0)))
+        Ok(state.map(|state| BrakeState::parse(&state)))
+    }
+
+    /// The unaccounted VMs of the last pass (the suspects), sorted.
+    pub async fn suspects(&self) -> Result<Vec<String>> {
+        let key = &self.names.suspects();
+        let mut suspects: Vec<String> = self
+            .call(|mut conn| async move { conn.smembers(key).await })
+            .await?;
+        suspects.sort();
+        Ok(suspects)
+    }
+
+    /// An operator releases the brake for `vms` (the suspects they looked at): these no longer
+    /// hold it and are deleted by the next pass unless accounted for by then; the brake is
+    /// off at once, so boots resume. Returns whether it was on.
+    pub async fn release_brake_for(&self, vms: &[String]) -> Result<bool> {
+        let (brake, released) = (&self.names.brake(), &self.names.brake_released());
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        if !vms.is_empty() {
+            pipe.sadd(released, vms)
+                .ignore()
+                .expire(released, RELEASED_TTL_SECS)
+                .ignore();
+        }
+        pipe.del(brake);
+        let pipe = &pipe;
+        let (deleted,): (u64,) = self
+            .call(|mut conn| async move { pipe.query_async(&mut conn).await })
+            .await?;
+        Ok(deleted == 1)
+    }
+
+    /// The VMs an operator released the brake for (see [`Store::release_brake_for`]).
+    pub async fn brake_released(&self) -> Result<BTreeSet<String>> {
+        let key = &self.names.brake_released();
+        self.call(|mut conn| async move { conn.smembers(key).await })
+            .await
     }
 
     /// Releases the safety brake.

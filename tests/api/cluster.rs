@@ -254,7 +254,9 @@ async fn checkouts_go_on_when_any_one_node_of_the_cluster_is_killed() {
                 )?
             })
             .await;
-            let status = warmer::operator::status(&app.ctx).await.unwrap();
+            let status = warmer::operator::status(&app.ctx, &Default::default())
+                .await
+                .unwrap();
             assert!(
                 status.contains(&format!("QUEUE {dead}: UNAVAILABLE")),
                 "{status}"

@@ -14,16 +14,24 @@ async fn pools_are_set_listed_and_deleted_without_leaking_their_vms() {
     operator::pool_set(&app.ctx, &pool, 3).await.unwrap();
     app.seed(POOL, 3, &[vm("a"), vm("b")]).await;
     assert_eq!(
-        operator::pool_list(&app.ctx).await.unwrap(),
-        format!("{POOL}\t3\n")
+        operator::pool_list(&app.ctx, false).await.unwrap(),
+        format!("POOL\tTARGET\tPOLICY\n{POOL}\t3\tstatic\n")
     );
+    let listed: serde_json::Value =
+        serde_json::from_str(&operator::pool_list(&app.ctx, true).await.unwrap()).unwrap();
+    assert_eq!(listed, json!([{"pool": POOL, "target": 3, "policy": null}]));
 
     let deleted = operator::pool_delete(&app.ctx, &pool).await.unwrap();
 
     assert!(deleted.contains("2 warmed VM(s)"), "{deleted}");
     assert_eq!(app.orphaned().await, ["a", "b"]);
     assert!(app.pool_vms(POOL).await.is_empty());
-    assert_eq!(operator::pool_list(&app.ctx).await.unwrap(), "");
+    assert!(
+        operator::pool_list(&app.ctx, false)
+            .await
+            .unwrap()
+            .starts_with("(no pools: add one with")
+    );
     let again = operator::pool_delete(&app.ctx, &pool).await.unwrap_err();
     assert!(again.to_string().contains("no pool"));
 }
@@ -35,7 +43,9 @@ async fn status_shows_target_ready_and_the_oldest_age() {
     old["booted_at"] = json!(warmer::now_ms() / 1000 - 3 * 3600);
     app.seed(POOL, 5, &[old, vm("new")]).await;
 
-    let status = operator::status(&app.ctx).await.unwrap();
+    let status = operator::status(&app.ctx, &Default::default())
+        .await
+        .unwrap();
 
     let row: Vec<&str> = status.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(row, [POOL, "5", "-", "-", "static", "2", "0", "0", "3h"]);
@@ -45,7 +55,9 @@ async fn status_shows_target_ready_and_the_oldest_age() {
 async fn status_without_pools_says_how_to_add_one() {
     let app = TestApp::builder().start().await;
 
-    let status = operator::status(&app.ctx).await.unwrap();
+    let status = operator::status(&app.ctx, &Default::default())
+        .await
+        .unwrap();
 
     assert!(status.contains("(no pools: add one with"), "{status}");
 }
@@ -178,8 +190,8 @@ async fn commands_naming_a_pool_that_does_not_exist_refuse_it_and_name_the_close
         "no fill published for a pool that does not exist"
     );
     assert_eq!(
-        operator::pool_list(&app.ctx).await.unwrap(),
-        format!("{POOL}\t2\n")
+        operator::pool_list(&app.ctx, false).await.unwrap(),
+        format!("POOL\tTARGET\tPOLICY\n{POOL}\t2\tstatic\n")
     );
 }
 
@@ -216,7 +228,9 @@ async fn status_says_whether_a_reconciler_is_active_when_it_last_passed_and_what
         line.split_whitespace().map(String::from).collect()
     };
 
-    let status = operator::status(&app.ctx).await.unwrap();
+    let status = operator::status(&app.ctx, &Default::default())
+        .await
+        .unwrap();
     assert!(
         status.contains("RECONCILER: NONE ACTIVE (no successful pass recorded)"),
         "{status}"
@@ -238,7 +252,9 @@ async fn status_says_whether_a_reconciler_is_active_when_it_last_passed_and_what
         .await
         .unwrap();
     reconciler.pass(Some(&app.broker().await)).await.unwrap();
-    let status = operator::status(&app.ctx).await.unwrap();
+    let status = operator::status(&app.ctx, &Default::default())
+        .await
+        .unwrap();
     let active = format!(
         "RECONCILER {}: active, last successful pass ",
         reconciler.owner()
@@ -256,23 +272,33 @@ async fn status_says_whether_a_reconciler_is_active_when_it_last_passed_and_what
         .await
         .unwrap();
     assert_eq!(
-        row(&operator::status(&app.ctx).await.unwrap())[4],
+        row(&operator::status(&app.ctx, &Default::default())
+            .await
+            .unwrap())[4],
         "pending"
     );
 
     // None active again: said so, with the last pass there was.
     app.ctx.store.unlock(reconciler.owner()).await.unwrap();
-    let status = operator::status(&app.ctx).await.unwrap();
+    let status = operator::status(&app.ctx, &Default::default())
+        .await
+        .unwrap();
     assert!(
         status.contains("RECONCILER: NONE ACTIVE (last successful pass "),
         "{status}"
     );
 
     // The brake with its count, and orphans awaiting deletion.
-    app.ctx.store.engage_brake(25).await.unwrap();
+    app.ctx
+        .store
+        .engage_brake(25, 10, warmer::now_ms() / 1000)
+        .await
+        .unwrap();
     app.push_orphan_record(&json!({"name": "gone-1", "zone": "us-central1-c"}))
         .await;
-    let status = operator::status(&app.ctx).await.unwrap();
+    let status = operator::status(&app.ctx, &Default::default())
+        .await
+        .unwrap();
     assert!(
         status.contains("SAFETY BRAKE ON: 25 VMs labelled for this deployment are unaccounted for"),
         "{status}"
@@ -290,10 +316,87 @@ async fn status_says_whether_a_reconciler_is_active_when_it_last_passed_and_what
     )
     .await
     .unwrap();
-    let status = operator::status(&app.ctx).await.unwrap();
+    let status = operator::status(&app.ctx, &Default::default())
+        .await
+        .unwrap();
     assert!(!status.contains('\u{1b}'), "{status:?}");
     assert!(
         status.contains(r"RECONCILER evil\u{1b}[2J: active"),
         "{status}"
+    );
+}
+
+#[tokio::test]
+async fn status_filters_pools_by_a_glob_totals_them_and_says_the_same_in_json() {
+    let app = TestApp::builder().checkout_consumers(1).start().await;
+    app.seed("ubuntu-a:n1-standard-2", 3, &[vm("a1"), vm("a2")])
+        .await;
+    app.seed("ubuntu-b:n1-standard-2", 2, &[vm("b1")]).await;
+    app.seed("debian-c:n1-standard-2", 4, &[vm("c1")]).await;
+    app.wait_for_consumers(1).await;
+    let ubuntu = operator::StatusOptions {
+        pool: Some("ubuntu-*".into()),
+        ..Default::default()
+    };
+
+    let text = operator::status(&app.ctx, &ubuntu).await.unwrap();
+
+    let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("ubuntu-")).collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    assert!(!text.contains("debian-c"), "{text}");
+    let total = text.lines().find(|l| l.starts_with("TOTAL")).unwrap();
+    assert_eq!(
+        total.split_whitespace().collect::<Vec<_>>(),
+        ["TOTAL", "(2", "pools)", "5", "3", "0", "0"]
+    );
+    assert!(
+        text.contains("FLEET: 4 of WARMER_MAX_VMS 200 VMs"),
+        "every pool: {text}"
+    );
+    let checkout = format!(
+        "QUEUE {}: 0 ready, 1 consumers\n",
+        app.names.checkout_queue()
+    );
+    assert!(text.contains(&checkout), "{text}");
+    assert!(
+        text.contains(&format!(
+            "DEAD LETTERS: 0 in {}",
+            app.names.dead_letter_queue()
+        )),
+        "{text}"
+    );
+
+    let json = operator::StatusOptions {
+        json: true,
+        ..ubuntu.clone()
+    };
+    let report: serde_json::Value =
+        serde_json::from_str(&operator::status(&app.ctx, &json).await.unwrap()).unwrap();
+    assert_eq!(report["pools"].as_array().unwrap().len(), 2);
+    assert_eq!(report["pools"][0]["pool"], "ubuntu-a:n1-standard-2");
+    assert_eq!(report["pools"][0]["why"], "static");
+    assert_eq!(
+        report["totals"],
+        json!({"pools": 2, "target": 5, "ready": 3, "booting": 0, "handed_out": 0})
+    );
+    assert_eq!(report["fleet"], json!({"vms": 4, "max_vms": 200}));
+    assert_eq!(report["reconciler"]["owner"], serde_json::Value::Null);
+    let queues = report["queues"].as_array().unwrap();
+    let checkout = queues.iter().find(|q| q["process"] == "checkout").unwrap();
+    assert_eq!(
+        (checkout["consumers"].as_u64(), checkout["state"].as_str()),
+        (Some(1), Some("ok"))
+    );
+
+    let none = operator::StatusOptions {
+        pool: Some("nope-*".into()),
+        color: true,
+        ..Default::default()
+    };
+    let text = operator::status(&app.ctx, &none).await.unwrap();
+    assert!(text.contains("(no pool matches `nope-*`)"), "{text}");
+    assert!(
+        text.contains("RECONCILER: \u{1b}[1;31mNONE ACTIVE\u{1b}[0m"),
+        "{text}"
     );
 }

@@ -256,7 +256,7 @@ async fn the_brake_stops_boots_everywhere_and_releases_them() {
         "no boot while the brake is on"
     );
     assert!(
-        warmer::operator::status(&app.ctx)
+        warmer::operator::status(&app.ctx, &Default::default())
             .await
             .unwrap()
             .contains("SAFETY BRAKE ON")
@@ -501,4 +501,78 @@ async fn orphans_are_deleted_at_the_pace_the_rate_limit_allows_and_never_twice()
     deleted.sort();
     deleted.dedup();
     assert_eq!(deleted.len(), ORPHANS);
+}
+
+#[tokio::test]
+async fn an_operator_sees_every_vm_the_brake_holds_for_and_releasing_it_deletes_them_and_resumes_boots()
+ {
+    let compute = ComputeStandIn::start(Duration::ZERO).await;
+    let app = TestApp::builder()
+        .gce(&compute)
+        .envs(&[("WARMER_ORPHAN_THRESHOLD", "10")])
+        .start()
+        .await;
+    let leaks: Vec<String> = (0..105).map(|i| format!("leak-{i:03}")).collect();
+    for leak in &leaks {
+        compute.add_instance(leak, ZONE, labels(&app));
+    }
+    let reconciler = app.reconciler().await;
+    let broker = app.broker().await;
+    reconciler.pass(Some(&broker)).await.unwrap();
+
+    let first = warmer::operator::brake::show(&app.ctx, 1).await.unwrap();
+    assert!(
+        first.starts_with("SAFETY BRAKE ON for ") && first.contains("105 VMs labelled for this deployment were unaccounted for, more than WARMER_ORPHAN_THRESHOLD (10)"),
+        "{first}"
+    );
+    assert!(
+        first.contains("105 unaccounted VM(s) at the last reconcile pass, page 1 of 2"),
+        "{first}"
+    );
+    let second = warmer::operator::brake::show(&app.ctx, 2).await.unwrap();
+    let listed: Vec<String> = [&first, &second]
+        .iter()
+        .flat_map(|page| page.lines().filter_map(|l| l.strip_prefix("  ")))
+        .map(String::from)
+        .collect();
+    assert_eq!(listed, leaks, "every VM, once, over the pages");
+
+    // Not without --yes.
+    let refused = warmer::operator::brake::release(&app.ctx, false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("not released") && refused.contains("105"),
+        "{refused}"
+    );
+    assert!(app.ctx.store.brake_state().await.unwrap().is_some());
+
+    let released = warmer::operator::brake::release(&app.ctx, true)
+        .await
+        .unwrap();
+    assert!(
+        released.contains("105 VM(s) released for deletion"),
+        "{released}"
+    );
+    assert!(
+        app.ctx.store.brake_state().await.unwrap().is_none(),
+        "off at once"
+    );
+    let history = warmer::operator::history(&app.ctx, 5, None, false)
+        .await
+        .unwrap();
+    assert!(history.contains("brake release"), "{history}");
+
+    // The next pass deletes them and does not engage it again; new leaks count again.
+    compute.add_instance("late-leak", ZONE, labels(&app));
+    reconciler.pass(Some(&broker)).await.unwrap();
+    let mut deleted = compute.with(|s| s.deleted.clone());
+    deleted.sort();
+    assert_eq!(deleted, leaks);
+    assert!(app.ctx.store.brake_state().await.unwrap().is_none());
+    let again = warmer::operator::brake::release(&app.ctx, true)
+        .await
+        .unwrap();
+    assert_eq!(again, "the safety brake is off: nothing to release\n");
 }

@@ -334,7 +334,9 @@ async fn under_least_privilege_users_a_worker_can_check_out_and_nothing_else() {
         .await
         .unwrap();
     app.wait_until_settled(POOL, 1).await;
-    let status = warmer::operator::status(&as_operator).await.unwrap();
+    let status = warmer::operator::status(&as_operator, &Default::default())
+        .await
+        .unwrap();
     assert!(status.contains(POOL), "{status}");
 
     // And what a worker is for works: a checkout.

@@ -203,7 +203,9 @@ async fn a_schedule_holds_its_minimum_in_its_time_zone_and_bounds_always_hold() 
         assert!((1..=8).contains(&t), "target {t} at hour {hour}");
     }
     // `warmer status` says how each pool is sized.
-    let status = operator::status(&app.ctx).await.unwrap();
+    let status = operator::status(&app.ctx, &Default::default())
+        .await
+        .unwrap();
     let line = status.lines().find(|l| l.starts_with(NEW_POOL)).unwrap();
     let columns: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(columns[1..5], ["3", "3", "3", "min"], "{status}");
@@ -263,7 +265,11 @@ async fn while_the_brake_holds_the_sizer_changes_nothing() {
     operator::pool_policy(&app.ctx, &pool(POOL), Some(&policy(7, 9, false, &[])))
         .await
         .unwrap();
-    app.ctx.store.engage_brake(100).await.unwrap();
+    app.ctx
+        .store
+        .engage_brake(100, 10, warmer::now_ms() / 1000)
+        .await
+        .unwrap();
     let reconciler = app.reconciler().await;
 
     // The pass finds nothing unaccounted and releases the brake, but only after sizing.
@@ -287,7 +293,11 @@ async fn a_rollover_gets_back_the_time_the_brake_held() {
     pass(&app, &reconciler).await;
 
     // The brake holds for 500 s (each pass releases it: nothing is unaccounted).
-    app.ctx.store.engage_brake(100).await.unwrap();
+    app.ctx
+        .store
+        .engage_brake(100, 10, warmer::now_ms() / 1000)
+        .await
+        .unwrap();
     clock.set(now + 500);
     assert!(pass(&app, &reconciler).await.sizing.frozen);
     // Past the original deadline, not past the postponed one.
@@ -339,7 +349,9 @@ async fn a_rollover_moves_target_and_policy_and_completes_once_the_new_pool_is_w
     app.start_refill().await;
     app.fill(NEW_POOL).await;
     app.wait_until_settled(NEW_POOL, 3).await;
-    let status = operator::status(&app.ctx).await.unwrap();
+    let status = operator::status(&app.ctx, &Default::default())
+        .await
+        .unwrap();
     assert!(
         status.contains(&format!("ROLLOVER {POOL} -> {NEW_POOL}: in progress")),
         "{status}"
@@ -359,7 +371,9 @@ async fn a_rollover_moves_target_and_policy_and_completes_once_the_new_pool_is_w
     // The old pool's warmed VMs went for deletion in the same pass; the new pool's stay.
     assert!(app.pool_vms(POOL).await.is_empty());
     assert_eq!(app.pool_vms(NEW_POOL).await.len(), 3);
-    let status = operator::status(&app.ctx).await.unwrap();
+    let status = operator::status(&app.ctx, &Default::default())
+        .await
+        .unwrap();
     assert!(status.contains("completed"), "{status}");
 }
 
@@ -414,7 +428,9 @@ async fn a_rollover_to_an_image_that_cannot_boot_is_aborted_and_the_old_pool_is_
     assert_eq!(view.policies[POOL], Ok(adaptive));
     assert_eq!(target(&app, POOL).await, pool_target);
     assert_eq!(app.pool_vms(POOL).await, before);
-    let status = operator::status(&app.ctx).await.unwrap();
+    let status = operator::status(&app.ctx, &Default::default())
+        .await
+        .unwrap();
     assert!(
         status.contains("aborted") && status.contains("boots failing"),
         "{status}"
