@@ -129,6 +129,7 @@ pub async fn pool_policy(
             .map_err(|error| anyhow::anyhow!("policy of {pool} not changed: {error}"))?;
         within_fleet_cap(ctx, pool, "--max", policy.max)?;
     }
+    not_rolling(ctx, pool, "changed").await?;
     let set = ctx
         .store
         .set_policy(pool, policy)
@@ -283,6 +284,7 @@ fn within_fleet_cap(ctx: &Context, pool: &PoolName, what: &str, n: u32) -> anyho
 /// `warmer pool set <pool> <target>`.
 pub async fn pool_set(ctx: &Context, pool: &PoolName, target: u32) -> anyhow::Result<String> {
     within_fleet_cap(ctx, pool, "target", target)?;
+    not_rolling(ctx, pool, "changed").await?;
     let before = ctx.store.targets().await?.remove(pool);
     ctx.store
         .set_target(pool, target)
@@ -312,19 +314,7 @@ pub async fn pool_set(ctx: &Context, pool: &PoolName, target: u32) -> anyhow::Re
 /// `warmer pool delete <pool>`: the pool's warmed VMs are recorded for deletion.
 pub async fn pool_delete(ctx: &Context, pool: &PoolName) -> anyhow::Result<String> {
     existing(ctx, pool).await?;
-    // The next pass would abort the rollover: refused, so that nothing is undone behind the
-    // operator's back.
-    let rollovers = ctx.store.sizing_view().await?.rollovers;
-    let rolling = rollovers.iter().find(|(from, rollover)| {
-        rollover.state == RolloverState::Rolling
-            && (**from == pool.to_string() || rollover.to == pool.to_string())
-    });
-    if let Some((from, rollover)) = rolling {
-        bail!(
-            "{pool} not deleted: it takes part in the rollover {from} -> {} in progress; wait until `warmer status` shows it completed or aborted",
-            rollover.to
-        );
-    }
+    not_rolling(ctx, pool, "deleted").await?;
     match ctx
         .store
         .delete_pool(pool)
@@ -342,6 +332,24 @@ pub async fn pool_delete(ctx: &Context, pool: &PoolName) -> anyhow::Result<Strin
             Ok(out)
         }
     }
+}
+
+/// Refuses a change to a pool that takes part in a rollover in progress: completing or aborting
+/// it sets the pools' targets and policies, which would undo the change behind the operator's
+/// back.
+async fn not_rolling(ctx: &Context, pool: &PoolName, what: &str) -> anyhow::Result<()> {
+    let rollovers = ctx.store.sizing_view().await?.rollovers;
+    let name = pool.to_string();
+    let rolling = rollovers.iter().find(|(from, rollover)| {
+        rollover.state == RolloverState::Rolling && (**from == name || rollover.to == name)
+    });
+    if let Some((from, rollover)) = rolling {
+        bail!(
+            "{pool} not {what}: it takes part in the rollover {from} -> {} in progress, whose end sets its target and policy; wait until `warmer status` shows it completed or aborted",
+            rollover.to
+        );
+    }
+    Ok(())
 }
 
 /// Records a change `command` made to `pool` in the history; if that fails, says so in `out`

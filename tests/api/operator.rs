@@ -196,7 +196,7 @@ async fn commands_naming_a_pool_that_does_not_exist_refuse_it_and_name_the_close
 }
 
 #[tokio::test]
-async fn a_pool_in_a_rollover_in_progress_cannot_be_deleted() {
+async fn a_pool_in_a_rollover_in_progress_cannot_be_deleted_resized_or_given_a_policy() {
     let app = TestApp::builder().start().await;
     app.seed(POOL, 2, &[vm("a")]).await;
     let pool: PoolName = POOL.parse().unwrap();
@@ -205,16 +205,33 @@ async fn a_pool_in_a_rollover_in_progress_cannot_be_deleted() {
         .await
         .unwrap();
 
+    let policy = warmer::policy::Policy {
+        min: 0,
+        max: 4,
+        adaptive: true,
+        hit: 0.99,
+        schedules: Vec::new(),
+    };
     for either in [&pool, &new] {
-        let error = operator::pool_delete(&app.ctx, either)
-            .await
-            .unwrap_err()
-            .to_string();
-        assert!(
-            error.contains(&format!("the rollover {pool} -> {new} in progress")),
-            "{error}"
-        );
+        let errors = [
+            operator::pool_delete(&app.ctx, either).await.unwrap_err(),
+            operator::pool_set(&app.ctx, either, 7).await.unwrap_err(),
+            operator::pool_policy(&app.ctx, either, Some(&policy))
+                .await
+                .unwrap_err(),
+        ];
+        for error in errors.map(|e| e.to_string()) {
+            assert!(
+                error.contains(&format!("the rollover {pool} -> {new} in progress")),
+                "{error}"
+            );
+        }
     }
+    assert_eq!(
+        operator::pool_list(&app.ctx, false).await.unwrap(),
+        format!("POOL\tTARGET\tPOLICY\n{POOL}\t2\tstatic\n{new}\t2\tstatic\n"),
+        "nothing changed"
+    );
     assert_eq!(app.pool_vms(POOL).await, ["a"], "nothing deleted");
     assert!(app.orphaned().await.is_empty());
 }
