@@ -28,7 +28,7 @@ use warmer::PoolName;
 use warmer::shutdown;
 
 use warmer_testkit::bench::{POOL, check_out, env_or, median, wait_for_consumer};
-use warmer_testkit::{AMQP_URL, REDIS_URL, remove_deployment};
+use warmer_testkit::{amqp_url, redis_url, remove_deployment};
 
 const VM: &str = r#"{"name":"travis-job-00000000-0000-0000-0000-000000000000","zone":"us-central1-c","ip":"10.10.42.86","public_ip":null,"ssh_private_key":"-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-256-CBC,0123456789ABCDEF0123456789ABCDEF\n\nMIIEpAIBAAKCAQEA...about 1.7 kB of base64 in a real key...\n-----END RSA PRIVATE KEY-----\n","booted_at":1700000000}"#;
 
@@ -119,7 +119,7 @@ async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let rounds: usize = env_or("BENCH_ROUNDS", 3);
     let total: usize = env_or("BENCH_REQUESTS", 2000);
-    let amqp = Connection::connect(AMQP_URL, ConnectionProperties::default()).await?;
+    let amqp = Connection::connect(amqp_url(), ConnectionProperties::default()).await?;
 
     let mut table = Vec::new();
     let concurrencies: Vec<usize> = match std::env::var("BENCH_CONCURRENCY") {
@@ -260,7 +260,7 @@ async fn run(
     wait_for_consumer(amqp, &queue).await?;
 
     let requesters =
-        Arc::new(Connection::connect(AMQP_URL, ConnectionProperties::default()).await?);
+        Arc::new(Connection::connect(amqp_url(), ConnectionProperties::default()).await?);
     // Warm-up, then the measured run.
     load(&requesters, &queue, concurrency, warmup).await?;
     let hints_before = queue_length(amqp, &names.refill_queue()).await?;
@@ -333,13 +333,13 @@ async fn load(
 
 /// The baseline: one Redis round trip and one reply per request, nothing else.
 async fn baseline(queue: String, key: String, stop: shutdown::Shutdown) -> anyhow::Result<()> {
-    let amqp = Connection::connect(AMQP_URL, ConnectionProperties::default()).await?;
+    let amqp = Connection::connect(amqp_url(), ConnectionProperties::default()).await?;
     let channel = amqp.create_channel().await?;
     let publisher = amqp.create_channel().await?;
     channel
         .basic_qos(warmer::checkout::PREFETCH, BasicQosOptions::default())
         .await?;
-    let redis = redis::aio::ConnectionManager::new(redis::Client::open(REDIS_URL)?).await?;
+    let redis = redis::aio::ConnectionManager::new(redis::Client::open(redis_url())?).await?;
     let mut consumer = channel
         .basic_consume(
             queue.as_str().into(),

@@ -33,7 +33,7 @@ use warmer::shutdown::{self, Shutdown, Trigger};
 
 use warmer_testkit::ComputeStandIn;
 use warmer_testkit::bench::{POOL, check_out, context, env_or, median, vars, wait_for_consumer};
-use warmer_testkit::{AMQP_URL, REDIS_URL, remove_deployment};
+use warmer_testkit::{amqp_url, redis_url, remove_deployment};
 
 /// Pool target of the replacement scenario.
 const TARGET: u32 = 4;
@@ -55,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
         .try_init();
     let checkouts: usize = env_or("BENCH_CHECKOUTS", 100);
     let rounds: usize = env_or("BENCH_ROUNDS", 3);
-    let amqp = Connection::connect(AMQP_URL, ConnectionProperties::default()).await?;
+    let amqp = Connection::connect(amqp_url(), ConnectionProperties::default()).await?;
 
     let keygen = keygen_ms(10).await?;
     let replacement = replacement(&amqp, checkouts).await?;
@@ -178,8 +178,8 @@ impl Deployment {
         extra: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
         let servers = [
-            ("WARMER_AMQP_URL", AMQP_URL),
-            ("WARMER_REDIS_URL", REDIS_URL),
+            ("WARMER_AMQP_URL", amqp_url()),
+            ("WARMER_REDIS_URL", redis_url()),
         ];
         let settings = vars(&servers).into_iter().chain(vars(extra));
         let ctx = context(compute.env().into_iter().chain(settings)).await?;

@@ -76,7 +76,7 @@ async fn main() -> anyhow::Result<()> {
 /// A deployment of `pools` pools, with or without counters, and the URL of its `warmer web`.
 async fn deployment(pools: usize, counters: bool) -> anyhow::Result<(String, Names)> {
     let ctx = local_context().await?;
-    let amqp = lapin::Connection::connect(warmer_testkit::AMQP_URL, Default::default()).await?;
+    let amqp = lapin::Connection::connect(warmer_testkit::amqp_url(), Default::default()).await?;
     warmer::declare_topology(&amqp, &ctx.names).await?;
     let names = ctx.names.clone();
     let mut redis = warmer_testkit::bench::redis().await?;

@@ -322,6 +322,13 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<Output> {
             "warmer starting"
         );
     }
+    if let Command::Dev = command {
+        let (config, servers) = dev::bring_up(config).await?;
+        let ran = async { run_process(dev::run, Context::new(config).await?).await }.await;
+        // Stopped whatever happened (and, were warmer killed, by their guards).
+        tokio::task::spawn_blocking(move || servers.stop()).await?;
+        return ran;
+    }
     let quiet = Output::from(String::new());
     // Simulation needs no server.
     if let Command::Simulate {
@@ -354,7 +361,10 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<Output> {
         _ => Context::new(config).await?,
     };
     Ok(match command {
-        Command::Check | Command::Simulate { .. } | Command::Permissions { .. } => quiet, // done above
+        // Done above.
+        Command::Check | Command::Simulate { .. } | Command::Permissions { .. } | Command::Dev => {
+            quiet
+        }
         Command::Autoscale | Command::Watchdog if off_heroku(&ctx.config) => {
             // `heroku local` runs every Procfile line: these have nothing to do there.
             tracing::warn!(
@@ -369,7 +379,6 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<Output> {
         Command::Web => run_process(web::run, ctx).await?,
         Command::Autoscale => run_process(autoscale::run, ctx).await?,
         Command::Watchdog => run_process(crate::watchdog::run, ctx).await?,
-        Command::Dev => run_process(dev::run, ctx).await?,
         Command::Pool(PoolCommand::List { json }) => operator::pool_list(&ctx, json).await?.into(),
         Command::Pool(PoolCommand::Set { pool, target }) => {
             let mut output = operator::pool_set(&ctx, &pool, target).await?;

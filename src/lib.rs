@@ -16,14 +16,14 @@
 //! | [`web`] | `warmer web`: health, metrics, HireFire, and travis-ci/warmer's HTTP API when tokens are set | one HTTP answer |
 //! | [`autoscale`] | `warmer autoscale`: scales dynos through the Heroku Platform API; `plan.rs` decides | one check |
 //! | [`watchdog`] | `warmer watchdog`: restarts a Heroku dyno before it swaps, from the app's log stream (`logline.rs` reads a line, `plan.rs` decides) | one log line |
-//! | [`dev`] | `warmer dev`: checkout, refill, reconcile and web in one process, on the local provider | |
+//! | [`dev`] | `warmer dev`: checkout, refill, reconcile and web in one process, on the local provider; `servers.rs` starts a private Redis and RabbitMQ when none answers (also for the test kit) | |
 //!
 //! And the commands that run once:
 //!
 //! | module | command |
 //! |---|---|
 //! | [`check`] | `warmer check`: the release phase's checks, step by step |
-//! | [`operator`] | `warmer pool …`, `warmer fill`, `warmer request`, `warmer status`, `warmer permissions` |
+//! | [`operator`] | `warmer pool …`, `warmer fill`, `warmer request`, `warmer permissions`; `status.rs`: `warmer status`; `apply.rs`: `warmer apply`, `warmer export`, `warmer history`; `brake.rs`: `warmer brake` |
 //! | [`sizing`] | the sizer the reconciler runs (`sizer.rs`), its pure decisions (`plan.rs`), and `warmer simulate` (`simulate.rs`) |
 //!
 //! What they share, private to the crate, each importing only from the rows below it:
@@ -40,7 +40,7 @@
 //! | `amqp` | RabbitMQ transport: connections over a cluster's nodes, the consume loop, publishing with confirms ([`Publisher`], `Courier`), direct reply-to and its presence probe |
 //! | `auth`, `sshkey`, `heroku` | signed fill commands; each VM's key pair, encrypted as the travis worker reads it; the Heroku Platform API |
 //! | `names`, `config` | every queue name and Redis key ([`Names`]); the environment, read once and validated by area ([`Config`]) |
-//! | `pool`, `policy`, `demand`, `process` | pool names and levels; a pool's sizing policy; demand as recorded; the process types |
+//! | `pool`, `policy`, `pools_file`, `demand`, `process` | pool names and levels; a pool's sizing policy; pools as a TOML file and its diff against Redis; demand as recorded; the process types |
 //! | [`clock`], `retry`, [`shutdown`], [`telemetry`] | the one clock; the one retry policy per dependency; SIGTERM; logs that never carry a secret |
 //! | [`cli`] | the command line |
 //!

@@ -31,7 +31,7 @@ pub use watchdog::{Threshold, WatchdogConfig};
 
 use autoscale::scale_limits;
 use google::GoogleVars;
-use parse::{duration, http_url, list, number, prefix};
+use parse::{duration, http_url, list, number, prefix, server_url};
 
 /// Which cloud boots the VMs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,6 +87,8 @@ pub struct Config {
     pub watchdog: WatchdogConfig,
     /// Running on a Heroku dyno (`DYNO` set).
     pub on_heroku: bool,
+    /// Which servers `warmer dev` starts itself (`WARMER_DEV_SERVERS`).
+    pub dev_servers: DevServers,
     /// What was set but is not read, e.g. a misspelt `WARMER_*` variable: logged at start.
     pub warnings: Vec<String>,
     /// Which defaults were overridden, for [`Config::for_dev`].
@@ -96,9 +98,39 @@ pub struct Config {
 /// Variables set in the environment rather than defaulted.
 #[derive(Clone, Copy, Debug, Default)]
 struct Given {
+    /// The variables that set the servers' URLs, if any did.
+    amqp_url: Option<&'static str>,
+    redis_url: Option<&'static str>,
     prefix: bool,
     namespace: bool,
     provider: bool,
+}
+
+/// What `warmer dev` does about servers (`WARMER_DEV_SERVERS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DevServers {
+    /// Start a private one of each server that does not answer at its default URL.
+    #[default]
+    Auto,
+    /// Always start private ones (the machine's own servers are left alone).
+    Private,
+    /// Never start one.
+    External,
+}
+
+impl std::str::FromStr for DevServers {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        match value.trim() {
+            "auto" => Ok(DevServers::Auto),
+            "private" => Ok(DevServers::Private),
+            "external" => Ok(DevServers::External),
+            other => Err(format!(
+                "`{other}` is not one of auto (start what does not answer), private (always start its own) or external (never start one)"
+            )),
+        }
+    }
 }
 
 /// The prefix and namespace of `warmer dev` unless others are given: never production's.
@@ -144,6 +176,25 @@ impl Config {
                     "warmer dev refuses {var}={DEFAULT_NAMES}, production's default: its simulated cloud would delete the VMs of a real deployment there. Unset it (dev uses `{DEV_NAMES}`) or choose another"
                 );
             }
+        }
+        Ok(self)
+    }
+}
+
+impl Config {
+    /// The variables that set the Redis and RabbitMQ URLs (`None`: the default), for `warmer
+    /// dev`, which starts no server for a URL given explicitly.
+    pub fn given_urls(&self) -> (Option<&'static str>, Option<&'static str>) {
+        (self.given.redis_url, self.given.amqp_url)
+    }
+
+    /// This configuration on other servers (`warmer dev`'s private ones).
+    pub fn on_servers(mut self, redis: Option<&str>, amqp: Option<&str>) -> anyhow::Result<Config> {
+        if let Some(url) = redis {
+            self.redis_url = server_url("WARMER_REDIS_URL", url.into(), &["redis"], false)?;
+        }
+        if let Some(url) = amqp {
+            self.amqp_url = servers::amqp_url(Some(url.into()), None)?;
         }
         Ok(self)
     }
@@ -200,6 +251,7 @@ struct Raw {
     warmer_watchdog_threshold: Option<String>,
     warmer_watchdog_restart_window: Option<String>,
     warmer_watchdog_dynos: Option<String>,
+    warmer_dev_servers: Option<String>,
     /// Set by Heroku in every dyno.
     dyno: Option<String>,
 }
@@ -311,6 +363,16 @@ impl Config {
             .context("reading the environment")?;
 
         let mut warnings = warnings;
+        let given_amqp_url = match (&raw.warmer_amqp_url, &raw.cloudamqp_url) {
+            (Some(_), _) => Some("WARMER_AMQP_URL"),
+            (None, Some(_)) => Some("CLOUDAMQP_URL"),
+            _ => None,
+        };
+        let given_redis_url = match (&raw.warmer_redis_url, &raw.redis_url) {
+            (Some(_), _) => Some("WARMER_REDIS_URL"),
+            (None, Some(_)) => Some("REDIS_URL"),
+            _ => None,
+        };
         let amqp_url = servers::amqp_url(raw.warmer_amqp_url, raw.cloudamqp_url)?;
         let (redis_url, redis_ca_pem) = servers::redis(
             raw.warmer_redis_url,
@@ -321,6 +383,8 @@ impl Config {
         )?;
 
         let given = Given {
+            amqp_url: given_amqp_url,
+            redis_url: given_redis_url,
             prefix: raw.warmer_amqp_prefix.is_some(),
             namespace: raw.warmer_redis_namespace.is_some(),
             provider: raw.warmer_provider.is_some(),
@@ -373,7 +437,14 @@ impl Config {
 
         let default_max = number("WARMER_AUTOSCALE_MAX", raw.warmer_autoscale_max, 4)?;
 
+        let dev_servers = match raw.warmer_dev_servers {
+            None => DevServers::default(),
+            Some(value) => value
+                .parse()
+                .map_err(|why: String| anyhow::anyhow!("WARMER_DEV_SERVERS: {why}"))?,
+        };
         Ok(Config {
+            dev_servers,
             log_format,
             watchdog,
             on_heroku: raw.dyno.is_some(),

@@ -20,7 +20,7 @@ use warmer::{
 
 use crate::clients::{Listener, Requester};
 use crate::compute::ComputeStandIn;
-use crate::{AMQP_URL, PrivateRedis, REDIS_URL, TRAVIS_REQUEST};
+use crate::{PrivateRedis, TRAVIS_REQUEST, amqp_url, redis_url};
 use crate::{eventually, within};
 
 /// How to build a [`TestApp`]: the servers it reaches, its environment, its consumers.
@@ -209,10 +209,10 @@ impl TestApp {
     /// A deployment on the shared servers with no process running yet.
     pub fn builder() -> AppBuilder {
         AppBuilder {
-            amqp_url: AMQP_URL.into(),
-            own_amqp_url: AMQP_URL.into(),
-            redis_url: REDIS_URL.into(),
-            own_redis_url: REDIS_URL.into(),
+            amqp_url: amqp_url().into(),
+            own_amqp_url: amqp_url().into(),
+            redis_url: redis_url().into(),
+            own_redis_url: redis_url().into(),
             env: Vec::new(),
             checkout_consumers: 0,
             prefix: None,
@@ -622,7 +622,7 @@ impl Drop for TestApp {
 
 /// Removes a deployment's queues, events exchange and Redis keys from the shared servers.
 pub async fn remove_deployment(names: &Names) {
-    if let Ok(amqp) = Connection::connect(AMQP_URL, ConnectionProperties::default()).await {
+    if let Ok(amqp) = Connection::connect(amqp_url(), ConnectionProperties::default()).await {
         if let Ok(channel) = amqp.create_channel().await {
             for queue in [
                 names.checkout_queue(),
@@ -642,7 +642,7 @@ pub async fn remove_deployment(names: &Names) {
         }
         let _ = amqp.close(200, "bye".into()).await;
     }
-    if let Ok(client) = redis::Client::open(REDIS_URL)
+    if let Ok(client) = redis::Client::open(redis_url())
         && let Ok(mut conn) = client.get_multiplexed_async_connection().await
     {
         let keys: Vec<String> = redis::cmd("KEYS")

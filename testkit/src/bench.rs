@@ -8,7 +8,7 @@ use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel, Connection};
 use warmer::DIRECT_REPLY_TO;
 
-use crate::REDIS_URL;
+use crate::redis_url;
 use warmer::now_ms;
 
 pub const POOL: &str = "bench-image:n1-standard-2";
@@ -125,6 +125,6 @@ pub async fn redis() -> anyhow::Result<redis::aio::ConnectionManager> {
     // Seeding and removing tens of thousands of entries outlasts the client's default 500 ms.
     let patient = redis::aio::ConnectionManagerConfig::new()
         .set_response_timeout(Some(std::time::Duration::from_secs(30)));
-    let client = redis::Client::open(REDIS_URL)?;
+    let client = redis::Client::open(redis_url())?;
     Ok(redis::aio::ConnectionManager::new_with_config(client, patient).await?)
 }

@@ -29,8 +29,81 @@ pub use compute::ComputeStandIn;
 pub use heroku::HerokuStandIn;
 pub use servers::{BrokerUser, PrivateRedis, Proxy, serve_http};
 
-pub const AMQP_URL: &str = "amqp://127.0.0.1:5672/%2f";
-pub const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+/// The servers of the whole test run: the machine's own (RabbitMQ on 127.0.0.1:5672, Redis on
+/// 127.0.0.1:6379) when they answer, else private ones started once, on the first use, and
+/// shared by every test (each still isolated by its prefix and namespace); they stop when the
+/// test binary exits (see `warmer::dev::servers`). `WARMER_TEST_SERVERS=private` starts
+/// private ones even beside running servers, which is how CI proves this path.
+struct RunServers {
+    amqp_url: String,
+    redis_url: String,
+    amqp_addr: String,
+    redis_addr: String,
+    /// The private servers, kept alive for the run.
+    private: warmer::dev::servers::Servers,
+}
+
+fn run_servers() -> &'static RunServers {
+    use warmer::dev::servers::{Kind, Mode, Servers};
+    static SERVERS: std::sync::OnceLock<RunServers> = std::sync::OnceLock::new();
+    SERVERS.get_or_init(|| {
+        let mode = match std::env::var("WARMER_TEST_SERVERS").as_deref() {
+            Ok("private") => Mode::Private,
+            _ => Mode::Auto,
+        };
+        let (amqp, redis) = ("amqp://127.0.0.1:5672/%2f", "redis://127.0.0.1:6379/0");
+        let private = Servers::bring_up(mode, (redis, None), (amqp, None))
+            .unwrap_or_else(|error| panic!("the tests need Redis and RabbitMQ: {error:#}"));
+        if let Some(summary) = private.summary() {
+            eprintln!("warmer-testkit: {summary}");
+        }
+        let url = |kind, default: &str| private.url(kind).unwrap_or(default).to_string();
+        let (amqp_url, redis_url) = (url(Kind::RabbitMq, amqp), url(Kind::Redis, redis));
+        let addr = |url: &str| {
+            let rest = url.split_once("://").map_or(url, |(_, r)| r);
+            let authority = rest.split('/').next().unwrap_or_default();
+            authority.rsplit('@').next().unwrap_or_default().to_string()
+        };
+        RunServers {
+            amqp_addr: addr(&amqp_url),
+            redis_addr: addr(&redis_url),
+            amqp_url,
+            redis_url,
+            private,
+        }
+    })
+}
+
+/// The test run's RabbitMQ (guest may log in from loopback).
+pub fn amqp_url() -> &'static str {
+    &run_servers().amqp_url
+}
+
+/// The test run's Redis.
+pub fn redis_url() -> &'static str {
+    &run_servers().redis_url
+}
+
+/// `127.0.0.1:<port>` of the test run's RabbitMQ.
+pub fn amqp_addr() -> &'static str {
+    &run_servers().amqp_addr
+}
+
+/// `127.0.0.1:<port>` of the test run's Redis.
+pub fn redis_addr() -> &'static str {
+    &run_servers().redis_addr
+}
+
+/// `rabbitmqctl` for the test run's RabbitMQ: the machine's, or the private node's.
+pub fn rabbitmqctl() -> std::process::Command {
+    let servers = run_servers();
+    servers
+        .private
+        .started
+        .iter()
+        .find_map(|s| s.rabbitmqctl())
+        .unwrap_or_else(|| std::process::Command::new("rabbitmqctl"))
+}
 /// Every wait in a test is bounded by this.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 

@@ -242,7 +242,7 @@ impl BrokerUser {
                 &permissions.read,
             ],
         ] {
-            let status = tokio::process::Command::new("rabbitmqctl")
+            let status = tokio::process::Command::from(crate::rabbitmqctl())
                 .args(&args)
                 .stdout(std::process::Stdio::null())
                 .status()
@@ -255,13 +255,18 @@ impl BrokerUser {
 
     /// Its AMQP URL on the shared server.
     pub fn url(&self) -> String {
-        format!("amqp://{}:{}@127.0.0.1:5672/%2f", self.name, self.password)
+        format!(
+            "amqp://{}:{}@{}/%2f",
+            self.name,
+            self.password,
+            crate::amqp_addr()
+        )
     }
 }
 
 impl Drop for BrokerUser {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("rabbitmqctl")
+        let _ = crate::rabbitmqctl()
             .args(["delete_user", &self.name])
             .stdout(std::process::Stdio::null())
             .status();

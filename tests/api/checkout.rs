@@ -303,7 +303,7 @@ async fn many_requesters_on_several_consumers_never_share_a_vm() {
 async fn a_request_replayed_with_another_jobs_ids_gets_neither_its_vm_nor_its_key() {
     let app = spawn_app().await;
     let mut victim = app.requester().await;
-    let attacker_connection = lapin::Connection::connect(AMQP_URL, Default::default())
+    let attacker_connection = lapin::Connection::connect(amqp_url(), Default::default())
         .await
         .unwrap();
     let mut attacker = Requester::new(&attacker_connection, &app.names).await;

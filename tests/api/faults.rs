@@ -106,7 +106,7 @@ async fn a_consumer_killed_mid_flight_hands_no_vm_twice_and_leaks_none() {
 
 #[tokio::test]
 async fn rabbitmq_going_away_and_coming_back_is_survived() {
-    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let proxy = Proxy::start(amqp_addr()).await;
     let mut app = TestApp::builder()
         .amqp_url(&format!("amqp://127.0.0.1:{}/%2f", proxy.port))
         .start()
@@ -130,7 +130,7 @@ async fn rabbitmq_going_away_and_coming_back_is_survived() {
 
 #[tokio::test]
 async fn redis_going_away_and_coming_back_is_survived() {
-    let proxy = Proxy::start("127.0.0.1:6379").await;
+    let proxy = Proxy::start(redis_addr()).await;
     let url = format!("redis://127.0.0.1:{}/0", proxy.port);
     let app = TestApp::builder()
         .redis_url(&url)
@@ -170,7 +170,7 @@ async fn redis_going_away_and_coming_back_is_survived() {
 
 #[tokio::test]
 async fn a_refill_message_that_keeps_failing_is_dead_lettered_not_retried_forever() {
-    let proxy = Proxy::start("127.0.0.1:6379").await;
+    let proxy = Proxy::start(redis_addr()).await;
     let mut app = TestApp::builder()
         .redis_url(&format!("redis://127.0.0.1:{}/0", proxy.port))
         .start()

@@ -148,10 +148,12 @@ async fn the_web_process_serves_port_and_exits_zero_on_sigterm() {
     assert!(status.success(), "exit status {status:?}");
 }
 
-/// Runs `warmer dev` with `env` (and the shared servers) and returns its exit status and stderr,
+/// Runs `warmer dev` with `env` (and the test run's servers) and returns its exit status and stderr,
 /// or kills it after `patience`.
 async fn run_dev(env: &[(&str, &str)], patience: Duration) -> (Option<i32>, String) {
     let mut child = crate::warmer("dev")
+        .env("WARMER_AMQP_URL", amqp_url())
+        .env("WARMER_REDIS_URL", redis_url())
         .envs(env.iter().copied())
         .env("RUST_LOG", "warn")
         .stderr(Stdio::piped())
@@ -190,7 +192,7 @@ async fn dev_refuses_a_production_looking_setup_and_a_taken_port_at_once() {
         assert!(stderr.contains(reason), "{env:?}: {stderr}");
     }
     // Nothing was created under the test's names: dev stopped before touching Redis.
-    let mut redis = redis::Client::open(REDIS_URL)
+    let mut redis = redis::Client::open(redis_url())
         .unwrap()
         .get_multiplexed_async_connection()
         .await
@@ -254,7 +256,9 @@ async fn every_procfile_process_runs_locally_with_example_env_as_heroku_local_wo
     for process in &procfile {
         let child = crate::warmer(process)
             .envs(example_env())
-            // The test's own names and a fast simulated cloud instead of example.env's.
+            // The test run's servers, its own names and a fast simulated cloud.
+            .env("WARMER_AMQP_URL", amqp_url())
+            .env("WARMER_REDIS_URL", redis_url())
             .env("WARMER_AMQP_PREFIX", app.names.prefix())
             .env("WARMER_REDIS_NAMESPACE", app.names.namespace())
             .env("WARMER_LOCAL_BOOT_DELAY", "100ms")

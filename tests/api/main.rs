@@ -8,6 +8,7 @@ mod autoscale;
 mod check;
 mod checkout;
 mod cluster;
+mod dev_servers;
 mod faults;
 mod http_api;
 mod lifecycle;
@@ -70,7 +71,18 @@ impl Stderr {
 
     /// Reads until a line for which `found(line, lines before it)` holds; returns that line.
     pub async fn until(&mut self, what: &str, found: impl Fn(&str, &[String]) -> bool) -> String {
-        warmer_testkit::within(what, async {
+        self.until_within(warmer_testkit::PATIENCE, what, found)
+            .await
+    }
+
+    /// [`Self::until`], waiting at most `patience`.
+    pub async fn until_within(
+        &mut self,
+        patience: std::time::Duration,
+        what: &str,
+        found: impl Fn(&str, &[String]) -> bool,
+    ) -> String {
+        let read = async {
             loop {
                 let line = self.lines.next_line().await.unwrap().expect("a log line");
                 let hit = found(&line, &self.read);
@@ -79,8 +91,10 @@ impl Stderr {
                     return line;
                 }
             }
-        })
-        .await
+        };
+        tokio::time::timeout(patience, read)
+            .await
+            .unwrap_or_else(|_| panic!("waited {patience:?} for {what}; read: {:?}", self.read))
     }
 
     /// Reads to the end (the process exited); returns every line read.

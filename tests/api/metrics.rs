@@ -330,7 +330,7 @@ async fn after_a_scripted_workload_the_metrics_are_exactly_what_happened() {
 
 #[tokio::test]
 async fn the_exposition_passes_promtool_with_odd_pool_names_and_no_rabbitmq() {
-    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let proxy = Proxy::start(amqp_addr()).await;
     let mut app = TestApp::builder()
         .amqp_url(&format!("amqp://127.0.0.1:{}/%2f", proxy.port))
         .start()

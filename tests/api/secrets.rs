@@ -24,7 +24,7 @@ impl Users {
             vec!["add_user", &amqp_user, amqp_password],
             vec!["set_permissions", "-p", "/", &amqp_user, ".*", ".*", ".*"],
         ] {
-            let status = tokio::process::Command::new("rabbitmqctl")
+            let status = tokio::process::Command::from(rabbitmqctl())
                 .args(&args)
                 .stdout(Stdio::null())
                 .status()
@@ -33,7 +33,7 @@ impl Users {
             assert!(status.success(), "rabbitmqctl {args:?}");
         }
         let redis_user = format!("warmer-test-{id}");
-        let mut redis = redis::Client::open(REDIS_URL)
+        let mut redis = redis::Client::open(redis_url())
             .unwrap()
             .get_multiplexed_async_connection()
             .await
@@ -53,11 +53,11 @@ impl Users {
 
 impl Drop for Users {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("rabbitmqctl")
+        let _ = rabbitmqctl()
             .args(["delete_user", &self.amqp_user])
             .stdout(Stdio::null())
             .status();
-        if let Ok(mut redis) = redis::Client::open(REDIS_URL).and_then(|c| c.get_connection()) {
+        if let Ok(mut redis) = redis::Client::open(redis_url()).and_then(|c| c.get_connection()) {
             let _: Result<(), _> = redis::cmd("ACL")
                 .arg(&["DELUSER", &self.redis_user][..])
                 .query(&mut redis);
@@ -114,13 +114,15 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
     let gce = ComputeStandIn::start(std::time::Duration::ZERO).await;
     let keyfile = gce.keyfile_json();
     let amqp_url = format!(
-        "amqp://{}:{}@127.0.0.1:5672/%2f",
+        "amqp://{}:{}@{}/%2f",
         users.amqp_user,
-        amqp_password.replace('@', "%40")
+        amqp_password.replace('@', "%40"),
+        amqp_addr()
     );
     let redis_url = format!(
-        "redis://{}:{redis_password}@127.0.0.1:6379/0",
-        users.redis_user
+        "redis://{}:{redis_password}@{}/0",
+        users.redis_user,
+        redis_addr()
     );
     let passphrase = format!("passphrase-{id}");
     let auth_token = format!("auth-token-{id}");

@@ -375,7 +375,7 @@ async fn warmer_check_says_when_its_broker_user_may_do_more_than_warmer_needs() 
     };
 
     let narrow = check(&service.url()).await;
-    let broad = check(AMQP_URL).await;
+    let broad = check(amqp_url()).await;
 
     assert!(
         narrow.contains(&format!(

@@ -132,7 +132,7 @@ async fn metrics_show_every_pool_the_orphans_the_brake_and_the_queues() {
 
 #[tokio::test]
 async fn health_names_the_dependency_that_is_down_and_recovers_with_it() {
-    let proxy = Proxy::start("127.0.0.1:6379").await;
+    let proxy = Proxy::start(redis_addr()).await;
     let mut app = TestApp::builder()
         .redis_url(&format!("redis://127.0.0.1:{}/0", proxy.port))
         .start()
@@ -163,7 +163,7 @@ async fn health_names_the_dependency_that_is_down_and_recovers_with_it() {
 
 #[tokio::test]
 async fn without_rabbitmq_health_fails_and_metrics_keep_the_pools_until_it_returns() {
-    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let proxy = Proxy::start(amqp_addr()).await;
     let mut app = TestApp::builder()
         .amqp_url(&format!("amqp://127.0.0.1:{}/%2f", proxy.port))
         .start()
@@ -232,7 +232,7 @@ async fn metrics_with_a_token_are_served_only_to_its_bearer() {
 #[tokio::test]
 async fn warmer_web_starts_without_redis_and_names_it_in_health_until_it_is_back() {
     let app = TestApp::builder().start().await;
-    let redis = Proxy::start("127.0.0.1:6379").await;
+    let redis = Proxy::start(redis_addr()).await;
     redis.cut();
     let port = free_port();
     let _web = crate::warmer("web")
