@@ -784,8 +784,11 @@ mod tests {
             Some(Duration::from_millis(1_500))
         );
         assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1_500)));
+        assert_eq!(parse_duration("0.25h"), Some(Duration::from_secs(900)));
         for refused in [
-            "0s", "0h0m", "30m1h", "1h1h", "1.5s", "h", "1x", "1h 30m", "",
+            "0s", "0h0m", "30m1h", "1h1h", "1.s", ".5s", "1.2.3s", "0.0001ms", "1e3s", "h", "1x",
+            "1h 30m", "",
         ] {
             assert_eq!(parse_duration(refused), None, "{refused}");
         }

@@ -164,8 +164,9 @@ pub(super) fn duration(
     }
 }
 
-/// Parses `90s`, `5m`, `6h`, `7d`, `500ms`, compounds of them from the largest unit down
-/// (`1h30m`, `1m30s`), or a bare number of seconds; zero is refused.
+/// Parses `90s`, `5m`, `6h`, `7d`, `500ms`, decimals of them (`1.5s`, to the millisecond),
+/// compounds from the largest unit down (`1h30m`, `1m30s`), or a bare number of seconds; zero
+/// is refused.
 pub fn parse_duration(value: &str) -> Option<Duration> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<u64>() {
@@ -176,20 +177,32 @@ pub fn parse_duration(value: &str) -> Option<Duration> {
     // Each unit at most once, larger before smaller.
     let mut smallest_so_far = u8::MAX;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        let digits = rest.find(|c: char| !c.is_ascii_digit() && c != '.')?;
         let (number, after) = rest.split_at(digits);
-        let n: u64 = number.parse().ok()?;
         let unit_len = after
             .find(|c: char| c.is_ascii_digit())
             .unwrap_or(after.len());
         let (unit, next) = after.split_at(unit_len);
-        let (rank, part) = match unit {
-            "d" => (4, Duration::from_secs(n.checked_mul(86_400)?)),
-            "h" => (3, Duration::from_secs(n.checked_mul(3_600)?)),
-            "m" => (2, Duration::from_secs(n.checked_mul(60)?)),
-            "s" => (1, Duration::from_secs(n)),
-            "ms" => (0, Duration::from_millis(n)),
+        let (rank, unit_ms) = match unit {
+            "d" => (4, 86_400_000),
+            "h" => (3, 3_600_000),
+            "m" => (2, 60_000),
+            "s" => (1, 1_000),
+            "ms" => (0, 1),
             _ => return None,
+        };
+        // Whole numbers exactly; a decimal (`1.5s`) to the millisecond.
+        let part = match number.parse::<u64>() {
+            Ok(n) => Duration::from_millis(n.checked_mul(unit_ms)?),
+            Err(_) if number.starts_with('.') || number.ends_with('.') => return None,
+            Err(_) => {
+                let n: f64 = number.parse().ok()?;
+                let ms = n * unit_ms as f64;
+                if !ms.is_finite() || ms >= u64::MAX as f64 {
+                    return None;
+                }
+                Duration::from_millis(ms.round() as u64)
+            }
         };
         if rank >= smallest_so_far {
             return None;
