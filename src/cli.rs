@@ -130,6 +130,10 @@ pub enum Command {
     /// the safety brake and the VMs it holds for, the active reconciler and its last pass (or
     /// NONE ACTIVE), orphans awaiting deletion, and each queue's messages and consumers.
     Status,
+    /// The dead letters of `<prefix>.dead`: list them (secrets redacted), requeue them to the
+    /// queue they died in, or purge them. Needs RabbitMQ only.
+    #[command(subcommand)]
+    Dead(crate::dead_letters::DeadCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -280,7 +284,7 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<Output> {
     }
     // `warmer web` starts without Redis: its `/health` says Redis is away until it is back.
     let ctx = match command {
-        Command::Web => Context::lazily(config)?,
+        Command::Web | Command::Dead(_) => Context::lazily(config)?,
         _ => Context::new(config).await?,
     };
     Ok(match command {
@@ -370,6 +374,10 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<Output> {
             }
         }
         Command::Status => operator::status(&ctx).await?.into(),
+        Command::Dead(command) => {
+            let (text, failed) = crate::dead_letters::run(&ctx, command).await?;
+            Output { text, failed }
+        }
     })
 }
 

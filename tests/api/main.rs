@@ -7,6 +7,7 @@ mod autoscale;
 mod check;
 mod checkout;
 mod cluster;
+mod dead;
 mod faults;
 mod http_api;
 mod lifecycle;
