@@ -183,6 +183,10 @@ pub enum Command {
         #[arg(long, default_value_t = 1)]
         page: usize,
     },
+    /// The dead letters of `<prefix>.dead`: list them (secrets redacted), requeue them to the
+    /// queue they died in, or purge them. Needs RabbitMQ only.
+    #[command(subcommand)]
+    Dead(crate::dead_letters::DeadCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -357,7 +361,7 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<Output> {
     }
     // `warmer web` starts without Redis: its `/health` says Redis is away until it is back.
     let ctx = match command {
-        Command::Web => Context::lazily(config)?,
+        Command::Web | Command::Dead(_) => Context::lazily(config)?,
         _ => Context::new(config).await?,
     };
     Ok(match command {
@@ -486,6 +490,11 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<Output> {
             operator::history(&ctx, limit, pool.as_deref(), json)
                 .await?
                 .into()
+
+        }
+        Command::Dead(command) => {
+            let (text, failed) = crate::dead_letters::run(&ctx, command).await?;
+            Output { text, failed }
         }
     })
 }

@@ -23,6 +23,7 @@
 //! | module | command |
 //! |---|---|
 //! | [`check`] | `warmer check`: the release phase's checks, step by step |
+//! | [`dead_letters`] | `warmer dead list`, `warmer dead requeue`, `warmer dead purge`: the dead letters of `<prefix>.dead` |
 //! | [`operator`] | `warmer pool …`, `warmer fill`, `warmer request`, `warmer permissions`; `status.rs`: `warmer status`; `apply.rs`: `warmer apply`, `warmer export`, `warmer history`; `brake.rs`: `warmer brake` |
 //! | [`sizing`] | the sizer the reconciler runs (`sizer.rs`), its pure decisions (`plan.rs`), and `warmer simulate` (`simulate.rs`) |
 //!
@@ -51,6 +52,7 @@ pub mod autoscale;
 pub mod check;
 pub mod checkout;
 pub mod cli;
+pub mod dead_letters;
 pub mod dev;
 pub mod operator;
 pub mod policy;
@@ -148,6 +150,7 @@ mod tests {
         "autoscale",
         "watchdog",
         "check",
+        "dead_letters",
         "operator",
         "dev",
         "cli",

@@ -297,7 +297,8 @@ pub enum Role {
     /// A CI worker: publishes checkout requests and reads its direct replies.
     Worker,
     /// An operator's CLI: publishes (signed) fill commands, checkout requests and rollover
-    /// events, reads direct replies and queue depths.
+    /// events, reads direct replies and queue depths, and reads, requeues and purges dead
+    /// letters (`warmer dead`).
     Operator,
     /// Warmer's own processes: declare the topology, consume their queues, publish replies,
     /// refill messages and events.
@@ -322,7 +323,7 @@ impl Role {
                 "a CI worker: publishes checkout requests, reads its direct replies; nothing else"
             }
             Role::Operator => {
-                "the operator CLI: signed fills, checkout requests, rollover events, queue depths"
+                "the operator CLI: signed fills, checkout requests, rollover events, queue depths, dead letters"
             }
             Role::Service => {
                 "warmer's processes (checkout, refill, reconcile, web, autoscale, watchdog, check)"
@@ -362,10 +363,11 @@ pub fn permissions(role: Role, names: &Names) -> Permissions {
             write: "^amq\\.default$".into(),
             read: nothing,
         },
+        // Reading the dead-letter queue is for `warmer dead` (list, requeue, purge).
         Role::Operator => Permissions {
             configure: nothing.clone(),
             write: format!("^(amq\\.default|{escaped}\\.events)$"),
-            read: nothing,
+            read: format!("^{escaped}\\.dead$"),
         },
         // Writing to its queues is for unbinding them; reading a queue with a dead-letter
         // exchange is what RabbitMQ asks of whoever declares it.

@@ -8,6 +8,7 @@ mod autoscale;
 mod check;
 mod checkout;
 mod cluster;
+mod dead;
 mod dev_servers;
 mod faults;
 mod http_api;
