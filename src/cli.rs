@@ -490,7 +490,6 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<Output> {
             operator::history(&ctx, limit, pool.as_deref(), json)
                 .await?
                 .into()
-
         }
         Command::Dead(command) => {
             let (text, failed) = crate::dead_letters::run(&ctx, command).await?;

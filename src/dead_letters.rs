@@ -168,6 +168,19 @@ pub async fn run(ctx: &Context, command: DeadCommand) -> anyhow::Result<(String,
     }
 }
 
+/// Records a change to the dead letters in the history of changes (Redis); these commands need
+/// only RabbitMQ, so a failure is said in `out` and the change stands.
+async fn record(ctx: &Context, command: &str, change: String, out: &mut String) {
+    let entry = crate::store::changes::HistoryEntry::now(command, None, change);
+    if let Err(error) = ctx.store.record(&[entry]).await {
+        let _ = writeln!(
+            out,
+            "(not recorded in the history: {})",
+            crate::telemetry::report(&error)
+        );
+    }
+}
+
 // --- Reading ----------------------------------------------------------------------------------
 
 /// Where a dead letter died, as its headers say.
@@ -796,7 +809,13 @@ pub async fn requeue(
     let connection = ctx.amqp("dead-letters").await?;
     let done = requeue_on(ctx, &connection, selection, limit).await;
     let _ = connection.close(200, "bye".into()).await;
-    done
+    let (mut out, failed) = done?;
+    // The last line is the count: `N requeued; M dead letters left in …`.
+    let summary = out.lines().last().unwrap_or_default().to_string();
+    if !summary.starts_with("0 requeued") {
+        record(ctx, "dead requeue", summary, &mut out).await;
+    }
+    Ok((out, failed))
 }
 
 async fn requeue_on(
@@ -1101,7 +1120,12 @@ pub async fn purge(ctx: &Context, yes: bool) -> anyhow::Result<String> {
     }
     .await;
     let _ = connection.close(200, "bye".into()).await;
-    purged
+    let mut out = purged?;
+    if out.starts_with("purged ") {
+        let change = out.trim_end().to_string();
+        record(ctx, "dead purge", change, &mut out).await;
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -98,6 +98,7 @@ pub use events::Events;
 pub use metrics::CheckoutOutcome;
 pub use names::Names;
 pub use pool::PoolName;
+pub use process::actor;
 pub use refill_message::{FillCommand, RefillMessage};
 pub use sshkey::generate_blocking as generate_ssh_key;
 pub use store::sizing::{Decision, RolloverState, StartRollover};

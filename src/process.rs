@@ -41,3 +41,20 @@ impl fmt::Display for ProcessType {
         f.write_str(self.name())
     }
 }
+
+/// Who runs this process, for the history of changes: the dyno on Heroku, else `user@host`.
+pub fn actor() -> String {
+    if let Ok(dyno) = std::env::var("DYNO") {
+        return format!("dyno {dyno}");
+    }
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown-host".into());
+    format!("{user}@{host}")
+}

@@ -6,7 +6,6 @@ use std::path::Path;
 
 use anyhow::{Context as _, bail};
 
-use crate::clock::now_secs;
 use crate::context::Context;
 use crate::pools_file::{self, Change, PoolsFile};
 use crate::store::changes::{Applied, HistoryEntry};
@@ -14,34 +13,6 @@ use crate::store::changes::{Applied, HistoryEntry};
 /// How often `apply` diffs again when a pool changed between its diff and its write (the
 /// sizer writes the targets of sized pools every pass).
 const APPLY_ATTEMPTS: usize = 3;
-
-/// Who runs this command, for the history: the dyno on Heroku, else `user@host`.
-pub fn actor() -> String {
-    if let Ok(dyno) = std::env::var("DYNO") {
-        return format!("dyno {dyno}");
-    }
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into());
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unknown-host".into());
-    format!("{user}@{host}")
-}
-
-/// A history entry of this CLI's user, now.
-pub fn entry(command: &str, pool: Option<&str>, change: String) -> HistoryEntry {
-    HistoryEntry {
-        at: now_secs(),
-        who: actor(),
-        command: command.into(),
-        pool: pool.map(str::to_string),
-        change,
-    }
-}
 
 /// `warmer apply -f FILE [--dry-run] [--prune]`: the diff between the file and Redis, then
 /// (unless `dry_run`) every change of it or none. Returns what to print and whether anything
@@ -79,7 +50,7 @@ pub async fn apply(
         }
         let history: Vec<HistoryEntry> = changes
             .iter()
-            .map(|c| entry(&command, Some(&c.pool.to_string()), c.describe()))
+            .map(|c| HistoryEntry::now(&command, Some(&c.pool.to_string()), c.describe()))
             .collect();
         match ctx.store.apply(&changes, &history).await? {
             Applied::Done => {

@@ -90,7 +90,7 @@ pub async fn release(ctx: &Context, yes: bool) -> anyhow::Result<String> {
     if !was_on {
         out = "the safety brake was released meanwhile (by the reconciler or another operator); the VMs are released for deletion\n".into();
     }
-    let entry = super::apply::entry("brake release", None, change);
+    let entry = crate::store::changes::HistoryEntry::now("brake release", None, change);
     if let Err(error) = ctx.store.record(&[entry]).await {
         let _ = writeln!(
             out,

@@ -8,7 +8,7 @@ mod apply;
 pub mod brake;
 mod status;
 
-pub use apply::{actor, apply, export, history};
+pub use apply::{apply, export, history};
 pub use status::{StatusOptions, status};
 
 use std::fmt::Write as _;
@@ -355,7 +355,7 @@ async fn not_rolling(ctx: &Context, pool: &PoolName, what: &str) -> anyhow::Resu
 /// Records a change `command` made to `pool` in the history; if that fails, says so in `out`
 /// (the change itself is made).
 async fn record(ctx: &Context, command: &str, pool: &PoolName, change: String, out: &mut String) {
-    let entry = apply::entry(command, Some(&pool.to_string()), change);
+    let entry = crate::store::changes::HistoryEntry::now(command, Some(&pool.to_string()), change);
     if let Err(error) = ctx.store.record(&[entry]).await {
         let _ = writeln!(
             out,

@@ -31,6 +31,19 @@ pub struct HistoryEntry {
     pub change: String,
 }
 
+impl HistoryEntry {
+    /// A change made now by whoever runs this process (see [`crate::process::actor`]).
+    pub fn now(command: &str, pool: Option<&str>, change: String) -> HistoryEntry {
+        HistoryEntry {
+            at: crate::clock::now_secs(),
+            who: crate::process::actor(),
+            command: command.into(),
+            pool: pool.map(str::to_string),
+            change,
+        }
+    }
+}
+
 /// What `apply.lua` answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {

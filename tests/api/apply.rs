@@ -129,7 +129,7 @@ async fn apply_shows_the_diff_changes_nothing_on_a_dry_run_then_applies_it_and_e
     let entries: Vec<serde_json::Value> = serde_json::from_str(&history).unwrap();
     assert_eq!(entries.len(), 3, "{history}");
     for entry in &entries {
-        assert_eq!(entry["who"], operator::actor());
+        assert_eq!(entry["who"], warmer::actor());
         assert!(entry["command"].as_str().unwrap().starts_with("apply -f "));
     }
     let table = operator::history(&app.ctx, 10, Some("static-a:n1-standard-2"), false)
@@ -294,7 +294,7 @@ async fn every_command_that_changes_a_pool_records_who_changed_what() {
     assert!(
         entries
             .iter()
-            .all(|e| e["who"] == operator::actor() && e["pool"] == a.to_string())
+            .all(|e| e["who"] == warmer::actor() && e["pool"] == a.to_string())
     );
     let newest = operator::history(&app.ctx, 1, None, false).await.unwrap();
     assert_eq!(

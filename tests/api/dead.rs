@@ -570,6 +570,13 @@ async fn purge_refuses_without_yes_and_empties_the_dead_queue_with_it() {
         )
     );
     assert_eq!(dead_count(&app).await, 0);
+    let history = warmer::operator::history(&app.ctx, 5, None, false)
+        .await
+        .unwrap();
+    assert!(
+        history.contains("dead purge") && history.contains("purged 3 dead letters"),
+        "{history}"
+    );
 
     let again = dead_letters::purge(&app.ctx, true).await.unwrap();
     assert_eq!(
