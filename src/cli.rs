@@ -359,9 +359,10 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<Output> {
         crate::check::run(config).await?;
         return Ok(quiet);
     }
-    // `warmer web` starts without Redis: its `/health` says Redis is away until it is back.
+    // `warmer web` starts without Redis (its `/health` says Redis is away until it is back);
+    // `warmer dead` and `warmer request` need only RabbitMQ.
     let ctx = match command {
-        Command::Web | Command::Dead(_) => Context::lazily(config)?,
+        Command::Web | Command::Dead(_) | Command::Request { .. } => Context::lazily(config)?,
         _ => Context::new(config).await?,
     };
     Ok(match command {

@@ -265,6 +265,10 @@ impl fmt::Debug for Raw {
 /// Variables warmer reads that [`Raw`] does not: `warmer fill --token` reads it through clap.
 const READ_ELSEWHERE: [&str; 1] = ["WARMER_TOKEN"];
 
+/// Set by `build.rs` for the build, and by `cargo run` for the run too: not the operator's, so
+/// never reported as unknown.
+const SET_BY_CARGO: [&str; 1] = ["WARMER_COMMIT"];
+
 impl Raw {
     /// Every variable [`Raw`] reads, upper case, as serde knows its fields.
     fn variables() -> Vec<String> {
@@ -278,6 +282,7 @@ fn unknown_variables(vars: &HashMap<String, String>) -> Vec<String> {
     let known: Vec<String> = Raw::variables()
         .into_iter()
         .chain(READ_ELSEWHERE.map(String::from))
+        .chain(SET_BY_CARGO.map(String::from))
         .collect();
     let mut unknown: Vec<String> = vars
         .keys()
@@ -825,6 +830,8 @@ mod tests {
             ("WARMER_RECONCILE_INTERVALL", "10s"),
             ("WARMER_SOMETHING_ELSE", "1"),
             ("WARMER_TOKEN", "t"),
+            // What `cargo run` sets from build.rs: no warning on `cargo run -- dev`.
+            ("WARMER_COMMIT", "abc123"),
             ("PATH", "/bin"),
         ]))
         .unwrap();

@@ -101,7 +101,7 @@ async fn nothing_left_of(started: &Started) {
     }
 }
 
-/// A `warmer request` for the example pool through `amqp`: its reply.
+/// A `warmer request` for the example pool through `amqp` (it needs no Redis): its reply.
 async fn request_a_vm(amqp: &str) -> serde_json::Value {
     let output = crate::warmer("request")
         .args([
@@ -119,7 +119,8 @@ async fn request_a_vm(amqp: &str) -> serde_json::Value {
         .await
         .unwrap();
     let reply = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{reply}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{reply} {stderr}");
     serde_json::from_str(&reply).unwrap()
 }
 
