@@ -71,6 +71,9 @@ enum Kind {
     Histogram(&'static Buckets),
     /// A time stored in milliseconds, exported in seconds.
     Timestamp,
+    /// A level integrated over time by the scripts (`integrate` in prelude.lua): `|ms` so far,
+    /// `|level` since `|since`; exported as a counter of VM-seconds up to the scrape.
+    Integral,
 }
 
 /// A family kept in Redis.
@@ -246,8 +249,33 @@ pub const RECONCILE_LAST_SUCCESS: Family = Family {
     kind: Kind::Timestamp,
 };
 
+pub const IDLE_VM_SECONDS: Family = Family {
+    key: "idle_vm",
+    name: "warmer_pool_idle_vm",
+    help: "What warmth costs: warmed VMs waiting in the pool, integrated over time (VM-seconds), exactly at each change the scripts make, by Redis's clock",
+    labels: &[],
+    per_pool: true,
+    kind: Kind::Integral,
+};
+pub const BOOTING_VM_SECONDS: Family = Family {
+    key: "booting_vm",
+    name: "warmer_pool_booting_vm",
+    help: "VMs being booted for the pool, integrated over time (VM-seconds)",
+    labels: &[],
+    per_pool: true,
+    kind: Kind::Integral,
+};
+pub const HANDED_VM_SECONDS: Family = Family {
+    key: "handed_vm",
+    name: "warmer_pool_handed_out_vm",
+    help: "VMs handed out to jobs and not yet gone (deleted by their worker, or past WARMER_MAX_HANDOUT_AGE), integrated over time (VM-seconds)",
+    labels: &[],
+    per_pool: true,
+    kind: Kind::Integral,
+};
+
 /// Every family kept in Redis, in the order they are exported.
-const STORED: [&Family; 11] = [
+const STORED: [&Family; 14] = [
     &CHECKOUTS,
     &CHECKOUT_WAIT_SECONDS,
     &BOOTS,
@@ -259,6 +287,9 @@ const STORED: [&Family; 11] = [
     &RECONCILE_PASSES,
     &RECONCILE_SECONDS,
     &RECONCILE_LAST_SUCCESS,
+    &IDLE_VM_SECONDS,
+    &BOOTING_VM_SECONDS,
+    &HANDED_VM_SECONDS,
 ];
 
 impl Family {
@@ -298,12 +329,19 @@ enum Value {
     /// Per bucket (not cumulative; the last is `+Inf`) and the sum in milliseconds.
     Histogram(Vec<u64>, u64),
     Seconds(f64),
+    /// VM-milliseconds so far, and the level since when (ms).
+    Integral {
+        ms: u64,
+        level: u64,
+        since: u64,
+    },
 }
 
 /// The counters of one scrape: per family (index in [`STORED`]), per label values (`pool`
-/// first for a family kept per pool).
+/// first for a family kept per pool), and Redis's clock when they were read (ms), up to which
+/// the integrals are exported.
 #[derive(Debug, Default)]
-pub struct Counters(BTreeMap<usize, BTreeMap<Vec<String>, Value>>);
+pub struct Counters(BTreeMap<usize, BTreeMap<Vec<String>, Value>>, pub u64);
 
 impl Counters {
     /// Reads the hashes as stored: `pool` is `None` for `<ns>:_metrics`. A field this version
@@ -355,6 +393,23 @@ impl Counters {
             Kind::Timestamp => {
                 series.insert(labels, Value::Seconds(crate::clock::secs_f64(value)));
             }
+            Kind::Integral => {
+                let Value::Integral { ms, level, since } =
+                    series.entry(labels).or_insert(Value::Integral {
+                        ms: 0,
+                        level: 0,
+                        since: 0,
+                    })
+                else {
+                    return;
+                };
+                match parts.next() {
+                    Some("ms") => *ms = value,
+                    Some("level") => *level = value,
+                    Some("since") => *since = value,
+                    _ => {}
+                }
+            }
             Kind::Histogram(buckets) => {
                 let slot = parts.next().unwrap_or_default();
                 let Value::Histogram(counts, sum) = series
@@ -398,6 +453,35 @@ impl Counters {
     }
 }
 
+/// Why a pool's target is what it is, as `warmer status` shows it and `/metrics` exports it
+/// (`warmer_pool_target_reason`): `static` without a policy, `pending` until a pass decides
+/// under a new one, `invalid` for a policy that cannot be read, else the sizer's reason.
+pub const TARGET_REASONS: [&str; 9] = [
+    "static", "pending", "invalid", "min", "schedule", "demand", "history", "max", "rollover",
+];
+
+/// How a pool is sized, for `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PoolSizing {
+    pub min: Option<u32>,
+    pub max: Option<u32>,
+    /// One of [`TARGET_REASONS`].
+    pub reason: &'static str,
+    /// Arrivals per minute the sizer measured (adaptive pools).
+    pub per_minute: Option<f64>,
+    /// The boot time it planned for, in seconds (adaptive pools).
+    pub boot_secs: Option<u64>,
+}
+
+/// A rollover, for `/metrics`: the pools it moves from and to, and its state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloverSample {
+    pub from: String,
+    pub to: String,
+    /// `rolling`, `completed` or `aborted`.
+    pub state: &'static str,
+}
+
 /// Everything one scrape exports.
 #[derive(Debug)]
 pub struct Scrape {
@@ -413,6 +497,9 @@ pub struct Scrape {
     pub now_ms: u64,
     /// `WARMER_MAX_VMS`.
     pub max_vms: u32,
+    /// Pool → how it is sized.
+    pub sizing: BTreeMap<String, PoolSizing>,
+    pub rollovers: Vec<RolloverSample>,
 }
 
 /// The exposition of `scrape`: OpenMetrics if `openmetrics`, else Prometheus text 0.0.4.
@@ -481,6 +568,7 @@ impl prometheus_client::collector::Collector for Scrape {
             )],
         )?;
         self.encode_pools(&mut encoder)?;
+        self.encode_sizing(&mut encoder)?;
         let fleet: u64 = self
             .pools
             .iter()
@@ -492,6 +580,21 @@ impl prometheus_client::collector::Collector for Scrape {
             "This deployment's VMs, warmed, booting and handed out, over every pool: what WARMER_MAX_VMS caps",
             None,
             [(NO_LABELS, fleet as f64)],
+        )?;
+        let by_state = [
+            (
+                "ready",
+                self.pools.iter().map(|p| p.level.ready).sum::<u64>(),
+            ),
+            ("booting", self.pools.iter().map(|p| p.level.booting).sum()),
+            ("handed_out", self.pools.iter().map(|p| p.handed_out).sum()),
+        ];
+        gauges(
+            &mut encoder,
+            "warmer_fleet_state_vms",
+            "This deployment's VMs by state over every pool: ready (warmed, waiting), booting, handed_out; they add up to warmer_fleet_vms",
+            None,
+            by_state.map(|(state, n)| ([("state", state)], n as f64)),
         )?;
         gauges(
             &mut encoder,
@@ -546,6 +649,7 @@ impl prometheus_client::collector::Collector for Scrape {
                 Kind::Counter => (MetricType::Counter, None),
                 Kind::Histogram(_) => (MetricType::Histogram, Some(&seconds)),
                 Kind::Timestamp => (MetricType::Gauge, Some(&seconds)),
+                Kind::Integral => (MetricType::Counter, Some(&seconds)),
             };
             let mut encoder =
                 encoder.encode_descriptor(family.name, family.help, unit, metric_type)?;
@@ -565,6 +669,11 @@ impl prometheus_client::collector::Collector for Scrape {
                         sample.encode_counter::<NoLabelSet, _, u64>(n, None)?
                     }
                     (Value::Seconds(s), _) => sample.encode_gauge(s)?,
+                    (Value::Integral { ms, level, since }, _) => {
+                        let open = level.saturating_mul(self.counters.1.saturating_sub(*since));
+                        let vm_seconds = crate::clock::secs_f64(ms.saturating_add(open));
+                        sample.encode_counter::<NoLabelSet, _, u64>(&vm_seconds, None)?
+                    }
                     (Value::Histogram(counts, sum_ms), Kind::Histogram(buckets)) => {
                         let bounds = buckets.0.iter().copied().chain([f64::INFINITY]);
                         let buckets: Vec<(f64, u64)> = bounds.zip(counts.iter().copied()).collect();
@@ -584,6 +693,68 @@ impl prometheus_client::collector::Collector for Scrape {
 }
 
 impl Scrape {
+    /// How each pool is sized: its policy's bounds, why its target is what it is, the demand
+    /// and boot time the sizer planned with, and the rollovers.
+    fn encode_sizing(&self, encoder: &mut DescriptorEncoder) -> Encoded {
+        let per_pool = |value: fn(&PoolSizing) -> Option<f64>| {
+            self.sizing
+                .iter()
+                .filter_map(move |(pool, s)| Some(([("pool", pool.as_str())], value(s)?)))
+        };
+        gauges(
+            encoder,
+            "warmer_pool_min_vms",
+            "The fewest warmed VMs the pool's policy keeps (pools with a policy)",
+            None,
+            per_pool(|s| s.min.map(f64::from)),
+        )?;
+        gauges(
+            encoder,
+            "warmer_pool_max_vms",
+            "The most warmed VMs the pool's policy keeps, whatever demand says (pools with a policy)",
+            None,
+            per_pool(|s| s.max.map(f64::from)),
+        )?;
+        let reasons = self.sizing.iter().flat_map(|(pool, s)| {
+            TARGET_REASONS.iter().map(move |reason| {
+                let on = if s.reason == *reason { 1.0 } else { 0.0 };
+                ([("pool", pool.as_str()), ("reason", *reason)], on)
+            })
+        });
+        gauges(
+            encoder,
+            "warmer_pool_target_reason",
+            "1 for why the pool's target is what it is, 0 for the other reasons: static, pending (a new policy not decided yet), invalid, min, schedule, demand, history, max, rollover",
+            None,
+            reasons,
+        )?;
+        gauges(
+            encoder,
+            "warmer_pool_demand_per_minute",
+            "Checkout requests per minute over the last 15 minutes, as the sizer measured them at its last pass (adaptive pools)",
+            None,
+            per_pool(|s| s.per_minute),
+        )?;
+        gauges(
+            encoder,
+            "warmer_pool_planned_boot",
+            "The boot time the sizer plans with: the 90th percentile of the pool's last 20 boots (adaptive pools)",
+            Some(&Unit::Seconds),
+            per_pool(|s| s.boot_secs.map(|b| b as f64)),
+        )?;
+        let rollovers = self.rollovers.iter().flat_map(|r| {
+            [("from", r.from.as_str()), ("to", r.to.as_str())]
+                .map(|(role, pool)| ([("pool", pool), ("role", role), ("state", r.state)], 1.0))
+        });
+        gauges(
+            encoder,
+            "warmer_pool_rollover",
+            "1 for each pool taking part in a rollover, by its role (from, to) and the rollover's state (rolling, completed, aborted; finished ones are kept 9 days)",
+            None,
+            rollovers,
+        )
+    }
+
     fn encode_pools(&self, encoder: &mut DescriptorEncoder) -> Encoded {
         let per_pool = |value: fn(&PoolStatus, u64) -> Option<f64>| {
             let now = self.now_ms;
@@ -679,6 +850,21 @@ mod tests {
             counters,
             now_ms: 160_500,
             max_vms: 200,
+            sizing: BTreeMap::from([(
+                "img:n1-standard-1".to_string(),
+                PoolSizing {
+                    min: Some(1),
+                    max: Some(8),
+                    reason: "demand",
+                    per_minute: Some(2.5),
+                    boot_secs: Some(45),
+                },
+            )]),
+            rollovers: vec![RolloverSample {
+                from: "old:n1-standard-1".into(),
+                to: "img:n1-standard-1".into(),
+                state: "rolling",
+            }],
         }
     }
 
@@ -702,6 +888,10 @@ mod tests {
                     ("evictions|image_changed", "1"),
                     ("nonsense", "1"),
                     ("checkouts|handed_out|extra", "100"),
+                    // 2 VMs idle since 100 s (Redis's clock) after 30,000 VM-ms before.
+                    ("idle_vm|ms", "30000"),
+                    ("idle_vm|level", "2"),
+                    ("idle_vm|since", "100000"),
                 ]),
             ),
             (
@@ -717,8 +907,21 @@ mod tests {
                 ]),
             ),
         ]);
+        let mut counters = counters;
+        counters.1 = 160_500; // Redis's clock at the scrape: 60.5 s later
         let text = render(scrape(counters), false);
         for line in [
+            "warmer_pool_idle_vm_seconds_total{pool=\"img:n1-standard-1\"} 151.0",
+            "warmer_fleet_state_vms{state=\"ready\"} 2.0",
+            "warmer_fleet_state_vms{state=\"handed_out\"} 4.0",
+            "warmer_pool_min_vms{pool=\"img:n1-standard-1\"} 1.0",
+            "warmer_pool_max_vms{pool=\"img:n1-standard-1\"} 8.0",
+            "warmer_pool_target_reason{pool=\"img:n1-standard-1\",reason=\"demand\"} 1.0",
+            "warmer_pool_target_reason{pool=\"img:n1-standard-1\",reason=\"static\"} 0.0",
+            "warmer_pool_demand_per_minute{pool=\"img:n1-standard-1\"} 2.5",
+            "warmer_pool_planned_boot_seconds{pool=\"img:n1-standard-1\"} 45.0",
+            "warmer_pool_rollover{pool=\"old:n1-standard-1\",role=\"from\",state=\"rolling\"} 1.0",
+            "warmer_pool_rollover{pool=\"img:n1-standard-1\",role=\"to\",state=\"rolling\"} 1.0",
             "# TYPE warmer_checkouts_total counter",
             "warmer_checkouts_total{pool=\"img:n1-standard-1\",outcome=\"handed_out\"} 7",
             "warmer_checkouts_total{pool=\"img:n1-standard-1\",outcome=\"pool_empty\"} 2",

@@ -145,12 +145,7 @@ async fn gather(ctx: &Context, glob: Option<&str>) -> anyhow::Result<Report> {
                 Some(Ok(policy)) => (Some(policy.min), Some(policy.max)),
                 _ => (None, None),
             };
-            let why = match (policy, sizing.decisions.get(name)) {
-                (Some(Ok(_)), Some(decision)) => reason(&decision.reason),
-                (Some(Ok(_)), None) => "pending",
-                (Some(Err(_)), _) => "invalid",
-                (None, _) => "static",
-            };
+            let why = sizing.why(name);
             let oldest = p
                 .oldest_booted_at
                 .map(|at| at.map(|t| now.saturating_sub(t)));
@@ -220,16 +215,6 @@ async fn gather(ctx: &Context, glob: Option<&str>) -> anyhow::Result<Report> {
         queues,
         queues_error,
     })
-}
-
-/// The sizer's reason as one of the names the help lists (anything else read from Redis is
-/// `unknown`, never printed as stored).
-fn reason(stored: &str) -> &'static str {
-    const REASONS: [&str; 6] = ["min", "schedule", "demand", "history", "max", "rollover"];
-    REASONS
-        .into_iter()
-        .find(|r| *r == stored)
-        .unwrap_or("unknown")
 }
 
 /// Each queue's ready messages and consumers, or why they cannot be read.

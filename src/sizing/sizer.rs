@@ -111,9 +111,18 @@ impl Sizer {
                 (!same).then(|| (pool.clone(), before, decision.clone()))
             })
             .collect();
-        let writes: Vec<(&String, &Decision)> = changed
+        // Written when anything but its time differs: the demand and boot time `/metrics` shows
+        // stay current; only a new target or reason is news (`changed`).
+        let writes: Vec<(&String, &Decision)> = decided
             .iter()
-            .map(|(pool, _, decision)| (pool, decision))
+            .filter(|(pool, decision)| {
+                view.decisions.get(*pool).is_none_or(|stored| {
+                    Decision {
+                        at: decision.at,
+                        ..stored.clone()
+                    } != **decision
+                })
+            })
             .collect();
         store.apply_decisions(&writes).await?;
         for (pool, before, decision) in &changed {
@@ -240,7 +249,14 @@ fn decide_all(
                 }
             }
         }
-        plan::decide(policy, &demand, plan::boot_secs(&boot_ms), now)
+        let boot_secs = plan::boot_secs(&boot_ms);
+        let (target, reason) = plan::decide(policy, &demand, boot_secs, now);
+        let mut decision = Decision::new(target, reason.label(), now);
+        if policy.adaptive {
+            decision.boot_secs = Some(boot_secs);
+            decision.per_minute = Some(crate::demand::per_minute(&demand, now));
+        }
+        decision
     };
     let mut decided: BTreeMap<String, Decision> = BTreeMap::new();
     for pool in view.targets.keys() {
@@ -248,15 +264,7 @@ fn decide_all(
             continue;
         }
         if let Some(Ok(policy)) = view.policies.get(pool) {
-            let (target, reason) = decide(pool, policy);
-            decided.insert(
-                pool.clone(),
-                Decision {
-                    target,
-                    reason: reason.label().to_string(),
-                    at: now,
-                },
-            );
+            decided.insert(pool.clone(), decide(pool, policy));
         }
     }
     for (to, from) in rolling {
@@ -267,16 +275,9 @@ fn decide_all(
             let target = *view.targets.get(*from)?;
             u32::try_from(target).ok()
         });
-        let own = policy_of(view, rolling, to).map(|policy| decide(to, policy).0);
+        let own = policy_of(view, rolling, to).map(|policy| decide(to, policy).target);
         let target = own.max(from_target).unwrap_or(0);
-        decided.insert(
-            to.to_string(),
-            Decision {
-                target,
-                reason: "rollover".into(),
-                at: now,
-            },
-        );
+        decided.insert(to.to_string(), Decision::new(target, "rollover", now));
     }
     decided
 }

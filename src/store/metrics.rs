@@ -72,11 +72,18 @@ impl Store {
         for pool in pools {
             pipe.hgetall(format!("{prefix}{pool}"));
         }
+        // Redis's clock, the one the VM-seconds are integrated by.
+        pipe.cmd("TIME");
         let pipe = &pipe;
-        let hashes: Vec<HashMap<String, String>> = self
+        let mut values: Vec<redis::Value> = self
             .call(|mut conn| async move { pipe.query_async(&mut conn).await })
             .await?;
+        let (secs, micros): (u64, u64) = super::read(values.pop().unwrap_or(redis::Value::Nil))?;
+        let hashes: Vec<HashMap<String, String>> =
+            values.into_iter().map(super::read).collect::<Result<_>>()?;
         let owners = std::iter::once(None).chain(pools.iter().map(|p| Some(*p)));
-        Ok(Counters::from_hashes(owners.zip(hashes)))
+        let mut counters = Counters::from_hashes(owners.zip(hashes));
+        counters.1 = secs * 1000 + micros / 1000;
+        Ok(counters)
     }
 }

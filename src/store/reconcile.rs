@@ -199,7 +199,8 @@ impl Store {
         invocation
             .key(self.names.leases())
             .key(self.names.lease_deadlines())
-            .key(self.names.lease_keys());
+            .key(self.names.lease_keys())
+            .arg(self.names.pool_metrics_key_prefix());
         for (identity, vm) in leases {
             invocation.arg(identity).arg(vm);
         }

@@ -24,6 +24,25 @@ pub struct Decision {
     pub reason: String,
     /// When it was decided (Unix seconds).
     pub at: u64,
+    /// The boot time it planned for (seconds; adaptive pools).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_secs: Option<u64>,
+    /// Arrivals per minute over the last [`crate::demand::RATE_SECS`] (adaptive pools).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_minute: Option<f64>,
+}
+
+impl Decision {
+    /// A decision without measured demand (a pool sized by its bounds or schedules alone).
+    pub fn new(target: u32, reason: &str, at: u64) -> Decision {
+        Decision {
+            target,
+            reason: reason.into(),
+            at,
+            boot_secs: None,
+            per_minute: None,
+        }
+    }
 }
 
 /// Where a rollover is.
@@ -87,6 +106,60 @@ pub struct SizingView {
     /// Pool rolled from → its rollover (unreadable records are left out).
     pub rollovers: BTreeMap<String, Rollover>,
     pub brake: bool,
+}
+
+impl SizingView {
+    /// Why `pool`'s target is what it is: one of [`crate::metrics::TARGET_REASONS`].
+    pub fn why(&self, pool: &str) -> &'static str {
+        match (self.policies.get(pool), self.decisions.get(pool)) {
+            (Some(Ok(_)), Some(decision)) => crate::metrics::TARGET_REASONS
+                .into_iter()
+                .skip(3)
+                .find(|r| *r == decision.reason)
+                .unwrap_or("invalid"),
+            (Some(Ok(_)), None) => "pending",
+            (Some(Err(_)), _) => "invalid",
+            (None, _) => "static",
+        }
+    }
+
+    /// How every pool with a target is sized, for `/metrics`.
+    pub fn samples(&self) -> BTreeMap<String, crate::metrics::PoolSizing> {
+        self.targets
+            .keys()
+            .map(|pool| {
+                let policy = match self.policies.get(pool) {
+                    Some(Ok(policy)) => Some(policy),
+                    _ => None,
+                };
+                let decision = self.decisions.get(pool).filter(|_| policy.is_some());
+                let sizing = crate::metrics::PoolSizing {
+                    min: policy.map(|p| p.min),
+                    max: policy.map(|p| p.max),
+                    reason: self.why(pool),
+                    per_minute: decision.and_then(|d| d.per_minute),
+                    boot_secs: decision.and_then(|d| d.boot_secs),
+                };
+                (pool.clone(), sizing)
+            })
+            .collect()
+    }
+
+    /// The rollovers, for `/metrics`.
+    pub fn rollover_samples(&self) -> Vec<crate::metrics::RolloverSample> {
+        self.rollovers
+            .iter()
+            .map(|(from, r)| crate::metrics::RolloverSample {
+                from: from.clone(),
+                to: r.to.clone(),
+                state: match r.state {
+                    RolloverState::Rolling => "rolling",
+                    RolloverState::Completed => "completed",
+                    RolloverState::Aborted => "aborted",
+                },
+            })
+            .collect()
+    }
 }
 
 /// One pool's arrivals on one UTC day: (bucket start, arrivals), in time order.

@@ -795,11 +795,7 @@ async fn sizing_writes_only_pools_that_exist_and_a_rollover_finishes_once() {
     assert!(store.set_policy(pool(), Some(&policy)).await.unwrap());
 
     // size_pools.lua: a pool deleted while the sizer decided stays deleted; repeating is safe.
-    let decision = Decision {
-        target: 3,
-        reason: "demand".into(),
-        at: 1,
-    };
+    let decision = Decision::new(3, "demand", 1);
     let (pool_name, ghost) = (POOL.to_string(), "ghost-image:n1-standard-2".to_string());
     for _ in 0..2 {
         store
@@ -840,4 +836,129 @@ async fn sizing_writes_only_pools_that_exist_and_a_rollover_finishes_once() {
     let view = store.sizing_view().await.unwrap();
     assert_eq!(view.policies.get(&new.to_string()), Some(&Ok(policy)));
     assert_eq!(view.rollovers[POOL].state, RolloverState::Completed);
+}
+
+/// The pool's `<name>|ms`, `|level` and `|since` fields as the scripts left them.
+async fn integral(app: &TestApp, name: &str) -> (u64, u64, u64) {
+    let hash: std::collections::HashMap<String, u64> =
+        redis::AsyncCommands::hgetall(&mut app.redis.clone(), app.names.pool_metrics(pool()))
+            .await
+            .unwrap();
+    let field = |f: &str| hash.get(&format!("{name}|{f}")).copied().unwrap_or(0);
+    (field("ms"), field("level"), field("since"))
+}
+
+#[tokio::test]
+async fn idle_and_booting_vm_seconds_are_the_exact_integral_of_each_level_by_redis_clock() {
+    let app = TestApp::builder().start().await;
+    app.seed(POOL, 3, &[]).await;
+    let store = &app.ctx.store;
+    let names: Vec<String> = (1..=3).map(|i| format!("vm-{i}")).collect();
+    store
+        .reserve_boots(pool(), &names, now_ms() + 60_000, NO_CAP)
+        .await
+        .unwrap();
+    let (_, booting, reserved_at) = integral(&app, "booting_vm").await;
+    assert_eq!(booting, 3);
+
+    // Three boots finish, one by one; then three checkouts take them, one by one. At each
+    // change, the scripts stamp Redis's time: the integral must be exactly the sum of the
+    // levels held between the stamps.
+    let mut idle_stamps = Vec::new();
+    let mut boot_stamps = vec![reserved_at];
+    for name in &names {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let finished = store
+            .finish_boot(pool(), &entry(name), Duration::from_secs(40))
+            .await
+            .unwrap();
+        assert_eq!(finished, Finished::Ready);
+        idle_stamps.push(integral(&app, "idle_vm").await.2);
+        boot_stamps.push(integral(&app, "booting_vm").await.2);
+    }
+    for i in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = now_ms();
+        let identity = format!("m:{i}");
+        let delivery = first_delivery(&identity, now, now + 30_000, now + 60_000);
+        let popped = store.checkout(delivery, pool()).await.unwrap();
+        assert!(matches!(popped, CheckoutStep::Popped { .. }), "{popped:?}");
+        idle_stamps.push(integral(&app, "idle_vm").await.2);
+    }
+
+    let held = |stamps: &[u64], levels: &[u64]| -> u64 {
+        stamps
+            .windows(2)
+            .zip(levels)
+            .map(|(w, level)| level * (w[1] - w[0]))
+            .sum()
+    };
+    let (idle_ms, idle_level, _) = integral(&app, "idle_vm").await;
+    assert_eq!(idle_ms, held(&idle_stamps, &[1, 2, 3, 2, 1]));
+    assert_eq!(idle_level, 0);
+    // About 3 VMs × 0.3 s + 2 × 0.6 s + 1 × 0.9 s (after boots 0.15 s apart), sleeps being
+    // at least what they ask.
+    assert!(
+        idle_ms >= 150 + 2 * 150 + 3 * 300 + 2 * 300 + 300,
+        "{idle_ms}"
+    );
+    let (boot_ms, boot_level, _) = integral(&app, "booting_vm").await;
+    assert_eq!(boot_ms, held(&boot_stamps, &[3, 2, 1]));
+    assert_eq!(boot_level, 0);
+
+    // What /metrics exports: the integral so far, in seconds (the levels are 0: nothing open).
+    let mut app = app;
+    let base = app.start_web().await;
+    let body = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let sample = |family: &str| -> f64 {
+        let prefix = format!("{family}{{pool=\"{POOL}\"}} ");
+        let line = body.lines().find(|l| l.starts_with(&prefix)).unwrap();
+        line[prefix.len()..].parse().unwrap()
+    };
+    assert_eq!(
+        sample("warmer_pool_idle_vm_seconds_total"),
+        idle_ms as f64 / 1000.0
+    );
+    assert_eq!(
+        sample("warmer_pool_booting_vm_seconds_total"),
+        boot_ms as f64 / 1000.0
+    );
+}
+
+#[tokio::test]
+async fn handed_out_vm_seconds_count_from_the_settled_reply_until_the_lease_is_forgotten() {
+    let app = TestApp::builder().start().await;
+    app.seed(POOL, 2, &[vm("a-1")]).await;
+    let store = &app.ctx.store;
+    let now = now_ms();
+    let delivery = first_delivery("m:handed", now, now + 30_000, now + 60_000);
+    store.checkout(delivery, pool()).await.unwrap();
+    store
+        .settle(&[to_settle("m:handed", now + 3_600_000)])
+        .await
+        .unwrap();
+    let (_, level, handed_at) = integral(&app, "handed_vm").await;
+    assert_eq!(level, 1);
+    // Settling again (a retry) counts it no more.
+    store
+        .settle(&[to_settle("m:handed", now + 3_600_000)])
+        .await
+        .unwrap();
+    assert_eq!(integral(&app, "handed_vm").await.1, 1);
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let forgotten = store
+        .forget_leases(&[("m:handed".to_string(), "a-1".to_string())])
+        .await
+        .unwrap();
+
+    assert_eq!(forgotten, 1);
+    let (ms, level, gone_at) = integral(&app, "handed_vm").await;
+    assert_eq!((ms, level), (gone_at - handed_at, 0));
+    assert!(ms >= 200, "{ms}");
 }

@@ -11,6 +11,7 @@
 -- Returns 1 if the reservation was still held.
 local held = redis.call('ZREM', KEYS[1], ARGV[1])
 if held == 1 then
+  integrate(KEYS[3], 'booting_vm', redis.call('ZCARD', KEYS[1]))
   count(KEYS[3], 'boots|' .. ARGV[2] .. '|' .. ARGV[4])
   if ARGV[3] ~= '' then
     orphan(KEYS[2], ARGV[1], ARGV[2], ARGV[3])

@@ -33,6 +33,8 @@
 -- no_pool, expired (nothing popped), unsettled; a popped VM is counted handed_out by settle.lua
 -- once its reply is confirmed. Repeats of a request are not counted again.
 --
+-- A pop changes the pool's idle VMs: integrated (see `integrate` in prelude.lua).
+--
 -- Records the request as demand for the sizer when it first takes or misses a VM: h:<bucket>
 -- (a hit) or m:<bucket> (a miss) in the pool's demand hash of the day, which expires 9 days
 -- after its last write (the sizer reads at most 8 days back).
@@ -98,7 +100,9 @@ local function hint()
   return '0'
 end
 local entry = redis.call('LPOP', KEYS[2])
-if not entry then
+if entry then
+  integrate(KEYS[7], 'idle_vm', redis.call('LLEN', KEYS[2]))
+else
   count(KEYS[7], pool_empty)
   arrived('m')
   return {'empty', hint()}

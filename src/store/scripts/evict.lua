@@ -41,4 +41,7 @@ end
 if kept > 0 then
   redis.call('RENAME', KEYS[3], KEYS[1])
 end
+if #evicted > 0 then
+  integrate(KEYS[4], 'idle_vm', kept)
+end
 return evicted

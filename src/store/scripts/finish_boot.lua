@@ -17,6 +17,7 @@
 -- observes the boot's duration in boot_duration|<zone>, whatever the result: the cloud took
 -- that long. The duration also joins the pool's last 20 boot times, for the sizer (unless the
 -- pool is gone); the list expires 9 days after the pool's last boot.
+-- The pool's booting and idle VMs are integrated as they change (see prelude.lua).
 -- Returns "ready", "expired", "no_pool" or "surplus".
 local function counted(result, metrics)
   count(metrics or KEYS[5], 'boots|' .. ARGV[4] .. '|' .. result)
@@ -37,7 +38,9 @@ local expires = tonumber(redis.call('ZSCORE', KEYS[3], ARGV[2]))
 if not expires and redis.call('LPOS', KEYS[2], ARGV[3]) then
   return 'ready'
 end
-redis.call('ZREM', KEYS[3], ARGV[2])
+if redis.call('ZREM', KEYS[3], ARGV[2]) == 1 then
+  integrate(KEYS[5], 'booting_vm', redis.call('ZCARD', KEYS[3]))
+end
 if not expires or expires < tonumber(ARGV[5]) then
   return orphaned('expired')
 end
@@ -49,4 +52,5 @@ if redis.call('LLEN', KEYS[2]) + redis.call('ZCARD', KEYS[3]) >= target then
   return orphaned('surplus')
 end
 redis.call('RPUSH', KEYS[2], ARGV[3])
+integrate(KEYS[5], 'idle_vm', redis.call('LLEN', KEYS[2]))
 return counted('ready')

@@ -3,14 +3,16 @@
 -- (the fleet cap counts them) and Redis does not keep them for WARMER_MAX_HANDOUT_AGE.
 --
 -- KEYS[1] leases hash   KEYS[2] lease deadlines zset   KEYS[3] lease keys zset
--- ARGV: pairs of request identity and the name of the VM the reconciler found gone
+-- ARGV[1] the prefix of a pool's metrics hash (a lease's pool is known once it is read)
+-- ARGV[2 ..]: pairs of request identity and the name of the VM the reconciler found gone
 --
 -- A lease is forgotten only while it is handed out and names that VM: one a checkout made or
 -- changed since the snapshot is left alone. Past its request's deadline (the reconciler waits
 -- for it), no redelivery can be sent the VM, so nothing needs the lease any more.
+-- Each lease forgotten takes one from its pool's handed-out VMs (see prelude.lua).
 -- Returns the number forgotten.
 local forgotten = 0
-for i = 1, #ARGV, 2 do
+for i = 2, #ARGV, 2 do
   local identity, vm = ARGV[i], ARGV[i + 1]
   local raw = redis.call('HGET', KEYS[1], identity)
   if raw then
@@ -21,6 +23,9 @@ for i = 1, #ARGV, 2 do
         redis.call('HDEL', KEYS[1], identity)
         redis.call('ZREM', KEYS[2], identity)
         redis.call('ZREM', KEYS[3], identity)
+        if type(lease.pool) == 'string' and lease.pool ~= '' then
+          integrate(ARGV[1] .. lease.pool, 'handed_vm', nil, -1)
+        end
         forgotten = forgotten + 1
       end
     end

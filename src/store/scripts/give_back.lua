@@ -34,6 +34,7 @@ if reason == 'head' then
     reason = 'surplus'
   else
     redis.call('LPUSH', KEYS[2], lease.entry)
+    integrate(KEYS[7], 'idle_vm', redis.call('LLEN', KEYS[2]))
     return {'head', lease.entry}
   end
 end

@@ -61,3 +61,27 @@ local function delete_pool(poolconfigs, policies, sizing, list, pool_metrics, or
   end
   return existed == 1, #entries
 end
+
+-- The server's clock, in milliseconds: the one clock of the VM-seconds below.
+local function server_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- VM-seconds. In a pool's metrics hash, `<name>|ms` is the integral over time of one of the
+-- pool's levels (`idle_vm`: warmed VMs waiting; `booting_vm`; `handed_vm`: handed out), in
+-- VM-milliseconds by the server's clock, and `<name>|level` the level since `<name>|since`.
+-- Called after every change of the level, with the new `level` (or `delta`, the change): what
+-- the old level accumulated since the last change is added first. `/metrics` adds
+-- level × (now − since), from the same hash. Exact for every change made by warmer's scripts; a
+-- change made by another writer (travis-ci/warmer) counts from warmer's next change of that pool.
+local function integrate(hash, name, level, delta)
+  local now = server_ms()
+  local fields = redis.call('HMGET', hash, name .. '|since', name .. '|level')
+  local since, before = tonumber(fields[1]), tonumber(fields[2]) or 0
+  if since and now > since and before > 0 then
+    redis.call('HINCRBY', hash, name .. '|ms', before * (now - since))
+  end
+  if delta then level = math.max(0, before + delta) end
+  redis.call('HSET', hash, name .. '|since', math.max(now, since or 0), name .. '|level', level)
+end

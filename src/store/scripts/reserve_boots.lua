@@ -21,6 +21,7 @@
 -- recorded in orphaned (zone unknown) and its slot freed.
 -- Idempotent: names of ARGV that already hold a reservation (this call ran before, and its
 -- answer was lost with the connection) are returned as reserved again, not counted twice.
+-- The pool's booting VMs are integrated as they change (see prelude.lua).
 -- Returns {target (-1: no pool), ready, booting, braked (0/1), capped (0, 1, 2: newly),
 --          reserved names...}.
 local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[2])
@@ -29,6 +30,7 @@ for _, name in ipairs(expired) do
 end
 if #expired > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[2])
+  integrate(KEYS[8], 'booting_vm', redis.call('ZCARD', KEYS[3]))
 end
 
 local target = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
@@ -78,5 +80,8 @@ end
 for i = 1, deficit do
   redis.call('ZADD', KEYS[3], ARGV[3], fresh[i])
   table.insert(result, fresh[i])
+end
+if deficit > 0 then
+  integrate(KEYS[8], 'booting_vm', redis.call('ZCARD', KEYS[3]))
 end
 return result

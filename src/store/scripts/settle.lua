@@ -15,6 +15,7 @@
 -- the pool entry it holds. A lease settled now counts as handed out (ARGV[1]) in its pool's
 -- metrics and its wait is observed (ARGV[2]). Idempotent: a lease already handed out is left as it is
 -- and counted no more.
+-- A lease settled now adds one to its pool's handed-out VMs (integrated, see prelude.lua).
 -- Returns, per identity: 1 settled now, 2 already settled, 0 the lease is gone (swept).
 local pending, handed = '"state":"pending"', '"state":"handed"'
 local results = {}
@@ -30,6 +31,7 @@ for i = 3, #ARGV, 6 do
       redis.call('ZADD', KEYS[2], ARGV[i + 1], identity)
       redis.call('ZADD', KEYS[4], ARGV[i + 5], identity)
       count(KEYS[tonumber(ARGV[i + 2])], ARGV[1])
+      integrate(KEYS[tonumber(ARGV[i + 2])], 'handed_vm', nil, 1)
       observe(KEYS[3], ARGV[2], ARGV[i + 3], ARGV[i + 4])
       table.insert(results, 1)
     else

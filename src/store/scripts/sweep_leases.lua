@@ -15,6 +15,7 @@
 -- A handed-out lease whose request's deadline has passed (lease keys zset) is sent to no
 -- redelivery again (see checkout.lua): its entry is cut down to the VM's name and zone, so the
 -- SSH key leaves Redis; the lease stays, to account for the VM, until its time is up.
+-- A handed-out lease removed takes one from its pool's handed-out VMs (see prelude.lua).
 -- Returns {pending orphaned, handed expired, keys removed}.
 local stripped = 0
 local unkeyed = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
@@ -49,6 +50,9 @@ for _, identity in ipairs(due) do
       pending = pending + 1
     else
       orphan_entry(KEYS[3], lease.entry, 'handout_expired')
+      if type(lease.pool) == 'string' and lease.pool ~= '' then
+        integrate(ARGV[3] .. lease.pool, 'handed_vm', nil, -1)
+      end
       handed = handed + 1
     end
     redis.call('HDEL', KEYS[1], identity)

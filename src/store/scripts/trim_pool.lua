@@ -25,5 +25,6 @@ while trimmed < surplus do
 end
 if trimmed > 0 then
   count(KEYS[6], 'evictions|surplus', trimmed)
+  integrate(KEYS[6], 'idle_vm', redis.call('LLEN', KEYS[2]))
 end
 return trimmed
