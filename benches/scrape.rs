@@ -7,8 +7,9 @@
 //! `ssh_private_key`, as real ones do), served by one in-process `warmer web` each:
 //! - `levels only`: no counter has been written yet;
 //! - `with counters`: every pool has checkouts (handed out, missed), boots in two zones (ready,
-//!   failed) and evictions; the deployment has boot-duration histograms for three zones, a
-//!   checkout-wait and a reconcile histogram, deletions and reconcile passes.
+//!   failed), evictions, its VM-seconds, and a sizing policy with the sizer's last decision;
+//!   the deployment has boot-duration histograms for three zones, a checkout-wait and a
+//!   reconcile histogram, deletions and reconcile passes.
 //!
 //! Scrapes alternate between the two, `BENCH_ROUNDS` each; medians of the wall time of a `GET
 //! /metrics` (Redis reads, rendering, transfer) and the body's size.
@@ -103,9 +104,29 @@ async fn deployment(pools: usize, counters: bool) -> anyhow::Result<(String, Nam
                     (format!("boots|{}|ready", ZONES[(i + 1) % 3]), 40),
                     (format!("boots|{zone}|failed_halfway"), i % 5),
                     ("evictions|surplus".to_string(), i % 7),
+                    // VM-seconds: so far, the level, and since when (ms).
+                    ("idle_vm|ms".to_string(), 86_400_000 + i),
+                    ("idle_vm|level".to_string(), 2),
+                    ("booting_vm|ms".to_string(), 3_600_000 + i),
+                    ("booting_vm|level".to_string(), 0),
+                    ("handed_vm|ms".to_string(), 7_200_000 + i),
+                    ("handed_vm|level".to_string(), 1),
                 ] {
                     pipe.hincr(&hash, field, n).ignore();
                 }
+                for family in ["idle_vm", "booting_vm", "handed_vm"] {
+                    pipe.hset(&hash, format!("{family}|since"), now_ms() - 60_000)
+                        .ignore();
+                }
+                // Every pool sized by a policy, with the sizer's last decision.
+                let policy = json!({"min": 1, "max": 20, "adaptive": true, "hit": 0.99,
+                    "schedules": ["* 7-18 * * MON-FRI@Europe/Berlin=4"]});
+                pipe.hset(names.policies(), &pool, policy.to_string())
+                    .ignore();
+                let decision = json!({"target": 2, "reason": "demand", "at": booted_at,
+                    "boot_secs": 45, "per_minute": 1.5});
+                pipe.hset(names.sizing(), &pool, decision.to_string())
+                    .ignore();
             }
         }
         let _: () = pipe.query_async(&mut redis).await?;
