@@ -361,3 +361,99 @@ async fn the_exposition_passes_promtool_with_odd_pool_names_and_no_rabbitmq() {
     );
     app.stop_consumers().await;
 }
+
+/// The dashboard's queries with Grafana's variables given values, as Prometheus would get them.
+fn dashboard_queries() -> Vec<String> {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../../docs/grafana-dashboard.json")).unwrap();
+    let mut queries: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().unwrap().clone())
+        .map(|target| target["expr"].as_str().unwrap().to_string())
+        .collect();
+    // The pool variable's query (label_values is Grafana's): its metric must exist too.
+    let variable = dashboard["templating"]["list"][0]["definition"].as_str().unwrap();
+    let metric = variable
+        .trim_start_matches("label_values(")
+        .split(',')
+        .next()
+        .unwrap();
+    queries.push(metric.to_string());
+    queries
+        .into_iter()
+        .map(|q| {
+            q.replace("$__rate_interval", "5m")
+                .replace("$__range", "1d")
+                .replace("$pool", ".*")
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn every_query_of_the_grafana_dashboard_parses_and_names_only_families_warmer_exports() {
+    let queries = dashboard_queries();
+    assert!(queries.len() > 20, "{queries:?}");
+
+    // Prometheus's own parser: each query as a recording rule under `promtool check rules`.
+    let rules: Vec<serde_json::Value> = queries
+        .iter()
+        .enumerate()
+        .map(|(i, expr)| json!({"record": format!("warmer:dashboard:query_{i}"), "expr": expr}))
+        .collect();
+    let file = std::env::temp_dir().join(format!("warmer-dashboard-{}.yml", fresh_prefix()));
+    // JSON is YAML.
+    std::fs::write(&file, json!({"groups": [{"name": "dashboard", "rules": rules}]}).to_string())
+        .unwrap();
+    let checked = std::process::Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .expect("promtool runs (scripts/setup installs it)");
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        checked.status.success(),
+        "promtool check rules: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+
+    // Every family a query names is one a real /metrics exports (a sized pool, a rollover).
+    let mut app = TestApp::builder().start().await;
+    app.seed(POOL, 2, &[vm("a")]).await;
+    let pool: warmer::PoolName = POOL.parse().unwrap();
+    let policy = warmer::policy::Policy {
+        min: 1,
+        max: 4,
+        adaptive: true,
+        hit: 0.99,
+        schedules: Vec::new(),
+    };
+    warmer::operator::pool_policy(&app.ctx, &pool, Some(&policy))
+        .await
+        .unwrap();
+    let base = app.start_web().await;
+    let (_, body) = scrape(&base, None).await;
+    let exported: std::collections::BTreeSet<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    for query in &queries {
+        for name in query
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("warmer_"))
+        {
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .filter(|f| exported.contains(f))
+                .unwrap_or(name);
+            assert!(
+                exported.contains(family),
+                "{name} (in `{query}`) is not exported: {exported:?}"
+            );
+        }
+    }
+}
