@@ -101,6 +101,7 @@ pub use pool::PoolName;
 pub use process::actor;
 pub use refill_message::{FillCommand, RefillMessage};
 pub use sshkey::generate_blocking as generate_ssh_key;
+pub use store::points;
 pub use store::sizing::{Decision, RolloverState, StartRollover};
 pub use store::{
     Capped, Checkout as CheckoutStep, Delivery, Disposal, Finished, GiveBack, Lease, LeaseState,

@@ -429,6 +429,32 @@ impl Counters {
 }
 
 impl Counters {
+    fn series(&self, family: &Family, labels: &[&str]) -> Option<&Value> {
+        let index = STORED.iter().position(|f| f.key == family.key)?;
+        let labels: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
+        self.0.get(&index)?.get(&labels)
+    }
+
+    /// The counter `family` with these label values (`pool` first for a family kept per
+    /// pool); 0 when it was never counted.
+    pub fn counter(&self, family: &Family, labels: &[&str]) -> u64 {
+        match self.series(family, labels) {
+            Some(Value::Counter(n)) => *n,
+            _ => 0,
+        }
+    }
+
+    /// `pool`'s VM-seconds of the integral `family`, up to when the counters were read.
+    pub fn vm_seconds(&self, family: &Family, pool: &str) -> f64 {
+        match self.series(family, &[pool]) {
+            Some(Value::Integral { ms, level, since }) => {
+                let open = level.saturating_mul(self.1.saturating_sub(*since));
+                crate::clock::secs_f64(ms.saturating_add(open))
+            }
+            _ => 0.0,
+        }
+    }
+
     /// Adds, as 0, the series an alert divides by or compares, so that they exist before
     /// the first event: every pool's hits and misses, both reconcile results.
     fn zero_fill<'a>(&mut self, pools: impl IntoIterator<Item = &'a str>) {
@@ -669,9 +695,9 @@ impl prometheus_client::collector::Collector for Scrape {
                         sample.encode_counter::<NoLabelSet, _, u64>(n, None)?
                     }
                     (Value::Seconds(s), _) => sample.encode_gauge(s)?,
-                    (Value::Integral { ms, level, since }, _) => {
-                        let open = level.saturating_mul(self.counters.1.saturating_sub(*since));
-                        let vm_seconds = crate::clock::secs_f64(ms.saturating_add(open));
+                    (Value::Integral { .. }, _) => {
+                        let pool = values.first().map_or("", String::as_str);
+                        let vm_seconds = self.counters.vm_seconds(family, pool);
                         sample.encode_counter::<NoLabelSet, _, u64>(&vm_seconds, None)?
                     }
                     (Value::Histogram(counts, sum_ms), Kind::Histogram(buckets)) => {

@@ -194,6 +194,11 @@ impl Names {
         format!("{}:_boot_times:{pool}", self.namespace)
     }
 
+    /// String: the pool's points at one resolution (`1m`, `10m`), a ring of fixed-size slots.
+    pub fn points(&self, resolution: &str, pool: &PoolName) -> String {
+        format!("{}:_points:{resolution}:{pool}", self.namespace)
+    }
+
     /// List: every change operators made (JSON), newest first; bounded.
     pub fn history(&self) -> String {
         format!("{}:_history", self.namespace)

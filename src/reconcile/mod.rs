@@ -11,6 +11,7 @@
 //! renewal when the holder dies. On SIGTERM it finishes its pass, releases the lock and exits.
 
 pub mod plan;
+mod points;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -102,6 +103,8 @@ pub struct Reconciler {
     deleter: tokio::sync::Mutex<Deleter>,
     sizer: Sizer,
     clock: Clock,
+    /// The minute (Unix minutes) of the last pools' points recorded.
+    pointed: std::sync::Mutex<Option<u64>>,
 }
 
 /// Reconciles Redis with the cloud the configuration names until `shutdown`, while this
@@ -133,6 +136,7 @@ impl Reconciler {
             cloud,
             owner: lock_owner(),
             clock: Clock::system(),
+            pointed: std::sync::Mutex::default(),
         }
     }
 
@@ -280,7 +284,33 @@ impl Reconciler {
         if let Err(error) = recorded {
             tracing::warn!(%error, "the reconcile pass could not be recorded in the metrics");
         }
+        if report.is_ok() {
+            self.record_points(now).await;
+        }
         report
+    }
+
+    /// Records the pools' points of `now`'s minute, unless this reconciler did already.
+    async fn record_points(&self, now: u64) {
+        let minute = secs(now) / 60;
+        let done = *self
+            .pointed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if done == Some(minute) {
+            return;
+        }
+        match points::sample(&self.ctx.store, minute).await {
+            Ok(_) => {
+                *self
+                    .pointed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(minute)
+            }
+            Err(error) => {
+                tracing::warn!(error = %crate::telemetry::report(&error), "the pools' points of this minute were not recorded")
+            }
+        }
     }
 
     async fn unrecorded_pass(&self, broker: Option<&Broker>, now: u64) -> anyhow::Result<Report> {

@@ -27,6 +27,7 @@
 //! | `<ns>:_demand:<day>:<pool>` | hash | [`sizing`] | the pool's hits (`h:<bucket>`) and misses (`m:<bucket>`) per 10 s of a UTC day; expires after 9 days |
 //! | `<ns>:_boot_times:<pool>` | list | [`sizing`] | the pool's last 20 boot durations (ms); expires after 9 days |
 //! | `<ns>:_rollovers` | hash | [`sizing`] | pool rolled from → its [`Rollover`] |
+//! | `<ns>:_points:1m:<pool>`, `<ns>:_points:10m:<pool>` | string | [`points`] | the pool's point per minute for 48 h, per 10 minutes for 15 days: rings of 25-byte slots (139.5 KB per pool in Redis); expire 16 days after the last write |
 //! | `<ns>:_history` | list | [`changes`] | every change operators made ([`changes::HistoryEntry`] JSON), newest first; the last 10,000 |
 //!
 //! Key names are built by [`Names`]. Every step that must be atomic is a Lua script in
@@ -46,6 +47,7 @@ pub mod local_cloud;
 pub mod lock;
 pub mod metrics;
 pub mod orphans;
+pub mod points;
 pub mod pools;
 pub mod reconcile;
 pub mod records;

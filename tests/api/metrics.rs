@@ -374,7 +374,9 @@ fn dashboard_queries() -> Vec<String> {
         .map(|target| target["expr"].as_str().unwrap().to_string())
         .collect();
     // The pool variable's query (label_values is Grafana's): its metric must exist too.
-    let variable = dashboard["templating"]["list"][0]["definition"].as_str().unwrap();
+    let variable = dashboard["templating"]["list"][0]["definition"]
+        .as_str()
+        .unwrap();
     let metric = variable
         .trim_start_matches("label_values(")
         .split(',')
@@ -404,8 +406,11 @@ async fn every_query_of_the_grafana_dashboard_parses_and_names_only_families_war
         .collect();
     let file = std::env::temp_dir().join(format!("warmer-dashboard-{}.yml", fresh_prefix()));
     // JSON is YAML.
-    std::fs::write(&file, json!({"groups": [{"name": "dashboard", "rules": rules}]}).to_string())
-        .unwrap();
+    std::fs::write(
+        &file,
+        json!({"groups": [{"name": "dashboard", "rules": rules}]}).to_string(),
+    )
+    .unwrap();
     let checked = std::process::Command::new("promtool")
         .args(["check", "rules"])
         .arg(&file)

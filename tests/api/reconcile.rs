@@ -576,3 +576,91 @@ async fn an_operator_sees_every_vm_the_brake_holds_for_and_releasing_it_deletes_
         .unwrap();
     assert_eq!(again, "the safety brake is off: nothing to release\n");
 }
+
+#[tokio::test]
+async fn a_pools_points_stay_within_their_rings_after_a_simulated_month() {
+    use warmer::points::{MINUTES, POINT_BYTES, Point, TEN_MINUTES};
+    let app = TestApp::builder().start().await;
+    let pool: PoolName = POOL.parse().unwrap();
+    let start = now_ms() / 60_000 - 30 * 24 * 60;
+    let month: Vec<(PoolName, Point)> = (0..30 * 24 * 60)
+        .map(|i| {
+            let point = Point {
+                minute: (start + i) as u32,
+                target: 5,
+                ready: (i % 6) as u16,
+                hits: i as u32,
+                idle_seconds: (i * 150) as u32,
+                reason: Point::reason_index("demand"),
+                ..Point::default()
+            };
+            (pool.clone(), point)
+        })
+        .collect();
+
+    app.ctx.store.record_points(&month).await.unwrap();
+
+    let mut redis = app.redis.clone();
+    for (resolution, slots) in [(MINUTES, 2_880), (TEN_MINUTES, 2_160)] {
+        let key = app.names.points(resolution.name, &pool);
+        let length: usize = redis.strlen(&key).await.unwrap();
+        assert_eq!(length, slots * POINT_BYTES + 1, "{}", resolution.name);
+        let memory: usize = redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(&key)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        // The allocator's size class above the exact length, and no growth by doubling.
+        assert!(
+            memory <= length + length / 5,
+            "{} uses {memory} bytes",
+            resolution.name
+        );
+        eprintln!("{}: {length} bytes, MEMORY USAGE {memory}", resolution.name);
+        let end = start + 30 * 24 * 60;
+        let since = end - resolution.minutes * resolution.slots;
+        let points = app
+            .ctx
+            .store
+            .points(&pool, resolution, since)
+            .await
+            .unwrap();
+        assert_eq!(points.len(), slots, "{}", resolution.name);
+        assert!(
+            points
+                .windows(2)
+                .all(|w| w[1].minute as u64 - w[0].minute as u64 == resolution.minutes)
+        );
+        let last = month.last().unwrap().1;
+        let newest = points.last().unwrap();
+        assert_eq!((newest.hits, newest.reason()), (last.hits, "demand"));
+    }
+}
+
+#[tokio::test]
+async fn a_pass_records_each_pools_point_of_its_minute() {
+    use warmer::points::MINUTES;
+    let compute = ComputeStandIn::start(Duration::ZERO).await;
+    let app = TestApp::builder().gce(&compute).start().await;
+    compute.add_instance("a-1", ZONE, labels(&app));
+    app.seed(POOL, 3, &[entry("a-1", 30)]).await;
+    let reconciler = app.reconciler().await;
+
+    reconciler.pass(None).await.unwrap();
+
+    let pool: PoolName = POOL.parse().unwrap();
+    let minute = now_ms() / 60_000;
+    let points = app
+        .ctx
+        .store
+        .points(&pool, MINUTES, minute - 1)
+        .await
+        .unwrap();
+    let point = points.last().expect("a point of this minute");
+    assert!(u64::from(point.minute) >= minute - 1);
+    assert_eq!(
+        (point.target, point.ready, point.reason()),
+        (3, 1, "static")
+    );
+}
