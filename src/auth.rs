@@ -18,6 +18,9 @@
 //!   the refill consumer never dead-letters one with its token in it).
 //!
 //! Without `WARMER_AUTH_TOKENS`, nothing is checked: the deployment has not set operators up.
+//!
+//! Over HTTP (travis-ci/warmer's API, the page of `warmer web`), an operator or a worker sends a
+//! token as the password of basic auth ([`basic`]).
 
 use std::time::Duration;
 
@@ -101,4 +104,46 @@ mod tests {
         let ahead = sign_fill(&tokens[0], None, now + 30_000).unwrap();
         assert!(fill_is_signed(&tokens, None, now + 30_000, &ahead, now));
     }
+}
+
+/// What a request's `Authorization` header holds, against the tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Basic {
+    /// Basic auth whose password is the token at this index.
+    Token(usize),
+    /// No header, or no token's password.
+    Missing,
+    /// Another scheme than basic auth.
+    OtherScheme,
+}
+
+/// Which of `tokens` the `Authorization` header's basic-auth password is. Every token is
+/// compared, so the time taken says nothing of which one matched.
+pub fn basic(header: Option<&[u8]>, tokens: &[Secret]) -> Basic {
+    let Some(value) = header else {
+        return Basic::Missing;
+    };
+    let Some((scheme, encoded)) = value.split_at_checked(6) else {
+        return Basic::OtherScheme;
+    };
+    if !scheme.eq_ignore_ascii_case(b"basic ") {
+        return Basic::OtherScheme;
+    }
+    let password = std::str::from_utf8(encoded)
+        .ok()
+        .and_then(|encoded| openssl::base64::decode_block(encoded.trim()).ok())
+        .and_then(|decoded| {
+            let split = decoded.iter().position(|b| *b == b':')?;
+            Some(decoded[split + 1..].to_vec())
+        });
+    let Some(password) = password else {
+        return Basic::Missing;
+    };
+    let mut found = None;
+    for (index, token) in tokens.iter().enumerate() {
+        if token.matches(&password) && found.is_none() {
+            found = Some(index);
+        }
+    }
+    found.map_or(Basic::Missing, Basic::Token)
 }

@@ -444,6 +444,49 @@ impl Counters {
         }
     }
 
+    /// Each series of the histogram `family` by its first label (a zone): its observations, their
+    /// mean in seconds, and the bound of the bucket its 90th percentile falls in (`inf` past the
+    /// last).
+    pub fn histogram_summary(&self, family: &Family) -> Vec<(String, u64, f64, f64)> {
+        let (Some(index), Kind::Histogram(buckets)) = (
+            STORED.iter().position(|f| f.key == family.key),
+            &family.kind,
+        ) else {
+            return Vec::new();
+        };
+        let Some(series) = self.0.get(&index) else {
+            return Vec::new();
+        };
+        series
+            .iter()
+            .filter_map(|(labels, value)| {
+                let Value::Histogram(counts, sum_ms) = value else {
+                    return None;
+                };
+                let count: u64 = counts.iter().sum();
+                if count == 0 {
+                    return None;
+                }
+                let mut seen = 0;
+                let p90 = counts
+                    .iter()
+                    .position(|n| {
+                        seen += n;
+                        seen * 10 >= count * 9
+                    })
+                    .and_then(|i| buckets.0.get(i).copied())
+                    .unwrap_or(f64::INFINITY);
+                let mean = crate::clock::secs_f64(*sum_ms) / count as f64;
+                Some((
+                    labels.first().cloned().unwrap_or_default(),
+                    count,
+                    mean,
+                    p90,
+                ))
+            })
+            .collect()
+    }
+
     /// `pool`'s VM-seconds of the integral `family`, up to when the counters were read.
     pub fn vm_seconds(&self, family: &Family, pool: &str) -> f64 {
         match self.series(family, &[pool]) {

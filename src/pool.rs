@@ -166,9 +166,58 @@ pub struct PoolStatus {
     pub oldest_booted_at: Option<Option<u64>>,
 }
 
+/// Whether `name` matches `glob`: `*` any run of characters, `?` any one, the rest itself.
+pub fn glob_matches(glob: &str, name: &str) -> bool {
+    let (glob, name): (Vec<char>, Vec<char>) = (glob.chars().collect(), name.chars().collect());
+    // The classic greedy match with one backtrack point per `*`: linear in practice.
+    let (mut g, mut n) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        match glob.get(g) {
+            Some('*') => {
+                star = Some((g, n));
+                g += 1;
+            }
+            Some(c) if *c == '?' || *c == name[n] => {
+                g += 1;
+                n += 1;
+            }
+            _ => match star {
+                Some((sg, sn)) => {
+                    g = sg + 1;
+                    n = sn + 1;
+                    star = Some((sg, sn + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    glob[g..].iter().all(|c| *c == '*')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_glob_matches_runs_and_single_characters_and_nothing_else() {
+        for (glob, name, expected) in [
+            ("*", "a:n1", true),
+            ("ubuntu-*", "ubuntu-2204:n2", true),
+            ("ubuntu-*", "debian-12:n2", false),
+            ("*:public", "a:n1:public", true),
+            ("*:public", "a:n1", false),
+            ("a?:n1", "ab:n1", true),
+            ("a?:n1", "a:n1", false),
+            ("*-*-*", "a-b-c", true),
+            ("a:n1", "a:n1", true),
+            ("a:n1", "a:n1x", false),
+            ("", "", true),
+            ("**a", "bba", true),
+        ] {
+            assert_eq!(glob_matches(glob, name), expected, "{glob} ~ {name}");
+        }
+    }
 
     #[test]
     fn gce_names_follow_the_documented_pattern() {

@@ -8,7 +8,8 @@
 //! | `GET /pool-configs[/<pool>]` | 200 `{"<pool>":"<target>",…}`; 404 (empty) for an unknown pool |
 //! | `POST /pool-configs/<pool>/<target>` | 200 (empty), then a fill; 400 `{"error":…}` |
 //! | `DELETE /pool-configs/<pool>` | 204; 404 |
-//! | `GET /` | `warmer no warming` |
+//!
+//! (travis-ci/warmer's `GET /`, a line of text, is the operators' page now: see `web/page.rs`.)
 //!
 //! Every route asks for basic auth whose password is one of the tokens (any user name; compared
 //! in constant time), else 401 as `Rack::Auth::Basic` answers.
@@ -35,6 +36,7 @@ use tokio::task::JoinHandle;
 
 use super::{LEASE_GRACE, give_back, handed_out, reply, request, send_hint};
 use crate::amqp::{LazyConnection, Publisher};
+use crate::auth::Basic;
 use crate::clock::{ms, now_ms, now_secs};
 use crate::config::{Secret, percent_decode};
 use crate::context::Context;
@@ -45,20 +47,9 @@ use crate::refill_message::{FillCommand, RefillMessage};
 use crate::store::changes::HistoryEntry;
 use crate::store::{self, Disposal, PoolEntry, Settler, ToSettle};
 
-/// What a request's `Authorization` header proves.
-enum Auth {
-    /// The index of the token it holds.
-    Token(usize),
-    /// No header, or no token's password.
-    Missing,
-    /// Not basic auth.
-    OtherScheme,
-}
-
 /// A route of the API.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
-    Root,
     RequestInstance,
     /// `None`: every pool.
     PoolConfigs(Option<String>),
@@ -77,7 +68,6 @@ impl Route {
             .collect();
         let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
         Some(match (method, segments.as_slice()) {
-            (&Method::GET | &Method::HEAD, [""]) => Route::Root,
             (&Method::POST, ["request-instance"]) => Route::RequestInstance,
             (&Method::GET | &Method::HEAD, ["pool-configs"]) => Route::PoolConfigs(None),
             (&Method::GET | &Method::HEAD, ["pool-configs", pool]) => {
@@ -182,13 +172,12 @@ impl HttpApi {
             return error(StatusCode::FORBIDDEN, HTML, "HTTPS only");
         }
         let token = match self.authorized(&request) {
-            Auth::Token(token) => token,
-            Auth::Missing => return unauthorized(),
+            Basic::Token(token) => token,
+            Basic::Missing => return unauthorized(),
             // As `Rack::Auth::Basic`: another scheme is a bad request.
-            Auth::OtherScheme => return empty(StatusCode::BAD_REQUEST, Some("text/plain")),
+            Basic::OtherScheme => return empty(StatusCode::BAD_REQUEST, Some("text/plain")),
         };
         match route {
-            Route::Root => plain("warmer no warming\n"),
             Route::RequestInstance => {
                 let Some(permit) = self.admit(token) else {
                     tracing::warn!(
@@ -243,33 +232,9 @@ impl HttpApi {
     }
 
     /// Which token's basic-auth password the request sent.
-    fn authorized(&self, request: &Request<Incoming>) -> Auth {
-        let Some(value) = request.headers().get(hyper::header::AUTHORIZATION) else {
-            return Auth::Missing;
-        };
-        let value = value.as_bytes();
-        match value.split_at_checked(6) {
-            Some((scheme, encoded)) if scheme.eq_ignore_ascii_case(b"basic ") => {
-                self.password_of(encoded).map_or(Auth::Missing, Auth::Token)
-            }
-            _ => Auth::OtherScheme,
-        }
-    }
-
-    /// The index of the token that `encoded` (base64 of `user:password`) has as its password.
-    fn password_of(&self, encoded: &[u8]) -> Option<usize> {
-        let decoded =
-            openssl::base64::decode_block(std::str::from_utf8(encoded).ok()?.trim()).ok()?;
-        let split = decoded.iter().position(|b| *b == b':')?;
-        let password = &decoded[split + 1..];
-        // Every token is compared, so the time taken says nothing of which one matched.
-        let mut found = None;
-        for (index, token) in self.tokens.iter().enumerate() {
-            if token.matches(password) && found.is_none() {
-                found = Some(index);
-            }
-        }
-        found
+    fn authorized(&self, request: &Request<Incoming>) -> Basic {
+        let header = request.headers().get(hyper::header::AUTHORIZATION);
+        crate::auth::basic(header.map(|h| h.as_bytes()), &self.tokens)
     }
 
     /// A place among the token's checkouts in flight, if it is within its rate and concurrency.
@@ -749,15 +714,6 @@ fn empty(status: StatusCode, content_type: Option<&'static str>) -> Answer {
     response
 }
 
-fn plain(text: &'static str) -> Answer {
-    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain;charset=utf-8"),
-    );
-    response
-}
-
 /// What `Rack::Auth::Basic` answers without the right password.
 fn unauthorized() -> Answer {
     let mut response = empty(StatusCode::UNAUTHORIZED, Some("text/plain"));
@@ -775,7 +731,7 @@ mod tests {
     #[test]
     fn routes_are_travis_ci_warmers_with_pool_names_decoded() {
         let route = |method: Method, path: &str| Route::of(&method, path);
-        assert_eq!(route(Method::GET, "/"), Some(Route::Root));
+        assert_eq!(route(Method::GET, "/"), None, "the operators' page");
         assert_eq!(
             route(Method::POST, "/request-instance"),
             Some(Route::RequestInstance)

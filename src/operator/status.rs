@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::clock::now_secs;
 use crate::context::Context;
+use crate::pool::glob_matches;
 use crate::store::sizing::RolloverState;
 use crate::topology::QueueState;
 
@@ -137,7 +138,7 @@ async fn gather(ctx: &Context, glob: Option<&str>) -> anyhow::Result<Report> {
     };
     let rows: Vec<PoolRow> = pools
         .iter()
-        .filter(|p| glob.is_none_or(|glob| matches(glob, &p.level.pool)))
+        .filter(|p| glob.is_none_or(|glob| glob_matches(glob, &p.level.pool)))
         .map(|p| {
             let name = &p.level.pool;
             let policy = sizing.policies.get(name);
@@ -174,7 +175,7 @@ async fn gather(ctx: &Context, glob: Option<&str>) -> anyhow::Result<Report> {
     let rollovers = sizing
         .rollovers
         .iter()
-        .filter(|(from, r)| glob.is_none_or(|g| matches(g, from) || matches(g, &r.to)))
+        .filter(|(from, r)| glob.is_none_or(|g| glob_matches(g, from) || glob_matches(g, &r.to)))
         .map(|(from, r)| RolloverRow {
             from: from.clone(),
             to: r.to.clone(),
@@ -437,35 +438,6 @@ fn reconciler_line(r: &Reconciler, red: &dyn Fn(&str) -> String) -> String {
     }
 }
 
-/// Whether `name` matches `glob`: `*` any run of characters, `?` any one, the rest itself.
-pub fn matches(glob: &str, name: &str) -> bool {
-    let (glob, name): (Vec<char>, Vec<char>) = (glob.chars().collect(), name.chars().collect());
-    // The classic greedy match with one backtrack point per `*`: linear in practice.
-    let (mut g, mut n) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while n < name.len() {
-        match glob.get(g) {
-            Some('*') => {
-                star = Some((g, n));
-                g += 1;
-            }
-            Some(c) if *c == '?' || *c == name[n] => {
-                g += 1;
-                n += 1;
-            }
-            _ => match star {
-                Some((sg, sn)) => {
-                    g = sg + 1;
-                    n = sn + 1;
-                    star = Some((sg, sn + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    glob[g..].iter().all(|c| *c == '*')
-}
-
 /// An age in the largest unit that keeps it readable: `42s`, `5m`, `3h`, `2d`.
 pub fn age(secs: u64) -> String {
     match secs {
@@ -473,30 +445,5 @@ pub fn age(secs: u64) -> String {
         s if s < 7_200 => format!("{}m", s / 60),
         s if s < 172_800 => format!("{}h", s / 3_600),
         s => format!("{}d", s / 86_400),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::matches;
-
-    #[test]
-    fn a_glob_matches_runs_and_single_characters_and_nothing_else() {
-        for (glob, name, expected) in [
-            ("*", "a:n1", true),
-            ("ubuntu-*", "ubuntu-2204:n2", true),
-            ("ubuntu-*", "debian-12:n2", false),
-            ("*:public", "a:n1:public", true),
-            ("*:public", "a:n1", false),
-            ("a?:n1", "ab:n1", true),
-            ("a?:n1", "a:n1", false),
-            ("*-*-*", "a-b-c", true),
-            ("a:n1", "a:n1", true),
-            ("a:n1", "a:n1x", false),
-            ("", "", true),
-            ("**a", "bba", true),
-        ] {
-            assert_eq!(matches(glob, name), expected, "{glob} ~ {name}");
-        }
     }
 }

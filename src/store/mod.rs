@@ -27,7 +27,7 @@
 //! | `<ns>:_demand:<day>:<pool>` | hash | [`sizing`] | the pool's hits (`h:<bucket>`) and misses (`m:<bucket>`) per 10 s of a UTC day; expires after 9 days |
 //! | `<ns>:_boot_times:<pool>` | list | [`sizing`] | the pool's last 20 boot durations (ms); expires after 9 days |
 //! | `<ns>:_rollovers` | hash | [`sizing`] | pool rolled from → its [`Rollover`] |
-//! | `<ns>:_points:1m:<pool>`, `<ns>:_points:10m:<pool>` | string | [`points`] | the pool's point per minute for 48 h, per 10 minutes for 15 days: rings of 25-byte slots (139.5 KB per pool in Redis); expire 16 days after the last write |
+//! | `<ns>:_points:<resolution>:<pool>` | string | [`points`] | the pool's points, `<resolution>` `1m` (a point per minute for 48 h) or `10m` (per 10 minutes for 15 days): rings of 25-byte slots (139.5 KB per pool in Redis); expire 16 days after the last write |
 //! | `<ns>:_history` | list | [`changes`] | every change operators made ([`changes::HistoryEntry`] JSON), newest first; the last 10,000 |
 //!
 //! Key names are built by [`Names`]. Every step that must be atomic is a Lua script in
@@ -295,7 +295,7 @@ mod tests {
                 continue;
             };
             let mut key = format!("<ns>:{rest}").replace("{}", "<pool>");
-            for part in ["day", "pool"] {
+            for part in ["day", "pool", "resolution"] {
                 key = key.replace(&format!("{{{part}}}"), &format!("<{part}>"));
             }
             if key.ends_with(':') {

@@ -16,6 +16,7 @@ mod lifecycle;
 mod logs;
 mod metrics;
 mod operator;
+mod page;
 mod reconcile;
 mod refill;
 mod scripts;

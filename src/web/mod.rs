@@ -5,6 +5,7 @@
 //! | `GET /health` | 200 when Redis and RabbitMQ answer, else 503; JSON naming each dependency |
 //! | `GET /metrics` | Prometheus text (OpenMetrics if asked for): the counters and histograms every process keeps in Redis, summed, and the levels — pools, orphans, the brake, queue depths, dead letters (see `metrics.rs`). With `WARMER_METRICS_TOKEN`, only for `Authorization: Bearer <token>` (401 otherwise); without it, refused (403) on a Heroku dyno unless `WARMER_METRICS_PUBLIC=true` |
 //! | `GET /hirefire/<HIREFIRE_TOKEN>/info`, or `GET /hirefire` with header `HireFire-Token` | HireFire's job-queue format: each process type's backlog (`load.rs`) |
+//! | `GET /`, `GET /pools/<pool>` | the operators' page (`page.rs`, `operators.rs`): basic auth with a token of `WARMER_AUTH_TOKENS` as the password (without tokens: open off a dyno, refused on one) |
 //!
 //! With `WARMER_AUTH_TOKENS` set it also serves travis-ci/warmer's HTTP API (`POST
 //! /request-instance`, `/pool-configs`, `/`; see `checkout/http.rs`), which checks VMs out and
@@ -33,6 +34,10 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
+
+mod operators;
+mod page;
+mod svg;
 
 use crate::checkout::http::{self, HttpApi, Pending};
 use crate::clock::now_ms;
@@ -245,6 +250,18 @@ impl Web {
         request: Request<Incoming>,
         pending: &Pending,
     ) -> Response<Full<Bytes>> {
+        let page = operators::PageRoute::of(
+            request.method(),
+            request.uri().path(),
+            request.uri().query(),
+        );
+        if let Some(page) = page {
+            let mut response = self.page(page, &request).await;
+            response
+                .headers_mut()
+                .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            return response;
+        }
         let api_route = self.api.as_ref().and_then(|api| {
             Some((
                 api,
@@ -259,6 +276,27 @@ impl Web {
             .headers_mut()
             .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         response
+    }
+
+    /// The operators' page, to whoever may see it.
+    async fn page(&self, page: operators::PageRoute, request: &Request<Incoming>) -> Answer {
+        if let Some(refusal) = operators::refusal(&self.ctx, request) {
+            return refusal;
+        }
+        let html = match page {
+            operators::PageRoute::Overview { filter, page } => {
+                operators::overview(&self.ctx, filter, page).await.map(Some)
+            }
+            operators::PageRoute::Pool(pool) => operators::pool(&self.ctx, &pool).await,
+        };
+        match html {
+            Ok(Some(html)) => operators::html(html),
+            Ok(None) => text(StatusCode::NOT_FOUND, "no such pool\n"),
+            Err(error) => {
+                tracing::warn!(error = %crate::telemetry::report(&error), "the operators' page failed");
+                text(StatusCode::SERVICE_UNAVAILABLE, "Redis unavailable\n")
+            }
+        }
     }
 
     /// The answer to a route of `warmer web`'s own (health, metrics, HireFire).
@@ -455,7 +493,10 @@ fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<
     response
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+/// An answer of `warmer web`.
+type Answer = Response<Full<Bytes>>;
+
+fn text(status: StatusCode, body: &'static str) -> Answer {
     let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *response.status_mut() = status;
     response.headers_mut().insert(

@@ -1,0 +1,313 @@
+//! The operators' page in a real browser (Debian's `chromium`, headless): what a person sees
+//! equals what `/metrics` and the points say, nothing else is fetched, nothing is logged to the
+//! console, and no one without a token sees anything. Screenshots are kept in
+//! `target/test-artifacts/`.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use warmer::PoolName;
+use warmer::points::{Point, TEN_MINUTES};
+use warmer_testkit::*;
+
+const TOKEN: &str = "operator-token-of-the-page-test";
+
+/// What chromium printed and logged for `url`.
+struct Visit {
+    dom: String,
+    log: String,
+}
+
+/// Opens `url` in headless chromium: the DOM after load, and its log. Every host but loopback
+/// resolves to nothing, so a request anywhere else would fail — and be logged.
+async fn visit(url: &str, screenshot: Option<(&str, &str)>) -> Visit {
+    let mut command = tokio::process::Command::new("chromium");
+    command
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+        ])
+        .args(["--enable-logging=stderr", "--v=0"])
+        .arg("--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1")
+        .arg(format!(
+            "--user-data-dir={}",
+            std::env::temp_dir()
+                .join(format!("warmer-chromium-{}", fresh_prefix()))
+                .display()
+        ));
+    match screenshot {
+        Some((file, size)) => {
+            let dir = artifacts();
+            command
+                .arg(format!("--screenshot={}", dir.join(file).display()))
+                .arg(format!("--window-size={size}"));
+        }
+        None => {
+            command.arg("--dump-dom");
+        }
+    }
+    let output = within(
+        "chromium",
+        command
+            .arg(url)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("chromium runs (scripts/setup installs it)");
+    Visit {
+        dom: String::from_utf8_lossy(&output.stdout).into_owned(),
+        log: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn artifacts() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The console messages and refusals chromium logged.
+fn console(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains(":CONSOLE") || l.contains("Refused to"))
+        .collect()
+}
+
+/// The text of the first `<td class="{class}">` after `from` in `dom`.
+fn cell<'a>(dom: &'a str, from: usize, class: &str) -> &'a str {
+    let open = format!("<td class=\"{class}\">");
+    let start = dom[from..].find(&open).unwrap() + from + open.len();
+    let end = dom[start..].find("</td>").unwrap() + start;
+    &dom[start..end]
+}
+
+/// A pool's points from the first 10-minute boundary in the last two hours up to `now`: 3 of
+/// its target of 4 VMs ready throughout (180 idle VM-seconds a minute), a hit a minute and a
+/// miss every 10 minutes.
+fn workload(pool: &PoolName, now: u64) -> Vec<(PoolName, Point)> {
+    let start = (now - 110).div_ceil(10) * 10;
+    (0..=now - start)
+        .map(|i| {
+            let point = Point {
+                minute: (start + i) as u32,
+                target: 4,
+                ready: 3,
+                hits: i as u32,
+                misses: (i / 10) as u32,
+                idle_seconds: (i * 180) as u32,
+                reason: Point::reason_index("static"),
+                ..Point::default()
+            };
+            (pool.clone(), point)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_overview_and_a_pools_page_show_what_metrics_and_the_points_say_and_fetch_nothing() {
+    let mut app = TestApp::builder()
+        .env("WARMER_AUTH_TOKENS", TOKEN)
+        .start()
+        .await;
+    let busy = "busy-image:n1-standard-2";
+    app.seed(busy, 4, &[vm("b-1"), vm("b-2"), vm("b-3")]).await;
+    app.seed("quiet-image:n1-standard-2", 1, &[]).await;
+    // A name no pool may have, written into Redis by someone else.
+    let _: () = redis::AsyncCommands::hset(
+        &mut app.redis.clone(),
+        app.names.pool_configs(),
+        "<odd>-image:n1-standard-2",
+        2,
+    )
+    .await
+    .unwrap();
+    let now = warmer::now_ms() / 60_000;
+    let pool: PoolName = busy.parse().unwrap();
+    app.ctx
+        .store
+        .record_points(&workload(&pool, now))
+        .await
+        .unwrap();
+    let base = app.start_web().await;
+    let authed = base.replacen("http://", &format!("http://operator:{TOKEN}@"), 1);
+
+    let overview = visit(&format!("{authed}/"), None).await;
+
+    assert!(
+        console(&overview.log).is_empty(),
+        "{:?}",
+        console(&overview.log)
+    );
+    let dom = &overview.dom;
+    assert!(dom.contains("<title>warmer: pools</title>"), "{dom}");
+    assert!(dom.contains("id=\"count\">3 pool(s)"), "{dom}");
+    // What /metrics says of each pool is what the page says.
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let gauge = |family: &str, pool: &str| -> String {
+        let prefix = format!("{family}{{pool=\"{pool}\"}} ");
+        let line = metrics.lines().find(|l| l.starts_with(&prefix)).unwrap();
+        line[prefix.len()..].trim_end_matches(".0").to_string()
+    };
+    for name in [busy, "quiet-image:n1-standard-2"] {
+        let row = dom.find(&format!("<tr data-pool=\"{name}\">")).unwrap();
+        assert_eq!(
+            cell(dom, row, "target"),
+            gauge("warmer_pool_target", name),
+            "{name}"
+        );
+        assert_eq!(
+            cell(dom, row, "ready"),
+            gauge("warmer_pool_ready", name),
+            "{name}"
+        );
+    }
+    // And what the workload gives at the page's resolution (a point per 10 minutes, each
+    // holding the last minute of its 10): from the first window's last minute to now.
+    let row = dom.find(&format!("<tr data-pool=\"{busy}\">")).unwrap();
+    let written = workload(&pool, now);
+    let (first, last) = (written[9].1, written.last().unwrap().1);
+    let minutes = f64::from(last.minute - first.minute);
+    assert_eq!(
+        cell(dom, row, "idle-week"),
+        format!("{:.2}", minutes * 3.0 / 60.0)
+    );
+    let hits = f64::from(last.hits - first.hits);
+    let misses = f64::from(last.misses - first.misses);
+    assert_eq!(
+        cell(dom, row, "hits"),
+        format!("{:.1} %", hits / (hits + misses) * 100.0)
+    );
+    let midnight = now - now % 1440;
+    let today = written
+        .iter()
+        .skip(9)
+        .step_by(10)
+        .find(|(_, p)| u64::from(p.minute) >= midnight)
+        .map_or(0.0, |(_, p)| {
+            f64::from(last.idle_seconds - p.idle_seconds) / 3600.0
+        });
+    assert_eq!(cell(dom, row, "idle-today"), format!("{today:.2}"));
+    // A name from Redis is shown as text, never as markup.
+    assert!(dom.contains("&lt;odd&gt;-image:n1-standard-2") && !dom.contains("<odd>"));
+    assert!(dom.contains("no reconciler active"));
+    // Nothing from anywhere else: no URL of another host in the page.
+    assert!(
+        !dom.contains("http://") && !dom.contains("https://"),
+        "{dom}"
+    );
+
+    let page = visit(&format!("{authed}/pools/busy-image%3An1-standard-2"), None).await;
+    assert!(console(&page.log).is_empty(), "{:?}", console(&page.log));
+    assert!(
+        page.dom
+            .contains("id=\"pool\">busy-image:n1-standard-2</h2>"),
+        "{}",
+        page.dom
+    );
+    assert!(
+        page.dom.matches("<svg class=\"chart\"").count() >= 4,
+        "{}",
+        page.dom
+    );
+    assert!(
+        page.dom.contains("id=\"reasons\">static</p>"),
+        "{}",
+        page.dom
+    );
+    let points = app
+        .ctx
+        .store
+        .points(&pool, TEN_MINUTES, now - 120)
+        .await
+        .unwrap();
+    assert_eq!(
+        points.len(),
+        written.len().div_ceil(10),
+        "ten-minute points"
+    );
+
+    // Screenshots of what a person sees, on a laptop and a phone.
+    for (file, size) in [
+        ("overview.png", "1280,900"),
+        ("overview-phone.png", "390,844"),
+    ] {
+        let shot = visit(&format!("{authed}/"), Some((file, size))).await;
+        assert!(console(&shot.log).is_empty(), "{:?}", console(&shot.log));
+        let png = std::fs::read(artifacts().join(file)).unwrap();
+        assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "{file}");
+    }
+    let shot = visit(
+        &format!("{authed}/pools/busy-image%3An1-standard-2"),
+        Some(("pool.png", "1280,1800")),
+    )
+    .await;
+    assert!(console(&shot.log).is_empty(), "{:?}", console(&shot.log));
+}
+
+#[tokio::test]
+async fn without_the_token_the_page_shows_nothing_and_on_a_dyno_nothing_without_tokens() {
+    let mut app = TestApp::builder()
+        .env("WARMER_AUTH_TOKENS", TOKEN)
+        .start()
+        .await;
+    app.seed("secret-image:n1-standard-2", 2, &[]).await;
+    let base = app.start_web().await;
+    for url in [
+        format!("{base}/"),
+        base.replacen("http://", "http://operator:wrong@", 1)
+            + "/pools/secret-image%3An1-standard-2",
+    ] {
+        let seen = visit(&url, None).await;
+        assert!(!seen.dom.contains("secret-image"), "{url}: {}", seen.dom);
+    }
+    let answer = reqwest::get(format!("{base}/")).await.unwrap();
+    assert_eq!(answer.status(), 401);
+    assert!(
+        answer.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Basic")
+    );
+    let answer = reqwest::Client::new()
+        .get(format!("{base}/"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 401, "basic auth only");
+    let answer = reqwest::Client::new()
+        .get(format!("{base}/"))
+        .basic_auth("anyone", Some(TOKEN))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let csp = answer.headers()["content-security-policy"]
+        .to_str()
+        .unwrap();
+    assert!(
+        csp.starts_with("default-src 'none'; style-src 'sha256-"),
+        "{csp}"
+    );
+
+    // On a dyno without WARMER_AUTH_TOKENS: refused, whatever is sent.
+    let compute = warmer_testkit::compute::ComputeStandIn::start(std::time::Duration::ZERO).await;
+    let mut dyno = TestApp::builder()
+        .gce(&compute)
+        .env("DYNO", "web.1")
+        .start()
+        .await;
+    let base = dyno.start_web().await;
+    let answer = reqwest::get(format!("{base}/")).await.unwrap();
+    assert_eq!(answer.status(), 403);
+}
