@@ -108,45 +108,29 @@ pub struct SizingView {
     pub brake: bool,
 }
 
+/// A decision's reason as one of [`crate::metrics::TARGET_REASONS`] the sizer gives (`invalid`
+/// for anything else a writer of Redis put there).
+fn reason_of(stored: &str) -> &'static str {
+    crate::metrics::TARGET_REASONS
+        .into_iter()
+        .skip(3)
+        .find(|r| *r == stored)
+        .unwrap_or("invalid")
+}
+
 impl SizingView {
     /// Why `pool`'s target is what it is: one of [`crate::metrics::TARGET_REASONS`].
     pub fn why(&self, pool: &str) -> &'static str {
         match (self.policies.get(pool), self.decisions.get(pool)) {
-            (Some(Ok(_)), Some(decision)) => crate::metrics::TARGET_REASONS
-                .into_iter()
-                .skip(3)
-                .find(|r| *r == decision.reason)
-                .unwrap_or("invalid"),
+            (Some(Ok(_)), Some(decision)) => reason_of(&decision.reason),
             (Some(Ok(_)), None) => "pending",
             (Some(Err(_)), _) => "invalid",
             (None, _) => "static",
         }
     }
 
-    /// How every pool with a target is sized, for `/metrics`.
-    pub fn samples(&self) -> BTreeMap<String, crate::metrics::PoolSizing> {
-        self.targets
-            .keys()
-            .map(|pool| {
-                let policy = match self.policies.get(pool) {
-                    Some(Ok(policy)) => Some(policy),
-                    _ => None,
-                };
-                let decision = self.decisions.get(pool).filter(|_| policy.is_some());
-                let sizing = crate::metrics::PoolSizing {
-                    min: policy.map(|p| p.min),
-                    max: policy.map(|p| p.max),
-                    reason: self.why(pool),
-                    per_minute: decision.and_then(|d| d.per_minute),
-                    boot_secs: decision.and_then(|d| d.boot_secs),
-                };
-                (pool.clone(), sizing)
-            })
-            .collect()
-    }
-
     /// The rollovers, for `/metrics`.
-    pub fn rollover_samples(&self) -> Vec<crate::metrics::RolloverSample> {
+    fn rollover_samples(&self) -> Vec<crate::metrics::RolloverSample> {
         self.rollovers
             .iter()
             .map(|(from, r)| crate::metrics::RolloverSample {
@@ -166,6 +150,67 @@ impl SizingView {
 pub type DayDemand = Vec<(u64, u32)>;
 
 impl Store {
+    /// How each pool with a policy is sized, and the rollovers, for `/metrics`: its policy's
+    /// bounds only (a scrape of 10,000 sized pools parses no schedule), the sizer's last
+    /// decision, in one MULTI.
+    pub async fn sizing_samples(
+        &self,
+    ) -> anyhow::Result<(
+        BTreeMap<String, crate::metrics::PoolSizing>,
+        Vec<crate::metrics::RolloverSample>,
+    )> {
+        /// What `/metrics` reads of a stored policy.
+        #[derive(Deserialize)]
+        struct Bounds {
+            min: u32,
+            max: u32,
+        }
+        let n = &self.names;
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hgetall(n.policies())
+            .hgetall(n.sizing())
+            .hgetall(n.rollovers());
+        let pipe = &pipe;
+        #[allow(clippy::type_complexity)]
+        let (policies, decisions, rollovers): (
+            BTreeMap<String, String>,
+            BTreeMap<String, String>,
+            BTreeMap<String, String>,
+        ) = self
+            .call(|mut conn| async move { pipe.query_async(&mut conn).await })
+            .await
+            .context("reading the pools' sizing")?;
+        let decisions: BTreeMap<String, Decision> = parsed(decisions);
+        let samples = policies
+            .into_iter()
+            .map(|(pool, json)| {
+                let bounds = serde_json::from_str::<Bounds>(&json)
+                    .ok()
+                    .filter(|b| b.min <= b.max);
+                let decision = decisions.get(&pool).filter(|_| bounds.is_some());
+                let reason = match (&bounds, decision) {
+                    (None, _) => "invalid",
+                    (Some(_), None) => "pending",
+                    (Some(_), Some(decision)) => reason_of(&decision.reason),
+                };
+                let sizing = crate::metrics::PoolSizing {
+                    min: bounds.as_ref().map(|b| b.min),
+                    max: bounds.as_ref().map(|b| b.max),
+                    reason,
+                    per_minute: decision.and_then(|d| d.per_minute),
+                    boot_secs: decision.and_then(|d| d.boot_secs),
+                };
+                (pool, sizing)
+            })
+            .collect();
+        let view = SizingView {
+            rollovers: parsed(rollovers),
+            ..SizingView::default()
+        };
+        Ok((samples, view.rollover_samples()))
+    }
+
     /// Targets, policies, decisions, rollovers and the brake, in one MULTI.
     pub async fn sizing_view(&self) -> anyhow::Result<SizingView> {
         let n = &self.names;

@@ -399,10 +399,10 @@ impl Web {
             let orphaned = store.orphan_count().await?;
             let names: Vec<&str> = pools.iter().map(|p| p.level.pool.as_str()).collect();
             let counters = store.counters(&names).await?;
-            let sizing = store.sizing_view().await?;
+            let (sizing, rollovers) = store.sizing_samples().await?;
             anyhow::Ok(Scrape {
-                sizing: sizing.samples(),
-                rollovers: sizing.rollover_samples(),
+                sizing,
+                rollovers,
                 pools,
                 brake,
                 orphaned,
