@@ -49,7 +49,10 @@ pub fn actor() -> String {
     }
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into());
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+        .or_else(user_of_uid)
+        .unwrap_or_else(|| "unknown".into());
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
@@ -57,4 +60,35 @@ pub fn actor() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "unknown-host".into());
     format!("{user}@{host}")
+}
+
+/// The name of this process's user from `/etc/passwd` (where `USER` is not set: a container,
+/// `sudo -E`, cron), or `uid <n>`; `None` where `/proc` is not Linux's.
+fn user_of_uid() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .to_string();
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let name = passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        (fields.nth(1)? == uid).then(|| name.to_string())
+    });
+    Some(name.unwrap_or_else(|| format!("uid {uid}")))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn whoever_runs_a_command_is_named_even_without_user_in_the_environment() {
+        if cfg!(target_os = "linux") {
+            let user = super::user_of_uid().expect("a uid in /proc/self/status");
+            assert!(!user.is_empty() && !user.contains(':'), "{user}");
+        }
+        assert!(super::actor().contains('@') || super::actor().starts_with("dyno "));
+    }
 }

@@ -139,9 +139,9 @@ pub async fn history(
             out,
             "{:<20} {:<24} {:<26} {:<40} {}",
             when,
-            e.who.escape_debug(),
-            e.command.escape_debug(),
-            e.pool.as_deref().unwrap_or("-").escape_debug(),
+            e.who.escape_debug().to_string(),
+            e.command.escape_debug().to_string(),
+            e.pool.as_deref().unwrap_or("-").escape_debug().to_string(),
             e.change.escape_debug()
         );
     }

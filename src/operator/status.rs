@@ -278,7 +278,7 @@ fn render(ctx: &Context, report: &Report, options: &StatusOptions) -> String {
             out,
             "{:<60} {:>6} {:>5} {:>5} {:<8} {:>6} {:>7} {:>10} {:>10}",
             row.pool,
-            row.stored_target.escape_debug(),
+            row.stored_target.escape_debug().to_string(),
             dash(row.min),
             dash(row.max),
             row.why,

@@ -101,7 +101,7 @@ local function hint()
 end
 local entry = redis.call('LPOP', KEYS[2])
 if entry then
-  integrate(KEYS[7], 'idle_vm', redis.call('LLEN', KEYS[2]))
+  integrate(KEYS[7], 'idle_vm', redis.call('LLEN', KEYS[2]), nil, server_now)
 else
   count(KEYS[7], pool_empty)
   arrived('m')

@@ -75,13 +75,15 @@ end
 -- the old level accumulated since the last change is added first. `/metrics` adds
 -- level × (now − since), from the same hash. Exact for every change made by warmer's scripts; a
 -- change made by another writer (travis-ci/warmer) counts from warmer's next change of that pool.
-local function integrate(hash, name, level, delta)
-  local now = server_ms()
-  local fields = redis.call('HMGET', hash, name .. '|since', name .. '|level')
-  local since, before = tonumber(fields[1]), tonumber(fields[2]) or 0
+-- `now` is the server's clock if the caller read it already (else it is read here).
+local function integrate(hash, name, level, delta, now)
+  now = now or server_ms()
+  local fields = redis.call('HMGET', hash, name .. '|since', name .. '|level', name .. '|ms')
+  local since, before, ms = tonumber(fields[1]), tonumber(fields[2]) or 0, tonumber(fields[3]) or 0
   if since and now > since and before > 0 then
-    redis.call('HINCRBY', hash, name .. '|ms', before * (now - since))
+    ms = ms + before * (now - since)
   end
   if delta then level = math.max(0, before + delta) end
-  redis.call('HSET', hash, name .. '|since', math.max(now, since or 0), name .. '|level', level)
+  redis.call('HSET', hash, name .. '|since', math.max(now, since or 0), name .. '|level', level,
+    name .. '|ms', ms)
 end

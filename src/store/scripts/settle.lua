@@ -19,6 +19,8 @@
 -- Returns, per identity: 1 settled now, 2 already settled, 0 the lease is gone (swept).
 local pending, handed = '"state":"pending"', '"state":"handed"'
 local results = {}
+-- Leases settled now per pool metrics hash (by index in KEYS), integrated once each below.
+local settled = {}
 for i = 3, #ARGV, 6 do
   local identity = ARGV[i]
   local raw = redis.call('HGET', KEYS[1], identity)
@@ -31,12 +33,19 @@ for i = 3, #ARGV, 6 do
       redis.call('ZADD', KEYS[2], ARGV[i + 1], identity)
       redis.call('ZADD', KEYS[4], ARGV[i + 5], identity)
       count(KEYS[tonumber(ARGV[i + 2])], ARGV[1])
-      integrate(KEYS[tonumber(ARGV[i + 2])], 'handed_vm', nil, 1)
+      local index = tonumber(ARGV[i + 2])
+      settled[index] = (settled[index] or 0) + 1
       observe(KEYS[3], ARGV[2], ARGV[i + 3], ARGV[i + 4])
       table.insert(results, 1)
     else
       table.insert(results, 2)
     end
+  end
+end
+if next(settled) then
+  local now = server_ms()
+  for index, n in pairs(settled) do
+    integrate(KEYS[index], 'handed_vm', nil, n, now)
   end
 end
 return results
