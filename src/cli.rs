@@ -103,6 +103,11 @@ pub enum Command {
         /// Seed of the generated trace (the same seed, the same trace).
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Also write the comparison as one self-contained HTML file: the trade-off of warm
+        /// hits against idle VM-hours (every static target, each policy a point on it), in total
+        /// and per pool, demand and the adaptive targets over time, and the table.
+        #[arg(long, conflicts_with = "generate")]
+        report: Option<std::path::PathBuf>,
     },
     /// Send one checkout request, as a CI worker would, and print the reply. Exits 1 on an
     /// error reply.
@@ -344,12 +349,18 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<Output> {
         days,
         pools,
         seed,
+        report,
     } = &command
     {
         let generated = generate.is_some().then_some((*days, *pools, *seed));
         let options = (boot_time.as_str(), policies.as_slice(), *json);
-        return crate::sizing::simulate::command(trace.as_deref(), options, generated)
-            .map(Output::from);
+        return crate::sizing::simulate::command(
+            trace.as_deref(),
+            options,
+            generated,
+            report.as_deref(),
+        )
+        .map(Output::from);
     }
     if let Command::Permissions { role } = &command {
         return Ok(operator::permissions(&config, *role).into());

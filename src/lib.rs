@@ -40,6 +40,7 @@
 //! | `events`, `refill_message` | the events published on `<prefix>.events`; the refill queue's one message type ([`RefillMessage`]), written and read in one place |
 //! | `amqp` | RabbitMQ transport: connections over a cluster's nodes, the consume loop, publishing with confirms ([`Publisher`], `Courier`), direct reply-to and its presence probe |
 //! | `auth`, `sshkey`, `heroku` | signed fill commands; each VM's key pair, encrypted as the travis worker reads it; the Heroku Platform API |
+//! | `svg` | charts drawn as SVG on the server: the operators' page, `simulate --report` |
 //! | `names`, `config` | every queue name and Redis key ([`Names`]); the environment, read once and validated by area ([`Config`]) |
 //! | `pool`, `policy`, `pools_file`, `demand`, `process` | pool names and levels; a pool's sizing policy; pools as a TOML file and its diff against Redis; demand as recorded; the process types |
 //! | [`clock`], `retry`, [`shutdown`], [`telemetry`] | the one clock; the one retry policy per dependency; SIGTERM; logs that never carry a secret |
@@ -84,6 +85,7 @@ mod refill_message;
 mod retry;
 mod sshkey;
 mod store;
+mod svg;
 mod topology;
 
 pub use amqp::{
@@ -120,6 +122,7 @@ mod tests {
     /// there is no circle, and no shared module (up to `sizing`) imports a process module.
     const LAYERS: &[&str] = &[
         "pool",
+        "svg",
         "telemetry",
         "config",
         "retry",

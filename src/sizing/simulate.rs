@@ -211,22 +211,48 @@ pub fn replay(
     policy: &Policy,
     boot: BootTime,
 ) -> (BTreeMap<String, Outcome>, Outcome) {
+    let (pools, total, _) = replay_traced(trace, policy, boot, false);
+    (pools, total)
+}
+
+/// Each pool's target over time: (Unix seconds, the target from then on), at each change.
+pub type Targets = BTreeMap<String, Vec<(u64, u32)>>;
+
+/// [`replay`], and with `targets` each pool's target over time.
+pub fn replay_traced(
+    trace: &Trace,
+    policy: &Policy,
+    boot: BootTime,
+    targets: bool,
+) -> (BTreeMap<String, Outcome>, Outcome, Targets) {
     let mut by_pool: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
     for (at, pool) in trace {
         by_pool.entry(pool).or_default().push(*at);
     }
     let mut total = Outcome::default();
     let mut pools = BTreeMap::new();
+    let mut traced = Targets::new();
     for (i, (pool, arrivals)) in by_pool.into_iter().enumerate() {
-        let outcome = replay_pool(&arrivals, policy, boot, i as u64 + 1);
+        let mut steps = Vec::new();
+        let record = targets.then_some(&mut steps);
+        let outcome = replay_pool(&arrivals, policy, boot, i as u64 + 1, record);
         total.add(&outcome);
         pools.insert(pool.to_string(), outcome);
+        if targets {
+            traced.insert(pool.to_string(), steps);
+        }
     }
     total.finish();
-    (pools, total)
+    (pools, total, traced)
 }
 
-fn replay_pool(arrivals: &[u64], policy: &Policy, boot: BootTime, seed: u64) -> Outcome {
+fn replay_pool(
+    arrivals: &[u64],
+    policy: &Policy,
+    boot: BootTime,
+    seed: u64,
+    mut targets: Option<&mut Vec<(u64, u32)>>,
+) -> Outcome {
     let mut outcome = Outcome::default();
     let (Some(&first), Some(&last)) = (arrivals.first(), arrivals.last()) else {
         return outcome;
@@ -236,6 +262,9 @@ fn replay_pool(arrivals: &[u64], policy: &Policy, boot: BootTime, seed: u64) -> 
     let mut clock = first.saturating_sub(SIZER_INTERVAL_SECS);
     // The pool has been running: it starts warm, at its target.
     let mut target: u32 = decide(policy, &demand, boot.planned(), clock).0;
+    if let Some(targets) = targets.as_deref_mut() {
+        targets.push((clock, target));
+    }
     let mut warm: u32 = target;
     let mut booting: VecDeque<u64> = VecDeque::new(); // ready times, kept sorted
     let mut next_tick = clock;
@@ -267,7 +296,13 @@ fn replay_pool(arrivals: &[u64], policy: &Policy, boot: BootTime, seed: u64) -> 
                 }
             } else {
                 next_tick += SIZER_INTERVAL_SECS;
-                target = decide(policy, &demand, boot.planned(), now).0;
+                let decided = decide(policy, &demand, boot.planned(), now).0;
+                if decided != target
+                    && let Some(targets) = targets.as_deref_mut()
+                {
+                    targets.push((now, decided));
+                }
+                target = decided;
                 warm = warm.min(target);
                 // Demand older than the sizer ever reads is dropped: bounded memory.
                 let keep_from = now.saturating_sub(8 * 86_400);
@@ -293,6 +328,7 @@ pub fn command(
     trace: Option<&std::path::Path>,
     (boot_time, policies, json): (&str, &[String], bool),
     generate: Option<(u64, usize, u64)>,
+    report: Option<&std::path::Path>,
 ) -> anyhow::Result<String> {
     if let Some((days, pools, seed)) = generate {
         if days == 0 || pools == 0 {
@@ -312,11 +348,21 @@ pub fn command(
         .map(|p| Candidate::parse(p))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let reports = compare(&trace, &candidates, boot);
-    Ok(if json {
+    let printed = table(&reports);
+    let mut out = if json {
         format!("{}\n", serde_json::to_string_pretty(&reports)?)
     } else {
-        table(&reports)
-    })
+        printed.clone()
+    };
+    if let Some(path) = report {
+        let html = super::report::html(&trace, &candidates, &reports, boot, &printed);
+        std::fs::write(path, html)
+            .with_context(|| format!("writing the report {}", path.display()))?;
+        if !json {
+            let _ = writeln!(out, "\nreport written to {}", path.display());
+        }
+    }
+    Ok(out)
 }
 
 /// A report of every candidate over the trace: per pool and in total.

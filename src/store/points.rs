@@ -180,6 +180,9 @@ impl Store {
         resolution: Resolution,
         since: u64,
     ) -> anyhow::Result<BTreeMap<PoolName, Vec<Point>>> {
+        if pools.is_empty() {
+            return Ok(BTreeMap::new());
+        }
         let mut pipe = redis::pipe();
         for pool in pools {
             pipe.get(self.names.points(resolution.name, pool));

@@ -37,7 +37,6 @@ use tokio::task::JoinSet;
 
 mod operators;
 mod page;
-mod svg;
 
 use crate::checkout::http::{self, HttpApi, Pending};
 use crate::clock::now_ms;

@@ -47,9 +47,15 @@ impl PageRoute {
     }
 }
 
-/// Whether `request` may see the page: basic auth with one of `WARMER_AUTH_TOKENS` as the
-/// password; without tokens, anyone off a dyno and no one on one.
+/// Why `request` may not see the page, if it may not: on a dyno, only over HTTPS; basic auth
+/// with one of `WARMER_AUTH_TOKENS` as the password; without tokens, anyone off a dyno and no one
+/// on one.
 pub fn refusal(ctx: &Context, request: &Request<hyper::body::Incoming>) -> Option<Answer> {
+    // Behind Heroku's router, a request that came over plain HTTP sent its token in the clear.
+    let forwarded = request.headers().get("x-forwarded-proto");
+    if ctx.config.on_heroku && forwarded.is_some_and(|proto| proto.as_bytes() == b"http") {
+        return Some(text(StatusCode::FORBIDDEN, "HTTPS only\n"));
+    }
     let tokens = &ctx.config.auth_tokens;
     if tokens.is_empty() {
         return ctx.config.on_heroku.then(|| {

@@ -5,15 +5,15 @@
 //! The safety brake, the fleet against its cap and the last reconcile pass head both.
 //!
 //! Rendered here from what `web` read (pure): one HTML document with its style inline and its
-//! charts as SVG ([`super::svg`]) — no script, no other request — served under a
+//! charts as SVG ([`crate::svg`]) — no script, no other request — served under a
 //! Content-Security-Policy that allows nothing but that style ([`content_security_policy`]).
 //! Readable on a phone: the tables scroll sideways, the charts shrink to the width.
 
 use std::fmt::Write as _;
 use std::sync::OnceLock;
 
-use super::svg::{self, Series, escape};
 use crate::store::points::Point;
+use crate::svg::{self, Series, escape};
 
 /// Pools per page of the overview.
 pub const PER_PAGE: usize = 50;

@@ -565,8 +565,8 @@ async fn on_a_dyno_a_request_that_came_over_plain_http_is_refused() {
     let compute = ComputeStandIn::start(Duration::from_millis(300)).await;
     let builder = TestApp::builder().gce(&compute).env("DYNO", "web.1");
     let (_app, base, _) = api(builder).await;
-    let over = |proto: &'static str| {
-        let url = format!("{base}/");
+    let over = |proto: &'static str, path: &'static str| {
+        let url = format!("{base}{path}");
         async move {
             within(
                 "an answer",
@@ -581,6 +581,9 @@ async fn on_a_dyno_a_request_that_came_over_plain_http_is_refused() {
             .status()
         }
     };
-    assert_eq!(over("http").await, 403);
-    assert_eq!(over("https").await, 200);
+    // The API and the operators' page alike.
+    for path in ["/pool-configs", "/"] {
+        assert_eq!(over("http", path).await, 403, "{path}");
+        assert_eq!(over("https", path).await, 200, "{path}");
+    }
 }

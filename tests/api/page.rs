@@ -1,4 +1,4 @@
-//! The operators' page in a real browser (Debian's `chromium`, headless): what a person sees
+//! The operators' page, and the report of `warmer simulate`, in a real browser (Debian's `chromium`, headless): what a person sees
 //! equals what `/metrics` and the points say, nothing else is fetched, nothing is logged to the
 //! console, and no one without a token sees anything. Screenshots are kept in
 //! `target/test-artifacts/`.
@@ -310,4 +310,82 @@ async fn without_the_token_the_page_shows_nothing_and_on_a_dyno_nothing_without_
     let base = dyno.start_web().await;
     let answer = reqwest::get(format!("{base}/")).await.unwrap();
     assert_eq!(answer.status(), 403);
+}
+
+#[tokio::test]
+async fn a_simulate_report_shows_each_policy_on_the_trade_off_curve_and_the_same_table() {
+    let dir = std::env::temp_dir().join(format!("warmer-report-{}", fresh_prefix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let simulate = |args: Vec<String>| async move {
+        let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_warmer"))
+            .arg("simulate")
+            .args(args)
+            .env_clear()
+            .kill_on_drop(true)
+            .output();
+        tokio::time::timeout(std::time::Duration::from_secs(120), run)
+            .await
+            .expect("simulate within 2 minutes")
+            .unwrap()
+    };
+    let generated = simulate(
+        ["--generate", "diurnal", "--days", "2", "--pools", "3"]
+            .map(String::from)
+            .to_vec(),
+    )
+    .await;
+    let trace = dir.join("w.csv");
+    std::fs::write(&trace, &generated.stdout).unwrap();
+    let report = dir.join("r.html");
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = ["--trace", trace.to_str().unwrap()]
+            .iter()
+            .chain(&[
+                "--policy", "static:2", "--policy", "static:6", "--policy", "adaptive",
+            ])
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let printed = simulate(args(&["--report", report.to_str().unwrap()])).await;
+    assert!(
+        printed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&printed.stderr)
+    );
+    let printed = String::from_utf8_lossy(&printed.stdout).into_owned();
+    let json = simulate(args(&["--json"])).await;
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+
+    let seen = visit(&format!("file://{}", report.display()), None).await;
+    let _ = visit(
+        &format!("file://{}", report.display()),
+        Some(("report.png", "1280,2400")),
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    assert!(console(&seen.log).is_empty(), "{:?}", console(&seen.log));
+    let dom = &seen.dom;
+    assert_eq!(dom.matches("<section class=\"pool\"").count(), 3, "{dom}");
+    // The table the command printed, as it printed it (escaped the same way).
+    let table = printed.split("\nreport written to").next().unwrap();
+    assert!(
+        dom.contains(&table.replace('&', "&amp;").replace('<', "&lt;")),
+        "{dom}"
+    );
+    // Each policy a point on each chart (the total and every pool), its figures simulate's own.
+    for candidate in ["static:2", "static:6", "adaptive"] {
+        assert_eq!(
+            dom.matches(&format!("<title>{candidate}</title>")).count(),
+            4,
+            "{candidate}"
+        );
+    }
+    for report in json.as_array().unwrap() {
+        let hit = report["total"]["hit_rate"].as_f64().unwrap() * 100.0;
+        assert!(table.contains(&format!("{hit:.2}%")), "{hit} in {table}");
+    }
+    assert!(!dom.contains("http://") && !dom.contains("https://"));
 }

@@ -1,6 +1,7 @@
-//! Charts drawn on the server as SVG inside the page: no script, nothing fetched, so they work
-//! offline and under a Content-Security-Policy that allows nothing but the page's own style.
-//! Pure; every text that comes from outside is escaped ([`escape`]).
+//! Charts drawn on the server as SVG inside a page (the operators' page of `warmer web`, the
+//! report of `warmer simulate`): no script, nothing fetched, so they work offline and under a
+//! Content-Security-Policy that allows nothing but the page's own style. Pure; every text that
+//! comes from outside is escaped ([`escape`]).
 
 use std::fmt::Write as _;
 
@@ -27,7 +28,8 @@ const LEFT: f64 = 44.0;
 const BOTTOM: f64 = 22.0;
 const TOP: f64 = 8.0;
 
-/// `text` for HTML and SVG: `&`, `<`, `>`, `"` and `'` escaped, control characters dropped.
+/// `text` for HTML and SVG: `&`, `<`, `>`, `"` and `'` escaped, control characters but the
+/// newline dropped.
 pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
@@ -37,6 +39,7 @@ pub fn escape(text: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&#39;"),
+            '\n' => out.push('\n'),
             c if c.is_control() => {}
             c => out.push(c),
         }
@@ -119,6 +122,87 @@ pub fn line_chart(title: &str, series: &[Series], (x0, x1): (f64, f64)) -> Strin
             s.class,
             path.join(" "),
             escape(&s.label)
+        );
+    }
+    out.push_str("</svg>");
+    out
+}
+
+/// A chart of `curves` (lines) and `marks` (points, each labelled) against numeric axes from 0
+/// (`x_label`, `y_label`): the trade-off of warm hits against idle VM-hours.
+pub fn xy_chart(
+    title: &str,
+    curves: &[Series],
+    marks: &[(String, &'static str, (f64, f64))],
+    (x_label, y_label): (&str, &str),
+    (y0, y1): (f64, f64),
+) -> String {
+    let xs = curves
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.0))
+        .chain(marks.iter().map(|m| m.2.0));
+    let right = nice(xs.fold(0.0, f64::max));
+    let plot_w = WIDTH - LEFT - 12.0;
+    let plot_h = HEIGHT - TOP - BOTTOM - 12.0;
+    let x = |v: f64| LEFT + v / right * plot_w;
+    let y = |v: f64| TOP + plot_h - (v - y0) / (y1 - y0).max(f64::EPSILON) * plot_h;
+    let mut out = format!(
+        "<svg class=\"chart\" viewBox=\"0 0 {WIDTH} {HEIGHT}\" role=\"img\" aria-label=\"{t}\"><title>{t}</title>",
+        t = escape(title)
+    );
+    for i in 0..=4 {
+        let value = y0 + (y1 - y0) * f64::from(i) / 4.0;
+        let _ = write!(
+            out,
+            "<line class=\"grid\" x1=\"{LEFT}\" x2=\"{:.1}\" y1=\"{yy:.1}\" y2=\"{yy:.1}\"/><text class=\"axis\" x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+            WIDTH - 12.0,
+            LEFT - 4.0,
+            y(value) + 3.0,
+            format_value(value),
+            yy = y(value),
+        );
+        let at = right * f64::from(i) / 4.0;
+        let _ = write!(
+            out,
+            "<text class=\"axis\" x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
+            x(at),
+            TOP + plot_h + 12.0,
+            format_value(at)
+        );
+    }
+    let _ = write!(
+        out,
+        "<text class=\"axis\" x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text><text class=\"axis\" x=\"{LEFT}\" y=\"{:.1}\">{}</text>",
+        LEFT + plot_w / 2.0,
+        HEIGHT - 2.0,
+        escape(x_label),
+        TOP + 2.0,
+        escape(y_label)
+    );
+    for s in curves.iter().filter(|s| !s.points.is_empty()) {
+        let path: Vec<String> = s
+            .points
+            .iter()
+            .map(|(px, py)| format!("{:.1},{:.1}", x(*px), y(py.clamp(y0, y1))))
+            .collect();
+        let _ = write!(
+            out,
+            "<polyline class=\"line {}\" points=\"{}\"><title>{}</title></polyline>",
+            s.class,
+            path.join(" "),
+            escape(&s.label)
+        );
+    }
+    for (label, class, (px, py)) in marks {
+        let _ = write!(
+            out,
+            "<circle class=\"mark {class}\" cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\"><title>{}</title></circle><text class=\"axis\" x=\"{:.1}\" y=\"{:.1}\">{}</text>",
+            x(*px),
+            y(py.clamp(y0, y1)),
+            escape(label),
+            x(*px) + 6.0,
+            y(py.clamp(y0, y1)) - 6.0,
+            escape(label)
         );
     }
     out.push_str("</svg>");
