@@ -108,21 +108,7 @@ pub fn line_chart(title: &str, series: &[Series], (x0, x1): (f64, f64)) -> Strin
         time_label(x1, long)
     );
     for s in series {
-        if s.points.is_empty() {
-            continue;
-        }
-        let path: Vec<String> = s
-            .points
-            .iter()
-            .map(|(px, py)| format!("{:.1},{:.1}", x(*px), y(*py)))
-            .collect();
-        let _ = write!(
-            out,
-            "<polyline class=\"line {}\" points=\"{}\"><title>{}</title></polyline>",
-            s.class,
-            path.join(" "),
-            escape(&s.label)
-        );
+        polyline(&mut out, s, |(px, py)| (x(px), y(py)));
     }
     out.push_str("</svg>");
     out
@@ -179,19 +165,8 @@ pub fn xy_chart(
         TOP + 2.0,
         escape(y_label)
     );
-    for s in curves.iter().filter(|s| !s.points.is_empty()) {
-        let path: Vec<String> = s
-            .points
-            .iter()
-            .map(|(px, py)| format!("{:.1},{:.1}", x(*px), y(py.clamp(y0, y1))))
-            .collect();
-        let _ = write!(
-            out,
-            "<polyline class=\"line {}\" points=\"{}\"><title>{}</title></polyline>",
-            s.class,
-            path.join(" "),
-            escape(&s.label)
-        );
+    for s in curves {
+        polyline(&mut out, s, |(px, py)| (x(px), y(py.clamp(y0, y1))));
     }
     for (label, class, (px, py)) in marks {
         let _ = write!(
@@ -207,6 +182,28 @@ pub fn xy_chart(
     }
     out.push_str("</svg>");
     out
+}
+
+/// `series` as a titled polyline, its points placed by `at`; nothing for an empty series.
+fn polyline(out: &mut String, series: &Series, at: impl Fn((f64, f64)) -> (f64, f64)) {
+    if series.points.is_empty() {
+        return;
+    }
+    let path: Vec<String> = series
+        .points
+        .iter()
+        .map(|p| {
+            let (x, y) = at(*p);
+            format!("{x:.1},{y:.1}")
+        })
+        .collect();
+    let _ = write!(
+        out,
+        "<polyline class=\"line {}\" points=\"{}\"><title>{}</title></polyline>",
+        series.class,
+        path.join(" "),
+        escape(&series.label)
+    );
 }
 
 /// A small chart without axes, for the overview's rows.

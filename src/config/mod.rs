@@ -25,8 +25,8 @@ pub use autoscale::ScaleLimits;
 pub use google::GoogleConfig;
 pub use http::HttpApiConfig;
 pub use parse::parse_duration;
-pub(crate) use secret::percent_decode;
 pub use secret::{Secret, ServerUrl};
+pub(crate) use secret::{percent_decode, percent_encode};
 pub use watchdog::{Threshold, WatchdogConfig};
 
 use autoscale::scale_limits;

@@ -154,6 +154,18 @@ impl fmt::Display for ServerUrl {
     }
 }
 
+/// `text` with every byte but ASCII letters, digits, `-`, `_`, `.` and those of `keep` written
+/// as `%XX`: a URL's path segment or query value.
+pub(crate) fn percent_encode(text: &str, keep: &[u8]) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            b if keep.contains(&b) => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// Decodes `%XX` escapes (as in a URL's user info); anything else is kept as it is.
 pub(crate) fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();

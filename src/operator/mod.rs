@@ -44,13 +44,7 @@ pub fn permissions(config: &crate::Config, only: Option<Role>) -> String {
          # process the URL of its role's user (WARMER_AMQP_URL).\n",
         names.prefix()
     );
-    let api_vhost: String = vhost
-        .bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
+    let api_vhost = crate::config::percent_encode(&vhost, &[]);
     let mut api = String::from(
         "\n# The same through the management HTTP API (CloudAMQP: the console's API URL), as an\n\
          # administrator: set API to the API's base URL (…/api) and ADMIN to `user:password`.\n",

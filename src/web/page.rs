@@ -12,6 +12,7 @@
 use std::fmt::Write as _;
 use std::sync::OnceLock;
 
+use crate::config::percent_encode;
 use crate::store::points::Point;
 use crate::svg::{self, Series, escape};
 
@@ -169,14 +170,7 @@ fn percent(ratio: Option<f64>) -> String {
 
 /// The link to a pool's page (its name percent-encoded).
 pub fn pool_link(pool: &str) -> String {
-    let encoded: String = pool
-        .bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
-    format!("/pools/{encoded}")
+    format!("/pools/{}", percent_encode(pool, &[]))
 }
 
 fn series(points: &[Point], class: &'static str, value: fn(&Point) -> f64) -> Series {
@@ -259,18 +253,8 @@ pub fn overview(o: &Overview) -> String {
     }
     if o.pages > 1 {
         body.push_str("<nav>");
-        let query = |page: usize| {
-            let filter: String = filter
-                .bytes()
-                .map(|b| match b {
-                    b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'*' => {
-                        (b as char).to_string()
-                    }
-                    _ => format!("%{b:02X}"),
-                })
-                .collect();
-            format!("/?pool={filter}&amp;page={page}")
-        };
+        let query =
+            |page: usize| format!("/?pool={}&amp;page={page}", percent_encode(filter, b"*"));
         if o.page > 1 {
             let _ = write!(body, "<a href=\"{}\">previous</a>", query(o.page - 1));
         }
