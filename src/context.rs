@@ -15,6 +15,11 @@ pub struct Context {
 }
 
 impl Context {
+    /// Events for this deployment, the notable ones also kept in Redis.
+    pub fn events(&self) -> crate::events::Events {
+        crate::events::Events::new(self.names.clone()).with_log(self.store.event_log())
+    }
+
     /// Connects to Redis and derives every name from the configuration.
     pub async fn new(config: Config) -> anyhow::Result<Self> {
         // OpenSSL set up without its exit handler before any of its functions runs: a

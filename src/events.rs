@@ -124,6 +124,22 @@ impl Event {
         }
     }
 
+    /// Whether it is kept in the bounded log of what an operator must know (`<ns>:_events`):
+    /// rollovers, the brake, the fleet cap, failed boots, restarted dynos.
+    pub fn is_notable(&self) -> bool {
+        matches!(
+            self,
+            Event::BootFailed { .. }
+                | Event::FleetCapped { .. }
+                | Event::BrakeEngaged { .. }
+                | Event::BrakeReleased { .. }
+                | Event::DynoRestarted { .. }
+                | Event::RolloverStarted { .. }
+                | Event::RolloverCompleted { .. }
+                | Event::RolloverAborted { .. }
+        )
+    }
+
     /// The JSON body.
     pub fn body(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
@@ -136,7 +152,13 @@ impl Event {
 pub struct Events {
     names: Names,
     channel: Arc<RwLock<Option<Channel>>>,
+    /// Where notable events are kept too, whether or not a broker takes them.
+    log: Option<Log>,
 }
+
+/// Keeps a notable event (its routing key and JSON body) in the store's bounded log; called
+/// without waiting for it.
+pub type Log = Arc<dyn Fn(&'static str, Vec<u8>) + Send + Sync>;
 
 impl Events {
     /// No channel yet: events are dropped (logged at debug) until [`Self::attach`].
@@ -144,7 +166,14 @@ impl Events {
         Self {
             names,
             channel: Arc::default(),
+            log: None,
         }
+    }
+
+    /// Keeps notable events in `log` as well.
+    pub fn with_log(mut self, log: Log) -> Self {
+        self.log = Some(log);
+        self
     }
 
     /// Publishes on `channel` (one without confirms) from now on.
@@ -162,6 +191,9 @@ impl Events {
     /// Publishes `event`; a failure is logged, never returned.
     pub async fn emit(&self, event: Event) {
         let key = event.routing_key();
+        if let Some(log) = self.log.as_ref().filter(|_| event.is_notable()) {
+            log(key, event.body());
+        }
         let channel = self.channel.read().ok().and_then(|c| c.clone());
         let Some(channel) = channel else {
             // Whoever runs without a broker (a reconcile pass while RabbitMQ is away) says so.

@@ -199,6 +199,11 @@ impl Names {
         format!("{}:_points:{resolution}:{pool}", self.namespace)
     }
 
+    /// List: the events an operator must know (JSON), newest first; bounded.
+    pub fn event_log(&self) -> String {
+        format!("{}:_events", self.namespace)
+    }
+
     /// List: every change operators made (JSON), newest first; bounded.
     pub fn history(&self) -> String {
         format!("{}:_history", self.namespace)

@@ -142,7 +142,7 @@ impl HttpApi {
             })
             .collect();
         Some(Arc::new(HttpApi {
-            events: Events::new(ctx.names.clone()),
+            events: ctx.events(),
             settler: Settler::start(ctx.store.clone()),
             broker: LazyConnection::new(
                 ctx.config.amqp_url.clone(),

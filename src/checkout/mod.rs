@@ -145,7 +145,7 @@ pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
         )
         .await?;
         let channel = connection.create_channel().await?;
-        let events = Events::new(ctx.names.clone());
+        let events = ctx.events();
         events.attach(connection.create_channel().await?);
         let checkout = Arc::new(Checkout {
             store: ctx.store.clone(),

@@ -205,7 +205,7 @@ pub async fn pool_rollover(
     record(ctx, "pool rollover", from, change, &mut out).await;
     let announced = async {
         let connection = ctx.amqp("rollover").await?;
-        let events = crate::events::Events::new(ctx.names.clone());
+        let events = ctx.events();
         events.attach(connection.create_channel().await?);
         events
             .emit(Event::RolloverStarted {

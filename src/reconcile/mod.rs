@@ -49,6 +49,13 @@ impl Broker {
         Ok(Self { events, fills })
     }
 
+    /// [`Broker::open`], the notable events also kept in Redis (see `store::event_log`).
+    pub async fn open_for(connection: &lapin::Connection, ctx: &Context) -> anyhow::Result<Self> {
+        let mut broker = Self::open(connection, &ctx.names).await?;
+        broker.events = broker.events.with_log(ctx.store.event_log());
+        Ok(broker)
+    }
+
     /// Closes its channels.
     pub async fn close(&self) {
         if let Some(channel) = self.events.detach() {
@@ -222,7 +229,7 @@ impl Reconciler {
         {
             tracing::warn!(%what, error = %crate::telemetry::report(&error), "cannot be declared now");
         }
-        let broker = Broker::open(&connection, &self.ctx.names).await?;
+        let broker = Broker::open_for(&connection, &self.ctx).await?;
         Ok((connection, broker))
     }
 
@@ -317,7 +324,7 @@ impl Reconciler {
         let started = Instant::now();
         // Targets first: the plan below fills pools raised and evicts the surplus of pools
         // lowered. A failed sizing leaves targets as they were; reconciling goes on.
-        let unconnected = Events::new(self.ctx.names.clone());
+        let unconnected = self.ctx.events();
         let events = broker.map_or(&unconnected, |b| &b.events);
         let sizing = self.sizer.step(&self.ctx.store, events, secs(now)).await;
         let sizing = match sizing {

@@ -103,7 +103,7 @@ impl Refill {
             permits: Arc::new(Semaphore::new(concurrency)),
             wanting: Mutex::default(),
             keys: KeyStock::new(passphrase, concurrency),
-            events: Events::new(ctx.names.clone()),
+            events: ctx.events(),
             publisher: std::sync::RwLock::default(),
             deletions: tokio::sync::Notify::new(),
             ctx,

@@ -28,6 +28,7 @@
 //! | `<ns>:_boot_times:<pool>` | list | [`sizing`] | the pool's last 20 boot durations (ms); expires after 9 days |
 //! | `<ns>:_rollovers` | hash | [`sizing`] | pool rolled from → its [`Rollover`] |
 //! | `<ns>:_points:<resolution>:<pool>` | string | [`points`] | the pool's points, `<resolution>` `1m` (a point per minute for 48 h) or `10m` (per 10 minutes for 15 days): rings of 25-byte slots (139.5 KB per pool in Redis); expire 16 days after the last write |
+//! | `<ns>:_events` | list | [`event_log`] | the events an operator must know (rollovers, the brake, the fleet cap, failed boots, restarted dynos) as JSON, newest first; the last 1,000 |
 //! | `<ns>:_history` | list | [`changes`] | every change operators made ([`changes::HistoryEntry`] JSON), newest first; the last 10,000 |
 //!
 //! Key names are built by [`Names`]. Every step that must be atomic is a Lua script in
@@ -42,6 +43,7 @@
 pub mod boots;
 pub mod changes;
 pub mod error;
+pub mod event_log;
 pub mod leases;
 pub mod local_cloud;
 pub mod lock;

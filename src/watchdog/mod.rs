@@ -37,7 +37,7 @@ pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
     let window_ms = settings.restart_window.as_millis() as u64;
     let mut watchdog = Watchdog {
         watch: Watch::new(settings.threshold, window_ms, settings.dynos.clone()),
-        events: Events::new(ctx.names.clone()),
+        events: ctx.events(),
         heroku,
         http: reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))

@@ -193,6 +193,7 @@ pub async fn overview(
             row(status, sizing.why(&status.level.pool), &tens, now)
         })
         .collect();
+    let events = ctx.store.events_kept(10).await?;
     Ok(page::overview(&Overview {
         header,
         rows,
@@ -201,6 +202,7 @@ pub async fn overview(
         pages,
         matching: matching.len(),
         now,
+        events: events.iter().map(page::event_line).collect(),
     }))
 }
 
@@ -236,7 +238,23 @@ pub async fn pool(ctx: &Context, name: &str) -> anyhow::Result<Option<String>> {
         .filter(|(from, r)| *from == name || r.to == name)
         .map(|(from, r)| format!("{from} -> {}: {:?}", r.to, r.state).to_lowercase())
         .collect();
+    let names_it = |e: &&serde_json::Value| {
+        ["pool", "from", "to"]
+            .iter()
+            .any(|field| e[*field].as_str() == Some(name))
+    };
+    let events = ctx
+        .store
+        .events_kept(crate::store::event_log::EVENTS_KEPT)
+        .await?;
+    let events = events
+        .iter()
+        .filter(names_it)
+        .take(20)
+        .map(page::event_line)
+        .collect();
     Ok(Some(page::pool(&PoolPage {
+        events,
         header,
         row: row(status, sizing.why(name), &tens, now),
         policy,

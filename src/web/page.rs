@@ -99,6 +99,8 @@ pub struct Overview {
     pub matching: usize,
     /// Unix minutes now.
     pub now: u64,
+    /// The newest events an operator must know, in words.
+    pub events: Vec<String>,
 }
 
 /// One pool in full.
@@ -117,6 +119,39 @@ pub struct PoolPage {
     /// Rollovers it takes part in, in words.
     pub rollovers: Vec<String>,
     pub now: u64,
+    /// The newest events that name it, in words.
+    pub events: Vec<String>,
+}
+
+/// An event as kept (`store::event_log`) in words: when, what, and its fields.
+pub fn event_line(event: &serde_json::Value) -> String {
+    let at = event["at"]
+        .as_u64()
+        .map_or(String::new(), |at| svg_time(at as f64 / 60.0));
+    let what = event["event"].as_str().unwrap_or("?");
+    let fields: Vec<String> = event
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| *k != "at" && *k != "event")
+        .map(|(k, v)| match v.as_str() {
+            Some(text) => format!("{k}={text}"),
+            None => format!("{k}={v}"),
+        })
+        .collect();
+    format!("{at} {what} {}", fields.join(" "))
+}
+
+fn events_list(events: &[String]) -> String {
+    if events.is_empty() {
+        return "<p id=\"events\">none kept</p>".into();
+    }
+    let mut out = String::from("<ul id=\"events\">");
+    for event in events {
+        let _ = write!(out, "<li>{}</li>", escape(event));
+    }
+    out.push_str("</ul>");
+    out
 }
 
 fn document(title: &str, header: &Header, body: &str) -> String {
@@ -263,6 +298,8 @@ pub fn overview(o: &Overview) -> String {
         }
         body.push_str("</nav>");
     }
+    body.push_str("<h2>events (rollovers, the brake, the fleet cap, failed boots)</h2>");
+    body.push_str(&events_list(&o.events));
     document("pools", &o.header, &body)
 }
 
@@ -388,6 +425,8 @@ pub fn pool(p: &PoolPage) -> String {
         }
         body.push_str("</ul>");
     }
+    body.push_str("<h2>events</h2>");
+    body.push_str(&events_list(&p.events));
     document(&row.pool, &p.header, &body)
 }
 

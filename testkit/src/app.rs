@@ -282,7 +282,7 @@ impl TestApp {
 
     /// What a reconcile pass publishes through (events and fills), on the test's connection.
     pub async fn broker(&self) -> warmer::reconcile::Broker {
-        warmer::reconcile::Broker::open(&self.amqp, &self.names)
+        warmer::reconcile::Broker::open_for(&self.amqp, &self.ctx)
             .await
             .expect("channels")
     }

@@ -133,6 +133,13 @@ async fn the_overview_and_a_pools_page_show_what_metrics_and_the_points_say_and_
         .record_points(&workload(&pool, now))
         .await
         .unwrap();
+    // An event an operator must know, as the sizer keeps it when a rollover of the pool ends.
+    let aborted = br#"{"from":"busy-image:n1-standard-2","to":"busier-image:n1-standard-2","reason":"no progress"}"#;
+    app.ctx
+        .store
+        .log_event("rollover.aborted", aborted)
+        .await
+        .unwrap();
     let base = app.start_web().await;
     let authed = base.replacen("http://", &format!("http://operator:{TOKEN}@"), 1);
 

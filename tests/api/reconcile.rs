@@ -520,6 +520,13 @@ async fn an_operator_sees_every_vm_the_brake_holds_for_and_releasing_it_deletes_
     let broker = app.broker().await;
     reconciler.pass(Some(&broker)).await.unwrap();
 
+    // The event is kept for the operators' page, broker or not.
+    eventually("brake.engaged in the events kept", || async {
+        let kept = app.ctx.store.events_kept(10).await.unwrap();
+        kept.iter()
+            .any(|e| e["event"] == "brake.engaged" && e["unaccounted"] == 105)
+    })
+    .await;
     let first = warmer::operator::brake::show(&app.ctx, 1).await.unwrap();
     assert!(
         first.starts_with("SAFETY BRAKE ON for ") && first.contains("105 VMs labelled for this deployment were unaccounted for, more than WARMER_ORPHAN_THRESHOLD (10)"),
