@@ -47,11 +47,12 @@ pub fn escape(text: &str) -> String {
     out
 }
 
-/// The smallest of 1, 2, 5 × 10ⁿ at or above `max` (at least 1): the y axis's top.
+/// The smallest of 1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8 × 10ⁿ at or above `max` (at least 1): an
+/// axis's end, close above the data.
 fn nice(max: f64) -> f64 {
     let max = max.max(1.0);
     let power = 10f64.powf(max.log10().floor());
-    [1.0, 2.0, 5.0, 10.0]
+    [1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0]
         .into_iter()
         .map(|step| step * power)
         .find(|top| *top >= max)
@@ -148,9 +149,10 @@ pub fn xy_chart(
             yy = y(value),
         );
         let at = right * f64::from(i) / 4.0;
+        let anchor = if i == 4 { "end" } else { "middle" };
         let _ = write!(
             out,
-            "<text class=\"axis\" x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
+            "<text class=\"axis\" x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"{anchor}\">{}</text>",
             x(at),
             TOP + plot_h + 12.0,
             format_value(at)
@@ -321,9 +323,10 @@ mod tests {
     #[test]
     fn the_y_axis_tops_at_a_round_number_and_points_fall_inside_the_plot() {
         assert_eq!(nice(0.0), 1.0);
-        assert_eq!(nice(7.0), 10.0);
-        assert_eq!(nice(13.0), 20.0);
+        assert_eq!(nice(7.0), 8.0);
+        assert_eq!(nice(13.0), 15.0);
         assert_eq!(nice(41.0), 50.0);
+        assert_eq!(nice(210_000.0), 250_000.0);
         let chart = line_chart(
             "ready",
             &[Series {
@@ -334,7 +337,7 @@ mod tests {
             (100.0, 160.0),
         );
         assert!(chart.contains("points=\"44.0,178.0 716.0,"), "{chart}");
-        assert!(chart.contains(">20</text>"), "{chart}");
+        assert!(chart.contains(">15</text>"), "{chart}");
     }
 
     #[test]
