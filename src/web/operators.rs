@@ -155,7 +155,9 @@ pub async fn overview(
     page: usize,
 ) -> anyhow::Result<String> {
     let (pools, _) = ctx.store.status().await?;
-    let sizing = ctx.store.sizing_view().await?;
+    // Reasons from the policies' bounds alone: no schedule of 10,000 pools parsed per view.
+    let (sizing, _) = ctx.store.sizing_samples().await?;
+    let why = |pool: &str| sizing.get(pool).map_or("static", |s| s.reason);
     let header = header(ctx, &pools).await?;
     let now = now_secs() / 60;
     let matching: Vec<&PoolStatus> = pools
@@ -190,7 +192,7 @@ pub async fn overview(
                 .ok()
                 .and_then(|pool| points.remove(&pool))
                 .unwrap_or_default();
-            row(status, sizing.why(&status.level.pool), &tens, now)
+            row(status, why(&status.level.pool), &tens, now)
         })
         .collect();
     let events = ctx.store.events_kept(10).await?;
