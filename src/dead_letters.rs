@@ -171,13 +171,8 @@ pub async fn run(ctx: &Context, command: DeadCommand) -> anyhow::Result<(String,
 /// Records a change to the dead letters in the history of changes (Redis); these commands need
 /// only RabbitMQ, so a failure is said in `out` and the change stands.
 async fn record(ctx: &Context, command: &str, change: String, out: &mut String) {
-    let entry = crate::store::changes::HistoryEntry::now(command, None, change);
-    if let Err(error) = ctx.store.record(&[entry]).await {
-        let _ = writeln!(
-            out,
-            "(not recorded in the history: {})",
-            crate::telemetry::report(&error)
-        );
+    if let Some(failed) = ctx.store.record_change(command, None, change).await {
+        out.push_str(&failed);
     }
 }
 

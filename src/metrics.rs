@@ -638,11 +638,7 @@ impl prometheus_client::collector::Collector for Scrape {
         )?;
         self.encode_pools(&mut encoder)?;
         self.encode_sizing(&mut encoder)?;
-        let fleet: u64 = self
-            .pools
-            .iter()
-            .map(|p| p.level.ready + p.level.booting + p.handed_out)
-            .sum();
+        let fleet: u64 = self.pools.iter().map(PoolStatus::vms).sum();
         gauges(
             &mut encoder,
             "warmer_fleet_vms",

@@ -195,6 +195,13 @@ pub fn glob_matches(glob: &str, name: &str) -> bool {
     glob[g..].iter().all(|c| *c == '*')
 }
 
+impl PoolStatus {
+    /// Its VMs that count against `WARMER_MAX_VMS`: ready, booting and handed out.
+    pub fn vms(&self) -> u64 {
+        self.level.ready + self.level.booting + self.handed_out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

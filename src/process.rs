@@ -42,6 +42,18 @@ impl fmt::Display for ProcessType {
     }
 }
 
+/// The host this process runs on, as operators know it: the dyno on Heroku (where the
+/// hostname is a random id), else the hostname.
+pub fn host() -> String {
+    std::env::var("DYNO")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown-host".into())
+}
+
 /// Who runs this process, for the history of changes: the dyno on Heroku, else `user@host`.
 pub fn actor() -> String {
     if let Ok(dyno) = std::env::var("DYNO") {
@@ -53,13 +65,7 @@ pub fn actor() -> String {
         .filter(|u| !u.trim().is_empty())
         .or_else(user_of_uid)
         .unwrap_or_else(|| "unknown".into());
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unknown-host".into());
-    format!("{user}@{host}")
+    format!("{user}@{}", host())
 }
 
 /// The name of this process's user from `/etc/passwd` (where `USER` is not set: a container,

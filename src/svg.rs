@@ -59,6 +59,16 @@ fn nice(max: f64) -> f64 {
         .unwrap_or(max)
 }
 
+/// The y axis's end for `series`: [`nice`] above their highest point.
+fn y_top(series: &[Series]) -> f64 {
+    nice(
+        series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.1))
+            .fold(0.0, f64::max),
+    )
+}
+
 /// `HH:MM` (UTC) of Unix minute `x`, with the date when the range spans more than a day.
 fn time_label(x: f64, long: bool) -> String {
     let Ok(at) = jiff::Timestamp::from_second((x * 60.0) as i64) else {
@@ -72,12 +82,7 @@ fn time_label(x: f64, long: bool) -> String {
 /// y axis from 0 and the times of its ends.
 pub fn line_chart(title: &str, series: &[Series], (x0, x1): (f64, f64)) -> String {
     let span = (x1 - x0).max(1.0);
-    let top = nice(
-        series
-            .iter()
-            .flat_map(|s| s.points.iter().map(|p| p.1))
-            .fold(0.0, f64::max),
-    );
+    let top = y_top(series);
     let plot_w = WIDTH - LEFT - 4.0;
     let plot_h = HEIGHT - TOP - BOTTOM;
     let x = |v: f64| LEFT + (v - x0) / span * plot_w;
@@ -212,12 +217,7 @@ fn polyline(out: &mut String, series: &Series, at: impl Fn((f64, f64)) -> (f64, 
 pub fn sparkline(title: &str, series: &[Series], (x0, x1): (f64, f64)) -> String {
     let (w, h) = (160.0, 32.0);
     let span = (x1 - x0).max(1.0);
-    let top = nice(
-        series
-            .iter()
-            .flat_map(|s| s.points.iter().map(|p| p.1))
-            .fold(0.0, f64::max),
-    );
+    let top = y_top(series);
     let mut out = format!(
         "<svg class=\"spark\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"{t}\"><title>{t}</title>",
         t = escape(title)

@@ -286,11 +286,16 @@ pub fn answers(kind: Kind, addr: SocketAddr) -> bool {
     answer.starts_with(expect)
 }
 
-/// Whether something answers at `url`'s host and port as a `kind` server would.
-pub fn url_answers(kind: Kind, url: &str) -> bool {
+/// The `host[:port]` of `url`, without its scheme, user info and path.
+pub fn host_port(url: &str) -> &str {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let authority = rest.split('/').next().unwrap_or_default();
-    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    authority.rsplit('@').next().unwrap_or_default()
+}
+
+/// Whether something answers at `url`'s host and port as a `kind` server would.
+pub fn url_answers(kind: Kind, url: &str) -> bool {
+    let host_port = host_port(url);
     let default = match kind {
         Kind::Redis => 6379,
         Kind::RabbitMq => 5672,

@@ -90,13 +90,8 @@ pub async fn release(ctx: &Context, yes: bool) -> anyhow::Result<String> {
     if !was_on {
         out = "the safety brake was released meanwhile (by the reconciler or another operator); the VMs are released for deletion\n".into();
     }
-    let entry = crate::store::changes::HistoryEntry::now("brake release", None, change);
-    if let Err(error) = ctx.store.record(&[entry]).await {
-        let _ = writeln!(
-            out,
-            "(not recorded in the history: {})",
-            crate::telemetry::report(&error)
-        );
+    if let Some(failed) = ctx.store.record_change("brake release", None, change).await {
+        out.push_str(&failed);
     }
     Ok(out)
 }

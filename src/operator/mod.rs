@@ -349,13 +349,9 @@ async fn not_rolling(ctx: &Context, pool: &PoolName, what: &str) -> anyhow::Resu
 /// Records a change `command` made to `pool` in the history; if that fails, says so in `out`
 /// (the change itself is made).
 async fn record(ctx: &Context, command: &str, pool: &PoolName, change: String, out: &mut String) {
-    let entry = crate::store::changes::HistoryEntry::now(command, Some(&pool.to_string()), change);
-    if let Err(error) = ctx.store.record(&[entry]).await {
-        let _ = writeln!(
-            out,
-            "(not recorded in the history: {})",
-            crate::telemetry::report(&error)
-        );
+    let pool = pool.to_string();
+    if let Some(failed) = ctx.store.record_change(command, Some(&pool), change).await {
+        out.push_str(&failed);
     }
 }
 

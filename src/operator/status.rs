@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::clock::now_secs;
 use crate::context::Context;
-use crate::pool::glob_matches;
+use crate::pool::{PoolStatus, glob_matches};
 use crate::store::sizing::RolloverState;
 use crate::topology::QueueState;
 
@@ -130,10 +130,7 @@ async fn gather(ctx: &Context, glob: Option<&str>) -> anyhow::Result<Report> {
     let sizing = ctx.store.sizing_view().await?;
     let now = now_secs();
     let fleet = Fleet {
-        vms: pools
-            .iter()
-            .map(|p| p.level.ready + p.level.booting + p.handed_out)
-            .sum(),
+        vms: pools.iter().map(PoolStatus::vms).sum(),
         max_vms: ctx.config.max_vms,
     };
     let rows: Vec<PoolRow> = pools

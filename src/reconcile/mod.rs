@@ -124,12 +124,7 @@ pub async fn run(ctx: Context, shutdown: Shutdown) -> anyhow::Result<()> {
 /// This process's name as the reconciler lock's owner, for `warmer status`: the host (the dyno
 /// on Heroku, where the hostname is a random id), the pid, and an id of its own.
 fn lock_owner() -> String {
-    let host = std::env::var("DYNO")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-        .map(|host| host.trim().to_string())
-        .filter(|host| !host.is_empty())
-        .unwrap_or_else(|| "unknown host".into());
+    let host = crate::process::host();
     let id = uuid::Uuid::new_v4().simple().to_string();
     format!("{host} pid {} ({})", std::process::id(), &id[..8])
 }

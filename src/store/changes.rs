@@ -156,6 +156,22 @@ impl Store {
         })
     }
 
+    /// Records one change made now by whoever runs this process; if that fails, the line to
+    /// print saying so (the change itself stands).
+    pub async fn record_change(
+        &self,
+        command: &str,
+        pool: Option<&str>,
+        change: String,
+    ) -> Option<String> {
+        let entry = HistoryEntry::now(command, pool, change);
+        let error = self.record(&[entry]).await.err()?;
+        Some(format!(
+            "(not recorded in the history: {})\n",
+            crate::telemetry::report(&error)
+        ))
+    }
+
     /// Records changes made by other means than [`Store::apply`] in the history.
     pub async fn record(&self, entries: &[HistoryEntry]) -> anyhow::Result<()> {
         let key = &self.names.history();

@@ -111,10 +111,7 @@ async fn header(ctx: &Context, pools: &[PoolStatus]) -> anyhow::Result<Header> {
         .brake_state()
         .await?
         .map(|state| (state.unaccounted, state.since));
-    let vms = pools
-        .iter()
-        .map(|p| p.level.ready + p.level.booting + p.handed_out)
-        .sum();
+    let vms = pools.iter().map(PoolStatus::vms).sum();
     let last_pass_ago = store
         .last_reconcile()
         .await?

@@ -59,14 +59,9 @@ fn run_servers() -> &'static RunServers {
         }
         let url = |kind, default: &str| private.url(kind).unwrap_or(default).to_string();
         let (amqp_url, redis_url) = (url(Kind::RabbitMq, amqp), url(Kind::Redis, redis));
-        let addr = |url: &str| {
-            let rest = url.split_once("://").map_or(url, |(_, r)| r);
-            let authority = rest.split('/').next().unwrap_or_default();
-            authority.rsplit('@').next().unwrap_or_default().to_string()
-        };
         RunServers {
-            amqp_addr: addr(&amqp_url),
-            redis_addr: addr(&redis_url),
+            amqp_addr: warmer::dev::servers::host_port(&amqp_url).to_string(),
+            redis_addr: warmer::dev::servers::host_port(&redis_url).to_string(),
             amqp_url,
             redis_url,
             private,
